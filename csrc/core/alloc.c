@@ -1,0 +1,253 @@
+/* alloc.c - the public entry points: malloc family semantics on top of
+ * thread heaps (small) and the global heap (large).
+ *
+ * Fast paths, no lock and no atomic RMW:
+ *   malloc: size -> class (table), pop the thread heap's shuffle vector.
+ *   free:   one range compare (is it ours), one page-table load (which
+ *           span), one compare (is the span attached to this thread), push.
+ * Everything else (empty vector, another thread's span, detached spans,
+ * large blocks) is out of line. A free of a span attached to another thread
+ * or detached is one atomic bit clear; the global lock is taken only when
+ * that clear changes what the global heap must know (see global_heap.c).
+ *
+ * Validation happens on every path: a pointer must be inside the arena,
+ * map to a live span, sit on a slot boundary, and its slot must be live.
+ * Anything else is reported with its address (never silently ignored).
+ */
+#include "internal.h"
+#include "shuffle_vector.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* ---- free ------------------------------------------------------------ */
+
+static MESH_NOINLINE void bad_free(const void *p, const char *what) { _mesh_report_bad_free(p, what); }
+
+void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
+  uint8_t st = mesh_load_relaxed(&s->state);
+  if (st == SPAN_LARGE) {
+    _mesh_large_free(s, id, p, pte);
+    return;
+  }
+  if (id == MESH_NIL || (st != SPAN_ATTACHED && st != SPAN_PARTIAL && st != SPAN_FULL)) {
+    bad_free(p, id == MESH_NIL ? "invalid free (not an allocated block)" : "double free or invalid free");
+    return;
+  }
+  uintptr_t voff = (uintptr_t)p - mesh_page_addr((uint32_t)(pte >> 32));
+  const size_class_t *sc = &_mesh_classes[s->cls];
+  uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
+  if (slot * sc->size != voff || slot >= s->nobjects) {
+    bad_free(p, "invalid free (not the start of a block)");
+    return;
+  }
+  unsigned w = slot >> 6;
+  uint64_t bit = 1ull << (slot & 63);
+  uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
+  if (!(old & bit)) {
+    bad_free(p, "double free");
+    return;
+  }
+  thread_heap_t *h = _mesh_tls.heap;
+  if (h == &_mesh_empty_heap) _mesh_heap_count_headless_free(s->cls);
+  else mesh_counter_add(&h->sv[s->cls].n_free, 1);
+
+  /* Attached to some thread heap: its owner takes the slot back. */
+  if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
+  uint64_t mask = mesh_bitmap_mask(s, w);
+  bool was_full_word = old == mask && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
+  bool maybe_empty = (old & ~bit) == 0;
+  if (maybe_empty) {
+    for (unsigned i = 0; i < mesh_bitmap_words(s); i++)
+      if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
+  }
+  if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
+}
+
+void mesh_free(void *p) {
+  uintptr_t off = (uintptr_t)p - _mesh_arena.base;
+  if (mesh_unlikely(off >= _mesh_arena.size)) {
+    if (p) bad_free(p, "invalid free (pointer not from this heap)");
+    return;
+  }
+  uint64_t pte = mesh_load_relaxed(&_mesh_arena.pagetable[off >> MESH_PAGE_SHIFT]);
+  uint32_t id = (uint32_t)pte;
+  span_t *s = mesh_span(id);
+  thread_heap_t *h = _mesh_tls.heap;
+  if (mesh_likely(mesh_load_relaxed(&s->owner) == h->id)) {
+    uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
+    shuffle_vector_t *sv = &h->sv[s->cls];
+    uint32_t slot = (uint32_t)((voff * sv->recip) >> 32);
+    if (mesh_unlikely(slot * sv->size != voff || slot >= s->nobjects)) {
+      bad_free(p, "invalid free (not the start of a block)");
+      return;
+    }
+    if (mesh_unlikely(!mesh_sv_push(h, sv, s->att, slot))) bad_free(p, "double free");
+    return;
+  }
+  _mesh_free_nonlocal(p, s, id, pte);
+}
+
+/* ---- malloc ---------------------------------------------------------- */
+
+void *mesh_malloc(size_t size) {
+  thread_heap_t *h = _mesh_tls.heap;
+  if (mesh_likely(size <= MESH_SMALL_MAX)) {
+    shuffle_vector_t *sv = &h->sv[mesh_class_of(size)];
+    if (mesh_likely(sv->len != 0)) return mesh_sv_pop(sv);
+  }
+  return _mesh_heap_alloc_slow(size);
+}
+
+/* Size of the live block p, or 0 (after a report when report is set) if p
+ * is not a live block start of this heap. */
+static size_t block_size(const void *p, bool report) {
+  if (!mesh_in_arena(p)) {
+    if (report) bad_free(p, "invalid pointer (not from this heap)");
+    return 0;
+  }
+  uint64_t pte = mesh_pte_of(p);
+  uint32_t id = (uint32_t)pte;
+  span_t *s = mesh_span(id);
+  uint8_t st = mesh_load_relaxed(&s->state);
+  uintptr_t voff = (uintptr_t)p - mesh_page_addr((uint32_t)(pte >> 32));
+  if (id != MESH_NIL && st == SPAN_LARGE && voff == 0 && mesh_load_relaxed(&s->bits[0]))
+    return (size_t)s->npages << MESH_PAGE_SHIFT;
+  if (id != MESH_NIL && (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL)) {
+    const size_class_t *sc = &_mesh_classes[s->cls];
+    uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
+    if (slot * sc->size == voff && slot < s->nobjects &&
+        (mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1))
+      return sc->size;
+  }
+  if (report) bad_free(p, "invalid pointer (not a live block)");
+  return 0;
+}
+
+size_t mesh_usable_size(const void *p) { return p ? block_size(p, false) : 0; }
+
+int mesh_owns(const void *p) { return mesh_in_arena(p); }
+
+void *mesh_calloc(size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (total > MESH_SMALL_MAX) return _mesh_large_alloc(total, 0, true);
+  void *p = mesh_malloc(total);
+  if (p) memset(p, 0, total);
+  return p;
+}
+
+void *mesh_realloc(void *p, size_t size) {
+  if (!p) return mesh_malloc(size);
+  if (size == 0) { /* glibc: realloc(p, 0) frees and returns NULL */
+    mesh_free(p);
+    return NULL;
+  }
+  size_t old = block_size(p, true);
+  if (old == 0) {
+    errno = EINVAL;
+    return NULL;
+  }
+  /* Keep the block when the new size still fits and wastes at most half;
+   * small blocks stay as long as the class is the same. */
+  if (size <= old && (old <= MESH_SMALL_MAX ? size > MESH_SMALL_MAX || mesh_class_of(size) == mesh_class_of(old)
+                                            : size > old / 2))
+    return p;
+  void *q = mesh_malloc(size);
+  if (!q) return NULL; /* errno set; p untouched */
+  memcpy(q, p, size < old ? size : old);
+  mesh_free(p);
+  return q;
+}
+
+void *mesh_reallocarray(void *p, size_t count, size_t size) {
+  size_t total;
+  if (__builtin_mul_overflow(count, size, &total)) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return mesh_realloc(p, total);
+}
+
+static bool pow2(size_t x) { return x && !(x & (x - 1)); }
+
+static void *aligned(size_t align, size_t size) {
+  if (align <= MESH_MIN_ALIGN) return mesh_malloc(size);
+  mesh_ensure_init();
+  int c = _mesh_class_for_aligned(size ? size : 1, align);
+  if (c >= 0) return mesh_malloc(_mesh_classes[c].size);
+  return _mesh_large_alloc(size, align, false);
+}
+
+void *mesh_memalign(size_t align, size_t size) {
+  if (!pow2(align)) { /* glibc rounds up; we are stricter only for 0 */
+    if (align == 0) return mesh_malloc(size);
+    size_t a = 1;
+    while (a < align && a) a <<= 1;
+    if (!a) { errno = EINVAL; return NULL; }
+    align = a;
+  }
+  return aligned(align, size);
+}
+
+int mesh_posix_memalign(void **out, size_t align, size_t size) {
+  if (!pow2(align) || align % sizeof(void *) != 0) return EINVAL;
+  int saved = errno;
+  void *p = aligned(align, size);
+  if (!p) {
+    errno = saved;
+    return ENOMEM;
+  }
+  *out = p;
+  return 0;
+}
+
+void *mesh_aligned_alloc(size_t align, size_t size) {
+  if (!pow2(align)) {
+    errno = EINVAL;
+    return NULL;
+  }
+  return aligned(align, size);
+}
+
+void *mesh_valloc(size_t size) { return aligned(MESH_PAGE_SIZE, size); }
+
+void *mesh_pvalloc(size_t size) {
+  size_t rounded = (size + MESH_PAGE_SIZE - 1) & ~(MESH_PAGE_SIZE - 1);
+  if (rounded < size) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  return aligned(MESH_PAGE_SIZE, rounded ? rounded : MESH_PAGE_SIZE);
+}
+
+/* ---- heap control ---------------------------------------------------- */
+
+size_t mesh_scavenge(void) {
+  mesh_ensure_init();
+  _mesh_lock();
+  size_t n = _mesh_arena_scavenge();
+  _mesh_unlock();
+  return n;
+}
+
+int mesh_check_heap(void) {
+  mesh_ensure_init();
+  int bad = 0;
+  _mesh_lock();
+  bad += _mesh_arena_validate();
+  bad += _mesh_global_validate();
+  _mesh_heap_validate_all(&bad);
+  _mesh_unlock();
+  return bad;
+}
+
+int mesh_meshing_available(void) {
+  mesh_ensure_init();
+  return _mesh_arena.meshable;
+}
+
+const char *mesh_version(void) { return MESH_VERSION_STRING; }

@@ -1,0 +1,394 @@
+/* arena.c - the meshable arena: one reserved virtual range backed by a
+ * memfd, carved into spans and free page runs.
+ *
+ * Invariants (checked by _mesh_arena_validate):
+ *   - pages [0, top) are tiled exactly by span records: walking from page 0
+ *     by each record's npages visits every live span and free run once;
+ *   - every page of a live span has page-table entry (vstart << 32 | id);
+ *     a free run has entries only on its first and last page, its interior
+ *     is 0, so a stray free into free memory finds "no span";
+ *   - pages >= top were never handed out and are zero in the memfd;
+ *   - free runs are homogeneous: all dirty (touched, still committed) or all
+ *     clean (punched/never used); neighbours of the same kind are merged;
+ *   - dirty_pages <= max_dirty_mb after every free (scavenge punches all).
+ * The memfd offset of a primary span equals its arena offset, so punching
+ * a run is one fallocate over the same offsets.
+ *
+ * Locking: everything that changes state runs under _mesh_global_lock. The
+ * page table is read without a lock (relaxed loads) by free paths: a legal
+ * free only reads entries of a span that cannot change while it has a live
+ * object.
+ */
+#include "internal.h"
+
+#include <errno.h>
+
+arena_t _mesh_arena = {.fd = -1};
+
+static uint32_t top;                 /* bump pointer in pages */
+static uint32_t rec_top = 1;         /* span records ever used; id 0 is nil */
+static uint32_t rec_free = MESH_NIL; /* recycled records, linked by next */
+static uint32_t free_bins[2][MESH_FREE_BINS]; /* [dirty][bin] list heads */
+static uint64_t free_bins_nonempty[2];
+
+#define MIN_ARENA ((size_t)16 << 20)
+
+static bool reserve(size_t size, int fd) {
+  if (fd >= 0 && _mesh_os_ftruncate(fd, size) != 0) return false;
+  void *base = _mesh_os_reserve(size, fd);
+  if (!base) return false;
+  size_t npages = size >> MESH_PAGE_SHIFT;
+  void *pt = _mesh_os_alloc(npages * sizeof(pte_t));
+  void *sp = _mesh_os_alloc((npages + 2) * sizeof(span_t));
+  if (!pt || !sp) {
+    if (pt) _mesh_os_free(pt, npages * sizeof(pte_t));
+    if (sp) _mesh_os_free(sp, (npages + 2) * sizeof(span_t));
+    _mesh_os_free(base, size);
+    return false;
+  }
+  _mesh_arena.base = (uintptr_t)base;
+  _mesh_arena.size = size;
+  _mesh_arena.npages = (uint32_t)npages;
+  _mesh_arena.fd = fd;
+  _mesh_arena.meshable = fd >= 0;
+  _mesh_arena.pagetable = pt;
+  _mesh_arena.spans = sp;
+  _mesh_arena.max_spans = (uint32_t)npages + 2;
+  return true;
+}
+
+bool _mesh_arena_init(void) {
+  size_t want = (size_t)mesh_opt(MESH_OPT_ARENA_GB) << 30;
+  if (want > ((size_t)1 << 44)) want = (size_t)1 << 44; /* 2^32 pages of 4 KiB */
+  size_t limit = _mesh_os_as_limit();
+  size_t size = want;
+  /* Leave most of a finite address-space limit to the program itself. */
+  if (limit != SIZE_MAX && size > limit / 4) size = limit / 4;
+  size &= ~(MESH_PAGE_SIZE - 1);
+
+  int fd = -1;
+  if (mesh_opt(MESH_OPT_MEMFD)) {
+    fd = _mesh_os_memfd();
+    if (fd < 0)
+      _mesh_warning("memfd_create failed (errno %d): running without meshing", errno);
+  }
+  for (; size >= MIN_ARENA; size = (size / 2) & ~(MESH_PAGE_SIZE - 1)) {
+    if (reserve(size, fd)) break;
+    /* A memfd that can be sized but not mapped (odd seccomp/limits) is
+     * given up before shrinking to nothing: anonymous memory still works. */
+    if (fd >= 0 && size / 2 < MIN_ARENA) {
+      _mesh_warning("cannot map the memfd arena (errno %d): running without meshing", errno);
+      _mesh_os_close(fd);
+      fd = -1;
+      size = want * 2;
+      if (limit != SIZE_MAX && size > limit / 2) size = limit / 2;
+    }
+  }
+  if (!_mesh_arena.base) return false;
+  if (size < want)
+    _mesh_warning("arena reduced to %zu MiB (address-space limit); allocations beyond it fail with ENOMEM",
+                  size >> 20);
+  return true;
+}
+
+/* ---- span records -------------------------------------------------- */
+
+uint32_t _mesh_span_record_new(void) {
+  uint32_t id;
+  if (rec_free != MESH_NIL) {
+    id = rec_free;
+    rec_free = mesh_span(id)->next;
+  } else {
+    if (rec_top >= _mesh_arena.max_spans) return MESH_NIL;
+    id = rec_top++;
+  }
+  span_t *s = mesh_span(id);
+  for (int w = 0; w < MESH_BITMAP_WORDS; w++) mesh_store_relaxed(&s->bits[w], 0);
+  s->page = s->npages = 0;
+  s->next = s->prev = MESH_NIL;
+  mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
+  s->nobjects = 0;
+  s->cls = 0;
+  mesh_store_relaxed(&s->state, SPAN_NONE);
+  s->att = s->bin = 0;
+  s->flags = 0;
+  s->alias_next = MESH_NIL;
+  return id;
+}
+
+void _mesh_span_record_free(uint32_t id) {
+  span_t *s = mesh_span(id);
+  mesh_store_relaxed(&s->state, SPAN_NONE);
+  s->nobjects = 0;
+  s->next = rec_free;
+  rec_free = id;
+}
+
+void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id) {
+  uint64_t e = id == MESH_NIL ? 0 : ((uint64_t)vstart << 32) | id;
+  for (uint32_t i = 0; i < npages; i++) mesh_store_relaxed(&_mesh_arena.pagetable[first + i], e);
+}
+
+/* ---- free page runs ------------------------------------------------ */
+
+static unsigned free_bin_of(uint32_t npages) {
+  if (npages <= 32) return npages - 1;
+  unsigned lg = 31u - (unsigned)__builtin_clz(npages); /* >= 5 */
+  unsigned b = 32 + lg - 5;
+  return b < MESH_FREE_BINS ? b : MESH_FREE_BINS - 1;
+}
+
+static bool run_dirty(const span_t *r) { return mesh_load_relaxed(&r->bits[0]) != 0; }
+
+static void run_link(uint32_t id) {
+  span_t *r = mesh_span(id);
+  unsigned d = run_dirty(r), b = free_bin_of(r->npages);
+  r->bin = (uint8_t)b;
+  r->prev = MESH_NIL;
+  r->next = free_bins[d][b];
+  if (r->next) mesh_span(r->next)->prev = id;
+  free_bins[d][b] = id;
+  free_bins_nonempty[d] |= 1ull << b;
+  /* boundary entries let neighbours find this run when they are freed */
+  _mesh_pagetable_set(r->page, 1, r->page, id);
+  _mesh_pagetable_set(r->page + r->npages - 1, 1, r->page, id);
+}
+
+static void run_unlink(uint32_t id) {
+  span_t *r = mesh_span(id);
+  unsigned d = run_dirty(r), b = r->bin;
+  if (r->prev) mesh_span(r->prev)->next = r->next;
+  else free_bins[d][b] = r->next;
+  if (r->next) mesh_span(r->next)->prev = r->prev;
+  if (!free_bins[d][b]) free_bins_nonempty[d] &= ~(1ull << b);
+  _mesh_pagetable_set(r->page, 1, 0, MESH_NIL);
+  _mesh_pagetable_set(r->page + r->npages - 1, 1, 0, MESH_NIL);
+}
+
+/* The free run of the same dirtiness that ends right before page, if any. */
+static uint32_t run_ending_at(uint32_t page, bool dirty) {
+  if (page == 0) return MESH_NIL;
+  uint32_t id = (uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[page - 1]);
+  span_t *r = mesh_span(id);
+  if (id && mesh_load_relaxed(&r->state) == SPAN_FREE && r->page + r->npages == page && run_dirty(r) == dirty)
+    return id;
+  return MESH_NIL;
+}
+
+static uint32_t run_starting_at(uint32_t page, bool dirty) {
+  if (page >= top) return MESH_NIL;
+  uint32_t id = (uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[page]);
+  span_t *r = mesh_span(id);
+  if (id && mesh_load_relaxed(&r->state) == SPAN_FREE && r->page == page && run_dirty(r) == dirty) return id;
+  return MESH_NIL;
+}
+
+/* Turns record id (page, npages set) into a free run, merged with
+ * neighbours of the same kind, and links it. */
+static void run_insert(uint32_t id, bool dirty) {
+  span_t *r = mesh_span(id);
+  mesh_store_relaxed(&r->state, SPAN_FREE);
+  mesh_store_relaxed(&r->bits[0], dirty ? 1u : 0u);
+  uint32_t left = run_ending_at(r->page, dirty);
+  if (left) {
+    run_unlink(left);
+    r->page = mesh_span(left)->page;
+    r->npages += mesh_span(left)->npages;
+    _mesh_span_record_free(left);
+  }
+  uint32_t right = run_starting_at(r->page + r->npages, dirty);
+  if (right) {
+    run_unlink(right);
+    r->npages += mesh_span(right)->npages;
+    _mesh_span_record_free(right);
+  }
+  run_link(id);
+}
+
+static uint32_t align_gap(uint32_t page, uint32_t align_pages) {
+  if (align_pages <= 1) return 0;
+  uintptr_t abs = (_mesh_arena.base >> MESH_PAGE_SHIFT) + page;
+  return (uint32_t)((align_pages - (abs & (align_pages - 1))) & (align_pages - 1));
+}
+
+/* First run in the dirty (d=1) or clean (d=0) bins that fits. */
+static uint32_t run_find(bool d, uint32_t npages, uint32_t align_pages) {
+  uint32_t need = npages + (align_pages > 1 ? align_pages - 1 : 0);
+  if (need < npages) return MESH_NIL;
+  unsigned b = free_bin_of(need);
+  uint64_t mask = free_bins_nonempty[d] & (~0ull << b);
+  while (mask) {
+    unsigned i = (unsigned)__builtin_ctzll(mask);
+    mask &= mask - 1;
+    for (uint32_t id = free_bins[d][i]; id; id = mesh_span(id)->next) {
+      span_t *r = mesh_span(id);
+      if (r->npages >= npages + align_gap(r->page, align_pages)) return id;
+    }
+  }
+  return MESH_NIL;
+}
+
+uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *clean) {
+  uint32_t id = _mesh_span_record_new();
+  if (!id) return MESH_NIL;
+  uint32_t start;
+  uint32_t run = run_find(true, npages, align_pages);
+  bool dirty = run != MESH_NIL;
+  if (!run) run = run_find(false, npages, align_pages);
+  if (run) {
+    span_t *r = mesh_span(run);
+    run_unlink(run);
+    uint32_t gap = align_gap(r->page, align_pages);
+    uint32_t rpage = r->page, rn = r->npages;
+    start = rpage + gap;
+    if (dirty) mesh_stat_sub(dirty_pages, rn);
+    /* the unused head and tail go back as runs of the same kind */
+    uint32_t tail = rn - gap - npages;
+    if (gap) {
+      r->npages = gap;
+      run_insert(run, dirty);
+      if (dirty) mesh_stat_add(dirty_pages, gap);
+      run = MESH_NIL;
+    }
+    if (tail) {
+      uint32_t t = run ? run : _mesh_span_record_new();
+      if (t) {
+        mesh_span(t)->page = start + npages;
+        mesh_span(t)->npages = tail;
+        run_insert(t, dirty);
+        if (dirty) mesh_stat_add(dirty_pages, tail);
+        run = MESH_NIL;
+      } else {
+        npages += tail; /* out of records: keep the tail inside the span */
+      }
+    }
+    if (run) _mesh_span_record_free(run);
+    *clean = !dirty;
+  } else {
+    uint32_t gap = align_gap(top, align_pages);
+    if ((uint64_t)top + gap + npages > _mesh_arena.npages) {
+      _mesh_span_record_free(id);
+      return MESH_NIL;
+    }
+    if (gap) {
+      uint32_t g = _mesh_span_record_new();
+      if (!g) { _mesh_span_record_free(id); return MESH_NIL; }
+      mesh_span(g)->page = top;
+      mesh_span(g)->npages = gap;
+      top += gap;
+      run_insert(g, false);
+    }
+    start = top;
+    top += npages;
+    mesh_stat_set(arena_top_pages, top);
+    *clean = true;
+  }
+  span_t *s = mesh_span(id);
+  s->page = start;
+  s->npages = npages;
+  _mesh_pagetable_set(start, npages, start, id);
+  mesh_stat_add(span_pages, npages);
+  mesh_stat_add(spans_alloc_count, 1);
+  mesh_stat_add(spans_live, 1);
+  mesh_stat_hwm(spans_hwm, spans_live);
+  return id;
+}
+
+void _mesh_arena_free_span(uint32_t id) {
+  span_t *s = mesh_span(id);
+  uint32_t n = s->npages;
+  _mesh_pagetable_set(s->page, n, 0, MESH_NIL);
+  mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
+  s->nobjects = 0;
+  mesh_stat_sub(span_pages, n);
+  mesh_stat_sub(spans_live, 1);
+  mesh_stat_add(spans_free_count, 1);
+  mesh_stat_add(dirty_pages, n);
+  run_insert(id, true);
+  if (mesh_stat_get(dirty_pages) > ((uint64_t)mesh_opt(MESH_OPT_MAX_DIRTY_MB) << (20 - MESH_PAGE_SHIFT)))
+    _mesh_arena_scavenge();
+}
+
+size_t _mesh_arena_scavenge(void) {
+  size_t punched = 0;
+  while (free_bins_nonempty[1]) {
+    unsigned b = (unsigned)__builtin_ctzll(free_bins_nonempty[1]);
+    uint32_t id = free_bins[1][b];
+    span_t *r = mesh_span(id);
+    run_unlink(id);
+    size_t off = (size_t)r->page << MESH_PAGE_SHIFT, len = (size_t)r->npages << MESH_PAGE_SHIFT;
+    if (_mesh_os_punch(_mesh_arena.fd, (void *)(_mesh_arena.base + off), off, len) != 0)
+      _mesh_warning("returning %zu bytes to the OS failed (errno %d)", len, errno);
+    mesh_stat_sub(dirty_pages, r->npages);
+    mesh_stat_add(pages_punched, r->npages);
+    mesh_stat_add(punch_calls, 1);
+    punched += len;
+    run_insert(id, false);
+  }
+  return punched;
+}
+
+/* Walks the tiling; returns the number of problems (each reported). */
+int _mesh_arena_validate(void) {
+  int bad = 0;
+  uint64_t span_pages = 0, dirty = 0;
+#define BAD(...) do { bad++; _mesh_dprintf(2, "meshalloc: check: " __VA_ARGS__); } while (0)
+  for (uint32_t pg = 0; pg < top;) {
+    uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+    uint32_t id = (uint32_t)e;
+    span_t *s = mesh_span(id);
+    if (!id || id >= rec_top || s->page != pg || s->npages == 0 || (uint64_t)pg + s->npages > top) {
+      BAD("page %u: entry %llx does not start a span\n", pg, (unsigned long long)e);
+      return bad;
+    }
+    uint8_t st = mesh_load_relaxed(&s->state);
+    if (st == SPAN_FREE) {
+      if (run_dirty(s)) dirty += s->npages;
+      uint64_t last = mesh_load_relaxed(&_mesh_arena.pagetable[pg + s->npages - 1]);
+      if ((uint32_t)last != id) BAD("free run %u: last page entry %llx\n", id, (unsigned long long)last);
+      for (uint32_t i = 1; i + 1 < s->npages; i++)
+        if (mesh_load_relaxed(&_mesh_arena.pagetable[pg + i])) { BAD("free run %u: interior entry set\n", id); break; }
+      if (s->bin != free_bin_of(s->npages)) BAD("free run %u: wrong bin\n", id);
+      uint32_t nid = run_starting_at(pg + s->npages, run_dirty(s));
+      if (nid) BAD("free runs %u and %u are adjacent and not merged\n", id, nid);
+    } else if (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL || st == SPAN_LARGE) {
+      span_pages += s->npages;
+      for (uint32_t i = 0; i < s->npages; i++)
+        if (mesh_load_relaxed(&_mesh_arena.pagetable[pg + i]) != (((uint64_t)pg << 32) | id)) {
+          BAD("span %u: page %u entry mismatch\n", id, pg + i);
+          break;
+        }
+    } else {
+      BAD("span %u at page %u has state %u\n", id, pg, st);
+    }
+    pg += s->npages;
+  }
+  if (span_pages != mesh_stat_get(span_pages))
+    BAD("span pages %llu, counter says %llu\n", (unsigned long long)span_pages,
+        (unsigned long long)mesh_stat_get(span_pages));
+  if (dirty != mesh_stat_get(dirty_pages))
+    BAD("dirty pages %llu, counter says %llu\n", (unsigned long long)dirty,
+        (unsigned long long)mesh_stat_get(dirty_pages));
+  for (int d = 0; d < 2; d++)
+    for (unsigned b = 0; b < MESH_FREE_BINS; b++) {
+      if (!!free_bins[d][b] != !!(free_bins_nonempty[d] & (1ull << b))) BAD("free bin %d/%u mask\n", d, b);
+      for (uint32_t id = free_bins[d][b]; id; id = mesh_span(id)->next)
+        if (mesh_load_relaxed(&mesh_span(id)->state) != SPAN_FREE || run_dirty(mesh_span(id)) != d)
+          { BAD("free bin %d/%u holds span %u\n", d, b, id); break; }
+    }
+#undef BAD
+  return bad;
+}
+
+/* Accessors for fork.c, which walks the tiling to copy live spans. */
+uint32_t _mesh_arena_top(void) { return top; }
+void _mesh_arena_forget_dirty(void) {
+  /* In a fork child the dirty runs were not copied: they are zero now. */
+  while (free_bins_nonempty[1]) {
+    unsigned b = (unsigned)__builtin_ctzll(free_bins_nonempty[1]);
+    uint32_t id = free_bins[1][b];
+    run_unlink(id);
+    mesh_stat_sub(dirty_pages, mesh_span(id)->npages);
+    run_insert(id, false);
+  }
+}

@@ -1,0 +1,137 @@
+/* fork.c - giving a fork child its own heap.
+ *
+ * Object memory is a MAP_SHARED memfd: after a plain fork parent and child
+ * would write into the same pages. So the child, in its atfork handler and
+ * before any other code of its own runs, copies every live span into a new
+ * memfd (one pwrite per run of adjacent live spans, not per page) and maps
+ * it over the whole arena in one mmap(MAP_FIXED). Free runs are not copied:
+ * in the child they read as zero and are filed as clean.
+ *
+ * Metadata (span records, page table, thread heaps) is private anonymous
+ * memory, so the kernel's copy-on-write already gives the child an exact
+ * snapshot of it. Locks: prepare takes the orphan lock then the global lock
+ * (the documented order); the child re-initialises both, the parent
+ * releases them only after the child has finished copying (it waits on a
+ * pipe, which also ends if the child dies), so no span can be reused or
+ * punched under the child's copy. Threads of the parent other than the
+ * forking one keep running and may write their own objects during the
+ * copy; the child may then see those writes (docs/design.md).
+ *
+ * In the anonymous fallback arena the kernel's copy-on-write is correct and
+ * nothing is copied. vfork and posix_spawn run no atfork handler and share
+ * memory until exec, which needs nothing.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+static int fork_pipe[2] = {-1, -1};
+static bool fork_active; /* the prepare handler ran with an initialised heap */
+
+static void prepare(void) {
+  fork_active = mesh_load_acquire(&_mesh_init_state) == 2;
+  if (!fork_active) return;
+  fork_pipe[0] = fork_pipe[1] = -1;
+  if (_mesh_arena.meshable && _mesh_os_pipe(fork_pipe) != 0)
+    _mesh_warning("fork: pipe failed (errno %d); the parent will not wait for the child's heap copy", errno);
+  pthread_mutex_lock(&_mesh_orphan_lock);
+  _mesh_lock();
+}
+
+static void parent(void) {
+  if (!fork_active) return;
+  if (fork_pipe[0] >= 0) {
+    _mesh_os_close(fork_pipe[1]);
+    char c;
+    _mesh_os_read(fork_pipe[0], &c, 1); /* returns at the child's byte or its exit */
+    _mesh_os_close(fork_pipe[0]);
+  }
+  _mesh_unlock();
+  pthread_mutex_unlock(&_mesh_orphan_lock);
+}
+
+/* Copies live spans of the arena into fd at their own offsets, or, when fd
+ * is -1, into the anonymous mapping dst. Returns the bytes copied or -1. */
+static long long copy_live(int fd, char *dst) {
+  uint32_t top = _mesh_arena_top();
+  long long copied = 0;
+  uint32_t run_start = 0, run_len = 0;
+  for (uint32_t pg = 0; pg <= top;) {
+    bool live = false;
+    uint32_t n = 1;
+    if (pg < top) {
+      span_t *s = mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[pg]));
+      n = s->npages ? s->npages : 1;
+      live = mesh_load_relaxed(&s->state) != SPAN_FREE;
+    }
+    if (live && run_len && run_start + run_len == pg) {
+      run_len += n;
+    } else {
+      if (run_len) {
+        size_t off = (size_t)run_start << MESH_PAGE_SHIFT, len = (size_t)run_len << MESH_PAGE_SHIFT;
+        const void *src = (const void *)(_mesh_arena.base + off);
+        if (fd >= 0) {
+          if (_mesh_os_pwrite_all(fd, src, len, off) != 0) return -1;
+        } else {
+          __builtin_memcpy(dst + off, src, len);
+        }
+        copied += (long long)len;
+      }
+      run_start = pg;
+      run_len = live ? n : 0;
+    }
+    pg += n;
+  }
+  return copied;
+}
+
+
+
+static void child(void) {
+  if (!fork_active) return;
+  _mesh_global_after_fork_child();
+  if (_mesh_arena.meshable) {
+    uint64_t t0 = _mesh_os_now_ns();
+    int fd = _mesh_os_memfd();
+    long long copied = -1;
+    if (fd >= 0 && _mesh_os_ftruncate(fd, _mesh_arena.size) == 0) {
+      copied = copy_live(fd, NULL);
+      if (copied >= 0 && _mesh_os_map_fixed((void *)_mesh_arena.base, _mesh_arena.size, fd, 0) != 0) copied = -1;
+    }
+    if (copied >= 0) {
+      _mesh_os_close(_mesh_arena.fd);
+      _mesh_arena.fd = fd;
+    } else {
+      /* No second memfd (fd limit, seccomp): give the child a private
+       * anonymous copy instead; it keeps working without meshing. */
+      if (fd >= 0) _mesh_os_close(fd);
+      char *tmp = _mesh_os_reserve(_mesh_arena.size, -1);
+      if (!tmp) _mesh_fatal("fork child: cannot copy the heap (no memfd, no memory, errno %d)", errno);
+      copied = copy_live(-1, tmp);
+      if (!_mesh_os_move_over(tmp, _mesh_arena.size, (void *)_mesh_arena.base))
+        _mesh_fatal("fork child: cannot move the heap copy into place (errno %d)", errno);
+      _mesh_os_close(_mesh_arena.fd);
+      _mesh_arena.fd = -1;
+      _mesh_arena.meshable = false;
+      _mesh_warning("fork child: no memfd for the heap copy; this process runs without meshing");
+    }
+    _mesh_arena_forget_dirty();
+    uint64_t ns = _mesh_os_now_ns() - t0;
+    mesh_stat_add(fork_count, 1);
+    mesh_stat_set(fork_copy_bytes_last, copied);
+    mesh_stat_set(fork_copy_ns_last, ns);
+    if (ns > mesh_stat_get(fork_copy_ns_max)) mesh_stat_set(fork_copy_ns_max, ns);
+  }
+  if (fork_pipe[1] >= 0) {
+    _mesh_os_close(fork_pipe[0]);
+    _mesh_os_write_all(fork_pipe[1], "", 1);
+    _mesh_os_close(fork_pipe[1]);
+  }
+  _mesh_heaps_after_fork_child();
+}
+
+void _mesh_fork_register(void) {
+  if (pthread_atfork(prepare, parent, child) != 0)
+    _mesh_warning("pthread_atfork failed: fork children would share the parent's heap pages");
+}

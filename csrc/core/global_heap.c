@@ -1,0 +1,263 @@
+/* global_heap.c - spans no thread heap has attached, and large objects.
+ *
+ * Detached small spans are FULL (no free slot, in no list) or PARTIAL (in
+ * one of MESH_OCC_BINS occupancy bins of their class, binned by occupancy
+ * when they entered). A refill takes spans from the fullest bin first, so
+ * nearly-empty spans are left to drain and be released (or meshed).
+ *
+ * Transitions of a detached span happen under _mesh_global_lock; the free
+ * that causes one is lock-free up to the point where it sees it (a bitmap
+ * word that was full, or that became empty with every other word empty) and
+ * then calls _mesh_global_free_transition, which re-derives the state from
+ * the bitmap under the lock. Detach stores owner = NONE before its fetch_and
+ * of each word: a racing remote free whose clear lands after that fetch_and
+ * sees owner NONE and re-checks under the lock; one that lands before it is
+ * counted by detach itself. Either way no free slot is lost.
+ *
+ * Locking: _mesh_global_lock protects everything here and in arena.c.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+pthread_mutex_t _mesh_global_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static uint32_t occ_bins[MESH_NUM_CLASSES][MESH_OCC_BINS];
+static uint8_t occ_nonempty[MESH_NUM_CLASSES];
+
+void _mesh_lock(void) { pthread_mutex_lock(&_mesh_global_lock); }
+void _mesh_unlock(void) { pthread_mutex_unlock(&_mesh_global_lock); }
+
+static unsigned span_live(const span_t *s) {
+  unsigned n = 0;
+  for (unsigned w = 0; w < mesh_bitmap_words(s); w++)
+    n += (unsigned)__builtin_popcountll(mesh_load_seq_cst(&s->bits[w]) & mesh_bitmap_mask(s, w));
+  return n;
+}
+
+static void partial_link(uint32_t id, unsigned live) {
+  span_t *s = mesh_span(id);
+  unsigned b = live * MESH_OCC_BINS / s->nobjects;
+  mesh_store_relaxed(&s->state, SPAN_PARTIAL);
+  s->bin = (uint8_t)b;
+  s->prev = MESH_NIL;
+  s->next = occ_bins[s->cls][b];
+  if (s->next) mesh_span(s->next)->prev = id;
+  occ_bins[s->cls][b] = id;
+  occ_nonempty[s->cls] |= (uint8_t)(1u << b);
+}
+
+static void partial_unlink(uint32_t id) {
+  span_t *s = mesh_span(id);
+  unsigned b = s->bin;
+  if (s->prev) mesh_span(s->prev)->next = s->next;
+  else occ_bins[s->cls][b] = s->next;
+  if (s->next) mesh_span(s->next)->prev = s->prev;
+  if (!occ_bins[s->cls][b]) occ_nonempty[s->cls] &= (uint8_t)~(1u << b);
+  s->next = s->prev = MESH_NIL;
+}
+
+/* Files a detached span by its exact occupancy. */
+static void file_detached(uint32_t id) {
+  span_t *s = mesh_span(id);
+  unsigned live = span_live(s);
+  if (live == 0) {
+    _mesh_arena_free_span(id);
+  } else if (live == s->nobjects) {
+    mesh_store_relaxed(&s->state, SPAN_FULL);
+  } else {
+    partial_link(id, live);
+  }
+}
+
+/* Detaches attachment a of sv: folds the vector's slots back into the
+ * shared bitmap, which is exact from here on. */
+static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
+  uint32_t id = sv->span[a];
+  span_t *s = mesh_span(id);
+  mesh_assert(mesh_load_relaxed(&s->owner) == h->id);
+  (void)h;
+  mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
+  for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
+    uint64_t local = sv->local[a][w];
+    if (!local) continue;
+    uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~local);
+    uint64_t both = local & ~old; /* in the vector AND freed by another thread */
+    while (both) {
+      unsigned slot = w * 64 + (unsigned)__builtin_ctzll(both);
+      both &= both - 1;
+      _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
+                            "double free (freed again by another thread)");
+    }
+    sv->local[a][w] = 0;
+  }
+  file_detached(id);
+}
+
+void _mesh_global_detach_all(thread_heap_t *h) {
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+    shuffle_vector_t *sv = &h->sv[c];
+    for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a);
+    sv->natt = 0;
+    sv->len = 0;
+    sv->total_objects = 0;
+    sv->total_bytes = 0;
+  }
+}
+
+static uint32_t new_small_span(unsigned cls) {
+  const size_class_t *sc = &_mesh_classes[cls];
+  bool clean;
+  uint32_t id = _mesh_arena_alloc_span(sc->npages, 1, &clean);
+  if (!id) return MESH_NIL;
+  span_t *s = mesh_span(id);
+  s->nobjects = sc->nobjects;
+  s->cls = (uint8_t)cls;
+  return id;
+}
+
+/* Fullest partial span of the class, or MESH_NIL. */
+static uint32_t best_partial(unsigned cls) {
+  unsigned m = occ_nonempty[cls];
+  if (!m) return MESH_NIL;
+  unsigned b = 31u - (unsigned)__builtin_clz(m);
+  return occ_bins[cls][b];
+}
+
+bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
+  shuffle_vector_t *sv = &h->sv[cls];
+  const size_class_t *sc = &_mesh_classes[cls];
+  uint32_t span_bytes = sc->npages * (uint32_t)MESH_PAGE_SIZE;
+  unsigned want = sc->nobjects < 64 ? sc->nobjects : 64; /* free slots worth a lock */
+  _mesh_lock();
+  for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a);
+  sv->natt = 0;
+  sv->total_objects = 0;
+  sv->total_bytes = 0;
+  unsigned free_slots = 0;
+  while (sv->natt < MESH_MAX_ATTACHED && free_slots < want) {
+    if (sv->natt && (sv->total_objects + sc->nobjects > MESH_VECTOR_CAPACITY ||
+                     sv->total_bytes + span_bytes > MESH_ATTACH_MAX_BYTES))
+      break;
+    uint32_t id = best_partial(cls);
+    if (id) {
+      partial_unlink(id);
+    } else {
+      if (sv->natt) break; /* a fresh span only when nothing else is attached */
+      id = new_small_span(cls);
+      if (!id) break;
+    }
+    span_t *s = mesh_span(id);
+    free_slots += s->nobjects - span_live(s);
+    unsigned a = sv->natt++;
+    s->att = (uint8_t)a;
+    mesh_store_relaxed(&s->state, SPAN_ATTACHED);
+    mesh_store_relaxed(&s->owner, h->id);
+    sv->span[a] = id;
+    sv->base[a] = mesh_page_addr(s->page);
+    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) sv->local[a][w] = 0;
+    sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
+    sv->total_bytes += span_bytes;
+  }
+  _mesh_unlock();
+  return sv->natt > 0;
+}
+
+void _mesh_global_free_transition(span_t *s, uint32_t id) {
+  _mesh_lock();
+  uint8_t st = mesh_load_relaxed(&s->state);
+  if ((st == SPAN_FULL || st == SPAN_PARTIAL) && mesh_load_relaxed(&s->owner) == MESH_OWNER_NONE) {
+    unsigned live = span_live(s);
+    if (live == 0) {
+      if (st == SPAN_PARTIAL) partial_unlink(id);
+      _mesh_arena_free_span(id);
+    } else if (st == SPAN_FULL && live < s->nobjects) {
+      partial_link(id, live);
+    }
+  }
+  _mesh_unlock();
+}
+
+/* ---- large objects --------------------------------------------------- */
+
+void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
+  mesh_ensure_init();
+  if (size > _mesh_arena.size || align > _mesh_arena.size / 2) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  uint32_t npages = (uint32_t)((size + MESH_PAGE_SIZE - 1) >> MESH_PAGE_SHIFT);
+  if (npages == 0) npages = 1;
+  uint32_t align_pages = align > MESH_PAGE_SIZE ? (uint32_t)(align >> MESH_PAGE_SHIFT) : 1;
+  bool clean = false;
+  _mesh_lock();
+  uint32_t id = _mesh_arena_alloc_span(npages, align_pages, &clean);
+  if (!id) {
+    _mesh_unlock();
+    errno = ENOMEM;
+    return NULL;
+  }
+  span_t *s = mesh_span(id);
+  s->nobjects = 1;
+  s->cls = MESH_CLASS_LARGE;
+  s->flags = clean ? SPAN_F_CLEAN : 0;
+  mesh_store_relaxed(&s->bits[0], 1);
+  mesh_store_relaxed(&s->state, SPAN_LARGE);
+  npages = s->npages;
+  mesh_stat_add(large_alloc_count, 1);
+  mesh_stat_add(large_bytes_in_use, (uint64_t)npages << MESH_PAGE_SHIFT);
+  void *p = (void *)mesh_page_addr(s->page);
+  _mesh_unlock();
+  /* Pages that never held data (fresh or punched) are already zero. */
+  if (zero && !clean) memset(p, 0, (size_t)npages << MESH_PAGE_SHIFT);
+  return p;
+}
+
+void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte) {
+  if ((uintptr_t)p != mesh_page_addr((uint32_t)(pte >> 32)) || (uint32_t)(pte >> 32) != s->page) {
+    _mesh_report_bad_free(p, "invalid free (pointer inside a large block)");
+    return;
+  }
+  _mesh_lock();
+  if (mesh_load_relaxed(&s->state) != SPAN_LARGE || (uint32_t)mesh_pte_of(p) != id ||
+      mesh_fetch_and_seq_cst(&s->bits[0], 0) != 1) {
+    _mesh_unlock();
+    _mesh_report_bad_free(p, "double free");
+    return;
+  }
+  mesh_stat_add(large_free_count, 1);
+  mesh_stat_sub(large_bytes_in_use, (uint64_t)s->npages << MESH_PAGE_SHIFT);
+  _mesh_arena_free_span(id);
+  _mesh_unlock();
+}
+
+/* ---- validation ------------------------------------------------------ */
+
+int _mesh_global_validate(void) {
+  int bad = 0;
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
+    for (unsigned b = 0; b < MESH_OCC_BINS; b++) {
+      if (!!occ_bins[c][b] != !!(occ_nonempty[c] & (1u << b))) {
+        bad++;
+        _mesh_dprintf(2, "meshalloc: check: class %u bin %u mask mismatch\n", c, b);
+      }
+      uint32_t prev = MESH_NIL;
+      for (uint32_t id = occ_bins[c][b]; id; prev = id, id = mesh_span(id)->next) {
+        span_t *s = mesh_span(id);
+        unsigned live = span_live(s);
+        if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != c || s->bin != b || s->prev != prev ||
+            mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || live >= s->nobjects) {
+          bad++;
+          _mesh_dprintf(2, "meshalloc: check: span %u in class %u bin %u is inconsistent (live %u)\n", id, c, b,
+                        live);
+          break;
+        }
+      }
+    }
+  return bad;
+}
+
+void _mesh_global_after_fork_child(void) {
+  pthread_mutex_init(&_mesh_global_lock, NULL);
+}

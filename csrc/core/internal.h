@@ -1,0 +1,259 @@
+/* internal.h - every cross-file function of the core, grouped by the file
+ * that defines it, plus the few inline helpers the fast paths share.
+ *
+ * Name tiers: public mesh_* (mesh.h), cross-file _mesh_*, everything else
+ * static. Layers, lowest first: os.c → libc.c, options.c, stats.c,
+ * random.h, size_class.c → arena.c → global_heap.c, thread_heap.c →
+ * alloc.c, fork.c, init.c → faces/. A file calls only lower layers (and
+ * init.c's _mesh_ensure_init, which every entry point needs).
+ *
+ * Lock order (the only locks in the core), outermost first:
+ *   1. _mesh_orphan_lock  - serialises threads whose heap is gone (thread
+ *                           exit destructors already ran) on the orphan heap
+ *   2. _mesh_global_lock  - global heap: arena page runs, span records,
+ *                           occupancy bins, thread-heap registry, stats
+ * Fast paths (thread heap pop/push, remote bit clear) take neither.
+ */
+#ifndef MESH_INTERNAL_H
+#define MESH_INTERNAL_H
+
+#include <stdarg.h>
+#include <sys/types.h>
+
+#include "../mesh.h"
+#include "types.h"
+
+#define mesh_likely(x) __builtin_expect(!!(x), 1)
+#define mesh_unlikely(x) __builtin_expect(!!(x), 0)
+#define MESH_INLINE static inline __attribute__((always_inline))
+#define MESH_NOINLINE __attribute__((noinline))
+
+/* ---- os.c: the only file that makes system calls -------------------- */
+int _mesh_os_memfd(void);
+void *_mesh_os_reserve(size_t size, int fd);
+int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off);
+int _mesh_os_punch(int fd, void *addr, size_t off, size_t len);
+void *_mesh_os_alloc(size_t size);
+void _mesh_os_free(void *p, size_t size);
+int _mesh_os_ftruncate(int fd, size_t size);
+int _mesh_os_close(int fd);
+int _mesh_os_pipe(int fds[2]);
+ssize_t _mesh_os_read(int fd, void *buf, size_t len);
+int _mesh_os_write_all(int fd, const void *buf, size_t len);
+int _mesh_os_pwrite_all(int fd, const void *buf, size_t len, size_t off);
+uint64_t _mesh_os_random(void);
+uint64_t _mesh_os_now_ns(void);
+const char *_mesh_os_getenv(const char *name); /* NULL in secure-execution mode */
+bool _mesh_os_secure(void);
+size_t _mesh_os_as_limit(void);                /* RLIMIT_AS, SIZE_MAX if none */
+void _mesh_os_abort(void) __attribute__((noreturn));
+long _mesh_os_gettid(void);
+void *_mesh_os_move_over(void *src, size_t len, void *dst); /* mremap(MREMAP_FIXED) */
+
+/* ---- libc.c: formatting and messages without malloc or stdio -------- */
+size_t _mesh_vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
+size_t _mesh_snprintf(char *buf, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void _mesh_dprintf(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void _mesh_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void _mesh_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+/* A detected invalid or double free: reports the address, counts it, and
+ * aborts when the abort_on_error option is set. */
+void _mesh_report_bad_free(const void *p, const char *what);
+int _mesh_strcmp(const char *a, const char *b);
+size_t _mesh_strlen(const char *s);
+void _mesh_fill(void *p, int c, size_t n);
+
+/* ---- options.c ------------------------------------------------------ */
+/* X(ENUM, name, default, min, max, settable_at_runtime, doc) */
+#define MESH_OPTIONS(X) \
+  X(ARENA_GB, arena_gb, 64, 1, 4096, 0, \
+    "virtual address space reserved for the arena, in GiB (reduced automatically under a small RLIMIT_AS)") \
+  X(MEMFD, memfd, 1, 0, 1, 0, \
+    "back the arena with a memfd so spans can be meshed; 0 uses anonymous memory (no meshing)") \
+  X(MAX_DIRTY_MB, max_dirty_mb, 32, 0, 1048576, 1, \
+    "freed pages kept for reuse before they are returned to the OS, in MiB") \
+  X(ABORT_ON_ERROR, abort_on_error, 1, 0, 1, 1, \
+    "abort the process after reporting a double or invalid free (0: report and continue)") \
+  X(VERBOSE, verbose, 1, 0, 2, 1, \
+    "0 silences warnings, 1 prints warnings, 2 adds informational messages") \
+  X(SEED, seed, 0, 0, 0x7fffffffffffffffL, 0, \
+    "seed for the randomized allocation order; 0 draws one from the OS")
+
+enum mesh_option_id {
+#define MESH_OPT_ENUM(E, n, d, lo, hi, rt, doc) MESH_OPT_##E,
+  MESH_OPTIONS(MESH_OPT_ENUM)
+#undef MESH_OPT_ENUM
+  MESH_OPT_COUNT
+};
+extern _Atomic long _mesh_options[MESH_OPT_COUNT];
+void _mesh_options_init(void);
+MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_mesh_options[id]); }
+
+/* ---- stats.c -------------------------------------------------------- */
+/* Counters kept in the global stats array, updated under the global lock
+ * or with relaxed atomics. Derived fields are computed in stats.c. */
+#define MESH_COUNTERS(X) \
+  X(mesh_count, "meshes performed (source spans folded onto a destination)") \
+  X(meshed_pages, "virtual pages currently backed by another span's physical pages") \
+  X(meshed_pages_hwm, "peak of meshed_pages") \
+  X(meshed_pages_total, "pages freed by meshing, summed over the process lifetime") \
+  X(mesh_mappings, "alias mappings currently created by meshing") \
+  X(spans_alloc_count, "span records created (the original's MH Alloc Count)") \
+  X(spans_free_count, "span records released (the original's MH Free Count)") \
+  X(spans_live, "spans currently in use") \
+  X(spans_hwm, "peak of spans_live (the original's MH High Water Mark)") \
+  X(large_alloc_count, "large (> 16 KiB) allocations") \
+  X(large_free_count, "large frees") \
+  X(large_bytes_in_use, "bytes in live large spans (page rounded)") \
+  X(span_pages, "arena pages held by live spans") \
+  X(dirty_pages, "free arena pages not yet returned to the OS") \
+  X(arena_top_pages, "arena pages ever used (high-water mark of the bump pointer)") \
+  X(pages_punched, "free pages returned to the OS, summed") \
+  X(punch_calls, "fallocate(PUNCH_HOLE)/madvise calls made to return pages") \
+  X(thread_heaps_created, "thread heaps created") \
+  X(thread_heaps_live, "thread heaps attached to running threads") \
+  X(fork_count, "forks whose child copied the heap") \
+  X(fork_copy_bytes_last, "bytes the last fork child copied into its own memfd") \
+  X(fork_copy_ns_last, "time the last fork child spent copying the heap, ns") \
+  X(fork_copy_ns_max, "longest fork copy, ns") \
+  X(double_free_count, "double frees detected") \
+  X(invalid_free_count, "frees of pointers that are not a live block start") \
+  X(orphan_allocs, "allocations served after the thread's heap was released (thread exit)")
+
+enum mesh_counter_id {
+#define MESH_CTR_ENUM(n, doc) MESH_CTR_##n,
+  MESH_COUNTERS(MESH_CTR_ENUM)
+#undef MESH_CTR_ENUM
+  MESH_CTR_COUNT
+};
+extern _Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
+#define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))
+#define mesh_stat_sub(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], -(uint64_t)(v))
+#define mesh_stat_get(name) mesh_load_relaxed(&_mesh_counters[MESH_CTR_##name])
+#define mesh_stat_set(name, v) mesh_store_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))
+/* raise a high-water mark (caller holds the global lock or tolerates a race) */
+#define mesh_stat_hwm(hwm, cur) do { uint64_t c_ = mesh_stat_get(cur); \
+    if (c_ > mesh_stat_get(hwm)) mesh_stat_set(hwm, c_); } while (0)
+
+/* ---- size_class.c --------------------------------------------------- */
+extern size_class_t _mesh_classes[MESH_NUM_CLASSES];
+extern uint8_t _mesh_class_by_16[1024 / 16 + 1];     /* sizes 0..1024 */
+extern uint8_t _mesh_class_by_128[MESH_SMALL_MAX / 128 + 1]; /* sizes 1025..16384 */
+void _mesh_size_classes_init(void);
+MESH_INLINE unsigned mesh_class_of(size_t size) {
+  return size <= 1024 ? _mesh_class_by_16[(size + 15) >> 4]
+                      : _mesh_class_by_128[(size + 127) >> 7];
+}
+/* Smallest class whose size is a multiple of align (align <= page), or -1. */
+int _mesh_class_for_aligned(size_t size, size_t align);
+
+/* ---- random.c ------------------------------------------------------- */
+uint64_t _mesh_random_seed(void);
+MESH_INLINE uint64_t mesh_rand(uint64_t *state) { /* wyrand */
+  *state += 0xa0761d6478bd642fULL;
+  __uint128_t m = (__uint128_t)*state * (*state ^ 0xe7037ed1a0b428dbULL);
+  return (uint64_t)(m >> 64) ^ (uint64_t)m;
+}
+/* uniform in [0, n) without a divide (Lemire's multiply-shift) */
+MESH_INLINE uint32_t mesh_rand_below(uint64_t *state, uint32_t n) {
+  return (uint32_t)(((uint64_t)(uint32_t)mesh_rand(state) * n) >> 32);
+}
+
+/* ---- arena.c (global lock held for everything that changes state) ---- */
+extern arena_t _mesh_arena;
+bool _mesh_arena_init(void);
+uint32_t _mesh_span_record_new(void);
+void _mesh_span_record_free(uint32_t id);
+/* A span of npages whose first page is aligned to align_pages (power of
+ * two, 1 = any); sets its page-table entries. *clean says whether the pages
+ * are known zero. Returns MESH_NIL when the arena is exhausted. */
+uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *clean);
+/* Returns the span's pages as a dirty free run, clears its page-table
+ * entries and recycles the record. May scavenge. */
+void _mesh_arena_free_span(uint32_t id);
+size_t _mesh_arena_scavenge(void);
+void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
+int _mesh_arena_validate(void);
+uint32_t _mesh_arena_top(void);
+void _mesh_arena_forget_dirty(void); /* fork child: dirty runs were not copied */
+
+MESH_INLINE span_t *mesh_span(uint32_t id) { return &_mesh_arena.spans[id]; }
+MESH_INLINE bool mesh_in_arena(const void *p) {
+  return (uintptr_t)p - _mesh_arena.base < _mesh_arena.size;
+}
+MESH_INLINE uint64_t mesh_pte_of(const void *p) {
+  return mesh_load_relaxed(&_mesh_arena.pagetable[((uintptr_t)p - _mesh_arena.base) >> MESH_PAGE_SHIFT]);
+}
+MESH_INLINE uintptr_t mesh_page_addr(uint32_t page) {
+  return _mesh_arena.base + ((uintptr_t)page << MESH_PAGE_SHIFT);
+}
+MESH_INLINE unsigned mesh_bitmap_words(const span_t *s) { return (s->nobjects + 63u) >> 6; }
+MESH_INLINE uint64_t mesh_bitmap_mask(const span_t *s, unsigned w) {
+  unsigned rest = s->nobjects - w * 64u;
+  return rest >= 64 ? ~0ull : ((1ull << rest) - 1);
+}
+
+/* ---- global_heap.c -------------------------------------------------- */
+extern pthread_mutex_t _mesh_global_lock;
+void _mesh_lock(void);
+void _mesh_unlock(void);
+/* Replace the attachments of class cls (all exhausted) by spans with free
+ * slots; returns false when the arena is exhausted. Takes the lock. */
+bool _mesh_global_refill(thread_heap_t *h, unsigned cls);
+/* Detach every span of h (thread exit, fork child orphans). Lock held. */
+void _mesh_global_detach_all(thread_heap_t *h);
+/* A non-local free saw a bitmap word go from full or to empty. */
+void _mesh_global_free_transition(span_t *s, uint32_t id);
+void *_mesh_large_alloc(size_t size, size_t align, bool zero);
+void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte);
+int _mesh_global_validate(void);
+void _mesh_global_after_fork_child(void);
+
+/* ---- thread_heap.c -------------------------------------------------- */
+struct mesh_tls_s {
+  thread_heap_t *heap; /* never NULL: a sentinel until the first allocation */
+  int state;           /* MESH_TLS_* */
+};
+enum { MESH_TLS_NONE = 0, MESH_TLS_CREATING, MESH_TLS_LIVE, MESH_TLS_DEAD };
+extern __thread struct mesh_tls_s _mesh_tls __attribute__((tls_model("initial-exec")));
+extern thread_heap_t _mesh_empty_heap;
+extern pthread_mutex_t _mesh_orphan_lock;
+void _mesh_thread_heaps_init(void);
+void *_mesh_heap_alloc_slow(size_t size);
+void _mesh_heap_count_headless_free(unsigned cls);
+/* Takes back the slots other threads freed in h's attachments of sv's class
+ * (atomic fetch_or per word) into the shuffle vector; returns how many. */
+unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv);
+void _mesh_heap_validate_all(int *problems);
+thread_heap_t *_mesh_heap_registry(void);
+void _mesh_heaps_after_fork_child(void);
+void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_allocs, uint64_t *small_frees);
+
+/* ---- alloc.c -------------------------------------------------------- */
+void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte);
+
+/* ---- fork.c --------------------------------------------------------- */
+void _mesh_fork_register(void);
+
+/* ---- init.c --------------------------------------------------------- */
+extern _Atomic int _mesh_init_state; /* 0 none, 1 running, 2 done */
+void _mesh_init_slow(void);
+MESH_INLINE void mesh_ensure_init(void) {
+  if (mesh_unlikely(mesh_load_acquire(&_mesh_init_state) != 2)) _mesh_init_slow();
+}
+
+/* ---- debug assertions ------------------------------------------------ */
+#if MESH_DEBUG >= 2
+#define mesh_assert(x) do { if (mesh_unlikely(!(x))) \
+    _mesh_fatal("assertion failed: %s (%s:%d)", #x, __FILE__, __LINE__); } while (0)
+#else
+#define mesh_assert(x) ((void)0)
+#endif
+#if MESH_DEBUG >= 3
+#define mesh_assert_expensive(x) mesh_assert(x)
+#else
+#define mesh_assert_expensive(x) ((void)0)
+#endif
+
+#endif

@@ -1,0 +1,152 @@
+/* os.c - the platform layer: every system call the core makes is here.
+ *
+ * Contract for the layers above: nothing here allocates, uses stdio or
+ * takes a lock; every function is async-signal-safe except _mesh_os_getenv
+ * (it reads environ, fine at init). Failures are returned, never fatal,
+ * so callers can degrade (no memfd -> anonymous arena) instead of aborting.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#endif
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE 0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+
+int _mesh_os_memfd(void) {
+#ifdef SYS_memfd_create
+  /* close-on-exec: the heap must never leak into an exec'd child */
+  int fd = (int)syscall(SYS_memfd_create, "meshalloc-arena", MFD_CLOEXEC);
+  return fd;
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+void *_mesh_os_reserve(size_t size, int fd) {
+  void *p;
+  if (fd >= 0)
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  else
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off) {
+  void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)off);
+  return p == MAP_FAILED ? -1 : 0;
+}
+
+int _mesh_os_punch(int fd, void *addr, size_t off, size_t len) {
+  /* madvise(DONTNEED) does not free shmem pages; only a hole in the memfd does. */
+  if (fd >= 0) return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+  return madvise(addr, len, MADV_DONTNEED);
+}
+
+void *_mesh_os_alloc(size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void _mesh_os_free(void *p, size_t size) { munmap(p, size); }
+
+int _mesh_os_ftruncate(int fd, size_t size) { return ftruncate(fd, (off_t)size); }
+int _mesh_os_close(int fd) { return close(fd); }
+int _mesh_os_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
+ssize_t _mesh_os_read(int fd, void *buf, size_t len) {
+  ssize_t r;
+  do r = read(fd, buf, len); while (r < 0 && errno == EINTR);
+  return r;
+}
+
+int _mesh_os_write_all(int fd, const void *buf, size_t len) {
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t r = write(fd, p, len);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    p += r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+int _mesh_os_pwrite_all(int fd, const void *buf, size_t len, size_t off) {
+  const char *p = buf;
+  while (len > 0) {
+    ssize_t r = pwrite(fd, p, len, (off_t)off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return -1;
+    p += r;
+    off += (size_t)r;
+    len -= (size_t)r;
+  }
+  return 0;
+}
+
+uint64_t _mesh_os_random(void) {
+  uint64_t v = 0;
+#ifdef SYS_getrandom
+  if (syscall(SYS_getrandom, &v, sizeof v, 0x0001 /* GRND_NONBLOCK */) == (long)sizeof v) return v;
+#endif
+  /* no entropy source: mix the clock and an address (ASLR) */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(uintptr_t)&v ^ (uint64_t)getpid() << 32;
+}
+
+uint64_t _mesh_os_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+bool _mesh_os_secure(void) { return getauxval(AT_SECURE) != 0; }
+
+const char *_mesh_os_getenv(const char *name) {
+  /* setuid/setgid programs ignore tunables, as glibc ignores MALLOC_* */
+  if (_mesh_os_secure()) return NULL;
+  return getenv(name);
+}
+
+size_t _mesh_os_as_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_AS, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return SIZE_MAX;
+  return (size_t)rl.rlim_cur;
+}
+
+void _mesh_os_abort(void) {
+  /* abort() may run atexit-like cleanup in some libcs; raise directly and
+   * make sure SIGABRT is not blocked or ignored. */
+  signal(SIGABRT, SIG_DFL);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGABRT);
+  sigprocmask(SIG_UNBLOCK, &set, NULL);
+  raise(SIGABRT);
+  _exit(134);
+}
+
+long _mesh_os_gettid(void) { return (long)syscall(SYS_gettid); }
+
+void *_mesh_os_move_over(void *src, size_t len, void *dst) {
+  void *p = mremap(src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+  return p == MAP_FAILED ? NULL : p;
+}

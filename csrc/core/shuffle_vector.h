@@ -1,0 +1,58 @@
+/* shuffle_vector.h - the randomized free list of one size class in one
+ * thread heap (the paper's ShuffleVector).
+ *
+ * entries[0..len) holds the free slots of the class's attached spans, each
+ * as (attachment << 8 | slot), in random order: malloc pops the last entry,
+ * a local free pushes and swaps the new entry with a random position, and
+ * every refill is followed by a Fisher-Yates shuffle. Random slot order is
+ * what makes two spans' occupancy bitmaps likely to be disjoint (meshable).
+ *
+ * local[a] mirrors entries: bit i of local[a] is 1 iff slot i of attachment a
+ * is in entries. That is how a local double free is caught before the slot
+ * could be handed out twice, without touching the shared atomic bitmap.
+ * Owner thread only; no atomics except the statistics counters.
+ */
+#ifndef MESH_SHUFFLE_VECTOR_H
+#define MESH_SHUFFLE_VECTOR_H
+
+#include "internal.h"
+
+MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
+  uint16_t e = sv->entries[--sv->len];
+  unsigned a = e >> 8, slot = e & 0xFFu;
+  sv->local[a][slot >> 6] &= ~(1ull << (slot & 63));
+  mesh_counter_add(&sv->n_alloc, 1);
+  return (void *)(sv->base[a] + (uintptr_t)slot * sv->size);
+}
+
+/* Returns false (and changes nothing) if the slot is already free here. */
+MESH_INLINE bool mesh_sv_push(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, unsigned slot) {
+  uint64_t bit = 1ull << (slot & 63);
+  uint64_t *w = &sv->local[a][slot >> 6];
+  if (mesh_unlikely(*w & bit)) return false;
+  *w |= bit;
+  uint32_t n = sv->len;
+  uint32_t j = mesh_rand_below(&h->rng, n + 1);
+  sv->entries[n] = sv->entries[j];
+  sv->entries[j] = (uint16_t)(a << 8 | slot);
+  sv->len = (uint16_t)(n + 1);
+  mesh_counter_add(&sv->n_free, 1);
+  return true;
+}
+
+/* Adds a slot during refill (no shuffle: the caller shuffles once). */
+MESH_INLINE void mesh_sv_append(shuffle_vector_t *sv, unsigned a, unsigned slot) {
+  sv->local[a][slot >> 6] |= 1ull << (slot & 63);
+  sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
+}
+
+MESH_INLINE void mesh_sv_shuffle(thread_heap_t *h, shuffle_vector_t *sv) {
+  for (uint32_t i = sv->len; i > 1; i--) {
+    uint32_t j = mesh_rand_below(&h->rng, i);
+    uint16_t t = sv->entries[i - 1];
+    sv->entries[i - 1] = sv->entries[j];
+    sv->entries[j] = t;
+  }
+}
+
+#endif

@@ -1,0 +1,65 @@
+/* size_class.c - the size-class table and the size -> class lookups.
+ *
+ * Classes: 16..512 in 16-byte steps (32 classes), then 4 per doubling up to
+ * 16 KiB (20 classes). Each class's span is the number of pages that holds
+ * 8..256 objects with the least tail waste (ties: fewer pages), so that
+ * memory lost to span tails stays under ~2 %. The tables are filled once by
+ * init before any allocation; the fast path indexes them without a branch
+ * on the class boundaries.
+ */
+#include "internal.h"
+
+size_class_t _mesh_classes[MESH_NUM_CLASSES];
+uint8_t _mesh_class_by_16[1024 / 16 + 1];
+uint8_t _mesh_class_by_128[MESH_SMALL_MAX / 128 + 1];
+
+static uint32_t class_size(unsigned c) {
+  if (c < 32) return 16u * (c + 1);
+  unsigned k = c - 32;             /* 0..19 */
+  uint32_t base = 512u << (k / 4); /* 512, 1024, ... */
+  return base + (base / 4) * (k % 4 + 1);
+}
+
+void _mesh_size_classes_init(void) {
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+    uint32_t size = class_size(c);
+    uint32_t min_pages = (uint32_t)((size * MESH_SPAN_MIN_OBJECTS + MESH_PAGE_SIZE - 1) / MESH_PAGE_SIZE);
+    uint32_t best_pages = min_pages;
+    uint64_t best_waste = ~0ull;
+    for (uint32_t p = min_pages; p <= min_pages * 2; p++) {
+      uint64_t bytes = (uint64_t)p * MESH_PAGE_SIZE;
+      uint64_t n = bytes / size;
+      if (n > MESH_SPAN_MAX_OBJECTS) break;
+      uint64_t waste = bytes - n * size;
+      /* compare waste ratios: waste/bytes < best_waste/best_bytes */
+      if (best_waste == ~0ull || waste * best_pages < best_waste * p) best_waste = waste, best_pages = p;
+    }
+    size_class_t *sc = &_mesh_classes[c];
+    sc->size = size;
+    sc->npages = best_pages;
+    uint64_t n = (uint64_t)best_pages * MESH_PAGE_SIZE / size;
+    sc->nobjects = (uint16_t)(n > MESH_SPAN_MAX_OBJECTS ? MESH_SPAN_MAX_OBJECTS : n);
+    sc->recip = ((1ull << 32) + size - 1) / size;
+  }
+  unsigned c = 0;
+  for (unsigned i = 0; i <= 1024 / 16; i++) {
+    size_t sz = i ? i * 16u : 1;
+    while (_mesh_classes[c].size < sz) c++;
+    _mesh_class_by_16[i] = (uint8_t)c;
+  }
+  c = 0;
+  for (unsigned i = 0; i <= MESH_SMALL_MAX / 128; i++) {
+    size_t sz = i ? i * 128u : 1;
+    while (_mesh_classes[c].size < sz) c++;
+    _mesh_class_by_128[i] = (uint8_t)c;
+  }
+}
+
+int _mesh_class_for_aligned(size_t size, size_t align) {
+  if (size > MESH_SMALL_MAX || align > MESH_PAGE_SIZE) return -1;
+  /* Spans start on a page, so slot i is at base + i*size: every slot is
+   * aligned iff size is a multiple of align. */
+  for (unsigned c = mesh_class_of(size); c < MESH_NUM_CLASSES; c++)
+    if (_mesh_classes[c].size % align == 0) return (int)c;
+  return -1;
+}

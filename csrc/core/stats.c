@@ -1,0 +1,114 @@
+/* stats.c - the stats table: one list of named counters (MESH_COUNTERS in
+ * internal.h) plus a few fields derived when read.
+ *
+ * Counters are relaxed atomics bumped on slow paths only; the small-object
+ * fast paths count into their thread heap's shuffle vector and are summed
+ * here under the global lock. A read is a consistent-enough snapshot, not a
+ * linearizable one: figures from different threads may be a few operations
+ * apart. The summary printer formats into a stack buffer (no malloc).
+ */
+#include "internal.h"
+
+_Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
+
+/* Derived fields: X(name, doc) computed in stats_fill below. */
+#define MESH_DERIVED(X) \
+  X(small_bytes_in_use, "bytes in live small objects (class size, not request size)") \
+  X(small_alloc_count, "small allocations served") \
+  X(small_free_count, "small frees") \
+  X(bytes_in_use, "small_bytes_in_use + large_bytes_in_use") \
+  X(arena_reserved_bytes, "virtual bytes reserved for the arena") \
+  X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
+  X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \
+  X(meshing_available, "1 when the arena is memfd-backed and spans can be meshed")
+
+enum {
+#define MESH_DER_ENUM(n, doc) MESH_DER_##n,
+  MESH_DERIVED(MESH_DER_ENUM)
+#undef MESH_DER_ENUM
+  MESH_DER_COUNT
+};
+
+static const char *const names[] = {
+#define MESH_NAME(n, doc) #n,
+    MESH_COUNTERS(MESH_NAME) MESH_DERIVED(MESH_NAME)
+#undef MESH_NAME
+};
+static const char *const docs[] = {
+#define MESH_DOC(n, doc) doc,
+    MESH_COUNTERS(MESH_DOC) MESH_DERIVED(MESH_DOC)
+#undef MESH_DOC
+};
+
+#define STATS_TOTAL (MESH_CTR_COUNT + MESH_DER_COUNT)
+
+int mesh_stats_count(void) { return STATS_TOTAL; }
+const char *mesh_stats_name(int i) { return i >= 0 && i < STATS_TOTAL ? names[i] : NULL; }
+const char *mesh_stats_doc(int i) { return i >= 0 && i < STATS_TOTAL ? docs[i] : NULL; }
+
+static void stats_fill(uint64_t v[STATS_TOTAL]) {
+  for (int i = 0; i < MESH_CTR_COUNT; i++) v[i] = mesh_load_relaxed(&_mesh_counters[i]);
+  uint64_t *d = v + MESH_CTR_COUNT;
+  uint64_t sb = 0, sa = 0, sf = 0;
+  if (mesh_load_acquire(&_mesh_init_state) == 2) {
+    _mesh_lock();
+    _mesh_heap_stats(&sb, &sa, &sf);
+    uint32_t heaps = (uint32_t)mesh_stat_get(thread_heaps_created);
+    uint64_t meta = (uint64_t)mesh_stat_get(arena_top_pages) * sizeof(pte_t) +
+                    (uint64_t)(mesh_stat_get(spans_hwm) + 64) * sizeof(span_t) +
+                    (uint64_t)heaps * sizeof(thread_heap_t);
+    _mesh_unlock();
+    d[MESH_DER_metadata_bytes] = meta;
+  }
+  d[MESH_DER_small_bytes_in_use] = sb;
+  d[MESH_DER_small_alloc_count] = sa;
+  d[MESH_DER_small_free_count] = sf;
+  d[MESH_DER_bytes_in_use] = sb + v[MESH_CTR_large_bytes_in_use];
+  d[MESH_DER_arena_reserved_bytes] = _mesh_arena.size;
+  d[MESH_DER_arena_committed_bytes] =
+      (v[MESH_CTR_span_pages] + v[MESH_CTR_dirty_pages]) * MESH_PAGE_SIZE;
+  d[MESH_DER_meshing_available] = _mesh_arena.meshable;
+}
+
+int mesh_stats_read(uint64_t *out, int n) {
+  uint64_t v[STATS_TOTAL];
+  stats_fill(v);
+  for (int i = 0; i < n && i < STATS_TOTAL; i++) out[i] = v[i];
+  return STATS_TOTAL;
+}
+
+/* MB with one decimal, from a page count, without floating point. */
+static void fmt_mb(char *buf, size_t n, uint64_t pages) {
+  uint64_t tenths = (pages * MESH_PAGE_SIZE * 10 + (1 << 19)) >> 20;
+  _mesh_snprintf(buf, n, "%llu.%llu", (unsigned long long)(tenths / 10), (unsigned long long)(tenths % 10));
+}
+
+void mesh_stats_print(int fd) {
+  uint64_t v[STATS_TOTAL];
+  stats_fill(v);
+  const uint64_t *d = v + MESH_CTR_COUNT;
+  char total[32], hwm[32], inuse[32], committed[32];
+  /* The original printed meshes x one page as "Meshed MB (total)"; here it
+   * is the real number of pages meshing freed. */
+  fmt_mb(total, sizeof total, v[MESH_CTR_meshed_pages_total]);
+  fmt_mb(hwm, sizeof hwm, v[MESH_CTR_meshed_pages_hwm]);
+  fmt_mb(inuse, sizeof inuse, (d[MESH_DER_bytes_in_use] + MESH_PAGE_SIZE - 1) / MESH_PAGE_SIZE);
+  fmt_mb(committed, sizeof committed, d[MESH_DER_arena_committed_bytes] / MESH_PAGE_SIZE);
+  _mesh_dprintf(fd,
+                "MESH COUNT:         %llu\n"
+                "Meshed MB (total):  %s\n"
+                "Meshed pages HWM:   %llu\n"
+                "Meshed MB HWM:      %s\n"
+                "MH Alloc Count:     %llu\n"
+                "MH Free  Count:     %llu\n"
+                "MH High Water Mark: %llu\n"
+                "In use MB:          %s\n"
+                "Committed MB:       %s\n"
+                "Meshing:            %s\n",
+                (unsigned long long)v[MESH_CTR_mesh_count], total,
+                (unsigned long long)v[MESH_CTR_meshed_pages_hwm], hwm,
+                (unsigned long long)v[MESH_CTR_spans_alloc_count],
+                (unsigned long long)v[MESH_CTR_spans_free_count],
+                (unsigned long long)v[MESH_CTR_spans_hwm], inuse, committed,
+                d[MESH_DER_meshing_available] ? "available (memfd arena)" : "off (anonymous arena)");
+}

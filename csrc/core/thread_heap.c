@@ -1,0 +1,236 @@
+/* thread_heap.c - per-thread heaps: creation, refill, thread exit, fork.
+ *
+ * Each thread's TLS holds a pointer to its heap; until its first
+ * allocation it points at _mesh_empty_heap, a sentinel whose vectors are
+ * all empty, so the malloc fast path needs no NULL check. The heap is
+ * registered with a pthread key whose destructor detaches every span at
+ * thread exit and parks the heap in a pool for the next thread.
+ *
+ * A thread whose heap is gone (allocating from a later TLS destructor) or
+ * still being created (pthread_setspecific may allocate) uses the orphan
+ * heap under _mesh_orphan_lock: slower, never wrong.
+ *
+ * Locking: a heap's vectors are touched only by its thread (or under
+ * _mesh_orphan_lock for the orphan heap); the registry and pool are under
+ * _mesh_global_lock. Stats readers load the per-class counters relaxed.
+ */
+#include "internal.h"
+#include "shuffle_vector.h"
+
+#include <errno.h>
+
+__thread struct mesh_tls_s _mesh_tls __attribute__((tls_model("initial-exec"))) = {&_mesh_empty_heap,
+                                                                                    MESH_TLS_NONE};
+thread_heap_t _mesh_empty_heap = {.id = MESH_OWNER_SENTINEL};
+pthread_mutex_t _mesh_orphan_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static pthread_key_t heap_key;
+static thread_heap_t *all_heaps;   /* (lock) */
+static thread_heap_t *heap_pool;   /* (lock) released heaps */
+static thread_heap_t *orphan_heap; /* (orphan lock) */
+static uint32_t next_heap_id = 1;  /* (lock) */
+/* Frees by threads that have no heap of their own, per class. */
+static _Atomic uint64_t headless_frees[MESH_NUM_CLASSES];
+
+static size_t heap_bytes(void) {
+  return (sizeof(thread_heap_t) + MESH_PAGE_SIZE - 1) & ~(MESH_PAGE_SIZE - 1);
+}
+
+/* Lock held. */
+static thread_heap_t *heap_new(void) {
+  thread_heap_t *h = heap_pool;
+  if (h) {
+    heap_pool = h->pool_next;
+  } else {
+    h = _mesh_os_alloc(heap_bytes()); /* zeroed */
+    if (!h) return NULL;
+    h->id = next_heap_id++;
+    h->all_next = all_heaps;
+    all_heaps = h;
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+      shuffle_vector_t *sv = &h->sv[c];
+      sv->cls = (uint8_t)c;
+      sv->size = _mesh_classes[c].size;
+      sv->recip = _mesh_classes[c].recip;
+    }
+    mesh_stat_add(thread_heaps_created, 1);
+  }
+  h->rng = _mesh_random_seed();
+  h->live = 1;
+  mesh_stat_add(thread_heaps_live, 1);
+  return h;
+}
+
+/* Lock held. */
+static void heap_retire(thread_heap_t *h) {
+  _mesh_global_detach_all(h);
+  h->live = 0;
+  h->pool_next = heap_pool;
+  heap_pool = h;
+  mesh_stat_sub(thread_heaps_live, 1);
+}
+
+static void thread_exit(void *arg) {
+  thread_heap_t *h = arg;
+  _mesh_lock();
+  heap_retire(h);
+  _mesh_unlock();
+  _mesh_tls.heap = &_mesh_empty_heap;
+  _mesh_tls.state = MESH_TLS_DEAD;
+}
+
+void _mesh_thread_heaps_init(void) {
+  if (pthread_key_create(&heap_key, thread_exit) != 0)
+    _mesh_warning("pthread_key_create failed: thread heaps are not returned at thread exit");
+  _mesh_lock();
+  orphan_heap = heap_new();
+  _mesh_unlock();
+  if (orphan_heap) mesh_stat_sub(thread_heaps_live, 1); /* not a thread */
+}
+
+unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
+  unsigned got = 0;
+  for (unsigned a = 0; a < sv->natt; a++) {
+    span_t *s = mesh_span(sv->span[a]);
+    for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
+      uint64_t mask = mesh_bitmap_mask(s, w);
+      if ((mesh_load_relaxed(&s->bits[w]) & mask) == mask) continue; /* nothing freed: skip the RMW */
+      uint64_t old = mesh_fetch_or_acq_rel(&s->bits[w], mask);
+      uint64_t taken = mask & ~old;
+      uint64_t dup = taken & sv->local[a][w]; /* freed remotely while already free here */
+      while (dup) {
+        unsigned slot = w * 64 + (unsigned)__builtin_ctzll(dup);
+        dup &= dup - 1;
+        _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
+                              "double free (freed again by another thread)");
+      }
+      taken &= ~sv->local[a][w];
+      while (taken) {
+        unsigned slot = w * 64 + (unsigned)__builtin_ctzll(taken);
+        taken &= taken - 1;
+        mesh_sv_append(sv, a, slot);
+        got++;
+      }
+    }
+  }
+  if (got) mesh_sv_shuffle(h, sv);
+  return got;
+}
+
+static void *heap_alloc_small(thread_heap_t *h, unsigned cls) {
+  shuffle_vector_t *sv = &h->sv[cls];
+  if (sv->len == 0 && _mesh_heap_reclaim(h, sv) == 0) {
+    if (!_mesh_global_refill(h, cls) || _mesh_heap_reclaim(h, sv) == 0) {
+      errno = ENOMEM;
+      return NULL;
+    }
+  }
+  return mesh_sv_pop(sv);
+}
+
+static thread_heap_t *heap_create_for_thread(void) {
+  _mesh_tls.state = MESH_TLS_CREATING;
+  _mesh_lock();
+  thread_heap_t *h = heap_new();
+  _mesh_unlock();
+  if (!h) {
+    _mesh_tls.state = MESH_TLS_NONE;
+    return NULL;
+  }
+  /* may allocate (keys past the first block): that goes to the orphan heap */
+  pthread_setspecific(heap_key, h);
+  _mesh_tls.heap = h;
+  _mesh_tls.state = MESH_TLS_LIVE;
+  return h;
+}
+
+void *_mesh_heap_alloc_slow(size_t size) {
+  mesh_ensure_init();
+  if (size > MESH_SMALL_MAX) return _mesh_large_alloc(size, 0, false);
+  unsigned cls = mesh_class_of(size);
+  thread_heap_t *h = _mesh_tls.heap;
+  if (h == &_mesh_empty_heap && _mesh_tls.state == MESH_TLS_NONE) h = heap_create_for_thread();
+  if (h && h != &_mesh_empty_heap) return heap_alloc_small(h, cls);
+  if (!orphan_heap) {
+    errno = ENOMEM;
+    return NULL;
+  }
+  pthread_mutex_lock(&_mesh_orphan_lock);
+  void *p = heap_alloc_small(orphan_heap, cls);
+  pthread_mutex_unlock(&_mesh_orphan_lock);
+  mesh_stat_add(orphan_allocs, 1);
+  return p;
+}
+
+void _mesh_heap_count_headless_free(unsigned cls) { mesh_fetch_add_relaxed(&headless_frees[cls], 1); }
+
+void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_allocs, uint64_t *small_frees) {
+  uint64_t bytes = 0, na = 0, nf = 0;
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+    uint64_t a = 0, f = mesh_load_relaxed(&headless_frees[c]);
+    for (thread_heap_t *h = all_heaps; h; h = h->all_next) {
+      a += mesh_load_relaxed(&h->sv[c].n_alloc);
+      f += mesh_load_relaxed(&h->sv[c].n_free);
+    }
+    na += a;
+    nf += f;
+    if (a > f) bytes += (a - f) * _mesh_classes[c].size;
+  }
+  *small_bytes = bytes;
+  *small_allocs = na;
+  *small_frees = nf;
+}
+
+static int heap_validate(thread_heap_t *h) {
+  int bad = 0;
+#define BAD(fmt, ...) do { bad++; _mesh_dprintf(2, "meshalloc: check: heap %u: " fmt, h->id, ##__VA_ARGS__); } while (0)
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+    shuffle_vector_t *sv = &h->sv[c];
+    if (sv->natt > MESH_MAX_ATTACHED || sv->len > MESH_VECTOR_CAPACITY) { BAD("class %u sizes\n", c); continue; }
+    unsigned in_local = 0;
+    for (unsigned a = 0; a < sv->natt; a++) {
+      span_t *s = mesh_span(sv->span[a]);
+      if (mesh_load_relaxed(&s->state) != SPAN_ATTACHED || mesh_load_relaxed(&s->owner) != h->id ||
+          s->att != a || s->cls != c || sv->base[a] != mesh_page_addr(s->page))
+        BAD("class %u attachment %u (span %u) is inconsistent\n", c, a, sv->span[a]);
+      for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
+        uint64_t l = sv->local[a][w];
+        if (w >= mesh_bitmap_words(s) ? l != 0 : (l & ~mesh_bitmap_mask(s, w)) != 0)
+          BAD("class %u attachment %u has local bits past the span\n", c, a);
+        if ((l & mesh_load_relaxed(&s->bits[w])) != l)
+          BAD("class %u attachment %u: vector slot not marked in the span bitmap\n", c, a);
+        in_local += (unsigned)__builtin_popcountll(l);
+      }
+    }
+    if (in_local != sv->len) BAD("class %u: %u entries but %u local bits\n", c, sv->len, in_local);
+    for (unsigned i = 0; i < sv->len; i++) {
+      unsigned a = sv->entries[i] >> 8, slot = sv->entries[i] & 0xFFu;
+      if (a >= sv->natt || !(sv->local[a][slot >> 6] & (1ull << (slot & 63)))) {
+        BAD("class %u: entry %u (%u/%u) not in the local bitmap\n", c, i, a, slot);
+        break;
+      }
+    }
+  }
+#undef BAD
+  return bad;
+}
+
+/* Lock held; other threads should be quiet (their vectors are read racily). */
+void _mesh_heap_validate_all(int *problems) {
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next)
+    if (h->live || h == orphan_heap) *problems += heap_validate(h);
+}
+
+/* In a fork child only the forking thread survives: every other thread
+ * heap is orphaned. Their vectors may be mid-update (the threads were
+ * running), so detaching trusts only the local bitmaps, which a slot moves
+ * in and out of in a single store. */
+void _mesh_heaps_after_fork_child(void) {
+  pthread_mutex_init(&_mesh_orphan_lock, NULL);
+  thread_heap_t *mine = _mesh_tls.heap;
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next) {
+    if (!h->live || h == mine || h == orphan_heap) continue;
+    heap_retire(h);
+  }
+  /* keys survive fork; the current thread keeps its heap */
+}

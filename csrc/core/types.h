@@ -1,0 +1,150 @@
+/* types.h - every internal type of the meshalloc core, with its invariants.
+ *
+ * Vocabulary (the paper's): a *page* is 4 KiB; a *span* is a run of pages
+ * described by one span record; the *arena* is one reserved virtual range
+ * backed by a memfd so a physical span can be mapped at several virtual
+ * addresses; a *thread heap* owns a *shuffle vector* per size class; the
+ * *global heap* owns every span no thread heap has attached.
+ *
+ * Object memory and metadata never share pages: span records, the page
+ * table and thread heaps live in private anonymous mappings of their own, so
+ * a heap overflow cannot rewrite a bitmap, and fork's kernel copy-on-write
+ * snapshots all metadata exactly while object memory (MAP_SHARED) is copied
+ * by fork.c.
+ *
+ * Span bitmap invariant (the "exact bitmap" the mesher relies on):
+ *   - a detached span's bit i is 1 iff slot i holds a live object;
+ *   - an attached span's bit i is 1 iff slot i is live OR sits in the owning
+ *     thread heap's shuffle vector (then its bit in that heap's local bitmap
+ *     is also 1). Frees from other threads clear bits atomically; the owner
+ *     takes cleared bits back with an atomic fetch_or ("reclaim").
+ *   Only detached spans are ever meshed, so the mesher sees exact bitmaps.
+ */
+#ifndef MESH_TYPES_H
+#define MESH_TYPES_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "atomic.h"
+
+#ifndef MESH_DEBUG
+#define MESH_DEBUG 0 /* 0 off, 1 cheap checks, 2 internal asserts, 3 validators at transitions */
+#endif
+
+#define MESH_PAGE_SHIFT 12
+#define MESH_PAGE_SIZE ((size_t)1 << MESH_PAGE_SHIFT)
+#define MESH_MIN_ALIGN 16
+
+/* Size classes: 16-byte steps to 512 (pymalloc's granularity, so internal
+ * fragmentation is never worse than the default), then four steps per
+ * doubling to 16 KiB. Anything larger is a "large" span of its own. */
+#define MESH_NUM_CLASSES 52
+#define MESH_SMALL_MAX 16384
+#define MESH_CLASS_LARGE 0xFF
+#define MESH_SPAN_MAX_OBJECTS 256 /* bitmap is 4 words */
+#define MESH_SPAN_MIN_OBJECTS 8
+#define MESH_BITMAP_WORDS 4
+
+/* A thread heap attaches spans to a size class until their objects add up to
+ * at most MESH_VECTOR_CAPACITY, so the shuffle vector can never overflow:
+ * every entry is a distinct free slot of an attached span. */
+#define MESH_VECTOR_CAPACITY 256
+#define MESH_MAX_ATTACHED 8
+#define MESH_ATTACH_MAX_BYTES (128 * 1024)
+
+/* Occupancy bins for detached partial spans: reuse prefers fuller spans. */
+#define MESH_OCC_BINS 4
+/* Free page-run bins: exact for 1..32 pages, then one per power of two. */
+#define MESH_FREE_BINS 64
+
+#define MESH_NIL 0u              /* span id 0 is never a real span */
+#define MESH_OWNER_NONE 0u        /* span->owner of a detached span */
+#define MESH_OWNER_SENTINEL 0xFFFFFFFFu /* id of the empty/dead sentinel heaps */
+
+enum span_state {
+  SPAN_NONE = 0,  /* record unused (or the nil record) */
+  SPAN_FREE,      /* a free page run in the arena's free bins */
+  SPAN_ATTACHED,  /* small span owned by a thread heap */
+  SPAN_PARTIAL,   /* detached small span with free slots, in an occupancy bin */
+  SPAN_FULL,      /* detached small span with no free slot, in no list */
+  SPAN_LARGE,     /* one large object */
+};
+
+/* One span record: 64 bytes, one cache line. Fields marked (lock) change only
+ * under the global lock; (owner) only by the attached thread heap. */
+typedef struct span_s {
+  _Atomic uint64_t bits[MESH_BITMAP_WORDS]; /* slot occupancy, see invariant above; FREE runs: bits[0] = 1 if dirty */
+  uint32_t page;        /* (lock) first arena page; also the memfd page of the physical span */
+  uint32_t npages;      /* (lock) pages in the span */
+  uint32_t next, prev;  /* (lock) links in an occupancy bin or free-run bin */
+  _Atomic uint32_t owner; /* thread heap id while attached, MESH_OWNER_NONE otherwise */
+  uint16_t nobjects;    /* (lock) slots in the span (1 for large) */
+  uint8_t cls;          /* (lock) size class, MESH_CLASS_LARGE for large */
+  _Atomic uint8_t state;/* (lock) enum span_state; read racily only as a hint */
+  uint8_t att;          /* (owner) index of the attachment in the owner's vector */
+  uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
+  uint16_t flags;       /* (lock) SPAN_F_* */
+  uint32_t alias_next;  /* (lock) reserved for meshing: next virtual span aliasing this one */
+} span_t;
+
+#define SPAN_F_CLEAN 1u /* large span whose pages were untouched (zero) when allocated */
+
+_Static_assert(sizeof(span_t) == 64, "span record must stay one cache line");
+
+/* Page-table entry: (virtual span start page << 32) | span id. The start page
+ * lets a pointer's offset be computed inside whichever virtual span (original
+ * or, after meshing, alias) it points into. 0 means "no span here". */
+typedef _Atomic uint64_t pte_t;
+
+/* One size class's view in a thread heap. Only the owning thread touches
+ * anything but the counters, which stats readers load relaxed. */
+typedef struct shuffle_vector_s {
+  uint16_t len;                     /* entries[0..len) are free slots, random order */
+  uint8_t natt;                     /* attached spans */
+  uint8_t cls;
+  uint32_t size;                    /* object size of the class */
+  uint64_t recip;                   /* ceil(2^32 / size): offset -> slot without a divide */
+  uintptr_t base[MESH_MAX_ATTACHED];      /* primary address of each attached span */
+  uint32_t span[MESH_MAX_ATTACHED];       /* span id of each attachment */
+  uint16_t total_objects;                 /* sum of nobjects over attachments */
+  uint16_t pad;
+  uint32_t total_bytes;                   /* sum of span bytes over attachments */
+  uint64_t local[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS]; /* 1 = slot is in entries[] */
+  _Atomic uint64_t n_alloc;               /* objects handed out by this heap */
+  _Atomic uint64_t n_free;                /* objects of this class freed by this thread */
+  uint16_t entries[MESH_VECTOR_CAPACITY]; /* (attachment << 8) | slot */
+} shuffle_vector_t;
+
+typedef struct thread_heap_s {
+  uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels */
+  uint32_t live;               /* 1 while registered to a running thread */
+  uint64_t rng;                /* per-heap random state (wyrand) */
+  struct thread_heap_s *all_next;  /* (lock) every heap ever created, for stats and fork */
+  struct thread_heap_s *pool_next; /* (lock) released heaps waiting for a new thread */
+  shuffle_vector_t sv[MESH_NUM_CLASSES];
+} thread_heap_t;
+
+typedef struct size_class_s {
+  uint32_t size;
+  uint32_t npages;   /* pages per span */
+  uint16_t nobjects; /* slots per span */
+  uint64_t recip;
+} size_class_t;
+
+/* Process-wide arena description; written once at init (and by fork in the
+ * child), read everywhere without a lock. */
+typedef struct arena_s {
+  uintptr_t base;    /* first byte of the arena, 0 before init */
+  size_t size;       /* reserved bytes */
+  uint32_t npages;   /* size / page */
+  int fd;            /* memfd, or -1 in the anonymous fallback */
+  bool meshable;     /* memfd-backed: aliases possible */
+  pte_t *pagetable;  /* npages entries */
+  span_t *spans;     /* record array, index = span id */
+  uint32_t max_spans;
+} arena_t;
+
+#endif

@@ -1,0 +1,85 @@
+/* mesh.h - the public C API of the meshalloc core.
+ *
+ * Every function here is exported from libmesh.so (and compiled into the
+ * CPython extension). The malloc family itself (malloc, free, ...) is exported
+ * only by libmesh.so's face; these mesh_-prefixed twins are what tests,
+ * the cffi binding and the Python extension call.
+ *
+ * Semantics follow glibc: errno = ENOMEM on exhaustion or a huge request,
+ * EINVAL on a bad alignment, mesh_malloc(0) returns a unique non-NULL block,
+ * every block is at least 16-byte aligned, a failed realloc leaves the block
+ * intact. None of these functions ever aborts on a bad request; a detected
+ * invalid or double free is reported with its address (and aborts when the
+ * abort_on_error option is 1, the default).
+ */
+#ifndef MESH_H
+#define MESH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef MESH_API
+#define MESH_API __attribute__((visibility("default")))
+#endif
+
+#define MESH_VERSION_STRING "0.1.0"
+
+/* ---- allocation ------------------------------------------------------ */
+MESH_API void  *mesh_malloc(size_t size);
+MESH_API void   mesh_free(void *p);
+MESH_API void  *mesh_calloc(size_t count, size_t size);
+MESH_API void  *mesh_realloc(void *p, size_t size);
+MESH_API void  *mesh_reallocarray(void *p, size_t count, size_t size);
+MESH_API void  *mesh_memalign(size_t alignment, size_t size);
+MESH_API int    mesh_posix_memalign(void **out, size_t alignment, size_t size);
+MESH_API void  *mesh_aligned_alloc(size_t alignment, size_t size);
+MESH_API void  *mesh_valloc(size_t size);
+MESH_API void  *mesh_pvalloc(size_t size);
+MESH_API size_t mesh_usable_size(const void *p);
+
+/* 1 if p lies inside this heap's arena (one range compare; p is never read). */
+MESH_API int    mesh_owns(const void *p);
+
+/* ---- heap control ---------------------------------------------------- */
+/* Returns dirty free pages to the OS now; returns the number of bytes punched. */
+MESH_API size_t mesh_scavenge(void);
+/* Runs every structure validator over the whole heap. Returns 0 when the heap
+ * is consistent, otherwise the number of problems found (each one reported
+ * on stderr). Takes the global lock; meant for tests and debugging. */
+MESH_API int    mesh_check_heap(void);
+/* 1 when the arena is backed by a memfd (meshing possible), 0 in the
+ * degraded fallback (anonymous memory, no meshing). */
+MESH_API int    mesh_meshing_available(void);
+MESH_API const char *mesh_version(void);
+
+/* ---- options ----------------------------------------------------------
+ * Options have one lower-case name each ("max_dirty_mb"); the environment
+ * variable is MESH_<NAME> in upper case (MESH_MAX_DIRTY_MB). Values are
+ * integers. get returns -1 and sets errno=ENOENT for an unknown name; set
+ * returns 0, or -1 with errno EINVAL (bad value / read-only) or ENOENT. */
+MESH_API long   mesh_option_get(const char *name);
+MESH_API int    mesh_option_set(const char *name, long value);
+/* Number of options, and the name/doc of option i (NULL past the end). */
+MESH_API int    mesh_option_count(void);
+MESH_API const char *mesh_option_name(int i);
+MESH_API const char *mesh_option_doc(int i);
+
+/* ---- statistics -------------------------------------------------------
+ * Stats are a table of named 64-bit counters. mesh_stats_read fills out[]
+ * (up to n entries) with a consistent-enough snapshot and returns the number
+ * of fields. Names are stable; docs/options.md lists them. */
+MESH_API int    mesh_stats_count(void);
+MESH_API const char *mesh_stats_name(int i);
+MESH_API const char *mesh_stats_doc(int i);
+MESH_API int    mesh_stats_read(uint64_t *out, int n);
+/* Writes the MALLOCSTATS summary to file descriptor fd. */
+MESH_API void   mesh_stats_print(int fd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MESH_H */
