@@ -60,7 +60,8 @@ MESH_API const char *mesh_version(void);
  * Options have one lower-case name each ("max_dirty_mb"); the environment
  * variable is MESH_<NAME> in upper case (MESH_MAX_DIRTY_MB). Values are
  * integers. get returns -1 and sets errno=ENOENT for an unknown name; set
- * returns 0, or -1 with errno EINVAL (bad value / read-only) or ENOENT. */
+ * returns 0, or -1 with errno EINVAL (value out of range), EPERM (option
+ * fixed once the heap exists, e.g. arena_gb) or ENOENT (unknown name). */
 MESH_API long   mesh_option_get(const char *name);
 MESH_API int    mesh_option_set(const char *name, long value);
 /* Number of options, and the name/doc of option i (NULL past the end). */

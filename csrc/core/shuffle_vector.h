@@ -32,7 +32,7 @@ MESH_INLINE bool mesh_sv_push(thread_heap_t *h, shuffle_vector_t *sv, unsigned a
   if (mesh_unlikely(*w & bit)) return false;
   *w |= bit;
   uint32_t n = sv->len;
-  uint32_t j = mesh_rand_below(&h->rng, n + 1);
+  uint32_t j = h->shuffle ? mesh_rand_below(&h->rng, n + 1) : n;
   sv->entries[n] = sv->entries[j];
   sv->entries[j] = (uint16_t)(a << 8 | slot);
   sv->len = (uint16_t)(n + 1);
@@ -47,6 +47,14 @@ MESH_INLINE void mesh_sv_append(shuffle_vector_t *sv, unsigned a, unsigned slot)
 }
 
 MESH_INLINE void mesh_sv_shuffle(thread_heap_t *h, shuffle_vector_t *sv) {
+  if (!h->shuffle) { /* ascending addresses pop first */
+    for (uint32_t i = 0, j = sv->len; i + 1 < j; i++, j--) {
+      uint16_t t = sv->entries[i];
+      sv->entries[i] = sv->entries[j - 1];
+      sv->entries[j - 1] = t;
+    }
+    return;
+  }
   for (uint32_t i = sv->len; i > 1; i--) {
     uint32_t j = mesh_rand_below(&h->rng, i);
     uint16_t t = sv->entries[i - 1];

@@ -56,6 +56,7 @@ static thread_heap_t *heap_new(void) {
     mesh_stat_add(thread_heaps_created, 1);
   }
   h->rng = _mesh_random_seed();
+  h->shuffle = mesh_opt(MESH_OPT_SHUFFLE) != 0;
   h->live = 1;
   mesh_stat_add(thread_heaps_live, 1);
   return h;

@@ -8,6 +8,7 @@
  * library's; with MALLOCSTATS=1 a destructor prints the summary at exit.
  * There is no teardown: blocks are still freed after the destructor runs.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -33,7 +34,15 @@ EXPORT int malloc_trim(size_t pad) {
   return mesh_scavenge() > 0;
 }
 
-__attribute__((constructor)) static void libmesh_init(void) { mesh_ensure_init(); }
+/* Initialise at load only when this copy is the process malloc (preloaded
+ * or linked): a copy opened with dlopen (the cffi binding) must not start a
+ * heap nobody allocates from. */
+__attribute__((constructor)) static void libmesh_init(void) {
+  Dl_info self, found;
+  void *m = dlsym(RTLD_DEFAULT, "malloc");
+  if (m && dladdr(m, &found) && dladdr((void *)libmesh_init, &self) && found.dli_fbase == self.dli_fbase)
+    mesh_ensure_init();
+}
 
 __attribute__((destructor)) static void libmesh_fini(void) {
   const char *s = _mesh_os_getenv("MALLOCSTATS");

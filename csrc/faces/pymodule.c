@@ -258,7 +258,8 @@ static PyObject *py_get_option(PyObject *self, PyObject *arg) {
 PyDoc_STRVAR(set_option_doc,
 "set_option(name: str, value: int) -> None\n\n"
 "Set an option at run time. KeyError if there is no such option,\n"
-"ValueError if the value is out of range or the option is read-only.");
+"ValueError if the value is out of range or the option is read-only\n"
+"(start-up options cannot change once the heap is running).");
 
 static PyObject *py_set_option(PyObject *self, PyObject *args, PyObject *kwds) {
     (void)self;
@@ -294,6 +295,15 @@ static PyObject *py_set_option(PyObject *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_ValueError,
                      "invalid value %ld for option '%s' (out of range or "
                      "read-only)", value, name);
+    } else if (err == EPERM) {
+        /* A start-up option once the heap is running. */
+        PyObject *upper = PyObject_CallMethod(name_obj, "upper", NULL);
+        if (upper != NULL) {
+            PyErr_Format(PyExc_ValueError,
+                         "option '%s' can only be set before the heap starts "
+                         "(environment variable MESH_%U)", name, upper);
+            Py_DECREF(upper);
+        }
     } else {
         errno = err;
         PyErr_SetFromErrno(PyExc_OSError);

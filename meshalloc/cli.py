@@ -1,0 +1,320 @@
+"""``python -m meshalloc``: locate libmesh, report on it, run a command under it.
+
+Commands::
+
+    libpath                   print the absolute path of the package's libmesh.so
+    info [--json]             versions, paths, backend, options (value and doc)
+    stats [--json] [--docs] [--summary]
+                              the counters of the heap this process uses
+                              (run it under LD_PRELOAD to see a preloaded heap)
+    run [--preload] -- CMD [ARGS...]
+                              exec CMD with meshalloc turned on
+
+Exit status: 0 on success, 1 when libmesh cannot be found or loaded, 2 for a
+usage error, 126/127 when ``run`` cannot execute CMD (as a shell would).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, TextIO
+
+import meshalloc
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+# glibc splits LD_PRELOAD on both.
+_PRELOAD_SEPARATORS = (":", " ")
+
+
+class CliError(Exception):
+    """A failure reported as ``meshalloc: <message>`` with an exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _require_libmesh() -> str:
+    path = meshalloc.libmesh_path()
+    if not os.path.isfile(path):
+        raise CliError(
+            "%s is missing: meshalloc was not built or installed correctly" % path
+        )
+    return path
+
+
+def _load() -> None:
+    """Load the backend now so that a failure is reported cleanly."""
+    try:
+        meshalloc.version()  # imports the backend and opens the library
+    except (ImportError, OSError) as exc:
+        raise CliError("cannot load the meshalloc core: %s" % exc) from exc
+
+
+# ---- libpath -------------------------------------------------------------
+
+
+def cmd_libpath(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(_require_libmesh() + "\n")
+    return EXIT_OK
+
+
+# ---- info ----------------------------------------------------------------
+
+
+def _env_name(option: str) -> str:
+    return "MESH_" + option.upper()
+
+
+def _info() -> Dict[str, object]:
+    path = meshalloc.libmesh_path()
+    _load()
+    docs = meshalloc.option_docs()
+    options = []
+    for name in meshalloc.option_names():
+        options.append(
+            {
+                "name": name,
+                "value": meshalloc.get_option(name),
+                "env": _env_name(name),
+                "doc": docs.get(name, ""),
+            }
+        )
+    return {
+        "package_version": meshalloc.__version__,
+        "core_version": meshalloc.version(),
+        "libmesh_path": path,
+        "libmesh_present": os.path.isfile(path),
+        "backend": meshalloc.backend(),
+        "preloaded": meshalloc.is_preloaded(),
+        "preloaded_path": meshalloc.library_path() if meshalloc.is_preloaded() else None,
+        "meshing_available": meshalloc.meshing_available(),
+        "options": options,
+    }
+
+
+def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
+    info = _info()
+    if args.json:
+        json.dump(info, out, indent=2)
+        out.write("\n")
+        return EXIT_OK
+    present = "" if info["libmesh_present"] else "  (MISSING)"
+    preloaded = "yes" if info["preloaded"] else "no"
+    if info["preloaded"] and info["preloaded_path"]:
+        preloaded += " (%s)" % info["preloaded_path"]
+    rows = [
+        ("meshalloc", str(info["package_version"])),
+        ("core version", str(info["core_version"])),
+        ("libmesh.so", "%s%s" % (info["libmesh_path"], present)),
+        ("backend", str(info["backend"])),
+        ("preloaded", preloaded),
+        ("meshing available", "yes" if info["meshing_available"] else "no"),
+    ]
+    for key, value in rows:
+        out.write("%-18s %s\n" % (key + ":", value))
+    options = info["options"]
+    assert isinstance(options, list)
+    out.write("options (environment variable MESH_<NAME>):\n")
+    if not options:
+        out.write("  (none)\n")
+    width = max([len(o["name"]) for o in options] + [4])
+    vwidth = max([len(str(o["value"])) for o in options] + [5])
+    for o in options:
+        out.write(
+            "  %-*s %*s  %s\n" % (width, o["name"], vwidth, o["value"], o["doc"])
+        )
+    return EXIT_OK
+
+
+# ---- stats ---------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    _load()
+    preloaded = meshalloc.is_preloaded()
+    if args.summary:
+        out.flush()
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = 1  # io.UnsupportedOperation is an OSError and a ValueError
+        meshalloc.print_stats(fd)
+        return EXIT_OK
+    values = meshalloc.stats()
+    if args.json:
+        json.dump(
+            {"preloaded": preloaded, "backend": meshalloc.backend(), "stats": values},
+            out,
+            indent=2,
+        )
+        out.write("\n")
+        return EXIT_OK
+    out.write("backend: %s   preloaded: %s\n" % (meshalloc.backend(), preloaded))
+    if not preloaded:
+        out.write(
+            "(libmesh is not preloaded: these are the counters of this process's "
+            "own, mostly idle, heap; run under LD_PRELOAD=$(python -m meshalloc "
+            "libpath) PYTHONMALLOC=malloc to see a whole process)\n"
+        )
+    docs = meshalloc.stats_docs() if args.docs else {}
+    width = max([len(name) for name in values] + [4])
+    vwidth = max([len(str(v)) for v in values.values()] + [5])
+    for name, value in values.items():
+        line = "%-*s %*d" % (width, name, vwidth, value)
+        if args.docs:
+            line += "  " + docs.get(name, "")
+        out.write(line + "\n")
+    return EXIT_OK
+
+
+# ---- run -----------------------------------------------------------------
+
+
+def _preload_env(env: Dict[str, str], libpath: str) -> None:
+    """Put libpath first in LD_PRELOAD and make CPython use malloc."""
+    if any(sep in libpath for sep in _PRELOAD_SEPARATORS):
+        raise CliError(
+            "cannot preload %r: LD_PRELOAD splits paths on ':' and ' '; install "
+            "meshalloc under a path without them" % libpath
+        )
+    existing = env.get("LD_PRELOAD", "")
+    entries = [e for e in existing.replace(" ", ":").split(":") if e]
+    entries = [e for e in entries if os.path.abspath(e) != libpath]
+    env["LD_PRELOAD"] = ":".join([libpath] + entries)
+    # pymalloc takes its arenas with mmap, so small Python objects only reach
+    # malloc (and libmesh) under PYTHONMALLOC=malloc. malloc_debug also
+    # ends in malloc, so keep it if the user asked for it.
+    if env.get("PYTHONMALLOC") != "malloc_debug":
+        env["PYTHONMALLOC"] = "malloc"
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    command: List[str] = list(args.command)
+    if not command:
+        raise CliError("run: missing command (usage: run [--preload] -- CMD [ARGS...])",
+                       EXIT_USAGE)
+    env = dict(os.environ)
+    if args.preload:
+        _preload_env(env, _require_libmesh())
+    else:
+        # The start-up hook that reads MESHALLOC is a later step: for now this
+        # only sets the variable for CMD and its children.
+        env["MESHALLOC"] = "1"
+    out.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        raise CliError("run: %s: command not found" % command[0], EXIT_NOT_FOUND)
+    except PermissionError as exc:
+        raise CliError("run: %s: %s" % (command[0], exc.strerror), EXIT_CANNOT_EXECUTE)
+    except OSError as exc:
+        raise CliError("run: %s: %s" % (command[0], exc.strerror), EXIT_CANNOT_EXECUTE)
+    return EXIT_FAILURE  # not reached: exec replaced the process
+
+
+# ---- parser --------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m meshalloc",
+        description="meshalloc: the Mesh compacting allocator for CPython and C.",
+    )
+    parser.add_argument("--version", action="version",
+                        version="meshalloc %s" % meshalloc.__version__)
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("libpath", help="print the absolute path of libmesh.so",
+                       description="Print the absolute path of the package's "
+                                   "libmesh.so (for LD_PRELOAD).")
+    p.set_defaults(func=cmd_libpath)
+
+    p = sub.add_parser("info", help="versions, paths and options",
+                       description="Print versions, the libmesh path, whether "
+                                   "libmesh is preloaded, whether meshing is "
+                                   "available, and every option with its value "
+                                   "and documentation.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("stats", help="print the allocator's counters",
+                       description="Print the counters of the heap this process "
+                                   "uses. Under LD_PRELOAD that is the preloaded "
+                                   "libmesh, i.e. the whole process.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--docs", action="store_true", help="add each counter's doc")
+    p.add_argument("--summary", action="store_true",
+                   help="print the MALLOCSTATS summary instead")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser(
+        "run",
+        help="run a command with meshalloc turned on",
+        usage="python -m meshalloc run [-h] [--preload] -- CMD [ARGS...]",
+        description="Run CMD with meshalloc. With --preload: LD_PRELOAD=<libmesh.so> "
+                    "(prepended to any existing value) and PYTHONMALLOC=malloc, "
+                    "so the whole process, C extensions included, allocates "
+                    "from meshalloc. Without it: sets MESHALLOC=1 for CMD and its "
+                    "children (the start-up hook that acts on it is not part of "
+                    "this version yet).",
+    )
+    p.add_argument("--preload", action="store_true",
+                   help="use libmesh.so as the process malloc (LD_PRELOAD)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
+                   help="the command to run (put it after --)")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def _split_command(argv: List[str]) -> "tuple[List[str], Optional[List[str]]]":
+    """Split argv at the first ``--``: (meshalloc's arguments, CMD or None).
+
+    argparse's handling of ``--`` with a remainder argument differs between
+    Python versions, so ``--`` is taken out before parsing.
+    """
+    if "--" in argv:
+        at = argv.index("--")
+        return argv[:at], argv[at + 1:]
+    return argv, None
+
+
+def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    stream = sys.stdout if out is None else out
+    parser = build_parser()
+    head, tail = _split_command(args_list)
+    args = parser.parse_args(head)
+    if args.cmd is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if tail is not None:
+        if args.cmd != "run":
+            parser.error("unexpected '--' for command %r" % args.cmd)
+        # "run CMD -- X": the "--" belongs to CMD.
+        args.command = list(args.command) + ["--"] + tail if args.command else tail
+    try:
+        return int(args.func(args, stream))
+    except CliError as exc:
+        sys.stderr.write("meshalloc: %s\n" % exc)
+        return exc.status
+    except BrokenPipeError:
+        # `python -m meshalloc stats | head`: not an error worth a traceback.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
