@@ -392,3 +392,32 @@ void _mesh_arena_forget_dirty(void) {
     run_insert(id, false);
   }
 }
+
+/* One span's invariants (debug builds check it at every transition). */
+int _mesh_span_validate(uint32_t id) {
+  int bad = 0;
+  span_t *s = mesh_span(id);
+  uint8_t st = mesh_load_relaxed(&s->state);
+#define BAD(fmt, ...) do { bad++; _mesh_dprintf(2, "meshalloc: check: span %u: " fmt "\n", id, ##__VA_ARGS__); } while (0)
+  if (id == MESH_NIL || id >= rec_top) { BAD("bad id"); return bad; }
+  if ((uint64_t)s->page + s->npages > top || s->npages == 0) BAD("pages %u+%u outside [0,%u)", s->page, s->npages, top);
+  if (st == SPAN_FREE || st == SPAN_NONE) return bad;
+  for (uint32_t i = 0; i < s->npages && !bad; i++)
+    if (mesh_load_relaxed(&_mesh_arena.pagetable[s->page + i]) != (((uint64_t)s->page << 32) | id))
+      BAD("page %u does not map to the span", s->page + i);
+  if (st == SPAN_LARGE) {
+    if (s->nobjects != 1 || s->cls != MESH_CLASS_LARGE) BAD("large span with %u objects", s->nobjects);
+  } else {
+    const size_class_t *sc = &_mesh_classes[s->cls];
+    if (s->cls >= MESH_NUM_CLASSES || s->nobjects != sc->nobjects || s->npages != sc->npages)
+      BAD("class %u geometry %u objects/%u pages", s->cls, s->nobjects, s->npages);
+    for (unsigned w = mesh_bitmap_words(s); w < MESH_BITMAP_WORDS; w++)
+      if (mesh_load_relaxed(&s->bits[w])) BAD("bits set past the last slot");
+    if (s->nobjects && (mesh_load_relaxed(&s->bits[mesh_bitmap_words(s) - 1]) & ~mesh_bitmap_mask(s, mesh_bitmap_words(s) - 1)))
+      BAD("bits set past the last slot");
+    bool owned = mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE;
+    if (owned != (st == SPAN_ATTACHED)) BAD("state %u but owner %u", st, mesh_load_relaxed(&s->owner));
+  }
+#undef BAD
+  return bad;
+}

@@ -77,6 +77,7 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
   uint32_t id = sv->span[a];
   span_t *s = mesh_span(id);
   mesh_assert(mesh_load_relaxed(&s->owner) == h->id);
+  mesh_assert_expensive(_mesh_span_validate(id) == 0);
   (void)h;
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
@@ -157,9 +158,15 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
     sv->span[a] = id;
     sv->base[a] = mesh_page_addr(s->page);
     for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) sv->local[a][w] = 0;
+    mesh_assert_expensive(_mesh_span_validate(id) == 0);
     sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
     sv->total_bytes += span_bytes;
   }
+#if MESH_DEBUG >= 3
+  /* the whole heap, now and then: cheap enough for the debug test runs */
+  static unsigned refills;
+  if (++refills % 1024 == 0) mesh_assert(_mesh_arena_validate() == 0 && _mesh_global_validate() == 0);
+#endif
   _mesh_unlock();
   return sv->natt > 0;
 }
@@ -168,6 +175,7 @@ void _mesh_global_free_transition(span_t *s, uint32_t id) {
   _mesh_lock();
   uint8_t st = mesh_load_relaxed(&s->state);
   if ((st == SPAN_FULL || st == SPAN_PARTIAL) && mesh_load_relaxed(&s->owner) == MESH_OWNER_NONE) {
+    mesh_assert_expensive(_mesh_span_validate(id) == 0);
     unsigned live = span_live(s);
     if (live == 0) {
       if (st == SPAN_PARTIAL) partial_unlink(id);
@@ -205,6 +213,7 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   mesh_store_relaxed(&s->bits[0], 1);
   mesh_store_relaxed(&s->state, SPAN_LARGE);
   npages = s->npages;
+  mesh_assert_expensive(_mesh_span_validate(id) == 0);
   mesh_stat_add(large_alloc_count, 1);
   mesh_stat_add(large_bytes_in_use, (uint64_t)npages << MESH_PAGE_SHIFT);
   void *p = (void *)mesh_page_addr(s->page);

@@ -177,6 +177,7 @@ void _mesh_arena_free_span(uint32_t id);
 size_t _mesh_arena_scavenge(void);
 void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
 int _mesh_arena_validate(void);
+int _mesh_span_validate(uint32_t id); /* lock held */
 uint32_t _mesh_arena_top(void);
 void _mesh_arena_forget_dirty(void); /* fork child: dirty runs were not copied */
 
