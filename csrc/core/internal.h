@@ -75,8 +75,8 @@ void _mesh_fill(void *p, int c, size_t n);
     "freed pages kept for reuse before they are returned to the OS, in MiB") \
   X(ABORT_ON_ERROR, abort_on_error, 1, 0, 1, 1, \
     "abort the process after reporting a double or invalid free (0: report and continue)") \
-  X(VERBOSE, verbose, 1, 0, 2, 1, \
-    "0 silences warnings, 1 prints warnings, 2 adds informational messages") \
+  X(VERBOSE, verbose, 1, 0, 1, 1, \
+    "1 prints warnings (one line each, on stderr); 0 silences them") \
   X(SHUFFLE, shuffle, 1, 0, 1, 0, \
     "randomize allocation order within spans (needed for meshing; 0 only to measure its cost)") \
   X(SEED, seed, 0, 0, 0x7fffffffffffffffL, 0, \
