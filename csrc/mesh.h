@@ -54,6 +54,10 @@ MESH_API int    mesh_check_heap(void);
 /* 1 when the arena is backed by a memfd (meshing possible), 0 in the
  * degraded fallback (anonymous memory, no meshing). */
 MESH_API int    mesh_meshing_available(void);
+/* Meshes now, pass after pass (each within max_pause_us, the lock released
+ * between passes), until a pass frees nothing; then returns freed pages to
+ * the OS. Returns the number of physical pages meshing freed. */
+MESH_API size_t mesh_compact(void);
 MESH_API const char *mesh_version(void);
 
 /* ---- options ----------------------------------------------------------

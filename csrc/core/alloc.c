@@ -30,10 +30,12 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
     _mesh_large_free(s, id, p, pte);
     return;
   }
-  if (id == MESH_NIL || (st != SPAN_ATTACHED && st != SPAN_PARTIAL && st != SPAN_FULL)) {
+  if (id == MESH_NIL || (st != SPAN_ATTACHED && st != SPAN_PARTIAL && st != SPAN_FULL && st != SPAN_ALIAS)) {
     bad_free(p, id == MESH_NIL ? "invalid free (not an allocated block)" : "double free or invalid free");
     return;
   }
+  /* The offset inside the virtual span the pointer is in: the same slot in
+   * every span of a meshed chain, which all share the class geometry. */
   uintptr_t voff = (uintptr_t)p - mesh_page_addr((uint32_t)(pte >> 32));
   const size_class_t *sc = &_mesh_classes[s->cls];
   uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
@@ -43,10 +45,21 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   }
   unsigned w = slot >> 6;
   uint64_t bit = 1ull << (slot & 63);
-  uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
-  if (!(old & bit)) {
-    bad_free(p, "double free");
-    return;
+  uint64_t old;
+  for (;;) {
+    /* a span meshed away forwards to the span that now holds its objects */
+    while (mesh_load_seq_cst(&s->state) == SPAN_ALIAS) {
+      id = mesh_load_seq_cst(&s->mesh_dst);
+      s = mesh_span(id);
+    }
+    old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
+    if (old & bit) break;
+    /* Bit already clear: a double free, unless a mesh moved the bitmap to
+     * its destination between our state check and the clear (mesh.c). */
+    if (mesh_load_seq_cst(&s->state) != SPAN_ALIAS) {
+      bad_free(p, "double free");
+      return;
+    }
   }
   thread_heap_t *h = _mesh_tls.heap;
   if (h == &_mesh_empty_heap) _mesh_heap_count_headless_free(s->cls);
@@ -109,6 +122,10 @@ static size_t block_size(const void *p, bool report) {
   uint64_t pte = mesh_pte_of(p);
   uint32_t id = (uint32_t)pte;
   span_t *s = mesh_span(id);
+  while (id != MESH_NIL && mesh_load_seq_cst(&s->state) == SPAN_ALIAS) {
+    id = mesh_load_seq_cst(&s->mesh_dst);
+    s = mesh_span(id);
+  }
   uint8_t st = mesh_load_relaxed(&s->state);
   uintptr_t voff = (uintptr_t)p - mesh_page_addr((uint32_t)(pte >> 32));
   if (id != MESH_NIL && st == SPAN_LARGE && voff == 0 && mesh_load_relaxed(&s->bits[0]))

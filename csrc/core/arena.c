@@ -294,9 +294,12 @@ uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *cle
   return id;
 }
 
+static void unalias_all(uint32_t id);
+
 void _mesh_arena_free_span(uint32_t id) {
   span_t *s = mesh_span(id);
   uint32_t n = s->npages;
+  if (s->alias_next) unalias_all(id);
   _mesh_pagetable_set(s->page, n, 0, MESH_NIL);
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   s->nobjects = 0;
@@ -331,12 +334,28 @@ size_t _mesh_arena_scavenge(void) {
 /* Walks the tiling; returns the number of problems (each reported). */
 int _mesh_arena_validate(void) {
   int bad = 0;
-  uint64_t span_pages = 0, dirty = 0;
+  uint64_t span_pages = 0, dirty = 0, meshed = 0;
 #define BAD(...) do { bad++; _mesh_dprintf(2, "meshalloc: check: " __VA_ARGS__); } while (0)
   for (uint32_t pg = 0; pg < top;) {
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
     uint32_t id = (uint32_t)e;
     span_t *s = mesh_span(id);
+    if (id && id < rec_top && (uint32_t)(e >> 32) == pg && s->page != pg) {
+      /* a virtual span meshed onto span id: its alias record must be in
+       * id's chain and every page must map to id */
+      uint32_t a = s->alias_next;
+      while (a && mesh_span(a)->page != pg) a = mesh_span(a)->alias_next;
+      if (!a || mesh_load_relaxed(&mesh_span(a)->state) != SPAN_ALIAS || mesh_load_relaxed(&mesh_span(a)->mesh_dst) != id)
+        BAD("page %u: alias of span %u without a matching alias record\n", pg, id);
+      for (uint32_t i = 0; i < s->npages; i++)
+        if (mesh_load_relaxed(&_mesh_arena.pagetable[pg + i]) != (((uint64_t)pg << 32) | id)) {
+          BAD("alias at page %u: page %u entry mismatch\n", pg, pg + i);
+          break;
+        }
+      meshed += s->npages;
+      pg += s->npages;
+      continue;
+    }
     if (!id || id >= rec_top || s->page != pg || s->npages == 0 || (uint64_t)pg + s->npages > top) {
       BAD("page %u: entry %llx does not start a span\n", pg, (unsigned long long)e);
       return bad;
@@ -366,6 +385,9 @@ int _mesh_arena_validate(void) {
   if (span_pages != mesh_stat_get(span_pages))
     BAD("span pages %llu, counter says %llu\n", (unsigned long long)span_pages,
         (unsigned long long)mesh_stat_get(span_pages));
+  if (meshed != mesh_stat_get(meshed_pages))
+    BAD("meshed pages %llu, counter says %llu\n", (unsigned long long)meshed,
+        (unsigned long long)mesh_stat_get(meshed_pages));
   if (dirty != mesh_stat_get(dirty_pages))
     BAD("dirty pages %llu, counter says %llu\n", (unsigned long long)dirty,
         (unsigned long long)mesh_stat_get(dirty_pages));
@@ -402,6 +424,11 @@ int _mesh_span_validate(uint32_t id) {
   if (id == MESH_NIL || id >= rec_top) { BAD("bad id"); return bad; }
   if ((uint64_t)s->page + s->npages > top || s->npages == 0) BAD("pages %u+%u outside [0,%u)", s->page, s->npages, top);
   if (st == SPAN_FREE || st == SPAN_NONE) return bad;
+  if (st == SPAN_ALIAS) {
+    uint32_t d = mesh_load_relaxed(&s->mesh_dst);
+    if (!d || d >= rec_top || mesh_load_relaxed(&mesh_span(d)->state) == SPAN_ALIAS) BAD("alias of %u", d);
+    return bad;
+  }
   for (uint32_t i = 0; i < s->npages && !bad; i++)
     if (mesh_load_relaxed(&_mesh_arena.pagetable[s->page + i]) != (((uint64_t)s->page << 32) | id))
       BAD("page %u does not map to the span", s->page + i);
@@ -420,4 +447,80 @@ int _mesh_span_validate(uint32_t id) {
   }
 #undef BAD
   return bad;
+}
+
+/* ---- aliases (meshing) ------------------------------------------------
+ * The kernel keeps one mapping (VMA) per run of arena pages whose memfd
+ * offsets are contiguous. phys_of(page) is the memfd page behind a virtual
+ * page: its own for unmeshed pages, the destination's for an alias. A
+ * "break" at page x means phys(x) != phys(x-1) + 1, so the arena costs
+ * 1 + breaks mappings; remapping a range changes breaks only at its two
+ * edges, which lets meshing count its mappings exactly and prefer partners
+ * that continue a neighbour's run (the kernel then merges the VMAs). */
+
+uint32_t _mesh_arena_phys_of(uint32_t page) {
+  uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[page]);
+  uint32_t id = (uint32_t)e;
+  if (!id) return page;
+  return mesh_span(id)->page + (page - (uint32_t)(e >> 32));
+}
+
+static int brk_at(uint32_t x, uint32_t phys_x) {
+  if (x == 0 || x >= _mesh_arena.npages) return 0;
+  return phys_x != _mesh_arena_phys_of(x - 1) + 1;
+}
+
+/* Change in arena mappings if virtual pages [vpage, vpage+n) were mapped
+ * onto memfd pages starting at phys. */
+int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys) {
+  uint32_t end = vpage + n;
+  int before = brk_at(vpage, _mesh_arena_phys_of(vpage));
+  int after = brk_at(vpage, phys);
+  if (end < _mesh_arena.npages) {
+    uint32_t pe = _mesh_arena_phys_of(end);
+    before += pe != _mesh_arena_phys_of(end - 1) + 1;
+    after += pe != phys + n;
+  }
+  return after - before;
+}
+
+/* Maps virtual pages [vpage, vpage+n) onto memfd pages at phys (read-write,
+ * shared). Also replaces a read-only protection left by meshing. */
+int _mesh_arena_map(uint32_t vpage, uint32_t n, uint32_t phys) {
+  if (_mesh_arena.fd < 0) { /* anonymous arena (fork fallback): only un-aliasing, as zero pages */
+    if (phys != vpage) return -1;
+    return _mesh_os_punch(-1, (void *)mesh_page_addr(vpage), 0, (size_t)n << MESH_PAGE_SHIFT);
+  }
+  return _mesh_os_map_fixed((void *)mesh_page_addr(vpage), (size_t)n << MESH_PAGE_SHIFT, _mesh_arena.fd,
+                            (size_t)phys << MESH_PAGE_SHIFT);
+}
+
+int _mesh_arena_punch(uint32_t page, uint32_t n) {
+  size_t off = (size_t)page << MESH_PAGE_SHIFT, len = (size_t)n << MESH_PAGE_SHIFT;
+  mesh_stat_add(punch_calls, 1);
+  return _mesh_os_punch(_mesh_arena.fd, (void *)(_mesh_arena.base + off), off, len);
+}
+
+/* Undoes every alias of span id before its pages are freed: each aliased
+ * virtual span is mapped back onto its own (punched, so zero) memfd pages
+ * and becomes a clean free run. Lock held. */
+static void unalias_all(uint32_t id) {
+  span_t *s = mesh_span(id);
+  uint32_t a = s->alias_next;
+  s->alias_next = MESH_NIL;
+  while (a) {
+    span_t *r = mesh_span(a);
+    uint32_t next = r->alias_next;
+    int d = _mesh_arena_map_delta(r->page, r->npages, r->page);
+    if (_mesh_arena_map(r->page, r->npages, r->page) != 0)
+      _mesh_fatal("cannot restore the mapping of a meshed span (errno %d)", errno);
+    mesh_stat_add(arena_mappings, d);
+    mesh_stat_sub(meshed_pages, r->npages);
+    mesh_stat_sub(mesh_aliases, 1);
+    _mesh_pagetable_set(r->page, r->npages, 0, MESH_NIL);
+    r->alias_next = MESH_NIL;
+    r->nobjects = 0;
+    run_insert(a, false);
+    a = next;
+  }
 }

@@ -51,9 +51,23 @@ static void parent(void) {
   pthread_mutex_unlock(&_mesh_orphan_lock);
 }
 
+/* After the whole arena was mapped onto the child's memfd: map every alias
+ * back onto its destination's pages, so the child keeps the savings. */
+static bool remap_aliases(void) {
+  uint32_t top = _mesh_arena_top();
+  for (uint32_t pg = 0; pg < top;) {
+    uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+    span_t *s = mesh_span((uint32_t)e);
+    uint32_t n = s->npages ? s->npages : 1;
+    if ((uint32_t)e && s->page != pg && _mesh_arena_map(pg, n, s->page) != 0) return false;
+    pg += n;
+  }
+  return true;
+}
+
 /* Copies live spans of the arena into fd at their own offsets, or, when fd
  * is -1, into the anonymous mapping dst. Returns the bytes copied or -1. */
-static long long copy_live(int fd, char *dst) {
+static long long copy_live(int fd, char *dst, bool with_aliases) {
   uint32_t top = _mesh_arena_top();
   long long copied = 0;
   uint32_t run_start = 0, run_len = 0;
@@ -61,9 +75,12 @@ static long long copy_live(int fd, char *dst) {
     bool live = false;
     uint32_t n = 1;
     if (pg < top) {
-      span_t *s = mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[pg]));
+      uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+      span_t *s = mesh_span((uint32_t)e);
       n = s->npages ? s->npages : 1;
-      live = mesh_load_relaxed(&s->state) != SPAN_FREE;
+      /* each physical span once (an alias's pages are its destination's),
+       * unless the copy cannot alias (anonymous fallback) */
+      live = mesh_load_relaxed(&s->state) != SPAN_FREE && (with_aliases || s->page == pg);
     }
     if (live && run_len && run_start + run_len == pg) {
       run_len += n;
@@ -91,24 +108,26 @@ static long long copy_live(int fd, char *dst) {
 static void child(void) {
   if (!fork_active) return;
   _mesh_global_after_fork_child();
+  _mesh_barrier_after_fork_child();
   if (_mesh_arena.meshable) {
     uint64_t t0 = _mesh_os_now_ns();
     int fd = _mesh_os_memfd();
     long long copied = -1;
     if (fd >= 0 && _mesh_os_ftruncate(fd, _mesh_arena.size) == 0) {
-      copied = copy_live(fd, NULL);
+      copied = copy_live(fd, NULL, false);
       if (copied >= 0 && _mesh_os_map_fixed((void *)_mesh_arena.base, _mesh_arena.size, fd, 0) != 0) copied = -1;
     }
     if (copied >= 0) {
       _mesh_os_close(_mesh_arena.fd);
       _mesh_arena.fd = fd;
+      if (!remap_aliases()) _mesh_fatal("fork child: cannot re-create meshed mappings (errno %d)", errno);
     } else {
       /* No second memfd (fd limit, seccomp): give the child a private
        * anonymous copy instead; it keeps working without meshing. */
       if (fd >= 0) _mesh_os_close(fd);
       char *tmp = _mesh_os_reserve(_mesh_arena.size, -1);
       if (!tmp) _mesh_fatal("fork child: cannot copy the heap (no memfd, no memory, errno %d)", errno);
-      copied = copy_live(-1, tmp);
+      copied = copy_live(-1, tmp, true);
       if (!_mesh_os_move_over(tmp, _mesh_arena.size, (void *)_mesh_arena.base))
         _mesh_fatal("fork child: cannot move the heap copy into place (errno %d)", errno);
       _mesh_os_close(_mesh_arena.fd);

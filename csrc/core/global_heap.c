@@ -29,7 +29,7 @@ static uint8_t occ_nonempty[MESH_NUM_CLASSES];
 void _mesh_lock(void) { pthread_mutex_lock(&_mesh_global_lock); }
 void _mesh_unlock(void) { pthread_mutex_unlock(&_mesh_global_lock); }
 
-static unsigned span_live(const span_t *s) {
+unsigned _mesh_span_live(const span_t *s) {
   unsigned n = 0;
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++)
     n += (unsigned)__builtin_popcountll(mesh_load_seq_cst(&s->bits[w]) & mesh_bitmap_mask(s, w));
@@ -48,7 +48,7 @@ static void partial_link(uint32_t id, unsigned live) {
   occ_nonempty[s->cls] |= (uint8_t)(1u << b);
 }
 
-static void partial_unlink(uint32_t id) {
+void _mesh_partial_unlink(uint32_t id) {
   span_t *s = mesh_span(id);
   unsigned b = s->bin;
   if (s->prev) mesh_span(s->prev)->next = s->next;
@@ -59,9 +59,9 @@ static void partial_unlink(uint32_t id) {
 }
 
 /* Files a detached span by its exact occupancy. */
-static void file_detached(uint32_t id) {
+void _mesh_file_detached(uint32_t id) {
   span_t *s = mesh_span(id);
-  unsigned live = span_live(s);
+  unsigned live = _mesh_span_live(s);
   if (live == 0) {
     _mesh_arena_free_span(id);
   } else if (live == s->nobjects) {
@@ -93,7 +93,7 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
     }
     sv->local[a][w] = 0;
   }
-  file_detached(id);
+  _mesh_file_detached(id);
 }
 
 void _mesh_global_detach_all(thread_heap_t *h) {
@@ -117,6 +117,8 @@ static uint32_t new_small_span(unsigned cls) {
   s->cls = (uint8_t)cls;
   return id;
 }
+
+uint32_t _mesh_partial_head(unsigned cls, unsigned bin) { return occ_bins[cls][bin]; }
 
 /* Fullest partial span of the class, or MESH_NIL. */
 static uint32_t best_partial(unsigned cls) {
@@ -143,14 +145,14 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
       break;
     uint32_t id = best_partial(cls);
     if (id) {
-      partial_unlink(id);
+      _mesh_partial_unlink(id);
     } else {
       if (sv->natt) break; /* a fresh span only when nothing else is attached */
       id = new_small_span(cls);
       if (!id) break;
     }
     span_t *s = mesh_span(id);
-    free_slots += s->nobjects - span_live(s);
+    free_slots += s->nobjects - _mesh_span_live(s);
     unsigned a = sv->natt++;
     s->att = (uint8_t)a;
     mesh_store_relaxed(&s->state, SPAN_ATTACHED);
@@ -162,6 +164,7 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
     sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
     sv->total_bytes += span_bytes;
   }
+  _mesh_maybe_mesh();
 #if MESH_DEBUG >= 3
   /* the whole heap, now and then: cheap enough for the debug test runs */
   static unsigned refills;
@@ -176,14 +179,15 @@ void _mesh_global_free_transition(span_t *s, uint32_t id) {
   uint8_t st = mesh_load_relaxed(&s->state);
   if ((st == SPAN_FULL || st == SPAN_PARTIAL) && mesh_load_relaxed(&s->owner) == MESH_OWNER_NONE) {
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
-    unsigned live = span_live(s);
+    unsigned live = _mesh_span_live(s);
     if (live == 0) {
-      if (st == SPAN_PARTIAL) partial_unlink(id);
+      if (st == SPAN_PARTIAL) _mesh_partial_unlink(id);
       _mesh_arena_free_span(id);
     } else if (st == SPAN_FULL && live < s->nobjects) {
       partial_link(id, live);
     }
   }
+  _mesh_maybe_mesh();
   _mesh_unlock();
 }
 
@@ -254,7 +258,7 @@ int _mesh_global_validate(void) {
       uint32_t prev = MESH_NIL;
       for (uint32_t id = occ_bins[c][b]; id; prev = id, id = mesh_span(id)->next) {
         span_t *s = mesh_span(id);
-        unsigned live = span_live(s);
+        unsigned live = _mesh_span_live(s);
         if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != c || s->bin != b || s->prev != prev ||
             mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || live >= s->nobjects) {
           bad++;

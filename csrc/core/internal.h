@@ -49,6 +49,8 @@ size_t _mesh_os_as_limit(void);                /* RLIMIT_AS, SIZE_MAX if none */
 void _mesh_os_abort(void) __attribute__((noreturn));
 long _mesh_os_gettid(void);
 void *_mesh_os_move_over(void *src, size_t len, void *dst); /* mremap(MREMAP_FIXED) */
+int _mesh_os_protect_read(void *addr, size_t len);
+long _mesh_os_max_map_count(void);
 
 /* ---- libc.c: formatting and messages without malloc or stdio -------- */
 size_t _mesh_vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
@@ -77,6 +79,20 @@ void _mesh_fill(void *p, int c, size_t n);
     "abort the process after reporting a double or invalid free (0: report and continue)") \
   X(VERBOSE, verbose, 1, 0, 1, 1, \
     "1 prints warnings (one line each, on stderr); 0 silences them") \
+  X(MESH, mesh, 1, 0, 1, 1, \
+    "mesh spans (needs the memfd arena); 0 keeps the allocator but never meshes") \
+  X(PERIOD_MS, period_ms, 100, 0, 86400000, 1, \
+    "minimum time between meshing passes triggered by frees and refills, ms; 0 = only explicit compaction") \
+  X(MAX_PAUSE_US, max_pause_us, 2000, 50, 10000000, 1, \
+    "time bound of one meshing pass, us; leftover work resumes at the next trigger") \
+  X(PROBES, probes, 64, 1, 4096, 1, \
+    "partners each candidate span is tried against in the split mesher (the paper's t)") \
+  X(MAX_OCCUPANCY_PCT, max_occupancy_pct, 80, 1, 99, 1, \
+    "spans fuller than this percentage are not meshing candidates") \
+  X(MAX_CHAIN, max_chain, 256, 2, 4096, 1, \
+    "virtual spans that may share one physical span") \
+  X(MAX_MAPPINGS, max_mappings, 0, 0, 100000000, 1, \
+    "kernel mappings the arena may use; 0 = half of vm.max_map_count. Meshing stops (never aborts) there") \
   X(SHUFFLE, shuffle, 1, 0, 1, 0, \
     "randomize allocation order within spans (needed for meshing; 0 only to measure its cost)") \
   X(SEED, seed, 0, 0, 0x7fffffffffffffffL, 0, \
@@ -100,7 +116,23 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(meshed_pages, "virtual pages currently backed by another span's physical pages") \
   X(meshed_pages_hwm, "peak of meshed_pages") \
   X(meshed_pages_total, "pages freed by meshing, summed over the process lifetime") \
-  X(mesh_mappings, "alias mappings currently created by meshing") \
+  X(mesh_aliases, "virtual spans currently meshed onto another span's physical pages") \
+  X(arena_mappings, "kernel mappings (VMAs) the arena uses now: 1 plus one per break in memfd offsets") \
+  X(arena_mappings_hwm, "peak of arena_mappings") \
+  X(mesh_passes, "meshing passes run (each one bounded pause)") \
+  X(mesh_pause_ns_total, "time spent in meshing passes, ns") \
+  X(mesh_pause_ns_max, "longest meshing pass, ns") \
+  X(mesh_pause_lt_100us, "meshing passes shorter than 100 us") \
+  X(mesh_pause_lt_500us, "meshing passes of 100-500 us") \
+  X(mesh_pause_lt_1ms, "meshing passes of 0.5-1 ms") \
+  X(mesh_pause_lt_2ms, "meshing passes of 1-2 ms") \
+  X(mesh_pause_lt_5ms, "meshing passes of 2-5 ms") \
+  X(mesh_pause_ge_5ms, "meshing passes of 5 ms or more") \
+  X(mesh_bytes_copied, "bytes of live objects copied by meshing") \
+  X(mesh_adjacent, "meshes whose alias continued a neighbour's mapping (no new VMA)") \
+  X(mesh_budget_stops, "times meshing stopped because the mapping budget was reached") \
+  X(mesh_barrier_waits, "writes that faulted on a span being meshed and waited for it") \
+  X(mesh_efault_retries, "system calls retried after EFAULT on a span being meshed (libmesh.so)") \
   X(spans_alloc_count, "span records created (the original's MH Alloc Count)") \
   X(spans_free_count, "span records released (the original's MH Free Count)") \
   X(spans_live, "spans currently in use") \
@@ -179,6 +211,10 @@ void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint3
 int _mesh_arena_validate(void);
 int _mesh_span_validate(uint32_t id); /* lock held */
 uint32_t _mesh_arena_top(void);
+uint32_t _mesh_arena_phys_of(uint32_t page);
+int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys);
+int _mesh_arena_map(uint32_t vpage, uint32_t n, uint32_t phys);
+int _mesh_arena_punch(uint32_t page, uint32_t n);
 void _mesh_arena_forget_dirty(void); /* fork child: dirty runs were not copied */
 
 MESH_INLINE span_t *mesh_span(uint32_t id) { return &_mesh_arena.spans[id]; }
@@ -211,6 +247,11 @@ void _mesh_global_free_transition(span_t *s, uint32_t id);
 void *_mesh_large_alloc(size_t size, size_t align, bool zero);
 void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte);
 int _mesh_global_validate(void);
+/* for mesh.c (lock held) */
+uint32_t _mesh_partial_head(unsigned cls, unsigned bin);
+void _mesh_partial_unlink(uint32_t id);
+void _mesh_file_detached(uint32_t id);
+unsigned _mesh_span_live(const span_t *s);
 void _mesh_global_after_fork_child(void);
 
 /* ---- thread_heap.c -------------------------------------------------- */
@@ -235,6 +276,23 @@ void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_allocs, uint64_t *s
 
 /* ---- alloc.c -------------------------------------------------------- */
 void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte);
+
+/* ---- barrier.c ------------------------------------------------------ */
+extern _Atomic uint32_t _mesh_mesh_gen;
+void _mesh_barrier_begin(void);
+void _mesh_barrier_end(void);
+void _mesh_barrier_wait(uint32_t gen);
+bool _mesh_barrier_ensure(void);
+struct sigaction;
+int _mesh_barrier_user_sigaction(const struct sigaction *act, struct sigaction *old);
+void _mesh_barrier_after_fork_child(void);
+
+/* ---- mesh.c --------------------------------------------------------- */
+void _mesh_meshing_init(void);
+/* Lock held: runs a bounded pass when the period has elapsed. */
+void _mesh_maybe_mesh(void);
+/* Lock held: one pass bounded by budget_ns; returns physical pages freed. */
+size_t _mesh_mesh_pass(uint64_t budget_ns);
 
 /* ---- fork.c --------------------------------------------------------- */
 void _mesh_fork_register(void);

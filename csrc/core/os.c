@@ -49,7 +49,8 @@ void *_mesh_os_reserve(size_t size, int fd) {
 }
 
 int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off) {
-  void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, (off_t)off);
+  /* same flags as the reservation, or the kernel will not merge neighbours */
+  void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, (off_t)off);
   return p == MAP_FAILED ? -1 : 0;
 }
 
@@ -149,4 +150,17 @@ long _mesh_os_gettid(void) { return (long)syscall(SYS_gettid); }
 void *_mesh_os_move_over(void *src, size_t len, void *dst) {
   void *p = mremap(src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
   return p == MAP_FAILED ? NULL : p;
+}
+
+int _mesh_os_protect_read(void *addr, size_t len) { return mprotect(addr, len, PROT_READ); }
+
+long _mesh_os_max_map_count(void) {
+  int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 65530;
+  char buf[32];
+  ssize_t n = _mesh_os_read(fd, buf, sizeof buf - 1);
+  close(fd);
+  long v = 0;
+  for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) v = v * 10 + (buf[i] - '0');
+  return v > 0 ? v : 65530;
 }

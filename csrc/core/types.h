@@ -71,6 +71,8 @@ enum span_state {
   SPAN_PARTIAL,   /* detached small span with free slots, in an occupancy bin */
   SPAN_FULL,      /* detached small span with no free slot, in no list */
   SPAN_LARGE,     /* one large object */
+  SPAN_ALIAS,     /* a virtual span meshed onto another span's physical pages;
+                     mesh_dst names that span, which owns the bitmap */
 };
 
 /* One span record: 64 bytes, one cache line. Fields marked (lock) change only
@@ -79,7 +81,11 @@ typedef struct span_s {
   _Atomic uint64_t bits[MESH_BITMAP_WORDS]; /* slot occupancy, see invariant above; FREE runs: bits[0] = 1 if dirty */
   uint32_t page;        /* (lock) first arena page; also the memfd page of the physical span */
   uint32_t npages;      /* (lock) pages in the span */
-  uint32_t next, prev;  /* (lock) links in an occupancy bin or free-run bin */
+  uint32_t next;        /* (lock) link in an occupancy bin or free-run bin */
+  union {
+    uint32_t prev;      /* (lock) back link in a bin */
+    _Atomic uint32_t mesh_dst; /* SPAN_ALIAS: the span whose physical pages back this one */
+  };
   _Atomic uint32_t owner; /* thread heap id while attached, MESH_OWNER_NONE otherwise */
   uint16_t nobjects;    /* (lock) slots in the span (1 for large) */
   uint8_t cls;          /* (lock) size class, MESH_CLASS_LARGE for large */
@@ -87,7 +93,7 @@ typedef struct span_s {
   uint8_t att;          /* (owner) index of the attachment in the owner's vector */
   uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
   uint16_t flags;       /* (lock) SPAN_F_* */
-  uint32_t alias_next;  /* (lock) reserved for meshing: next virtual span aliasing this one */
+  uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
 } span_t;
 
 #define SPAN_F_CLEAN 1u /* large span whose pages were untouched (zero) when allocated */

@@ -1,0 +1,164 @@
+/* barrier.c - the write barrier that makes meshing safe under writers.
+ *
+ * While a mesh copies a source span, the source's virtual pages are
+ * read-only. A thread writing to them faults; this SIGSEGV handler sees
+ * that a mesh is in progress (mesh_gen is odd), waits on a futex for it to
+ * finish, and returns: the write is retried and lands, through the new
+ * mapping, in the destination's physical page where the object now lives.
+ *
+ * Every other fault goes to the handler we displaced, as the kernel would
+ * have delivered it: an SA_SIGINFO handler gets the original siginfo and
+ * context, a plain handler the signal number; SIG_DFL means the default
+ * action for the same signal (we restore it and let the fault recur, or
+ * re-raise a signal that was sent); SIG_IGN ignores a sent signal, while a
+ * real fault, which the kernel never lets a process ignore, gets SIG_DFL.
+ * The handler runs with SA_NODEFER so that a previous handler that restores
+ * its own predecessor (us) and re-raises - Python's faulthandler does - comes
+ * straight back here with a depth mark, and we then apply the default
+ * action instead of looping.
+ *
+ * Someone may replace our handler after us (faulthandler.enable() does).
+ * _mesh_barrier_ensure(), called before every meshing pass, re-installs it
+ * and chains to whatever displaced it. In libmesh.so sigaction()/signal()
+ * for SIGSEGV are interposed so later handlers are chained without being
+ * lost (faces/libmesh.c).
+ *
+ * A fault on an arena page with no mesh in progress may be a write that
+ * raced with the end of a mesh (the page is writable again): it is retried
+ * once per (address, generation); a second identical fault is real.
+ * SIGBUS is never handled here: a full tmpfs is not a mesh fault.
+ *
+ * Async-signal-safety: the handler uses only atomics, TLS (initial-exec),
+ * futex, sigaction and raise.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* glibc's own name for sigaction: in libmesh.so "sigaction" is interposed */
+extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *old);
+
+_Atomic uint32_t _mesh_mesh_gen; /* odd while a mesh has pages write-protected */
+
+static struct sigaction prev_action; /* (lock) the handler we displaced */
+static _Atomic int installed;
+static __thread int fwd_depth __attribute__((tls_model("initial-exec")));
+static __thread uintptr_t last_fault_addr __attribute__((tls_model("initial-exec")));
+static __thread uint32_t last_fault_gen __attribute__((tls_model("initial-exec")));
+
+static void futex_wait(_Atomic uint32_t *addr, uint32_t val) {
+  syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+}
+
+static void futex_wake_all(_Atomic uint32_t *addr) {
+  syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE_PRIVATE, 0x7fffffff, NULL, NULL, 0);
+}
+
+void _mesh_barrier_begin(void) {
+  mesh_fetch_add_seq_cst(&_mesh_mesh_gen, 1); /* odd: protected window open */
+}
+
+void _mesh_barrier_end(void) {
+  mesh_fetch_add_seq_cst(&_mesh_mesh_gen, 1); /* even: every alias is writable */
+  futex_wake_all(&_mesh_mesh_gen);
+}
+
+void _mesh_barrier_wait(uint32_t gen) {
+  while (mesh_load_seq_cst(&_mesh_mesh_gen) == gen) futex_wait(&_mesh_mesh_gen, gen);
+}
+
+static void apply_default(int sig, siginfo_t *info) {
+  struct sigaction dfl;
+  _mesh_fill(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  __sigaction(sig, &dfl, NULL);
+  /* a sent signal will not recur by itself; a fault recurs on return */
+  if (info->si_code <= 0) raise(sig);
+}
+
+static void forward(int sig, siginfo_t *info, void *ctx) {
+  struct sigaction p = prev_action;
+  if (fwd_depth > 0) { /* the chain came back to us: nobody else wants it */
+    apply_default(sig, info);
+    return;
+  }
+  if (p.sa_flags & SA_SIGINFO) {
+    fwd_depth++;
+    p.sa_sigaction(sig, info, ctx);
+    fwd_depth--;
+  } else if (p.sa_handler == SIG_DFL) {
+    apply_default(sig, info);
+  } else if (p.sa_handler == SIG_IGN) {
+    if (info->si_code > 0) apply_default(sig, info); /* a real fault cannot be ignored */
+  } else {
+    fwd_depth++;
+    p.sa_handler(sig);
+    fwd_depth--;
+  }
+}
+
+static void segv_handler(int sig, siginfo_t *info, void *ctx) {
+  int saved = errno;
+  uintptr_t addr = (uintptr_t)info->si_addr;
+  if (info->si_code > 0 && _mesh_arena.base && addr - _mesh_arena.base < _mesh_arena.size) {
+    uint32_t gen = mesh_load_seq_cst(&_mesh_mesh_gen);
+    if (gen & 1) {
+      mesh_stat_add(mesh_barrier_waits, 1);
+      _mesh_barrier_wait(gen);
+      errno = saved;
+      return;
+    }
+    if (last_fault_addr != addr || last_fault_gen != gen) {
+      last_fault_addr = addr;
+      last_fault_gen = gen;
+      errno = saved;
+      return;
+    }
+  }
+  forward(sig, info, ctx);
+  errno = saved;
+}
+
+static bool is_ours(const struct sigaction *a) {
+  return (a->sa_flags & SA_SIGINFO) && a->sa_sigaction == segv_handler;
+}
+
+/* Lock held. Returns false when the handler cannot be installed (then no
+ * mesh may run). */
+bool _mesh_barrier_ensure(void) {
+  struct sigaction cur;
+  if (__sigaction(SIGSEGV, NULL, &cur) != 0) return false;
+  if (is_ours(&cur)) return true;
+  struct sigaction mine;
+  _mesh_fill(&mine, 0, sizeof mine);
+  mine.sa_sigaction = segv_handler;
+  mine.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
+  sigemptyset(&mine.sa_mask);
+  prev_action = cur; /* chain to whatever displaced us (or was first) */
+  if (__sigaction(SIGSEGV, &mine, NULL) != 0) return false;
+  mesh_store_relaxed(&installed, 1);
+  return true;
+}
+
+/* libmesh.so's sigaction(SIGSEGV, ...) while our handler is installed: the
+ * new handler becomes the one we forward to; the caller sees the handler it
+ * replaced. Returns 0, or -1 when the barrier is not installed (the caller
+ * then performs a plain sigaction). */
+int _mesh_barrier_user_sigaction(const struct sigaction *act, struct sigaction *old) {
+  if (!mesh_load_relaxed(&installed)) return -1;
+  struct sigaction cur;
+  if (__sigaction(SIGSEGV, NULL, &cur) != 0 || !is_ours(&cur)) return -1;
+  /* No lock: sigaction must stay async-signal-safe. A crash racing with a
+   * handler change may see either handler, as with a plain sigaction. */
+  if (old) *old = prev_action;
+  if (act && !is_ours(act)) prev_action = *act;
+  return 0;
+}
+
+/* fork child: the handler is inherited; nothing is protected in the child. */
+void _mesh_barrier_after_fork_child(void) { mesh_store_relaxed(&_mesh_mesh_gen, 0); }

@@ -1,0 +1,294 @@
+/* mesh.c - compaction without relocation: finding and performing meshes.
+ *
+ * Two detached spans of one size class *mesh* when their occupancy bitmaps
+ * do not overlap: the live objects of the source are copied into the same
+ * offsets of the destination, every virtual span of the source is remapped
+ * onto the destination's physical pages, and the source's physical pages are
+ * punched out of the memfd. No pointer changes: the source's addresses now
+ * reach the same objects through an alias mapping.
+ *
+ * Finding pairs (the paper's split mesher): the candidates of a class
+ * (detached PARTIAL spans under max_occupancy_pct, chains not at max_chain)
+ * are shuffled and split in two halves; each span of the first half is
+ * probed against up to `probes` spans of the second. Before the random
+ * probes, the partner that would continue a neighbour's mapping is tried:
+ * if the virtual page left of the source maps to memfd page P-1, meshing onto
+ * the span at P lets the kernel merge the two VMAs, so one mapping covers
+ * many meshed pages (see arena.c). Passes repeat, so chains grow.
+ *
+ * One mesh, under the global lock, with the source's bits only ever being
+ * cleared (by racing frees) and the destination's never set by anyone else:
+ *   1. write-protect every virtual span of the source (barrier.c makes
+ *      writers wait; readers are unaffected);
+ *   2. snap = source bitmap; destination bitmap |= snap; copy snap's slots;
+ *   3. source record becomes SPAN_ALIAS -> destination (seq_cst), the page
+ *      table of its virtual spans points at the destination;
+ *   4. exchange the source bitmap with 0; bits in snap but no longer in the
+ *      source were freed during 2-3 and are cleared in the destination;
+ *   5. map each source virtual span onto the destination's memfd pages (this
+ *      also lifts the protection), end the barrier, punch the source pages.
+ * A free racing with this either clears the source bit before step 4 (and
+ * step 4 forwards it) or finds the bit gone, sees SPAN_ALIAS and retries on
+ * the destination (alloc.c), so no free is lost or reported twice.
+ *
+ * Budget: mappings are counted exactly (arena.c) and meshing stops, never
+ * aborts, before max_mappings. Pauses: a pass stops at max_pause_us and the
+ * next trigger resumes with the next size class.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <string.h>
+
+#define MAX_CANDIDATES 1024
+
+static uint64_t last_pass_ns;
+static unsigned next_cls;
+static uint64_t map_budget;
+static uint32_t cand[MAX_CANDIDATES]; /* (lock) scratch for one class */
+static uint8_t used[MAX_CANDIDATES];
+static uint64_t mesh_rng;
+
+void _mesh_meshing_init(void) {
+  mesh_rng = _mesh_random_seed();
+  map_budget = (uint64_t)_mesh_os_max_map_count() / 2;
+  mesh_stat_set(arena_mappings, 1);
+  mesh_stat_set(arena_mappings_hwm, 1);
+}
+
+static uint64_t budget(void) {
+  long opt = mesh_opt(MESH_OPT_MAX_MAPPINGS);
+  return opt > 0 ? (uint64_t)opt : map_budget;
+}
+
+static unsigned chain_len(const span_t *s) {
+  unsigned n = 1;
+  for (uint32_t a = s->alias_next; a; a = mesh_span(a)->alias_next) n++;
+  return n;
+}
+
+static bool disjoint(const span_t *a, const span_t *b) {
+  for (unsigned w = 0; w < mesh_bitmap_words(a); w++)
+    if (mesh_load_relaxed(&a->bits[w]) & mesh_load_relaxed(&b->bits[w])) return false;
+  return true;
+}
+
+static bool protect(uint32_t page, uint32_t npages) {
+  return _mesh_os_protect_read((void *)mesh_page_addr(page), (size_t)npages << MESH_PAGE_SHIFT) == 0;
+}
+
+static void map_or_die(uint32_t vpage, uint32_t n, uint32_t phys) {
+  /* Cannot fail within the budget; if it does the heap is inconsistent. */
+  if (_mesh_arena_map(vpage, n, phys) != 0)
+    _mesh_fatal("meshing: remapping %u pages at page %u failed (errno %d)", n, vpage, errno);
+}
+
+/* Meshes src onto dst (both detached and unlinked). Returns false, with
+ * nothing changed, if the mapping budget or mprotect refuses. */
+static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
+  span_t *d = mesh_span(dst_id), *s = mesh_span(src_id);
+  uint32_t n = s->npages, size = _mesh_classes[s->cls].size;
+  unsigned nv = chain_len(s);
+  if (mesh_stat_get(arena_mappings) + 2ull * nv + 2 > budget()) {
+    mesh_stat_add(mesh_budget_stops, 1);
+    return false;
+  }
+  _mesh_barrier_begin();
+  /* 1. writers of the source wait from here on */
+  uint32_t vs = src_id;
+  for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
+    if (!protect(mesh_span(vs)->page, n)) {
+      /* undo what was protected; map_or_die also restores write access */
+      for (uint32_t u = src_id; u != vs; u = mesh_span(u)->alias_next) map_or_die(mesh_span(u)->page, n, s->page);
+      _mesh_barrier_end();
+      return false;
+    }
+  }
+  /* 2. */
+  uint64_t snap[MESH_BITMAP_WORDS] = {0};
+  char *from = (char *)mesh_page_addr(s->page), *to = (char *)mesh_page_addr(d->page);
+  uint64_t copied = 0;
+  for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
+    snap[w] = mesh_load_seq_cst(&s->bits[w]);
+    mesh_fetch_or_seq_cst(&d->bits[w], snap[w]);
+    for (uint64_t b = snap[w]; b; b &= b - 1) {
+      size_t off = (size_t)(w * 64 + (unsigned)__builtin_ctzll(b)) * size;
+      memcpy(to + off, from + off, size);
+      copied += size;
+    }
+  }
+  /* 3. */
+  mesh_store_seq_cst(&s->mesh_dst, dst_id);
+  mesh_store_seq_cst(&s->state, SPAN_ALIAS);
+  vs = src_id;
+  int delta = 0;
+  for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
+    span_t *v = mesh_span(vs);
+    if (vs != src_id) mesh_store_seq_cst(&v->mesh_dst, dst_id);
+    delta += _mesh_arena_map_delta(v->page, n, d->page);
+    _mesh_pagetable_set(v->page, n, v->page, dst_id);
+  }
+  /* 4. */
+  for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
+    uint64_t now = mesh_exchange_seq_cst(&s->bits[w], 0);
+    uint64_t freed = snap[w] & ~now;
+    if (freed) mesh_fetch_and_seq_cst(&d->bits[w], ~freed);
+  }
+  /* 5. */
+  vs = src_id;
+  uint32_t last = src_id;
+  for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
+    map_or_die(mesh_span(vs)->page, n, d->page);
+    last = vs;
+  }
+  _mesh_barrier_end();
+  if (_mesh_arena_punch(s->page, n) != 0)
+    _mesh_warning("meshing: punching %u pages failed (errno %d)", n, errno);
+  /* the source's chain (itself first) joins the destination's */
+  mesh_span(last)->alias_next = d->alias_next;
+  d->alias_next = src_id;
+  mesh_stat_add(arena_mappings, delta);
+  mesh_stat_hwm(arena_mappings_hwm, arena_mappings);
+  mesh_stat_add(mesh_count, 1);
+  mesh_stat_add(mesh_aliases, 1);
+  mesh_stat_add(meshed_pages, n);
+  mesh_stat_hwm(meshed_pages_hwm, meshed_pages);
+  mesh_stat_add(meshed_pages_total, n);
+  mesh_stat_add(mesh_bytes_copied, copied);
+  mesh_stat_sub(span_pages, n);
+  mesh_stat_sub(spans_live, 1);
+  mesh_stat_add(spans_free_count, 1);
+  if (delta <= 0) mesh_stat_add(mesh_adjacent, 1);
+  return true;
+}
+
+/* Candidate index of the span whose physical pages would continue the
+ * mapping left or right of span l, or -1. */
+static int adjacent_partner(const span_t *l, unsigned half, unsigned ncand) {
+  uint32_t want[2] = {MESH_NIL, MESH_NIL};
+  if (l->page > 0) want[0] = _mesh_arena_phys_of(l->page - 1) + 1;
+  if (l->page + l->npages < _mesh_arena.npages) {
+    uint32_t p = _mesh_arena_phys_of(l->page + l->npages);
+    if (p >= l->npages) want[1] = p - l->npages;
+  }
+  for (int k = 0; k < 2; k++) {
+    if (!want[k] || want[k] >= _mesh_arena_top() || want[k] == l->page) continue;
+    uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[want[k]]);
+    uint32_t id = (uint32_t)e;
+    if (!id || (uint32_t)(e >> 32) != want[k] || mesh_span(id)->page != want[k]) continue;
+    for (unsigned j = half; j < ncand; j++) /* short list; only when a neighbour is meshed */
+      if (cand[j] == id) return used[j] ? -1 : (int)j;
+  }
+  return -1;
+}
+
+/* Meshes what it can in one class before the deadline; returns pages freed
+ * (and sets *out_of_time), or stops at the mapping budget (*stop). */
+static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop) {
+  const size_class_t *sc = &_mesh_classes[cls];
+  unsigned max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
+  unsigned max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
+  unsigned n = 0;
+  for (unsigned b = 0; b < MESH_OCC_BINS && n < MAX_CANDIDATES; b++)
+    for (uint32_t id = _mesh_partial_head(cls, b); id && n < MAX_CANDIDATES; id = mesh_span(id)->next) {
+      span_t *s = mesh_span(id);
+      if (_mesh_span_live(s) <= max_live && chain_len(s) < max_chain) cand[n++] = id;
+    }
+  if (n < 2) return 0;
+  for (unsigned i = n; i > 1; i--) {
+    unsigned j = mesh_rand_below(&mesh_rng, i);
+    uint32_t t = cand[i - 1];
+    cand[i - 1] = cand[j];
+    cand[j] = t;
+  }
+  for (unsigned i = 0; i < n; i++) used[i] = 0;
+  unsigned half = n / 2, nr = n - half, probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
+  size_t freed = 0;
+  for (unsigned i = 0; i < half; i++) {
+    span_t *l = mesh_span(cand[i]);
+    int pick = -1;
+    bool l_is_src = false;
+    int adj = adjacent_partner(l, half, n);
+    if (adj >= 0 && disjoint(l, mesh_span(cand[adj])) &&
+        chain_len(l) + chain_len(mesh_span(cand[adj])) <= max_chain) {
+      pick = adj;
+      l_is_src = true; /* l's pages become the alias that continues the run */
+    }
+    for (unsigned k = 0; pick < 0 && k < probes && k < nr; k++) {
+      unsigned j = half + (i + k) % nr;
+      if (used[j]) continue;
+      span_t *r = mesh_span(cand[j]);
+      if (disjoint(l, r) && chain_len(l) + chain_len(r) <= max_chain) {
+        pick = (int)j;
+        l_is_src = _mesh_span_live(l) <= _mesh_span_live(r); /* copy the fewer objects */
+      }
+    }
+    if (pick < 0) continue;
+    used[pick] = 1;
+    uint32_t src = l_is_src ? cand[i] : cand[pick], dst = l_is_src ? cand[pick] : cand[i];
+    _mesh_partial_unlink(src);
+    _mesh_partial_unlink(dst);
+    uint32_t pages = mesh_span(src)->npages;
+    if (mesh_pair(dst, src)) {
+      freed += pages;
+    } else {
+      _mesh_file_detached(src);
+      *stop = true;
+    }
+    _mesh_file_detached(dst);
+    if (*stop) break;
+    if (_mesh_os_now_ns() >= deadline) {
+      *out_of_time = true;
+      break;
+    }
+  }
+  return freed;
+}
+
+size_t _mesh_mesh_pass(uint64_t budget_ns) {
+  if (!_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH) || !_mesh_barrier_ensure()) return 0;
+  uint64_t t0 = _mesh_os_now_ns();
+  uint64_t deadline = budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns;
+  size_t freed = 0;
+  bool out_of_time = false, stop = false;
+  for (unsigned k = 0; k < MESH_NUM_CLASSES && !out_of_time && !stop; k++) {
+    unsigned c = (next_cls + k) % MESH_NUM_CLASSES;
+    freed += mesh_class(c, deadline, &out_of_time, &stop);
+    if (out_of_time) next_cls = c + 1;
+  }
+  uint64_t ns = _mesh_os_now_ns() - t0;
+  last_pass_ns = t0 + ns;
+  mesh_stat_add(mesh_passes, 1);
+  mesh_stat_add(mesh_pause_ns_total, ns);
+  if (ns > mesh_stat_get(mesh_pause_ns_max)) mesh_stat_set(mesh_pause_ns_max, ns);
+  if (ns < 100000) mesh_stat_add(mesh_pause_lt_100us, 1);
+  else if (ns < 500000) mesh_stat_add(mesh_pause_lt_500us, 1);
+  else if (ns < 1000000) mesh_stat_add(mesh_pause_lt_1ms, 1);
+  else if (ns < 2000000) mesh_stat_add(mesh_pause_lt_2ms, 1);
+  else if (ns < 5000000) mesh_stat_add(mesh_pause_lt_5ms, 1);
+  else mesh_stat_add(mesh_pause_ge_5ms, 1);
+  return freed;
+}
+
+void _mesh_maybe_mesh(void) {
+  long period = mesh_opt(MESH_OPT_PERIOD_MS);
+  if (period <= 0 || !_mesh_arena.meshable) return;
+  uint64_t now = _mesh_os_now_ns();
+  if (now - last_pass_ns < (uint64_t)period * 1000000u) return;
+  last_pass_ns = now;
+  _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u);
+}
+
+size_t mesh_compact(void) {
+  mesh_ensure_init();
+  size_t total = 0;
+  for (;;) {
+    _mesh_lock();
+    size_t freed = _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u);
+    _mesh_unlock();
+    total += freed;
+    if (freed == 0) break;
+  }
+  mesh_scavenge();
+  return total;
+}
