@@ -524,3 +524,30 @@ static void unalias_all(uint32_t id) {
     a = next;
   }
 }
+
+bool _mesh_arena_has_dirty(uint32_t npages) { return run_find(true, npages, 1) != MESH_NIL; }
+
+/* Splits span id (k * npages pages) into k spans of npages; ids[0] = id.
+ * Lock held. */
+void _mesh_arena_split(uint32_t id, uint32_t npages, uint32_t k, uint32_t *ids) {
+  span_t *s = mesh_span(id);
+  uint32_t start = s->page;
+  ids[0] = id;
+  s->npages = npages;
+  for (uint32_t i = 1; i < k; i++) {
+    uint32_t r = _mesh_span_record_new();
+    if (!r) { /* out of records: the rest stays with the last span made */
+      mesh_span(ids[i - 1])->npages += (k - i) * npages;
+      for (uint32_t j = i; j < k; j++) ids[j] = MESH_NIL;
+      return;
+    }
+    span_t *t = mesh_span(r);
+    t->page = start + i * npages;
+    t->npages = npages;
+    _mesh_pagetable_set(t->page, npages, t->page, r);
+    ids[i] = r;
+    mesh_stat_add(spans_alloc_count, 1);
+    mesh_stat_add(spans_live, 1);
+  }
+  mesh_stat_hwm(spans_hwm, spans_live);
+}

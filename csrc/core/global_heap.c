@@ -107,14 +107,28 @@ void _mesh_global_detach_all(thread_heap_t *h) {
   }
 }
 
+/* A fresh span for cls. Reusing dirty (already committed) pages comes
+ * first; otherwise a chunk of up to 64 clean pages is cut into several spans
+ * of the class at once, the extra ones filed as empty partial spans. Spans
+ * of one class then sit next to each other, so meshing can map runs of them
+ * with one kernel mapping; clean pages cost no memory until touched. */
 static uint32_t new_small_span(unsigned cls) {
   const size_class_t *sc = &_mesh_classes[cls];
+  uint32_t k = sc->npages >= 64 ? 1 : 64 / sc->npages;
+  if (k > 1 && _mesh_arena_has_dirty(sc->npages)) k = 1;
   bool clean;
-  uint32_t id = _mesh_arena_alloc_span(sc->npages, 1, &clean);
+  uint32_t id = _mesh_arena_alloc_span(sc->npages * k, 1, &clean);
+  if (!id && k > 1) id = _mesh_arena_alloc_span(sc->npages * (k = 1), 1, &clean);
   if (!id) return MESH_NIL;
-  span_t *s = mesh_span(id);
-  s->nobjects = sc->nobjects;
-  s->cls = (uint8_t)cls;
+  uint32_t ids[64];
+  _mesh_arena_split(id, sc->npages, k, ids);
+  for (uint32_t i = 0; i < k; i++) {
+    if (!ids[i]) break;
+    span_t *s = mesh_span(ids[i]);
+    s->nobjects = sc->nobjects;
+    s->cls = (uint8_t)cls;
+    if (i) partial_link(ids[i], 0);
+  }
   return id;
 }
 

@@ -211,6 +211,8 @@ void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint3
 int _mesh_arena_validate(void);
 int _mesh_span_validate(uint32_t id); /* lock held */
 uint32_t _mesh_arena_top(void);
+bool _mesh_arena_has_dirty(uint32_t npages);
+void _mesh_arena_split(uint32_t id, uint32_t npages, uint32_t k, uint32_t *ids);
 uint32_t _mesh_arena_phys_of(uint32_t page);
 int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys);
 int _mesh_arena_map(uint32_t vpage, uint32_t n, uint32_t phys);

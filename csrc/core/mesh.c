@@ -40,7 +40,7 @@
 #include <errno.h>
 #include <string.h>
 
-#define MAX_CANDIDATES 1024
+#define MAX_CANDIDATES 2048
 
 static uint64_t last_pass_ns;
 static unsigned next_cls;
@@ -182,6 +182,17 @@ static int adjacent_partner(const span_t *l, unsigned half, unsigned ncand) {
   return -1;
 }
 
+/* Shell sort of cand[0..n) by first page (no libc qsort: it may malloc). */
+static void sort_by_page(unsigned n) {
+  for (unsigned gap = n / 2; gap; gap /= 2)
+    for (unsigned i = gap; i < n; i++) {
+      uint32_t t = cand[i], tp = mesh_span(t)->page;
+      unsigned j = i;
+      for (; j >= gap && mesh_span(cand[j - gap])->page > tp; j -= gap) cand[j] = cand[j - gap];
+      cand[j] = t;
+    }
+}
+
 /* Meshes what it can in one class before the deadline; returns pages freed
  * (and sets *out_of_time), or stops at the mapping budget (*stop). */
 static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop) {
@@ -192,19 +203,23 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
   for (unsigned b = 0; b < MESH_OCC_BINS && n < MAX_CANDIDATES; b++)
     for (uint32_t id = _mesh_partial_head(cls, b); id && n < MAX_CANDIDATES; id = mesh_span(id)->next) {
       span_t *s = mesh_span(id);
-      if (_mesh_span_live(s) <= max_live && chain_len(s) < max_chain) cand[n++] = id;
+      unsigned live = _mesh_span_live(s);
+      if (live && live <= max_live && chain_len(s) < max_chain) cand[n++] = id; /* empty spans: nothing to gain */
     }
   if (n < 2) return 0;
-  for (unsigned i = n; i > 1; i--) {
-    unsigned j = mesh_rand_below(&mesh_rng, i);
-    uint32_t t = cand[i - 1];
-    cand[i - 1] = cand[j];
-    cand[j] = t;
-  }
+  /* Split by address: the lower half is meshed, in address order, onto
+   * the upper half. Walking sources in order lets consecutive sources land
+   * on consecutive destinations (adjacent_partner), which the kernel maps
+   * with one VMA; the partners themselves are still probed at random. */
+  sort_by_page(n);
   for (unsigned i = 0; i < n; i++) used[i] = 0;
   unsigned half = n / 2, nr = n - half, probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
   size_t freed = 0;
   for (unsigned i = 0; i < half; i++) {
+    if ((i & 15) == 15 && _mesh_os_now_ns() >= deadline) {
+      *out_of_time = true;
+      break;
+    }
     span_t *l = mesh_span(cand[i]);
     int pick = -1;
     bool l_is_src = false;
@@ -214,13 +229,17 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
       pick = adj;
       l_is_src = true; /* l's pages become the alias that continues the run */
     }
+    unsigned start = mesh_rand_below(&mesh_rng, nr);
     for (unsigned k = 0; pick < 0 && k < probes && k < nr; k++) {
-      unsigned j = half + (i + k) % nr;
+      unsigned j = half + (start + k) % nr;
       if (used[j]) continue;
       span_t *r = mesh_span(cand[j]);
       if (disjoint(l, r) && chain_len(l) + chain_len(r) <= max_chain) {
         pick = (int)j;
-        l_is_src = _mesh_span_live(l) <= _mesh_span_live(r); /* copy the fewer objects */
+        /* Sources always come from the lower half, walked in order, so the
+         * next source can continue this alias's mapping. Copying the fuller
+         * span costs at most max_occupancy_pct of a span. */
+        l_is_src = true;
       }
     }
     if (pick < 0) continue;
@@ -254,7 +273,8 @@ size_t _mesh_mesh_pass(uint64_t budget_ns) {
   for (unsigned k = 0; k < MESH_NUM_CLASSES && !out_of_time && !stop; k++) {
     unsigned c = (next_cls + k) % MESH_NUM_CLASSES;
     freed += mesh_class(c, deadline, &out_of_time, &stop);
-    if (out_of_time) next_cls = c + 1;
+    if (!out_of_time && _mesh_os_now_ns() >= deadline) out_of_time = true;
+    if (out_of_time) next_cls = c; /* resume where the budget ran out */
   }
   uint64_t ns = _mesh_os_now_ns() - t0;
   last_pass_ns = t0 + ns;
