@@ -41,24 +41,29 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
     bad_free(p, "invalid free (not the start of a block)");
     return;
   }
-  unsigned w = slot >> 6;
+  unsigned w = slot >> 6, cls = s->cls;
   uint64_t bit = 1ull << (slot & 63);
+  /* Once the bit is clear this free no longer keeps the span alive and the
+   * record may be released and reused under us: everything needed below is
+   * read before, or comes from the immutable class table. */
+  unsigned nwords = (sc->nobjects + 63u) >> 6;
+  unsigned rest = sc->nobjects - w * 64u;
+  uint64_t mask = rest >= 64 ? ~0ull : ((1ull << rest) - 1);
   uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
   if (!(old & bit)) {
     bad_free(p, "double free");
     return;
   }
   thread_heap_t *h = _mesh_tls.heap;
-  if (h == &_mesh_empty_heap) _mesh_heap_count_headless_free(s->cls);
-  else mesh_counter_add(&h->sv[s->cls].n_free, 1);
+  if (h == &_mesh_empty_heap) _mesh_heap_count_headless_free(cls);
+  else mesh_counter_add(&h->sv[cls].n_free, 1);
 
   /* Attached to some thread heap: its owner takes the slot back. */
   if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
-  uint64_t mask = mesh_bitmap_mask(s, w);
   bool was_full_word = old == mask && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
   bool maybe_empty = (old & ~bit) == 0;
   if (maybe_empty) {
-    for (unsigned i = 0; i < mesh_bitmap_words(s); i++)
+    for (unsigned i = 0; i < nwords; i++)
       if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
   }
   if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
@@ -82,7 +87,10 @@ void mesh_free(void *p) {
       bad_free(p, "invalid free (not the start of a block)");
       return;
     }
-    if (mesh_unlikely(!mesh_sv_push(h, sv, s->att, slot))) bad_free(p, "double free");
+    /* a clear shared bit: another thread already freed it (not yet reclaimed) */
+    if (mesh_unlikely(!(mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) ||
+                      !mesh_sv_push(h, sv, mesh_load_relaxed(&s->att), slot)))
+      bad_free(p, "double free");
     return;
   }
   _mesh_free_nonlocal(p, s, id, pte);

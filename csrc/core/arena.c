@@ -71,6 +71,8 @@ bool _mesh_arena_init(void) {
     fd = _mesh_os_memfd();
     if (fd < 0)
       _mesh_warning("memfd_create failed (errno %d): running without meshing", errno);
+  } else {
+    _mesh_warning("MESH_MEMFD=0: anonymous arena, running without meshing");
   }
   for (; size >= MIN_ARENA; size = (size / 2) & ~(MESH_PAGE_SIZE - 1)) {
     if (reserve(size, fd)) break;
@@ -110,7 +112,8 @@ uint32_t _mesh_span_record_new(void) {
   s->nobjects = 0;
   s->cls = 0;
   mesh_store_relaxed(&s->state, SPAN_NONE);
-  s->att = s->bin = 0;
+  mesh_store_relaxed(&s->att, 0);
+  s->bin = 0;
   s->flags = 0;
   s->alias_next = MESH_NIL;
   return id;

@@ -81,7 +81,7 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
   (void)h;
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
-    uint64_t local = sv->local[a][w];
+    uint64_t local = mesh_load_relaxed(&sv->local[a][w]);
     if (!local) continue;
     uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~local);
     uint64_t both = local & ~old; /* in the vector AND freed by another thread */
@@ -91,7 +91,7 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
       _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
                             "double free (freed again by another thread)");
     }
-    sv->local[a][w] = 0;
+    mesh_store_relaxed(&sv->local[a][w], 0);
   }
   file_detached(id);
 }
@@ -152,12 +152,12 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
     span_t *s = mesh_span(id);
     free_slots += s->nobjects - span_live(s);
     unsigned a = sv->natt++;
-    s->att = (uint8_t)a;
+    mesh_store_relaxed(&s->att, (uint8_t)a);
     mesh_store_relaxed(&s->state, SPAN_ATTACHED);
     mesh_store_relaxed(&s->owner, h->id);
     sv->span[a] = id;
     sv->base[a] = mesh_page_addr(s->page);
-    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) sv->local[a][w] = 0;
+    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) mesh_store_relaxed(&sv->local[a][w], 0);
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
     sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
     sv->total_bytes += span_bytes;

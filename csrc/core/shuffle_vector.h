@@ -17,10 +17,17 @@
 
 #include "internal.h"
 
+MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot);
+
+/* Pops a free slot. The slot's bit in the shared bitmap must still be set
+ * (attached-span invariant); a clear bit means another thread freed it
+ * while it sat here - a double free - and it is not handed out. */
 MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
   uint16_t e = sv->entries[--sv->len];
   unsigned a = e >> 8, slot = e & 0xFFu;
-  sv->local[a][slot >> 6] &= ~(1ull << (slot & 63));
+  mesh_store_relaxed(&sv->local[a][slot >> 6], mesh_load_relaxed(&sv->local[a][slot >> 6]) & ~(1ull << (slot & 63)));
+  if (mesh_unlikely(!(mesh_load_relaxed(&mesh_span(sv->span[a])->bits[slot >> 6]) >> (slot & 63) & 1)))
+    return _mesh_sv_pop_freed(sv, a, slot);
   mesh_counter_add(&sv->n_alloc, 1);
   return (void *)(sv->base[a] + (uintptr_t)slot * sv->size);
 }
@@ -28,9 +35,10 @@ MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
 /* Returns false (and changes nothing) if the slot is already free here. */
 MESH_INLINE bool mesh_sv_push(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, unsigned slot) {
   uint64_t bit = 1ull << (slot & 63);
-  uint64_t *w = &sv->local[a][slot >> 6];
-  if (mesh_unlikely(*w & bit)) return false;
-  *w |= bit;
+  _Atomic uint64_t *w = &sv->local[a][slot >> 6];
+  uint64_t v = mesh_load_relaxed(w);
+  if (mesh_unlikely(v & bit)) return false;
+  mesh_store_relaxed(w, v | bit);
   uint32_t n = sv->len;
   uint32_t j = h->shuffle ? mesh_rand_below(&h->rng, n + 1) : n;
   sv->entries[n] = sv->entries[j];
@@ -42,7 +50,7 @@ MESH_INLINE bool mesh_sv_push(thread_heap_t *h, shuffle_vector_t *sv, unsigned a
 
 /* Adds a slot during refill (no shuffle: the caller shuffles once). */
 MESH_INLINE void mesh_sv_append(shuffle_vector_t *sv, unsigned a, unsigned slot) {
-  sv->local[a][slot >> 6] |= 1ull << (slot & 63);
+  mesh_store_relaxed(&sv->local[a][slot >> 6], mesh_load_relaxed(&sv->local[a][slot >> 6]) | 1ull << (slot & 63));
   sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
 }
 

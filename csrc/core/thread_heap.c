@@ -98,14 +98,14 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
       if ((mesh_load_relaxed(&s->bits[w]) & mask) == mask) continue; /* nothing freed: skip the RMW */
       uint64_t old = mesh_fetch_or_acq_rel(&s->bits[w], mask);
       uint64_t taken = mask & ~old;
-      uint64_t dup = taken & sv->local[a][w]; /* freed remotely while already free here */
+      uint64_t dup = taken & mesh_load_relaxed(&sv->local[a][w]); /* freed remotely while already free here */
       while (dup) {
         unsigned slot = w * 64 + (unsigned)__builtin_ctzll(dup);
         dup &= dup - 1;
         _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
                               "double free (freed again by another thread)");
       }
-      taken &= ~sv->local[a][w];
+      taken &= ~mesh_load_relaxed(&sv->local[a][w]);
       while (taken) {
         unsigned slot = w * 64 + (unsigned)__builtin_ctzll(taken);
         taken &= taken - 1;
@@ -116,6 +116,19 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   }
   if (got) mesh_sv_shuffle(h, sv);
   return got;
+}
+
+/* Out of line from mesh_sv_pop: the popped slot had been freed by another
+ * thread while it was free here. Report it and pop another (the slot stays
+ * free: its bit is clear, so reclaim will offer it again, once). */
+static void *heap_alloc_small(thread_heap_t *h, unsigned cls);
+
+void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot) {
+  _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
+                        "double free (freed by another thread while already free)");
+  /* the heap that owns sv (possibly the orphan heap, whose lock is held) */
+  thread_heap_t *h = (thread_heap_t *)((char *)(sv - sv->cls) - offsetof(thread_heap_t, sv));
+  return heap_alloc_small(h, sv->cls);
 }
 
 static void *heap_alloc_small(thread_heap_t *h, unsigned cls) {
@@ -192,10 +205,10 @@ static int heap_validate(thread_heap_t *h) {
     for (unsigned a = 0; a < sv->natt; a++) {
       span_t *s = mesh_span(sv->span[a]);
       if (mesh_load_relaxed(&s->state) != SPAN_ATTACHED || mesh_load_relaxed(&s->owner) != h->id ||
-          s->att != a || s->cls != c || sv->base[a] != mesh_page_addr(s->page))
+          mesh_load_relaxed(&s->att) != a || s->cls != c || sv->base[a] != mesh_page_addr(s->page))
         BAD("class %u attachment %u (span %u) is inconsistent\n", c, a, sv->span[a]);
       for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
-        uint64_t l = sv->local[a][w];
+        uint64_t l = mesh_load_relaxed(&sv->local[a][w]);
         if (w >= mesh_bitmap_words(s) ? l != 0 : (l & ~mesh_bitmap_mask(s, w)) != 0)
           BAD("class %u attachment %u has local bits past the span\n", c, a);
         if ((l & mesh_load_relaxed(&s->bits[w])) != l)
@@ -206,7 +219,7 @@ static int heap_validate(thread_heap_t *h) {
     if (in_local != sv->len) BAD("class %u: %u entries but %u local bits\n", c, sv->len, in_local);
     for (unsigned i = 0; i < sv->len; i++) {
       unsigned a = sv->entries[i] >> 8, slot = sv->entries[i] & 0xFFu;
-      if (a >= sv->natt || !(sv->local[a][slot >> 6] & (1ull << (slot & 63)))) {
+      if (a >= sv->natt || !(mesh_load_relaxed(&sv->local[a][slot >> 6]) & (1ull << (slot & 63)))) {
         BAD("class %u: entry %u (%u/%u) not in the local bitmap\n", c, i, a, slot);
         break;
       }
