@@ -41,7 +41,7 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
     bad_free(p, "invalid free (not the start of a block)");
     return;
   }
-  unsigned w = slot >> 6, cls = s->cls;
+  unsigned w = slot >> 6;
   uint64_t bit = 1ull << (slot & 63);
   /* Once the bit is clear this free no longer keeps the span alive and the
    * record may be released and reused under us: everything needed below is
@@ -54,10 +54,6 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
     bad_free(p, "double free");
     return;
   }
-  thread_heap_t *h = _mesh_tls.heap;
-  if (h == &_mesh_empty_heap) _mesh_heap_count_headless_free(cls);
-  else mesh_counter_add(&h->sv[cls].n_free, 1);
-
   /* Attached to some thread heap: its owner takes the slot back. */
   if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
   bool was_full_word = old == mask && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
@@ -89,7 +85,7 @@ void mesh_free(void *p) {
     }
     /* a clear shared bit: another thread already freed it (not yet reclaimed) */
     if (mesh_unlikely(!(mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) ||
-                      !mesh_sv_push(h, sv, mesh_load_relaxed(&s->att), slot)))
+                      !mesh_sv_push(sv, mesh_load_relaxed(&s->att), slot)))
       bad_free(p, "double free");
     return;
   }
@@ -159,11 +155,16 @@ void *mesh_realloc(void *p, size_t size) {
     errno = EINVAL;
     return NULL;
   }
-  /* Keep the block when the new size still fits and wastes at most half;
-   * small blocks stay as long as the class is the same. */
-  if (size <= old && (old <= MESH_SMALL_MAX ? size > MESH_SMALL_MAX || mesh_class_of(size) == mesh_class_of(old)
-                                            : size > old / 2))
-    return p;
+  /* Small blocks stay while the class is the same. A large block grows
+   * into the free pages after it, or gives back its tail, in place; it is
+   * copied only when it must move between small and large or the pages
+   * after it are taken. */
+  if (old <= MESH_SMALL_MAX) {
+    if (size <= old && mesh_class_of(size) == mesh_class_of(old)) return p;
+  } else if (size > MESH_SMALL_MAX) {
+    if (size <= old && size > old / 2) return p;
+    if (_mesh_large_resize(p, size)) return p;
+  }
   void *q = mesh_malloc(size);
   if (!q) return NULL; /* errno set; p untouched */
   memcpy(q, p, size < old ? size : old);

@@ -29,7 +29,7 @@ static uint8_t occ_nonempty[MESH_NUM_CLASSES];
 void _mesh_lock(void) { pthread_mutex_lock(&_mesh_global_lock); }
 void _mesh_unlock(void) { pthread_mutex_unlock(&_mesh_global_lock); }
 
-static unsigned span_live(const span_t *s) {
+unsigned _mesh_span_live(const span_t *s) {
   unsigned n = 0;
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++)
     n += (unsigned)__builtin_popcountll(mesh_load_seq_cst(&s->bits[w]) & mesh_bitmap_mask(s, w));
@@ -61,7 +61,7 @@ static void partial_unlink(uint32_t id) {
 /* Files a detached span by its exact occupancy. */
 static void file_detached(uint32_t id) {
   span_t *s = mesh_span(id);
-  unsigned live = span_live(s);
+  unsigned live = _mesh_span_live(s);
   if (live == 0) {
     _mesh_arena_free_span(id);
   } else if (live == s->nobjects) {
@@ -150,7 +150,7 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
       if (!id) break;
     }
     span_t *s = mesh_span(id);
-    free_slots += s->nobjects - span_live(s);
+    free_slots += s->nobjects - _mesh_span_live(s);
     unsigned a = sv->natt++;
     mesh_store_relaxed(&s->att, (uint8_t)a);
     mesh_store_relaxed(&s->state, SPAN_ATTACHED);
@@ -176,7 +176,7 @@ void _mesh_global_free_transition(span_t *s, uint32_t id) {
   uint8_t st = mesh_load_relaxed(&s->state);
   if ((st == SPAN_FULL || st == SPAN_PARTIAL) && mesh_load_relaxed(&s->owner) == MESH_OWNER_NONE) {
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
-    unsigned live = span_live(s);
+    unsigned live = _mesh_span_live(s);
     if (live == 0) {
       if (st == SPAN_PARTIAL) partial_unlink(id);
       _mesh_arena_free_span(id);
@@ -241,6 +241,28 @@ void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte) {
   _mesh_unlock();
 }
 
+bool _mesh_large_resize(const void *p, size_t size) {
+  if (size > _mesh_arena.size) return false;
+  uint32_t want = (uint32_t)((size + MESH_PAGE_SIZE - 1) >> MESH_PAGE_SHIFT);
+  bool ok = false;
+  _mesh_lock();
+  uint64_t pte = mesh_pte_of(p);
+  uint32_t id = (uint32_t)pte;
+  span_t *s = mesh_span(id);
+  if (id && mesh_load_relaxed(&s->state) == SPAN_LARGE && (uintptr_t)p == mesh_page_addr(s->page)) {
+    uint32_t have = s->npages;
+    if (want > have) ok = _mesh_arena_grow_span(id, want - have);
+    else if (want < have) _mesh_arena_shrink_span(id, want), ok = true;
+    else ok = true;
+    if (ok) {
+      mesh_stat_sub(large_bytes_in_use, (uint64_t)have << MESH_PAGE_SHIFT);
+      mesh_stat_add(large_bytes_in_use, (uint64_t)s->npages << MESH_PAGE_SHIFT);
+    }
+  }
+  _mesh_unlock();
+  return ok;
+}
+
 /* ---- validation ------------------------------------------------------ */
 
 int _mesh_global_validate(void) {
@@ -254,7 +276,7 @@ int _mesh_global_validate(void) {
       uint32_t prev = MESH_NIL;
       for (uint32_t id = occ_bins[c][b]; id; prev = id, id = mesh_span(id)->next) {
         span_t *s = mesh_span(id);
-        unsigned live = span_live(s);
+        unsigned live = _mesh_span_live(s);
         if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != c || s->bin != b || s->prev != prev ||
             mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || live >= s->nobjects) {
           bad++;

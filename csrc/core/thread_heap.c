@@ -29,8 +29,6 @@ static thread_heap_t *all_heaps;   /* (lock) */
 static thread_heap_t *heap_pool;   /* (lock) released heaps */
 static thread_heap_t *orphan_heap; /* (orphan lock) */
 static uint32_t next_heap_id = 1;  /* (lock) */
-/* Frees by threads that have no heap of their own, per class. */
-static _Atomic uint64_t headless_frees[MESH_NUM_CLASSES];
 
 static size_t heap_bytes(void) {
   return (sizeof(thread_heap_t) + MESH_PAGE_SIZE - 1) & ~(MESH_PAGE_SIZE - 1);
@@ -176,23 +174,36 @@ void *_mesh_heap_alloc_slow(size_t size) {
   return p;
 }
 
-void _mesh_heap_count_headless_free(unsigned cls) { mesh_fetch_add_relaxed(&headless_frees[cls], 1); }
-
-void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_allocs, uint64_t *small_frees) {
-  uint64_t bytes = 0, na = 0, nf = 0;
+/* Live small objects, counted when asked instead of on every malloc and
+ * free: bits set in live small spans, less the slots that sit in some
+ * vector (set in an attached span's bitmap but free). Lock held; vectors of
+ * running threads are read racily, so the figure is approximate while they
+ * allocate. */
+void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_objects) {
+  uint64_t per_class[MESH_NUM_CLASSES] = {0};
+  uint32_t top = _mesh_arena_top();
+  for (uint32_t pg = 0; pg < top;) {
+    uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+    span_t *s = mesh_span((uint32_t)e);
+    uint32_t n = s->npages ? s->npages : 1;
+    uint8_t st = mesh_load_relaxed(&s->state);
+    if ((uint32_t)e && s->page == pg && (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL))
+      per_class[s->cls] += _mesh_span_live(s);
+    pg += n;
+  }
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next)
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
+      for (unsigned a = 0; a < h->sv[c].natt; a++)
+        for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++)
+          per_class[c] -= (uint64_t)__builtin_popcountll(mesh_load_relaxed(&h->sv[c].local[a][w]));
+  uint64_t bytes = 0, objects = 0;
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
-    uint64_t a = 0, f = mesh_load_relaxed(&headless_frees[c]);
-    for (thread_heap_t *h = all_heaps; h; h = h->all_next) {
-      a += mesh_load_relaxed(&h->sv[c].n_alloc);
-      f += mesh_load_relaxed(&h->sv[c].n_free);
-    }
-    na += a;
-    nf += f;
-    if (a > f) bytes += (a - f) * _mesh_classes[c].size;
+    if ((int64_t)per_class[c] < 0) per_class[c] = 0; /* a racing vector */
+    objects += per_class[c];
+    bytes += per_class[c] * _mesh_classes[c].size;
   }
   *small_bytes = bytes;
-  *small_allocs = na;
-  *small_frees = nf;
+  *small_objects = objects;
 }
 
 static int heap_validate(thread_heap_t *h) {

@@ -116,8 +116,6 @@ typedef struct shuffle_vector_s {
    * store, no RMW); read by remote frees to catch a free of a slot that is
    * already free here. */
   _Atomic uint64_t local[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS];
-  _Atomic uint64_t n_alloc;               /* objects handed out by this heap */
-  _Atomic uint64_t n_free;                /* objects of this class freed by this thread */
   uint16_t entries[MESH_VECTOR_CAPACITY]; /* (attachment << 8) | slot */
 } shuffle_vector_t;
 
