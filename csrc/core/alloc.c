@@ -45,6 +45,12 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   }
   unsigned w = slot >> 6;
   uint64_t bit = 1ull << (slot & 63);
+  /* Once the bit is clear this free no longer keeps the span alive and the
+   * record may be released and reused under us: everything needed below is
+   * read before, or comes from the immutable class table. */
+  unsigned nwords = (sc->nobjects + 63u) >> 6;
+  unsigned rest = sc->nobjects - w * 64u;
+  uint64_t mask = rest >= 64 ? ~0ull : ((1ull << rest) - 1);
   uint64_t old;
   for (;;) {
     /* a span meshed away forwards to the span that now holds its objects */
@@ -61,17 +67,12 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
       return;
     }
   }
-  thread_heap_t *h = _mesh_tls.heap;
-  if (h == &_mesh_empty_heap) _mesh_heap_count_headless_free(s->cls);
-  else mesh_counter_add(&h->sv[s->cls].n_free, 1);
-
   /* Attached to some thread heap: its owner takes the slot back. */
   if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
-  uint64_t mask = mesh_bitmap_mask(s, w);
   bool was_full_word = old == mask && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
   bool maybe_empty = (old & ~bit) == 0;
   if (maybe_empty) {
-    for (unsigned i = 0; i < mesh_bitmap_words(s); i++)
+    for (unsigned i = 0; i < nwords; i++)
       if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
   }
   if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
@@ -95,7 +96,10 @@ void mesh_free(void *p) {
       bad_free(p, "invalid free (not the start of a block)");
       return;
     }
-    if (mesh_unlikely(!mesh_sv_push(h, sv, s->att, slot))) bad_free(p, "double free");
+    /* a clear shared bit: another thread already freed it (not yet reclaimed) */
+    if (mesh_unlikely(!(mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) ||
+                      !mesh_sv_push(sv, mesh_load_relaxed(&s->att), slot)))
+      bad_free(p, "double free");
     return;
   }
   _mesh_free_nonlocal(p, s, id, pte);
@@ -168,11 +172,16 @@ void *mesh_realloc(void *p, size_t size) {
     errno = EINVAL;
     return NULL;
   }
-  /* Keep the block when the new size still fits and wastes at most half;
-   * small blocks stay as long as the class is the same. */
-  if (size <= old && (old <= MESH_SMALL_MAX ? size > MESH_SMALL_MAX || mesh_class_of(size) == mesh_class_of(old)
-                                            : size > old / 2))
-    return p;
+  /* Small blocks stay while the class is the same. A large block grows
+   * into the free pages after it, or gives back its tail, in place; it is
+   * copied only when it must move between small and large or the pages
+   * after it are taken. */
+  if (old <= MESH_SMALL_MAX) {
+    if (size <= old && mesh_class_of(size) == mesh_class_of(old)) return p;
+  } else if (size > MESH_SMALL_MAX) {
+    if (size <= old && size > old / 2) return p;
+    if (_mesh_large_resize(p, size)) return p;
+  }
   void *q = mesh_malloc(size);
   if (!q) return NULL; /* errno set; p untouched */
   memcpy(q, p, size < old ? size : old);

@@ -71,6 +71,8 @@ bool _mesh_arena_init(void) {
     fd = _mesh_os_memfd();
     if (fd < 0)
       _mesh_warning("memfd_create failed (errno %d): running without meshing", errno);
+  } else {
+    _mesh_warning("MESH_MEMFD=0: anonymous arena, running without meshing");
   }
   for (; size >= MIN_ARENA; size = (size / 2) & ~(MESH_PAGE_SIZE - 1)) {
     if (reserve(size, fd)) break;
@@ -110,7 +112,8 @@ uint32_t _mesh_span_record_new(void) {
   s->nobjects = 0;
   s->cls = 0;
   mesh_store_relaxed(&s->state, SPAN_NONE);
-  s->att = s->bin = 0;
+  mesh_store_relaxed(&s->att, 0);
+  s->bin = 0;
   s->flags = 0;
   s->alias_next = MESH_NIL;
   return id;
@@ -295,6 +298,7 @@ uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *cle
 }
 
 static void unalias_all(uint32_t id);
+static void scavenge_if_over(void);
 
 void _mesh_arena_free_span(uint32_t id) {
   span_t *s = mesh_span(id);
@@ -308,14 +312,14 @@ void _mesh_arena_free_span(uint32_t id) {
   mesh_stat_add(spans_free_count, 1);
   mesh_stat_add(dirty_pages, n);
   run_insert(id, true);
-  if (mesh_stat_get(dirty_pages) > ((uint64_t)mesh_opt(MESH_OPT_MAX_DIRTY_MB) << (20 - MESH_PAGE_SHIFT)))
-    _mesh_arena_scavenge();
+  scavenge_if_over();
 }
 
-size_t _mesh_arena_scavenge(void) {
+/* Punches dirty runs, largest first, until at most target pages stay dirty. */
+static size_t scavenge_to(uint64_t target) {
   size_t punched = 0;
-  while (free_bins_nonempty[1]) {
-    unsigned b = (unsigned)__builtin_ctzll(free_bins_nonempty[1]);
+  while (free_bins_nonempty[1] && mesh_stat_get(dirty_pages) > target) {
+    unsigned b = 63u - (unsigned)__builtin_clzll(free_bins_nonempty[1]);
     uint32_t id = free_bins[1][b];
     span_t *r = mesh_span(id);
     run_unlink(id);
@@ -329,6 +333,16 @@ size_t _mesh_arena_scavenge(void) {
     run_insert(id, false);
   }
   return punched;
+}
+
+size_t _mesh_arena_scavenge(void) { return scavenge_to(0); }
+
+/* Over max_dirty_mb, return pages down to half of it: the hysteresis keeps
+ * a workload cycling around the threshold from punching and re-faulting
+ * everything each time. */
+static void scavenge_if_over(void) {
+  uint64_t max = (uint64_t)mesh_opt(MESH_OPT_MAX_DIRTY_MB) << (20 - MESH_PAGE_SHIFT);
+  if (mesh_stat_get(dirty_pages) > max) scavenge_to(max / 2);
 }
 
 /* Walks the tiling; returns the number of problems (each reported). */
@@ -550,4 +564,51 @@ void _mesh_arena_split(uint32_t id, uint32_t npages, uint32_t k, uint32_t *ids) 
     mesh_stat_add(spans_live, 1);
   }
   mesh_stat_hwm(spans_hwm, spans_live);
+}
+
+/* Grows span id by extra pages taken from the free run or the untouched
+ * arena right after it. Lock held. Returns false if they are not free. */
+bool _mesh_arena_grow_span(uint32_t id, uint32_t extra) {
+  span_t *s = mesh_span(id);
+  uint32_t end = s->page + s->npages;
+  if (end == top) {
+    if ((uint64_t)top + extra > _mesh_arena.npages) return false;
+    top += extra;
+    mesh_stat_set(arena_top_pages, top);
+  } else {
+    uint32_t r = run_starting_at(end, true);
+    if (!r) r = run_starting_at(end, false);
+    if (!r || mesh_span(r)->npages < extra) return false;
+    span_t *f = mesh_span(r);
+    bool dirty = run_dirty(f);
+    run_unlink(r);
+    if (dirty) mesh_stat_sub(dirty_pages, extra);
+    if (f->npages > extra) {
+      f->page += extra;
+      f->npages -= extra;
+      run_link(r);
+    } else {
+      _mesh_span_record_free(r);
+    }
+  }
+  _mesh_pagetable_set(end, extra, s->page, id);
+  s->npages += extra;
+  mesh_stat_add(span_pages, extra);
+  return true;
+}
+
+/* Gives the pages of span id past the first keep back as a dirty run. */
+void _mesh_arena_shrink_span(uint32_t id, uint32_t keep) {
+  span_t *s = mesh_span(id);
+  uint32_t tail = s->npages - keep;
+  uint32_t r = tail ? _mesh_span_record_new() : MESH_NIL;
+  if (!r) return; /* no record to describe the tail: keep it */
+  mesh_span(r)->page = s->page + keep;
+  mesh_span(r)->npages = tail;
+  _mesh_pagetable_set(s->page + keep, tail, 0, MESH_NIL);
+  s->npages = keep;
+  mesh_stat_sub(span_pages, tail);
+  mesh_stat_add(dirty_pages, tail);
+  run_insert(r, true);
+  scavenge_if_over();
 }

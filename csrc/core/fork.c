@@ -65,6 +65,33 @@ static bool remap_aliases(void) {
   return true;
 }
 
+/* Copies [off, off+len) of the arena, skipping holes of the parent's memfd
+ * (pages never written, or punched): a large block that was allocated but
+ * barely touched costs the child nothing. */
+static long long copy_data(int fd, char *dst, size_t off, size_t len) {
+  size_t end = off + len;
+  long long copied = 0;
+  while (off < end) {
+    long long data = _mesh_os_seek_data(_mesh_arena.fd, off);
+    if (data < 0) { /* ENXIO: only holes up to the end of the file */
+      if (errno == ENXIO) break;
+      data = (long long)off; /* no SEEK_DATA: copy everything */
+    }
+    if ((size_t)data >= end) break;
+    long long hole = _mesh_os_seek_hole(_mesh_arena.fd, (size_t)data);
+    size_t stop = hole < 0 || (size_t)hole > end ? end : (size_t)hole;
+    const void *src = (const void *)(_mesh_arena.base + (size_t)data);
+    if (fd >= 0) {
+      if (_mesh_os_pwrite_all(fd, src, stop - (size_t)data, (size_t)data) != 0) return -1;
+    } else {
+      __builtin_memcpy(dst + data, src, stop - (size_t)data);
+    }
+    copied += (long long)(stop - (size_t)data);
+    off = stop;
+  }
+  return copied;
+}
+
 /* Copies live spans of the arena into fd at their own offsets, or, when fd
  * is -1, into the anonymous mapping dst. Returns the bytes copied or -1. */
 static long long copy_live(int fd, char *dst, bool with_aliases) {
@@ -86,14 +113,9 @@ static long long copy_live(int fd, char *dst, bool with_aliases) {
       run_len += n;
     } else {
       if (run_len) {
-        size_t off = (size_t)run_start << MESH_PAGE_SHIFT, len = (size_t)run_len << MESH_PAGE_SHIFT;
-        const void *src = (const void *)(_mesh_arena.base + off);
-        if (fd >= 0) {
-          if (_mesh_os_pwrite_all(fd, src, len, off) != 0) return -1;
-        } else {
-          __builtin_memcpy(dst + off, src, len);
-        }
-        copied += (long long)len;
+        long long c = copy_data(fd, dst, (size_t)run_start << MESH_PAGE_SHIFT, (size_t)run_len << MESH_PAGE_SHIFT);
+        if (c < 0) return -1;
+        copied += c;
       }
       run_start = pg;
       run_len = live ? n : 0;

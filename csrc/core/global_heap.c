@@ -81,7 +81,7 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
   (void)h;
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
-    uint64_t local = sv->local[a][w];
+    uint64_t local = mesh_load_relaxed(&sv->local[a][w]);
     if (!local) continue;
     uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~local);
     uint64_t both = local & ~old; /* in the vector AND freed by another thread */
@@ -91,7 +91,7 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
       _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
                             "double free (freed again by another thread)");
     }
-    sv->local[a][w] = 0;
+    mesh_store_relaxed(&sv->local[a][w], 0);
   }
   _mesh_file_detached(id);
 }
@@ -168,12 +168,12 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
     span_t *s = mesh_span(id);
     free_slots += s->nobjects - _mesh_span_live(s);
     unsigned a = sv->natt++;
-    s->att = (uint8_t)a;
+    mesh_store_relaxed(&s->att, (uint8_t)a);
     mesh_store_relaxed(&s->state, SPAN_ATTACHED);
     mesh_store_relaxed(&s->owner, h->id);
     sv->span[a] = id;
     sv->base[a] = mesh_page_addr(s->page);
-    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) sv->local[a][w] = 0;
+    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) mesh_store_relaxed(&sv->local[a][w], 0);
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
     sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
     sv->total_bytes += span_bytes;
@@ -257,6 +257,28 @@ void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte) {
   mesh_stat_sub(large_bytes_in_use, (uint64_t)s->npages << MESH_PAGE_SHIFT);
   _mesh_arena_free_span(id);
   _mesh_unlock();
+}
+
+bool _mesh_large_resize(const void *p, size_t size) {
+  if (size > _mesh_arena.size) return false;
+  uint32_t want = (uint32_t)((size + MESH_PAGE_SIZE - 1) >> MESH_PAGE_SHIFT);
+  bool ok = false;
+  _mesh_lock();
+  uint64_t pte = mesh_pte_of(p);
+  uint32_t id = (uint32_t)pte;
+  span_t *s = mesh_span(id);
+  if (id && mesh_load_relaxed(&s->state) == SPAN_LARGE && (uintptr_t)p == mesh_page_addr(s->page)) {
+    uint32_t have = s->npages;
+    if (want > have) ok = _mesh_arena_grow_span(id, want - have);
+    else if (want < have) _mesh_arena_shrink_span(id, want), ok = true;
+    else ok = true;
+    if (ok) {
+      mesh_stat_sub(large_bytes_in_use, (uint64_t)have << MESH_PAGE_SHIFT);
+      mesh_stat_add(large_bytes_in_use, (uint64_t)s->npages << MESH_PAGE_SHIFT);
+    }
+  }
+  _mesh_unlock();
+  return ok;
 }
 
 /* ---- validation ------------------------------------------------------ */

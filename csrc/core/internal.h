@@ -36,6 +36,8 @@ int _mesh_os_punch(int fd, void *addr, size_t off, size_t len);
 void *_mesh_os_alloc(size_t size);
 void _mesh_os_free(void *p, size_t size);
 int _mesh_os_ftruncate(int fd, size_t size);
+long long _mesh_os_seek_data(int fd, size_t off);
+long long _mesh_os_seek_hole(int fd, size_t off);
 int _mesh_os_close(int fd);
 int _mesh_os_pipe(int fds[2]);
 ssize_t _mesh_os_read(int fd, void *buf, size_t len);
@@ -206,6 +208,8 @@ uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *cle
 /* Returns the span's pages as a dirty free run, clears its page-table
  * entries and recycles the record. May scavenge. */
 void _mesh_arena_free_span(uint32_t id);
+bool _mesh_arena_grow_span(uint32_t id, uint32_t extra);
+void _mesh_arena_shrink_span(uint32_t id, uint32_t keep);
 size_t _mesh_arena_scavenge(void);
 void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
 int _mesh_arena_validate(void);
@@ -248,6 +252,8 @@ void _mesh_global_detach_all(thread_heap_t *h);
 void _mesh_global_free_transition(span_t *s, uint32_t id);
 void *_mesh_large_alloc(size_t size, size_t align, bool zero);
 void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte);
+/* Resizes the large block p in place; false if it cannot (then move it). */
+bool _mesh_large_resize(const void *p, size_t size);
 int _mesh_global_validate(void);
 /* for mesh.c (lock held) */
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin);
@@ -267,14 +273,14 @@ extern thread_heap_t _mesh_empty_heap;
 extern pthread_mutex_t _mesh_orphan_lock;
 void _mesh_thread_heaps_init(void);
 void *_mesh_heap_alloc_slow(size_t size);
-void _mesh_heap_count_headless_free(unsigned cls);
 /* Takes back the slots other threads freed in h's attachments of sv's class
  * (atomic fetch_or per word) into the shuffle vector; returns how many. */
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv);
 void _mesh_heap_validate_all(int *problems);
 thread_heap_t *_mesh_heap_registry(void);
 void _mesh_heaps_after_fork_child(void);
-void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_allocs, uint64_t *small_frees);
+/* Lock held: live small objects and their bytes (walks spans and vectors). */
+void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_objects);
 
 /* ---- alloc.c -------------------------------------------------------- */
 void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte);

@@ -67,6 +67,10 @@ void *_mesh_os_alloc(size_t size) {
 
 void _mesh_os_free(void *p, size_t size) { munmap(p, size); }
 
+/* Next data byte at or after off in fd, or -1 (none left or unsupported). */
+long long _mesh_os_seek_data(int fd, size_t off) { return (long long)lseek(fd, (off_t)off, SEEK_DATA); }
+long long _mesh_os_seek_hole(int fd, size_t off) { return (long long)lseek(fd, (off_t)off, SEEK_HOLE); }
+
 int _mesh_os_ftruncate(int fd, size_t size) { return ftruncate(fd, (off_t)size); }
 int _mesh_os_close(int fd) { return close(fd); }
 int _mesh_os_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }

@@ -2,10 +2,14 @@
  * thread heap (the paper's ShuffleVector).
  *
  * entries[0..len) holds the free slots of the class's attached spans, each
- * as (attachment << 8 | slot), in random order: malloc pops the last entry,
- * a local free pushes and swaps the new entry with a random position, and
- * every refill is followed by a Fisher-Yates shuffle. Random slot order is
- * what makes two spans' occupancy bitmaps likely to be disjoint (meshable).
+ * as (attachment << 8 | slot): malloc pops the last entry, a local free
+ * pushes, and every refill (new span, or slots other threads freed) is
+ * followed by a Fisher-Yates shuffle. Random placement is what makes two
+ * spans' occupancy bitmaps likely to be disjoint (meshable): every object
+ * lands in a slot drawn at random when its span was filled. A local free is
+ * pushed on top (LIFO) rather than swapped to a random position: the slot
+ * it frees was itself drawn at random, and reusing it at once keeps the
+ * cache line hot (a random swap cost ~2x on allocation-heavy Python code).
  *
  * local[a] mirrors entries: bit i of local[a] is 1 iff slot i of attachment a
  * is in entries. That is how a local double free is caught before the slot
@@ -17,32 +21,34 @@
 
 #include "internal.h"
 
+MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot);
+
+/* Pops a free slot. The slot's bit in the shared bitmap must still be set
+ * (attached-span invariant); a clear bit means another thread freed it
+ * while it sat here - a double free - and it is not handed out. */
 MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
   uint16_t e = sv->entries[--sv->len];
   unsigned a = e >> 8, slot = e & 0xFFu;
-  sv->local[a][slot >> 6] &= ~(1ull << (slot & 63));
-  mesh_counter_add(&sv->n_alloc, 1);
+  mesh_store_relaxed(&sv->local[a][slot >> 6], mesh_load_relaxed(&sv->local[a][slot >> 6]) & ~(1ull << (slot & 63)));
+  if (mesh_unlikely(!(mesh_load_relaxed(&mesh_span(sv->span[a])->bits[slot >> 6]) >> (slot & 63) & 1)))
+    return _mesh_sv_pop_freed(sv, a, slot);
   return (void *)(sv->base[a] + (uintptr_t)slot * sv->size);
 }
 
 /* Returns false (and changes nothing) if the slot is already free here. */
-MESH_INLINE bool mesh_sv_push(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, unsigned slot) {
+MESH_INLINE bool mesh_sv_push(shuffle_vector_t *sv, unsigned a, unsigned slot) {
   uint64_t bit = 1ull << (slot & 63);
-  uint64_t *w = &sv->local[a][slot >> 6];
-  if (mesh_unlikely(*w & bit)) return false;
-  *w |= bit;
-  uint32_t n = sv->len;
-  uint32_t j = h->shuffle ? mesh_rand_below(&h->rng, n + 1) : n;
-  sv->entries[n] = sv->entries[j];
-  sv->entries[j] = (uint16_t)(a << 8 | slot);
-  sv->len = (uint16_t)(n + 1);
-  mesh_counter_add(&sv->n_free, 1);
+  _Atomic uint64_t *w = &sv->local[a][slot >> 6];
+  uint64_t v = mesh_load_relaxed(w);
+  if (mesh_unlikely(v & bit)) return false;
+  mesh_store_relaxed(w, v | bit);
+  sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
   return true;
 }
 
 /* Adds a slot during refill (no shuffle: the caller shuffles once). */
 MESH_INLINE void mesh_sv_append(shuffle_vector_t *sv, unsigned a, unsigned slot) {
-  sv->local[a][slot >> 6] |= 1ull << (slot & 63);
+  mesh_store_relaxed(&sv->local[a][slot >> 6], mesh_load_relaxed(&sv->local[a][slot >> 6]) | 1ull << (slot & 63));
   sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
 }
 

@@ -14,8 +14,7 @@ _Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
 /* Derived fields: X(name, doc) computed in stats_fill below. */
 #define MESH_DERIVED(X) \
   X(small_bytes_in_use, "bytes in live small objects (class size, not request size)") \
-  X(small_alloc_count, "small allocations served") \
-  X(small_free_count, "small frees") \
+  X(small_objects_in_use, "live small objects") \
   X(bytes_in_use, "small_bytes_in_use + large_bytes_in_use") \
   X(arena_reserved_bytes, "virtual bytes reserved for the arena") \
   X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
@@ -49,10 +48,10 @@ const char *mesh_stats_doc(int i) { return i >= 0 && i < STATS_TOTAL ? docs[i] :
 static void stats_fill(uint64_t v[STATS_TOTAL]) {
   for (int i = 0; i < MESH_CTR_COUNT; i++) v[i] = mesh_load_relaxed(&_mesh_counters[i]);
   uint64_t *d = v + MESH_CTR_COUNT;
-  uint64_t sb = 0, sa = 0, sf = 0;
+  uint64_t sb = 0, so = 0;
   if (mesh_load_acquire(&_mesh_init_state) == 2) {
     _mesh_lock();
-    _mesh_heap_stats(&sb, &sa, &sf);
+    _mesh_heap_stats(&sb, &so);
     uint32_t heaps = (uint32_t)mesh_stat_get(thread_heaps_created);
     uint64_t meta = (uint64_t)mesh_stat_get(arena_top_pages) * sizeof(pte_t) +
                     (uint64_t)(mesh_stat_get(spans_hwm) + 64) * sizeof(span_t) +
@@ -61,8 +60,7 @@ static void stats_fill(uint64_t v[STATS_TOTAL]) {
     d[MESH_DER_metadata_bytes] = meta;
   }
   d[MESH_DER_small_bytes_in_use] = sb;
-  d[MESH_DER_small_alloc_count] = sa;
-  d[MESH_DER_small_free_count] = sf;
+  d[MESH_DER_small_objects_in_use] = so;
   d[MESH_DER_bytes_in_use] = sb + v[MESH_CTR_large_bytes_in_use];
   d[MESH_DER_arena_reserved_bytes] = _mesh_arena.size;
   d[MESH_DER_arena_committed_bytes] =

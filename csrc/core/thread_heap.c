@@ -29,8 +29,6 @@ static thread_heap_t *all_heaps;   /* (lock) */
 static thread_heap_t *heap_pool;   /* (lock) released heaps */
 static thread_heap_t *orphan_heap; /* (orphan lock) */
 static uint32_t next_heap_id = 1;  /* (lock) */
-/* Frees by threads that have no heap of their own, per class. */
-static _Atomic uint64_t headless_frees[MESH_NUM_CLASSES];
 
 static size_t heap_bytes(void) {
   return (sizeof(thread_heap_t) + MESH_PAGE_SIZE - 1) & ~(MESH_PAGE_SIZE - 1);
@@ -98,14 +96,14 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
       if ((mesh_load_relaxed(&s->bits[w]) & mask) == mask) continue; /* nothing freed: skip the RMW */
       uint64_t old = mesh_fetch_or_acq_rel(&s->bits[w], mask);
       uint64_t taken = mask & ~old;
-      uint64_t dup = taken & sv->local[a][w]; /* freed remotely while already free here */
+      uint64_t dup = taken & mesh_load_relaxed(&sv->local[a][w]); /* freed remotely while already free here */
       while (dup) {
         unsigned slot = w * 64 + (unsigned)__builtin_ctzll(dup);
         dup &= dup - 1;
         _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
                               "double free (freed again by another thread)");
       }
-      taken &= ~sv->local[a][w];
+      taken &= ~mesh_load_relaxed(&sv->local[a][w]);
       while (taken) {
         unsigned slot = w * 64 + (unsigned)__builtin_ctzll(taken);
         taken &= taken - 1;
@@ -116,6 +114,19 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   }
   if (got) mesh_sv_shuffle(h, sv);
   return got;
+}
+
+/* Out of line from mesh_sv_pop: the popped slot had been freed by another
+ * thread while it was free here. Report it and pop another (the slot stays
+ * free: its bit is clear, so reclaim will offer it again, once). */
+static void *heap_alloc_small(thread_heap_t *h, unsigned cls);
+
+void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot) {
+  _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
+                        "double free (freed by another thread while already free)");
+  /* the heap that owns sv (possibly the orphan heap, whose lock is held) */
+  thread_heap_t *h = (thread_heap_t *)((char *)(sv - sv->cls) - offsetof(thread_heap_t, sv));
+  return heap_alloc_small(h, sv->cls);
 }
 
 static void *heap_alloc_small(thread_heap_t *h, unsigned cls) {
@@ -163,23 +174,36 @@ void *_mesh_heap_alloc_slow(size_t size) {
   return p;
 }
 
-void _mesh_heap_count_headless_free(unsigned cls) { mesh_fetch_add_relaxed(&headless_frees[cls], 1); }
-
-void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_allocs, uint64_t *small_frees) {
-  uint64_t bytes = 0, na = 0, nf = 0;
+/* Live small objects, counted when asked instead of on every malloc and
+ * free: bits set in live small spans, less the slots that sit in some
+ * vector (set in an attached span's bitmap but free). Lock held; vectors of
+ * running threads are read racily, so the figure is approximate while they
+ * allocate. */
+void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_objects) {
+  uint64_t per_class[MESH_NUM_CLASSES] = {0};
+  uint32_t top = _mesh_arena_top();
+  for (uint32_t pg = 0; pg < top;) {
+    uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+    span_t *s = mesh_span((uint32_t)e);
+    uint32_t n = s->npages ? s->npages : 1;
+    uint8_t st = mesh_load_relaxed(&s->state);
+    if ((uint32_t)e && s->page == pg && (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL))
+      per_class[s->cls] += _mesh_span_live(s);
+    pg += n;
+  }
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next)
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
+      for (unsigned a = 0; a < h->sv[c].natt; a++)
+        for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++)
+          per_class[c] -= (uint64_t)__builtin_popcountll(mesh_load_relaxed(&h->sv[c].local[a][w]));
+  uint64_t bytes = 0, objects = 0;
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
-    uint64_t a = 0, f = mesh_load_relaxed(&headless_frees[c]);
-    for (thread_heap_t *h = all_heaps; h; h = h->all_next) {
-      a += mesh_load_relaxed(&h->sv[c].n_alloc);
-      f += mesh_load_relaxed(&h->sv[c].n_free);
-    }
-    na += a;
-    nf += f;
-    if (a > f) bytes += (a - f) * _mesh_classes[c].size;
+    if ((int64_t)per_class[c] < 0) per_class[c] = 0; /* a racing vector */
+    objects += per_class[c];
+    bytes += per_class[c] * _mesh_classes[c].size;
   }
   *small_bytes = bytes;
-  *small_allocs = na;
-  *small_frees = nf;
+  *small_objects = objects;
 }
 
 static int heap_validate(thread_heap_t *h) {
@@ -192,10 +216,10 @@ static int heap_validate(thread_heap_t *h) {
     for (unsigned a = 0; a < sv->natt; a++) {
       span_t *s = mesh_span(sv->span[a]);
       if (mesh_load_relaxed(&s->state) != SPAN_ATTACHED || mesh_load_relaxed(&s->owner) != h->id ||
-          s->att != a || s->cls != c || sv->base[a] != mesh_page_addr(s->page))
+          mesh_load_relaxed(&s->att) != a || s->cls != c || sv->base[a] != mesh_page_addr(s->page))
         BAD("class %u attachment %u (span %u) is inconsistent\n", c, a, sv->span[a]);
       for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
-        uint64_t l = sv->local[a][w];
+        uint64_t l = mesh_load_relaxed(&sv->local[a][w]);
         if (w >= mesh_bitmap_words(s) ? l != 0 : (l & ~mesh_bitmap_mask(s, w)) != 0)
           BAD("class %u attachment %u has local bits past the span\n", c, a);
         if ((l & mesh_load_relaxed(&s->bits[w])) != l)
@@ -206,7 +230,7 @@ static int heap_validate(thread_heap_t *h) {
     if (in_local != sv->len) BAD("class %u: %u entries but %u local bits\n", c, sv->len, in_local);
     for (unsigned i = 0; i < sv->len; i++) {
       unsigned a = sv->entries[i] >> 8, slot = sv->entries[i] & 0xFFu;
-      if (a >= sv->natt || !(sv->local[a][slot >> 6] & (1ull << (slot & 63)))) {
+      if (a >= sv->natt || !(mesh_load_relaxed(&sv->local[a][slot >> 6]) & (1ull << (slot & 63)))) {
         BAD("class %u: entry %u (%u/%u) not in the local bitmap\n", c, i, a, slot);
         break;
       }

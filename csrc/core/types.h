@@ -90,7 +90,7 @@ typedef struct span_s {
   uint16_t nobjects;    /* (lock) slots in the span (1 for large) */
   uint8_t cls;          /* (lock) size class, MESH_CLASS_LARGE for large */
   _Atomic uint8_t state;/* (lock) enum span_state; read racily only as a hint */
-  uint8_t att;          /* (owner) index of the attachment in the owner's vector */
+  _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
   uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
   uint16_t flags;       /* (lock) SPAN_F_* */
   uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
@@ -118,9 +118,10 @@ typedef struct shuffle_vector_s {
   uint16_t total_objects;                 /* sum of nobjects over attachments */
   uint16_t pad;
   uint32_t total_bytes;                   /* sum of span bytes over attachments */
-  uint64_t local[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS]; /* 1 = slot is in entries[] */
-  _Atomic uint64_t n_alloc;               /* objects handed out by this heap */
-  _Atomic uint64_t n_free;                /* objects of this class freed by this thread */
+  /* 1 = slot is in entries[]. Written only by the owner (relaxed load +
+   * store, no RMW); read by remote frees to catch a free of a slot that is
+   * already free here. */
+  _Atomic uint64_t local[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS];
   uint16_t entries[MESH_VECTOR_CAPACITY]; /* (attachment << 8) | slot */
 } shuffle_vector_t;
 

@@ -1,0 +1,197 @@
+/* test_bad_free.c - wrong usage: double and invalid frees (SPEC 3 Errors, 7).
+ *
+ * One case per process, named by argv[1]:
+ *   double-free-local              free(p); free(p) on the owning thread
+ *   double-free-remote             two other threads free p one after the other
+ *   double-free-local-then-remote  owner frees p, then another thread frees it
+ *   double-free-remote-then-local  another thread frees p, then the owner does
+ *   double-free-large              free(p); free(p) for a large (own-span) block
+ *   interior-small                 free(p + 16) for a live 64-byte block
+ *   interior-large                 free(p + 4096) for a live 200 kB block
+ *   never-allocated-slot           free of a slot start next to a live block
+ *   never-allocated-far            free of an arena address far from any block
+ *   valid-remote-free              control: legal cross-thread frees, no report
+ *
+ * Before the bad free the program prints "BAD <address>" on stdout. With
+ * MESH_ABORT_ON_ERROR unset (default 1) the core must abort: the pytest side
+ * checks for SIGABRT and the address in hex on stderr. With
+ * MESH_ABORT_ON_ERROR=0 the core reports and returns; the program then
+ * allocates many blocks of the same class and checks that no slot is handed
+ * out twice (addresses unique, contents disjoint), that blocks live before the
+ * bad free were not disturbed, and that mesh_check_heap() is 0; it prints
+ * "CONTINUED" and "UNIQUE-OK" and exits 0.
+ */
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mesh.h"
+#include "testutil.h"
+
+static void *free_in_thread_fn(void *p) { mesh_free(p); return NULL; }
+
+static void free_in_thread(void *p) {
+  pthread_t t;
+  if (pthread_create(&t, NULL, free_in_thread_fn, p)) DIE("pthread_create failed");
+  pthread_join(t, NULL);
+}
+
+static void announce(const void *bad) {
+  printf("BAD %p\n", bad);
+  fflush(stdout);
+}
+
+/* Allocate many blocks of `size` (and neighbouring sizes) and check the
+ * allocator hands out every slot at most once. */
+static int check_unique_after(size_t size, const void *bad) {
+  enum { M = 20000 };
+  static unsigned char *ps[M];
+  static size_t lens[M];
+  int failures = 0, seen_bad = 0;
+  const int m = size > 16384 ? 64 : M;  /* large blocks: fewer, they are big */
+  for (int i = 0; i < m; i++) {
+    size_t n = (i % 4 == 3) ? size + 16 * (size_t)(i % 3) : size;
+    ps[i] = mesh_malloc(n);
+    lens[i] = n;
+    if (!ps[i]) { printf("ALLOC-FAILED %zu\n", n); return 1; }
+    pat_fill(ps[i], n, (uint64_t)i);
+    if (ps[i] == bad) seen_bad++;
+  }
+  for (int i = 0; i < m; i++) {
+    size_t at = pat_check(ps[i], lens[i], (uint64_t)i);
+    if (at != (size_t)-1) {
+      printf("OVERLAP block %p (#%d) overwritten at byte %zu\n", (void *)ps[i], i, at);
+      failures++;
+      break;
+    }
+  }
+  static unsigned char *sorted[M];
+  memcpy(sorted, ps, (size_t)m * sizeof ps[0]);
+  qsort(sorted, (size_t)m, sizeof sorted[0], cmp_ptr);
+  for (int i = 1; i < m; i++)
+    if (sorted[i] == sorted[i - 1]) { printf("DUPLICATE %p\n", (void *)sorted[i]); failures++; break; }
+  if (seen_bad > 1) { printf("DUPLICATE-BAD %p handed out %d times\n", bad, seen_bad); failures++; }
+  for (int i = 0; i < m; i++) mesh_free(ps[i]);
+  return failures;
+}
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc < 2) DIE("usage: test_bad_free CASE");
+  const char *c = argv[1];
+
+  /* blocks that stay live across the bad free and must not be disturbed */
+  enum { KEEP = 200 };
+  static unsigned char *keep[KEEP];
+  for (int i = 0; i < KEEP; i++) {
+    keep[i] = mesh_malloc(64);
+    if (!keep[i]) DIE("malloc failed");
+    pat_fill(keep[i], 64, 1000u + (unsigned)i);
+  }
+
+  size_t size = 64;
+  void *bad = NULL;
+  void *live = NULL;       /* a block the case keeps live (interior cases) */
+  size_t live_len = 0;
+
+  if (strcmp(c, "double-free-local") == 0) {
+    bad = mesh_malloc(size);
+    mesh_free(bad);
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "double-free-remote") == 0) {
+    bad = mesh_malloc(size);
+    free_in_thread(bad);
+    announce(bad);
+    free_in_thread(bad);
+  } else if (strcmp(c, "double-free-local-then-remote") == 0) {
+    bad = mesh_malloc(size);
+    mesh_free(bad);
+    announce(bad);
+    free_in_thread(bad);
+  } else if (strcmp(c, "double-free-remote-then-local") == 0) {
+    bad = mesh_malloc(size);
+    free_in_thread(bad);
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "double-free-large") == 0) {
+    size = 200000;
+    bad = mesh_malloc(size);
+    memset(bad, 1, size);
+    mesh_free(bad);
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "interior-small") == 0) {
+    live = mesh_malloc(size);
+    live_len = size;
+    pat_fill(live, live_len, 77);
+    bad = (unsigned char *)live + 16;
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "interior-large") == 0) {
+    size = 200000;
+    live = mesh_malloc(size);
+    live_len = size;
+    pat_fill(live, live_len, 77);
+    bad = (unsigned char *)live + 4096;
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "never-allocated-slot") == 0) {
+    size = 48;
+    live = mesh_malloc(size);
+    live_len = size;
+    pat_fill(live, live_len, 77);
+    /* the neighbouring slot in the same page: never allocated (this is the
+     * only 48-byte block so far), or an interior pointer if the class is
+     * coarser; invalid either way */
+    uintptr_t a = (uintptr_t)live;
+    bad = (void *)(((a & 4095) + 2 * size <= 4096) ? a + size : a - size);
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "never-allocated-far") == 0) {
+    live = mesh_malloc(size);
+    live_len = size;
+    pat_fill(live, live_len, 77);
+    uintptr_t a = (uintptr_t)live;
+    for (int k = 35; k >= 22 && !bad; k--) {
+      uintptr_t up = (a + ((uintptr_t)1 << k)) & ~(uintptr_t)4095;
+      uintptr_t down = (a - ((uintptr_t)1 << k)) & ~(uintptr_t)4095;
+      if (mesh_owns((void *)up)) bad = (void *)(up + 64);
+      else if (a > ((uintptr_t)1 << k) && mesh_owns((void *)down)) bad = (void *)(down + 64);
+    }
+    if (!bad) { printf("SKIP no in-arena address far from the heap\n"); return 77; }
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "valid-remote-free") == 0) {
+    enum { V = 5000 };
+    static void *vs[V];
+    for (int i = 0; i < V; i++) vs[i] = mesh_malloc(16 + (size_t)(i % 50) * 16);
+    for (int i = 0; i < V; i += 2) free_in_thread(vs[i]), vs[i] = NULL;
+    for (int i = 1; i < V; i += 2) mesh_free(vs[i]);
+  } else {
+    DIE("unknown case %s", c);
+  }
+
+  printf("CONTINUED\n");
+  int failures = check_unique_after(size, bad);
+  for (int i = 0; i < KEEP; i++) {
+    if (pat_check(keep[i], 64, 1000u + (unsigned)i) != (size_t)-1) {
+      printf("CLOBBERED live block %p\n", (void *)keep[i]);
+      failures++;
+      break;
+    }
+  }
+  if (live && pat_check(live, live_len, 77) != (size_t)-1) {
+    printf("CLOBBERED the live block %p after the invalid free\n", live);
+    failures++;
+  }
+  for (int i = 0; i < KEEP; i++) mesh_free(keep[i]);
+  if (live) mesh_free(live);
+  int problems = mesh_check_heap();
+  if (problems) { printf("CHECK-HEAP %d problems\n", problems); failures++; }
+  if (failures == 0) printf("UNIQUE-OK\n");
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,98 @@
+/* testutil.h - small helpers shared by the C tests in tests/c/.
+ *
+ * Deterministic randomness (splitmix64 seeding an xoshiro256** generator),
+ * named checks in the style of mimalloc's test-api.c, and a few helpers for
+ * byte patterns. Nothing here allocates with libc malloc: the tests are linked
+ * directly against the meshalloc core and talk to it through mesh_* only, so a
+ * sanitizer's malloc interceptors never see (or mix up) the core's blocks.
+ */
+#ifndef MESH_TESTUTIL_H
+#define MESH_TESTUTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- deterministic RNG ------------------------------------------------ */
+typedef struct { uint64_t s[4]; } rng_t;
+
+static inline uint64_t splitmix64(uint64_t *x) {
+  uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+static inline void rng_seed(rng_t *r, uint64_t seed) {
+  for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
+}
+
+static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static inline uint64_t rng_next(rng_t *r) {
+  uint64_t *s = r->s;
+  uint64_t result = rotl64(s[1] * 5, 7) * 9;
+  uint64_t t = s[1] << 17;
+  s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+  s[2] ^= t; s[3] = rotl64(s[3], 45);
+  return result;
+}
+
+/* uniform in [0, n) (n > 0; the tiny modulo bias does not matter here) */
+static inline uint64_t rng_below(rng_t *r, uint64_t n) { return rng_next(r) % n; }
+
+/* ---- byte patterns ---------------------------------------------------- */
+/* Byte i of a block tagged `tag`. Cheap, position dependent, never constant. */
+static inline uint8_t pat_byte(uint64_t tag, size_t i) {
+  return (uint8_t)((tag * 0x9du) ^ (i * 7u) ^ (i >> 8) ^ 0x5a);
+}
+
+static inline void pat_fill(void *p, size_t n, uint64_t tag) {
+  uint8_t *b = (uint8_t *)p;
+  for (size_t i = 0; i < n; i++) b[i] = pat_byte(tag, i);
+}
+
+/* Returns the index of the first wrong byte, or (size_t)-1 when all match. */
+static inline size_t pat_check(const void *p, size_t n, uint64_t tag) {
+  const uint8_t *b = (const uint8_t *)p;
+  for (size_t i = 0; i < n; i++)
+    if (b[i] != pat_byte(tag, i)) return i;
+  return (size_t)-1;
+}
+
+/* For big blocks: fill/check only the first and last `edge` bytes and one
+ * byte per 4 KiB in between (touching every page without costing O(n)). */
+static inline void pat_fill_sparse(void *p, size_t n, uint64_t tag, size_t edge) {
+  uint8_t *b = (uint8_t *)p;
+  if (n <= 2 * edge) { pat_fill(p, n, tag); return; }
+  for (size_t i = 0; i < edge; i++) b[i] = pat_byte(tag, i);
+  for (size_t i = n - edge; i < n; i++) b[i] = pat_byte(tag, i);
+  for (size_t i = edge; i < n - edge; i += 4096) b[i] = pat_byte(tag, i);
+}
+
+static inline size_t pat_check_sparse(const void *p, size_t n, uint64_t tag, size_t edge) {
+  const uint8_t *b = (const uint8_t *)p;
+  if (n <= 2 * edge) return pat_check(p, n, tag);
+  for (size_t i = 0; i < edge; i++) if (b[i] != pat_byte(tag, i)) return i;
+  for (size_t i = n - edge; i < n; i++) if (b[i] != pat_byte(tag, i)) return i;
+  for (size_t i = edge; i < n - edge; i += 4096) if (b[i] != pat_byte(tag, i)) return i;
+  return (size_t)-1;
+}
+
+/* ---- misc ------------------------------------------------------------- */
+static inline int cmp_ptr(const void *a, const void *b) {
+  uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static inline uint64_t parse_u64(const char *s, uint64_t dflt) {
+  if (s == NULL || *s == 0) return dflt;
+  char *end = NULL;
+  unsigned long long v = strtoull(s, &end, 0);
+  return (end && *end == 0) ? (uint64_t)v : dflt;
+}
+
+#define DIE(...) do { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); fflush(stderr); exit(2); } while (0)
+
+#endif /* MESH_TESTUTIL_H */

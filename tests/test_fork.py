@@ -1,0 +1,37 @@
+"""fork gives the child its own copy of the heap, in both directions, for
+objects of 24 B ... 100 kB, with threads running, nested, with meshed spans,
+and without unbounded growth; posix_spawn and vfork+exec just work
+(SPEC 4 fork, SPEC 7). Runs tests/c/fork.c, one case per process.
+"""
+import pytest
+
+CASES = ["isolation", "threads", "nested", "spawn", "growth"]
+
+
+def run_fork_case(helpers, cbuild, case, config="release", timeout=240, **env):
+    exe = cbuild("fork", config)
+    r = helpers.run([exe, case], timeout=timeout, pss_cap=3 * helpers.GIB, env=helpers.env(**env))
+    helpers.assert_ok(r, f"fork {case} ({config}, env {env or 'default'})")
+    return r
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fork_child_gets_its_own_heap(helpers, cbuild, case):
+    r = run_fork_case(helpers, cbuild, case)
+    if case == "growth":  # 6 children and a chain of 4 each report their memory
+        assert r.stdout.count("growth depth") == 10, r.describe()
+
+
+@pytest.mark.parametrize("case", ["isolation", "threads", "nested"])
+def test_fork_child_gets_its_own_heap_with_debug_validators(helpers, cbuild, case):
+    run_fork_case(helpers, cbuild, case, config="debug")
+
+
+@pytest.mark.parametrize("case", ["isolation", "threads", "growth"])
+def test_fork_while_meshing_eagerly(helpers, cbuild, eager_meshing_env, case):
+    run_fork_case(helpers, cbuild, case, **eager_meshing_env)
+
+
+@pytest.mark.parametrize("case", ["isolation", "threads", "nested", "spawn"])
+def test_fork_isolation_without_memfd(helpers, cbuild, case):
+    run_fork_case(helpers, cbuild, case, MESH_MEMFD="0")
