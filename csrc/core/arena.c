@@ -115,6 +115,7 @@ uint32_t _mesh_span_record_new(void) {
   mesh_store_relaxed(&s->att, 0);
   s->bin = 0;
   s->flags = 0;
+  s->naliases = 0;
   s->alias_next = MESH_NIL;
   return id;
 }
@@ -522,6 +523,7 @@ static void unalias_all(uint32_t id) {
   span_t *s = mesh_span(id);
   uint32_t a = s->alias_next;
   s->alias_next = MESH_NIL;
+  s->naliases = 0;
   while (a) {
     span_t *r = mesh_span(a);
     uint32_t next = r->alias_next;

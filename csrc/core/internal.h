@@ -91,7 +91,7 @@ void _mesh_fill(void *p, int c, size_t n);
     "partners each candidate span is tried against in the split mesher (the paper's t)") \
   X(MAX_OCCUPANCY_PCT, max_occupancy_pct, 80, 1, 99, 1, \
     "spans fuller than this percentage are not meshing candidates") \
-  X(MAX_CHAIN, max_chain, 256, 2, 4096, 1, \
+  X(MAX_CHAIN, max_chain, 256, 2, 256, 1, \
     "virtual spans that may share one physical span") \
   X(MAX_MAPPINGS, max_mappings, 0, 0, 100000000, 1, \
     "kernel mappings the arena may use; 0 = half of vm.max_map_count. Meshing stops (never aborts) there") \
@@ -300,7 +300,7 @@ void _mesh_meshing_init(void);
 /* Lock held: runs a bounded pass when the period has elapsed. */
 void _mesh_maybe_mesh(void);
 /* Lock held: one pass bounded by budget_ns; returns physical pages freed. */
-size_t _mesh_mesh_pass(uint64_t budget_ns);
+size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more); /* *more: stopped by the deadline */
 
 /* ---- fork.c --------------------------------------------------------- */
 void _mesh_fork_register(void);

@@ -19,7 +19,8 @@ _Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
   X(arena_reserved_bytes, "virtual bytes reserved for the arena") \
   X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
   X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \
-  X(meshing_available, "1 when the arena is memfd-backed and spans can be meshed")
+  X(meshing_available, "1 when the arena is memfd-backed and spans can be meshed") \
+  X(meshed_bytes_per_mapping, "meshed bytes per kernel mapping meshing added: meshed_pages x 4 KiB / (arena_mappings - 1)")
 
 enum {
 #define MESH_DER_ENUM(n, doc) MESH_DER_##n,
@@ -66,6 +67,8 @@ static void stats_fill(uint64_t v[STATS_TOTAL]) {
   d[MESH_DER_arena_committed_bytes] =
       (v[MESH_CTR_span_pages] + v[MESH_CTR_dirty_pages]) * MESH_PAGE_SIZE;
   d[MESH_DER_meshing_available] = _mesh_arena.meshable;
+  uint64_t extra = v[MESH_CTR_arena_mappings] > 1 ? v[MESH_CTR_arena_mappings] - 1 : 0;
+  d[MESH_DER_meshed_bytes_per_mapping] = extra ? v[MESH_CTR_meshed_pages] * MESH_PAGE_SIZE / extra : 0;
 }
 
 int mesh_stats_read(uint64_t *out, int n) {
@@ -102,11 +105,16 @@ void mesh_stats_print(int fd) {
                 "MH High Water Mark: %llu\n"
                 "In use MB:          %s\n"
                 "Committed MB:       %s\n"
+                "Mappings:           %llu (meshed KiB per added mapping: %llu)\n"
+                "Mesh passes:        %llu (max pause %llu us)\n"
                 "Meshing:            %s\n",
                 (unsigned long long)v[MESH_CTR_mesh_count], total,
                 (unsigned long long)v[MESH_CTR_meshed_pages_hwm], hwm,
                 (unsigned long long)v[MESH_CTR_spans_alloc_count],
                 (unsigned long long)v[MESH_CTR_spans_free_count],
                 (unsigned long long)v[MESH_CTR_spans_hwm], inuse, committed,
+                (unsigned long long)v[MESH_CTR_arena_mappings],
+                (unsigned long long)(d[MESH_DER_meshed_bytes_per_mapping] >> 10),
+                (unsigned long long)v[MESH_CTR_mesh_passes], (unsigned long long)(v[MESH_CTR_mesh_pause_ns_max] / 1000),
                 d[MESH_DER_meshing_available] ? "available (memfd arena)" : "off (anonymous arena)");
 }

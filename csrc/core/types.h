@@ -92,7 +92,8 @@ typedef struct span_s {
   _Atomic uint8_t state;/* (lock) enum span_state; read racily only as a hint */
   _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
   uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
-  uint16_t flags;       /* (lock) SPAN_F_* */
+  uint8_t flags;        /* (lock) SPAN_F_* */
+  uint8_t naliases;     /* (lock) alias records in the chain (virtual spans backed by this one, minus 1) */
   uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
 } span_t;
 
