@@ -40,9 +40,12 @@ EXPORT void *aligned_alloc(size_t align, size_t size) { return mesh_aligned_allo
 EXPORT void *valloc(size_t size) { return mesh_valloc(size); }
 EXPORT void *pvalloc(size_t size) { return mesh_pvalloc(size); }
 EXPORT size_t malloc_usable_size(void *p) { return mesh_usable_size(p); }
+/* glibc's "give free memory back to the OS": here that means meshing
+ * (mesh_compact also returns dirty free pages). */
 EXPORT int malloc_trim(size_t pad) {
   (void)pad;
-  return mesh_scavenge() > 0;
+  size_t before = mesh_load_relaxed(&_mesh_counters[MESH_CTR_pages_punched]);
+  return mesh_compact() > 0 || mesh_load_relaxed(&_mesh_counters[MESH_CTR_pages_punched]) > before;
 }
 
 /* Initialise at load only when this copy is the process malloc (preloaded
