@@ -46,7 +46,11 @@ _Atomic uint32_t _mesh_mesh_gen; /* odd while a mesh has pages write-protected *
 
 static struct sigaction prev_action; /* (lock) the handler we displaced */
 static _Atomic int installed;
-static __thread int fwd_depth __attribute__((tls_model("initial-exec")));
+/* Frame of the handler invocation that is forwarding, 0 when none. A new
+ * invocation below it on the stack is nested inside the previous handler
+ * (the chain came back); one at or above it means the previous handler left
+ * by longjmp and this is a fresh fault. */
+static __thread uintptr_t fwd_frame __attribute__((tls_model("initial-exec")));
 static __thread uintptr_t last_fault_addr __attribute__((tls_model("initial-exec")));
 static __thread uint32_t last_fault_gen __attribute__((tls_model("initial-exec")));
 
@@ -81,25 +85,25 @@ static void apply_default(int sig, siginfo_t *info) {
   if (info->si_code <= 0) raise(sig);
 }
 
-static void forward(int sig, siginfo_t *info, void *ctx) {
+static void forward(int sig, siginfo_t *info, void *ctx, uintptr_t frame) {
   struct sigaction p = prev_action;
-  if (fwd_depth > 0) { /* the chain came back to us: nobody else wants it */
+  if (fwd_frame && frame < fwd_frame) { /* the chain came back to us: nobody else wants it */
     apply_default(sig, info);
     return;
   }
+  uintptr_t saved = fwd_frame;
   if (p.sa_flags & SA_SIGINFO) {
-    fwd_depth++;
+    fwd_frame = frame;
     p.sa_sigaction(sig, info, ctx);
-    fwd_depth--;
   } else if (p.sa_handler == SIG_DFL) {
     apply_default(sig, info);
   } else if (p.sa_handler == SIG_IGN) {
     if (info->si_code > 0) apply_default(sig, info); /* a real fault cannot be ignored */
   } else {
-    fwd_depth++;
+    fwd_frame = frame;
     p.sa_handler(sig);
-    fwd_depth--;
   }
+  fwd_frame = saved; /* not reached when the handler longjmps: see fwd_frame */
 }
 
 static void segv_handler(int sig, siginfo_t *info, void *ctx) {
@@ -120,7 +124,9 @@ static void segv_handler(int sig, siginfo_t *info, void *ctx) {
       return;
     }
   }
-  forward(sig, info, ctx);
+  uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
+  if (fwd_frame && frame >= fwd_frame) fwd_frame = 0; /* the last forward was left by longjmp */
+  forward(sig, info, ctx, frame);
   errno = saved;
 }
 
