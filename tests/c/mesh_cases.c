@@ -71,27 +71,6 @@ static const char *g_who = "parent";
     fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); fflush(stderr); g_fail++; } } while (0)
 
 /* ---- stats, maps, PSS ----------------------------------------------------- */
-static uint64_t stat_get(const char *name) {
-  int n = mesh_stats_count();
-  uint64_t v[512];
-  if (n <= 0 || n > 512) DIE("mesh_stats_count() = %d", n);
-  if (mesh_stats_read(v, n) != n) DIE("mesh_stats_read");
-  for (int i = 0; i < n; i++)
-    if (strcmp(mesh_stats_name(i), name) == 0) return v[i];
-  DIE("no stat named %s", name);
-}
-
-/* The arena's mappings as the kernel sees them. */
-static int maps_count(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (!f) DIE("open /proc/self/maps");
-  char line[512];
-  int n = 0;
-  while (fgets(line, sizeof line, f)) n += strstr(line, "meshalloc-arena") != NULL;
-  fclose(f);
-  return n;
-}
-
 static long rollup_kb(const char *field) {
   FILE *f = fopen("/proc/self/smaps_rollup", "r");
   if (!f) DIE("open smaps_rollup");

@@ -46,26 +46,6 @@ static atomic_int g_fail;
     fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
     fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); fflush(stderr); atomic_fetch_add(&g_fail, 1); } } while (0)
 
-static uint64_t stat_get(const char *name) {
-  int n = mesh_stats_count();
-  uint64_t v[512];
-  if (n <= 0 || n > 512) DIE("mesh_stats_count() = %d", n);
-  if (mesh_stats_read(v, n) != n) DIE("mesh_stats_read");
-  for (int i = 0; i < n; i++)
-    if (strcmp(mesh_stats_name(i), name) == 0) return v[i];
-  DIE("no stat named %s", name);
-}
-
-static int maps_count(void) {
-  FILE *f = fopen("/proc/self/maps", "r");
-  if (!f) DIE("open /proc/self/maps");
-  char line[512];
-  int n = 0;
-  while (fgets(line, sizeof line, f)) n += strstr(line, "meshalloc-arena") != NULL;
-  fclose(f);
-  return n;
-}
-
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -9,6 +9,7 @@
 #ifndef MESH_TESTUTIL_H
 #define MESH_TESTUTIL_H
 
+#include "mesh.h"
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,5 +95,35 @@ static inline uint64_t parse_u64(const char *s, uint64_t dflt) {
 }
 
 #define DIE(...) do { fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); fflush(stderr); exit(2); } while (0)
+
+/* ---- heap introspection ------------------------------------------------ */
+/* A stats field by name; exits with a message when the core has no such
+ * field (a test must not silently read 0). */
+static inline uint64_t stat_get(const char *name) {
+  int n = mesh_stats_count();
+  uint64_t v[512];
+  if (n <= 0 || n > 512 || mesh_stats_read(v, n) != n) {
+    fprintf(stderr, "FATAL: cannot read %d stats fields\n", n);
+    exit(2);
+  }
+  for (int i = 0; i < n; i++)
+    if (strcmp(mesh_stats_name(i), name) == 0) return v[i];
+  fprintf(stderr, "FATAL: no stat named %s\n", name);
+  exit(2);
+}
+
+/* The arena's mappings as the kernel sees them. */
+static inline int maps_count(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) {
+    perror("open /proc/self/maps");
+    exit(2);
+  }
+  char line[512];
+  int n = 0;
+  while (fgets(line, sizeof line, f)) n += strstr(line, "meshalloc-arena") != NULL;
+  fclose(f);
+  return n;
+}
 
 #endif /* MESH_TESTUTIL_H */
