@@ -43,6 +43,10 @@ MESH_API size_t mesh_usable_size(const void *p);
 
 /* 1 if p lies inside this heap's arena (one range compare; p is never read). */
 MESH_API int    mesh_owns(const void *p);
+/* Introspection for tests and debugging: the size in bytes of the span
+ * holding the block p, and in *start its first byte (of the virtual span p
+ * is in: a meshed alias reports its own range). 0 if p is not in a span. */
+MESH_API size_t mesh_span_of(const void *p, void **start);
 
 /* ---- heap control ---------------------------------------------------- */
 /* Returns dirty free pages to the OS now; returns the number of bytes punched. */

@@ -149,6 +149,17 @@ size_t mesh_usable_size(const void *p) { return p ? block_size(p, false) : 0; }
 
 int mesh_owns(const void *p) { return mesh_in_arena(p); }
 
+size_t mesh_span_of(const void *p, void **start) {
+  if (!mesh_in_arena(p)) return 0;
+  uint64_t pte = mesh_pte_of(p);
+  uint32_t id = (uint32_t)pte;
+  if (id == MESH_NIL) return 0;
+  uint8_t st = mesh_load_relaxed(&mesh_span(id)->state);
+  if (st == SPAN_FREE || st == SPAN_NONE) return 0;
+  if (start) *start = (void *)mesh_page_addr((uint32_t)(pte >> 32));
+  return (size_t)mesh_span(id)->npages << MESH_PAGE_SHIFT;
+}
+
 void *mesh_calloc(size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {

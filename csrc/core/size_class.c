@@ -23,16 +23,20 @@ static uint32_t class_size(unsigned c) {
 void _mesh_size_classes_init(void) {
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
     uint32_t size = class_size(c);
+    /* Spans of up to MESH_SPAN_TARGET_PAGES pages, as many objects as fit
+     * (at most 256), least tail waste; big classes need more pages for 8. */
     uint32_t min_pages = (uint32_t)((size * MESH_SPAN_MIN_OBJECTS + MESH_PAGE_SIZE - 1) / MESH_PAGE_SIZE);
+    uint32_t max_pages = min_pages > MESH_SPAN_TARGET_PAGES ? min_pages : MESH_SPAN_TARGET_PAGES;
     uint32_t best_pages = min_pages;
     uint64_t best_waste = ~0ull;
-    for (uint32_t p = min_pages; p <= min_pages * 2; p++) {
+    for (uint32_t p = min_pages; p <= max_pages; p++) {
       uint64_t bytes = (uint64_t)p * MESH_PAGE_SIZE;
       uint64_t n = bytes / size;
       if (n > MESH_SPAN_MAX_OBJECTS) break;
       uint64_t waste = bytes - n * size;
-      /* compare waste ratios: waste/bytes < best_waste/best_bytes */
-      if (best_waste == ~0ull || waste * best_pages < best_waste * p) best_waste = waste, best_pages = p;
+      /* prefer more pages (one kernel mapping covers more when meshed)
+       * unless the tail waste ratio gets worse */
+      if (best_waste == ~0ull || waste * best_pages <= best_waste * p) best_waste = waste, best_pages = p;
     }
     size_class_t *sc = &_mesh_classes[c];
     sc->size = size;

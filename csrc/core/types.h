@@ -46,6 +46,7 @@
 #define MESH_CLASS_LARGE 0xFF
 #define MESH_SPAN_MAX_OBJECTS 256 /* bitmap is 4 words */
 #define MESH_SPAN_MIN_OBJECTS 8
+#define MESH_SPAN_TARGET_PAGES 4 /* a meshed alias maps this much at once */
 #define MESH_BITMAP_WORDS 4
 
 /* A thread heap attaches spans to a size class until their objects add up to

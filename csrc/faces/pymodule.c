@@ -24,6 +24,7 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -35,7 +36,12 @@
  * X(field, symbol, return type, parameter list). */
 #define MESH_PY_ENTRIES(X)                                                  \
     X(version, "mesh_version", const char *, (void))                        \
+    X(malloc, "mesh_malloc", void *, (size_t))                              \
+    X(calloc, "mesh_calloc", void *, (size_t, size_t))                      \
+    X(realloc, "mesh_realloc", void *, (void *, size_t))                    \
+    X(free, "mesh_free", void, (void *))                                    \
     X(owns, "mesh_owns", int, (const void *))                               \
+    X(compact, "mesh_compact", size_t, (void))                              \
     X(scavenge, "mesh_scavenge", size_t, (void))                            \
     X(check_heap, "mesh_check_heap", int, (void))                           \
     X(meshing_available, "mesh_meshing_available", int, (void))             \
@@ -128,6 +134,466 @@ static int option_index(const char *name) {
             return i;
     }
     return -1;
+}
+
+/* ---- the PyMem hooks (SPEC 5) ----------------------------------------- */
+
+/* install() puts one WRAPPING hook on each selected PyMem domain (SPEC 5.1:
+ * after start-up an extension may only wrap the allocator in place). The
+ * previous allocator of each domain is copied into saved[] at install time;
+ * every block that is not ours (one range compare, the block is never read)
+ * goes back to it, with its own ctx, on free and realloc. A foreign block is
+ * never migrated on realloc: its size is unknown.
+ *
+ * The hooks never look at their ctx argument: PyMem_SetAllocator copies the
+ * struct without a lock and a RAW caller on another thread may see a torn
+ * (function, ctx) pair. Each domain has its own set of functions reading the
+ * static saved[] copy instead, and the ctx we install is the previous
+ * allocator's own ctx, so every torn pair is still a consistent one. saved[]
+ * is filled with the allocators in place at module load too, so a hook can
+ * never see an all-zero copy.
+ *
+ * uninstall() is a soft switch (SPEC 5.6): diverting[d] goes to 0 and new
+ * allocations go to the previous allocator again, but the hooks stay in
+ * place for the life of the process and keep freeing (and reallocating)
+ * meshalloc blocks by range check. Restoring the previous allocator would
+ * make the next free of a meshalloc block crash it.
+ *
+ * Thread safety: the hooks are called concurrently (RAW from any thread
+ * without the GIL; MEM/OBJ from subinterpreters with their own GIL on
+ * 3.12+). They touch only the core (thread-safe), the read-only saved[] and
+ * the atomic diverting[] flag. install/uninstall run under the main
+ * interpreter's GIL. */
+
+#include <stdatomic.h>
+#include <time.h>
+
+_Static_assert(PYMEM_DOMAIN_RAW == 0 && PYMEM_DOMAIN_MEM == 1 && PYMEM_DOMAIN_OBJ == 2,
+               "domain numbers index the tables below");
+#define NDOMAINS 3
+
+static const char *const domain_names[NDOMAINS] = {"raw", "mem", "obj"};
+static const char *const domain_macros[NDOMAINS] = {
+    "PYMEM_DOMAIN_RAW", "PYMEM_DOMAIN_MEM", "PYMEM_DOMAIN_OBJ"};
+
+static PyMemAllocatorEx saved[NDOMAINS];      /* the wrapped allocators */
+static _Atomic int diverting[NDOMAINS];       /* 1: new blocks from meshalloc */
+static int hooked[NDOMAINS];                  /* our hook is in place (GIL) */
+
+/* The allocators in place when this module was loaded: a later change by
+ * somebody else is an "unknown hook". When tracemalloc was tracing at load,
+ * its hooks were on top and what lies under them is unknown to us: the
+ * baseline is then adopted at the first install (after tracemalloc stopped). */
+static PyMemAllocatorEx baseline[NDOMAINS];
+static int baseline_adopt;
+
+static PyObject *install_error;               /* meshalloc.InstallError */
+static int stats_at_exit;                     /* Py_AtExit registered */
+
+#define DIVERTING(d) atomic_load_explicit(&diverting[(d)], memory_order_relaxed)
+
+static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) {
+    if (DIVERTING(d)) {
+        void *p = api.malloc(n != 0 ? n : 1);  /* size 0: distinct, non-NULL */
+        if (p != NULL)
+            return p;
+        /* Arena exhausted: the wrapped allocator may still have memory; its
+         * block is freed through it again by the range check. */
+    }
+    return saved[d].malloc(saved[d].ctx, n);
+}
+
+static inline __attribute__((always_inline)) void *
+hook_calloc(int d, size_t nelem, size_t elsize) {
+    if (DIVERTING(d)) {
+        /* tracemalloc and the debug hooks call calloc directly, so the
+         * overflow check belongs here, not only in the core. */
+        if (elsize != 0 && nelem > SIZE_MAX / elsize)
+            return NULL;
+        if (nelem == 0 || elsize == 0)
+            nelem = elsize = 1;
+        void *p = api.calloc(nelem, elsize);
+        if (p != NULL)
+            return p;
+    }
+    return saved[d].calloc(saved[d].ctx, nelem, elsize);
+}
+
+static inline __attribute__((always_inline)) void *
+hook_realloc(int d, void *p, size_t n) {
+    if (p == NULL)
+        return hook_malloc(d, n);
+    if (api.owns(p))  /* ours stays ours, also after uninstall() */
+        return api.realloc(p, n != 0 ? n : 1);  /* realloc(p, 0) never frees */
+    return saved[d].realloc(saved[d].ctx, p, n);  /* never migrated */
+}
+
+static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
+    if (p == NULL)
+        return;
+    if (api.owns(p))
+        api.free(p);
+    else
+        saved[d].free(saved[d].ctx, p);
+}
+
+#define MESH_PY_DEFINE_HOOKS(name, d)                                       \
+    static void *name##_malloc(void *ctx, size_t n) {                       \
+        (void)ctx;                                                          \
+        return hook_malloc((d), n);                                         \
+    }                                                                       \
+    static void *name##_calloc(void *ctx, size_t nelem, size_t elsize) {    \
+        (void)ctx;                                                          \
+        return hook_calloc((d), nelem, elsize);                             \
+    }                                                                       \
+    static void *name##_realloc(void *ctx, void *p, size_t n) {             \
+        (void)ctx;                                                          \
+        return hook_realloc((d), p, n);                                     \
+    }                                                                       \
+    static void name##_free(void *ctx, void *p) {                           \
+        (void)ctx;                                                          \
+        hook_free((d), p);                                                  \
+    }
+
+MESH_PY_DEFINE_HOOKS(raw, PYMEM_DOMAIN_RAW)
+MESH_PY_DEFINE_HOOKS(mem, PYMEM_DOMAIN_MEM)
+MESH_PY_DEFINE_HOOKS(obj, PYMEM_DOMAIN_OBJ)
+
+static const PyMemAllocatorEx hooks[NDOMAINS] = {
+    {.ctx = NULL, .malloc = raw_malloc, .calloc = raw_calloc,
+     .realloc = raw_realloc, .free = raw_free},
+    {.ctx = NULL, .malloc = mem_malloc, .calloc = mem_calloc,
+     .realloc = mem_realloc, .free = mem_free},
+    {.ctx = NULL, .malloc = obj_malloc, .calloc = obj_calloc,
+     .realloc = obj_realloc, .free = obj_free},
+};
+
+static int same_functions(const PyMemAllocatorEx *a, const PyMemAllocatorEx *b) {
+    return a->malloc == b->malloc && a->calloc == b->calloc &&
+           a->realloc == b->realloc && a->free == b->free;
+}
+
+static int same_allocator(const PyMemAllocatorEx *a, const PyMemAllocatorEx *b) {
+    return a->ctx == b->ctx && same_functions(a, b);
+}
+
+/* The object file that defines function pointer fn (dladdr), or NULL; and
+ * its load address in *base. */
+static const char *object_of(void *(*fn)(void *, size_t), void **base) {
+    Dl_info info;
+    void *addr;
+    memcpy(&addr, &fn, sizeof addr);
+    *base = NULL;
+    if (addr == NULL || dladdr(addr, &info) == 0)
+        return NULL;
+    *base = info.dli_fbase;
+    return info.dli_fname;
+}
+
+static void *own_base(void) {
+    void *base;
+    (void)object_of(raw_malloc, &base);
+    return base;
+}
+
+/* 1 when fn lives in another copy of this extension (another meshalloc
+ * install in the same process: it must not be wrapped, one heap only). */
+static int other_meshalloc(void *(*fn)(void *, size_t), const char **path) {
+    void *base;
+    const char *file = object_of(fn, &base);
+    *path = file;
+    if (file == NULL || base == NULL || base == own_base())
+        return 0;
+    const char *slash = strrchr(file, '/');
+    const char *name = slash != NULL ? slash + 1 : file;
+    return strncmp(name, "_meshalloc", 10) == 0;
+}
+
+static PyObject *refuse(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    PyObject *msg = PyUnicode_FromFormatV(fmt, ap);
+    va_end(ap);
+    if (msg != NULL) {
+        PyErr_SetObject(install_error != NULL ? install_error : PyExc_RuntimeError, msg);
+        Py_DECREF(msg);
+    }
+    return NULL;
+}
+
+static void print_stats_at_exit(void) {
+    /* Called by Py_FinalizeEx after everything else; plain C, no Python. */
+    api.stats_print(2);
+}
+
+static int env_flag(const char *name) {
+    const char *s = getenv(name);
+    return s != NULL && s[0] != '\0' && !(s[0] == '0' && s[1] == '\0');
+}
+
+static unsigned domain_mask(_Atomic int *flags_or_null) {
+    unsigned mask = 0;
+    for (int d = 0; d < NDOMAINS; d++)
+        if (flags_or_null != NULL ? atomic_load(&flags_or_null[d]) : hooked[d])
+            mask |= 1u << d;
+    return mask;
+}
+
+PyDoc_STRVAR(install_doc,
+"_install(mask: int, force: bool) -> int\n\n"
+"Wrap the PyMem domains in mask (bit 0 RAW, 1 MEM, 2 OBJ) with meshalloc's\n"
+"hooks and divert their new allocations to meshalloc. Returns the number of\n"
+"domains newly diverted (0: nothing to do). Raises the class given to\n"
+"set_install_error() with the reason when it refuses. Use\n"
+"meshalloc.install(), which also handles tracemalloc and the defaults.");
+
+static PyObject *py_install(PyObject *self, PyObject *args) {
+    (void)self;
+    unsigned int mask;
+    int force;
+    if (!PyArg_ParseTuple(args, "Ip:_install", &mask, &force))
+        return NULL;
+    if (mask == 0 || (mask & ~7u) != 0) {
+        PyErr_Format(PyExc_ValueError, "domain mask %u: expected 1..7", mask);
+        return NULL;
+    }
+#ifdef Py_GIL_DISABLED
+    return refuse("this is a free-threaded CPython build (Py_GIL_DISABLED): its "
+                  "garbage collector walks mimalloc's heaps, so objects must come "
+                  "from mimalloc");
+#endif
+    if (PyInterpreterState_Get() != PyInterpreterState_Main())
+        return refuse("install() must be called from the main interpreter, not "
+                      "a subinterpreter (the allocator is process-wide)");
+
+    unsigned newly = mask & ~domain_mask(diverting);
+    if (newly == 0)
+        return PyLong_FromLong(0);  /* installing twice is a no-op */
+
+    /* Check every domain to hook before hooking any: all or nothing. */
+    for (int d = 0; d < NDOMAINS; d++) {
+        if (!(mask & (1u << d)) || hooked[d])
+            continue;
+        PyMemAllocatorEx current;
+        PyMem_GetAllocator((PyMemAllocatorDomain)d, &current);
+        const char *path;
+        if (other_meshalloc(current.malloc, &path))
+            return refuse("another copy of meshalloc (%s) is already installed on "
+                          "%s; a process must never run two meshalloc heaps",
+                          path != NULL ? path : "?", domain_macros[d]);
+        if (!baseline_adopt && !force && !same_allocator(&current, &baseline[d])) {
+            void *base;
+            const char *file = object_of(current.malloc, &base);
+            return refuse("an unknown allocator hook was installed on %s after "
+                          "meshalloc was loaded (its malloc is in %s); meshalloc "
+                          "would wrap it: pass force=True if that is intended",
+                          domain_macros[d],
+                          file != NULL ? file : "an unknown object");
+        }
+    }
+
+    /* Start the heap now, not inside the first hooked allocation. */
+    void *probe = api.malloc(1);
+    if (probe == NULL)
+        return refuse("the meshalloc heap cannot start (errno %d)", errno);
+    api.free(probe);
+
+    for (int d = 0; d < NDOMAINS; d++) {
+        if (!(newly & (1u << d)))
+            continue;
+        if (hooked[d]) {  /* after uninstall(): the hook is still in place */
+            atomic_store(&diverting[d], 1);
+            continue;
+        }
+        /* The previous allocator, as it is now (the struct is copied). */
+        PyMem_GetAllocator((PyMemAllocatorDomain)d, &saved[d]);
+        atomic_store(&diverting[d], 1);
+        atomic_thread_fence(memory_order_seq_cst);  /* saved[] before the hook */
+        PyMemAllocatorEx hook = hooks[d];
+        hook.ctx = saved[d].ctx;  /* see above: a torn pair stays consistent */
+        PyMem_SetAllocator((PyMemAllocatorDomain)d, &hook);
+        hooked[d] = 1;
+    }
+    if (baseline_adopt) {
+        for (int d = 0; d < NDOMAINS; d++) {
+            if (hooked[d])
+                baseline[d] = saved[d];  /* what we wrapped */
+            else
+                PyMem_GetAllocator((PyMemAllocatorDomain)d, &baseline[d]);
+        }
+        baseline_adopt = 0;
+    }
+    if (!stats_at_exit && !api_preloaded && env_flag("MALLOCSTATS")) {
+        /* libmesh.so prints its own summary when it is the process malloc. */
+        if (Py_AtExit(print_stats_at_exit) == 0)
+            stats_at_exit = 1;
+    }
+    return PyLong_FromLong(__builtin_popcount(newly));
+}
+
+PyDoc_STRVAR(uninstall_doc,
+"_uninstall() -> bool\n\n"
+"Soft switch: new allocations go back to the wrapped allocators; the hooks\n"
+"stay and keep freeing meshalloc blocks. True if anything was diverted.");
+
+static PyObject *py_uninstall(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    int any = 0;
+    for (int d = 0; d < NDOMAINS; d++)
+        if (atomic_exchange(&diverting[d], 0) != 0)
+            any = 1;
+    return PyBool_FromLong(any);
+}
+
+PyDoc_STRVAR(installed_domains_doc,
+"installed_domains() -> int\n\n"
+"Mask of the domains whose new allocations come from meshalloc now\n"
+"(bit 0 RAW, bit 1 MEM, bit 2 OBJ).");
+
+static PyObject *py_installed_domains(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    return PyLong_FromUnsignedLong(domain_mask(diverting));
+}
+
+PyDoc_STRVAR(hooked_domains_doc,
+"hooked_domains() -> int\n\n"
+"Mask of the domains that carry meshalloc's hook (it stays after\n"
+"uninstall()).");
+
+static PyObject *py_hooked_domains(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    return PyLong_FromUnsignedLong(domain_mask(NULL));
+}
+
+PyDoc_STRVAR(allocators_doc,
+"allocators() -> dict[str, dict]\n\n"
+"For each domain ('raw', 'mem', 'obj'): the allocator in place now\n"
+"(malloc address and the object file defining it), whether it is\n"
+"meshalloc's hook, whether it is the one recorded when the module was\n"
+"loaded, and the wrapped allocator's object file when hooked.");
+
+static PyObject *describe_allocator(int d) {
+    PyMemAllocatorEx cur;
+    void *addr, *base;
+    PyMem_GetAllocator((PyMemAllocatorDomain)d, &cur);
+    memcpy(&addr, &cur.malloc, sizeof addr);
+    const char *file = object_of(cur.malloc, &base);
+    const char *wrapped = NULL;
+    if (hooked[d])
+        wrapped = object_of(saved[d].malloc, &base);
+    return Py_BuildValue(
+        "{s:K,s:s,s:O,s:O,s:O,s:O,s:s}",
+        "malloc", (unsigned long long)(uintptr_t)addr,
+        "object", file != NULL ? file : "",
+        "meshalloc", same_functions(&cur, &hooks[d]) ? Py_True : Py_False,
+        "baseline", (!baseline_adopt && same_allocator(&cur, &baseline[d])) ? Py_True : Py_False,
+        "hooked", hooked[d] ? Py_True : Py_False,
+        "diverting", DIVERTING(d) ? Py_True : Py_False,
+        "wrapped_object", wrapped != NULL ? wrapped : "");
+}
+
+static PyObject *py_allocators(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    PyObject *result = PyDict_New();
+    for (int d = 0; result != NULL && d < NDOMAINS; d++) {
+        PyObject *item = describe_allocator(d);
+        if (item == NULL || PyDict_SetItemString(result, domain_names[d], item) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(item);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(in_subinterpreter_doc,
+"in_subinterpreter() -> bool\n\n"
+"True when called from an interpreter other than the main one.");
+
+static PyObject *py_in_subinterpreter(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    return PyBool_FromLong(PyInterpreterState_Get() != PyInterpreterState_Main());
+}
+
+PyDoc_STRVAR(set_install_error_doc,
+"set_install_error(cls) -> None\n\n"
+"The exception class install refusals raise (meshalloc.InstallError).");
+
+static PyObject *py_set_install_error(PyObject *self, PyObject *cls) {
+    (void)self;
+    if (!PyExceptionClass_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "expected an exception class");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(install_error, cls);
+    Py_RETURN_NONE;
+}
+
+/* Index of stats field `name`, or -1. */
+static int stats_index(const char *name) {
+    int n = api.stats_count();
+    for (int i = 0; i < n; i++) {
+        const char *cand = api.stats_name(i);
+        if (cand != NULL && strcmp(cand, name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static uint64_t stats_field(int index) {
+    uint64_t values[256];
+    if (index < 0 || index >= 256)
+        return 0;
+    int got = api.stats_read(values, 256);
+    return index < got ? values[index] : 0;
+}
+
+PyDoc_STRVAR(compact_doc,
+"compact() -> tuple[int, int, float]\n\n"
+"Mesh now until a pass frees nothing (mesh_compact), with the GIL released.\n"
+"Returns (pages freed by meshing, pages returned to the OS during the call,\n"
+"seconds the call took). Use meshalloc.compact().");
+
+static PyObject *py_compact(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    static int punched = -2;
+    if (punched == -2)
+        punched = stats_index("pages_punched");
+    size_t pages;
+    uint64_t before, after;
+    struct timespec t0, t1;
+    Py_BEGIN_ALLOW_THREADS
+    before = stats_field(punched);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pages = api.compact();
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    after = stats_field(punched);
+    Py_END_ALLOW_THREADS
+    double seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    return Py_BuildValue("(nKd)", (Py_ssize_t)pages,
+                         (unsigned long long)(after > before ? after - before : 0), seconds);
+}
+
+/* Called at module load: the allocators in place now are the known ones. */
+static int record_baseline(void) {
+    for (int d = 0; d < NDOMAINS; d++) {
+        PyMem_GetAllocator((PyMemAllocatorDomain)d, &baseline[d]);
+        saved[d] = baseline[d];
+    }
+    baseline_adopt = 0;
+    PyObject *tm = PyImport_ImportModule("_tracemalloc");
+    if (tm == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *tracing = PyObject_CallMethod(tm, "is_tracing", NULL);
+    Py_DECREF(tm);
+    if (tracing == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    baseline_adopt = PyObject_IsTrue(tracing) == 1;
+    Py_DECREF(tracing);
+    return 0;
 }
 
 /* ---- module functions ------------------------------------------------- */
@@ -430,6 +896,14 @@ static PyMethodDef meshalloc_methods[] = {
     {"scavenge", py_scavenge, METH_NOARGS, scavenge_doc},
     {"is_preloaded", py_is_preloaded, METH_NOARGS, is_preloaded_doc},
     {"library_path", py_library_path, METH_NOARGS, library_path_doc},
+    {"_install", py_install, METH_VARARGS, install_doc},
+    {"_uninstall", py_uninstall, METH_NOARGS, uninstall_doc},
+    {"installed_domains", py_installed_domains, METH_NOARGS, installed_domains_doc},
+    {"hooked_domains", py_hooked_domains, METH_NOARGS, hooked_domains_doc},
+    {"allocators", py_allocators, METH_NOARGS, allocators_doc},
+    {"in_subinterpreter", py_in_subinterpreter, METH_NOARGS, in_subinterpreter_doc},
+    {"set_install_error", py_set_install_error, METH_O, set_install_error_doc},
+    {"compact", py_compact, METH_NOARGS, compact_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -449,6 +923,8 @@ static struct PyModuleDef meshalloc_module = {
 
 PyMODINIT_FUNC PyInit__meshalloc(void) {
     if (select_backend() < 0)
+        return NULL;
+    if (record_baseline() < 0)
         return NULL;
     PyObject *module = PyModule_Create(&meshalloc_module);
     if (module == NULL)

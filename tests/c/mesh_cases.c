@@ -153,28 +153,39 @@ static int cmp_obj(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static uintptr_t page_of(const void *p) { return (uintptr_t)p & ~(uintptr_t)(PAGE - 1); }
-static unsigned slot_of(const void *p, size_t size) { return (unsigned)(((uintptr_t)p & (PAGE - 1)) / size); }
+/* The span (virtual range) holding p, from the core: spans are 1-4 pages
+ * and not aligned to their size. */
+static uintptr_t span_of(const void *p) {
+  void *start = NULL;
+  if (!mesh_span_of(p, &start)) DIE("%p is in no span", p);
+  return (uintptr_t)start;
+}
+static size_t span_bytes(const void *p) { return mesh_span_of(p, NULL); }
+static unsigned slot_of(const void *p, size_t size) { return (unsigned)(((uintptr_t)p - span_of(p)) / size); }
 
 /* A set of K spans with disjoint occupancy, all other objects freed. */
 typedef struct {
   size_t size;
   int k;
-  uintptr_t pages[64];
+  uintptr_t pages[64]; /* span starts */
+  size_t span;         /* bytes per span of the class */
   obj_t *live;
   size_t nlive;
 } spanset_t;
 
 static uint64_t g_tag = 1;
 
-/* Size must be a class with 1-page spans (16 ... 512 in 16 B steps all are
- * 1 page with 8-256 slots for the sizes used here). On page j (in address
- * order) only the slots with slot % k == j stay live. */
+/* Size must be a class size (16 ... 512 in 16 B steps are). On span j (in
+ * address order) only the slots with slot % k == j stay live. */
 static void make_spanset(spanset_t *ss, size_t size, int k) {
-  size_t per = PAGE / size;
+  void *probe = mesh_malloc(size);
+  size_t span = span_bytes(probe);
+  mesh_free(probe);
+  size_t per = span / size;
   size_t n = per * (size_t)(k + 3);
   obj_t *all = calloc(n, sizeof *all);
   if (!all) DIE("calloc");
+  ss->span = span;
   alloc_detached(all, n, &size, 1, 1, g_tag);
   g_tag += n;
   qsort(all, n, sizeof *all, cmp_obj);
@@ -183,8 +194,8 @@ static void make_spanset(spanset_t *ss, size_t size, int k) {
   int found = 0;
   for (size_t i = 0; i < n && found < k;) {
     size_t j = i;
-    while (j < n && page_of(all[j].p) == page_of(all[i].p)) j++;
-    if (j - i == per) ss->pages[found++] = page_of(all[i].p);
+    while (j < n && span_of(all[j].p) == span_of(all[i].p)) j++;
+    if (j - i == per) ss->pages[found++] = span_of(all[i].p);
     i = j;
   }
   if (found < k) DIE("only %d full pages of class %zu among %zu objects", found, size, n);
@@ -192,7 +203,7 @@ static void make_spanset(spanset_t *ss, size_t size, int k) {
   ss->nlive = 0;
   for (size_t i = 0; i < n; i++) {
     int pj = -1;
-    for (int j = 0; j < k; j++) if (page_of(all[i].p) == ss->pages[j]) pj = j;
+    for (int j = 0; j < k; j++) if (span_of(all[i].p) == ss->pages[j]) pj = j;
     if (pj >= 0 && (int)(slot_of(all[i].p, size) % (unsigned)k) == pj) {
       ss->live[ss->nlive++] = all[i];
     } else {
@@ -222,7 +233,7 @@ static void free_spanset(spanset_t *ss, uint64_t seed) {
 /* Every page of the set shows the same bytes: one physical page behind all. */
 static void check_one_physical_page(const spanset_t *ss, const char *when) {
   for (int j = 1; j < ss->k; j++)
-    CHECK(memcmp((void *)ss->pages[0], (void *)ss->pages[j], PAGE) == 0,
+    CHECK(memcmp((void *)ss->pages[0], (void *)ss->pages[j], ss->span) == 0,
           "%s: pages %#lx and %#lx of one meshed chain differ", when, (unsigned long)ss->pages[0],
           (unsigned long)ss->pages[j]);
 }
@@ -235,7 +246,7 @@ static void write_through_every_alias(spanset_t *ss) {
     o->tag = g_tag++;
     obj_fill(o);
     obj_verify(o, "read back after a write through its address");
-    uintptr_t off = (uintptr_t)o->p & (PAGE - 1);
+    uintptr_t off = (uintptr_t)o->p - span_of(o->p);
     for (int j = 0; j < ss->k; j++) {
       const unsigned char *alias = (const unsigned char *)ss->pages[j] + off;
       CHECK(memcmp(alias, o->p, o->n) == 0, "write to %p not seen at alias %p", (void *)o->p, (const void *)alias);
@@ -261,9 +272,11 @@ static int case_chain(size_t size, int k) {
 
   size_t freed = mesh_compact();
   print_stats("after compact");
-  CHECK(freed == (size_t)(k - 1), "mesh_compact() freed %zu pages, expected %d", freed, k - 1);
+  size_t span_pages = ss.span / PAGE; /* every mesh frees one span's physical pages */
+  CHECK(freed == (size_t)(k - 1) * span_pages, "mesh_compact() freed %zu pages, expected %zu", freed,
+        (size_t)(k - 1) * span_pages);
   CHECK(stat_get("mesh_count") == (uint64_t)(k - 1), "mesh_count %llu", (unsigned long long)stat_get("mesh_count"));
-  CHECK(stat_get("meshed_pages") == (uint64_t)(k - 1), "meshed_pages %llu",
+  CHECK(stat_get("meshed_pages") == (uint64_t)(k - 1) * span_pages, "meshed_pages %llu",
         (unsigned long long)stat_get("meshed_pages"));
   CHECK(stat_get("mesh_aliases") == (uint64_t)(k - 1), "mesh_aliases %llu",
         (unsigned long long)stat_get("mesh_aliases"));
@@ -316,7 +329,7 @@ static int case_chain(size_t size, int k) {
   /* the pages can be used again */
   spanset_t again;
   make_spanset(&again, size, 2);
-  CHECK(mesh_compact() == 1, "meshing again after the chain was undone");
+  CHECK(mesh_compact() == again.span / PAGE, "meshing again after the chain was undone");
   verify_all(again.live, again.nlive, "second round");
   free_spanset(&again, 8);
   CHECK(stat_get("meshed_pages") == 0 && stat_get("arena_mappings") == 1, "second round left aliases");
@@ -527,7 +540,8 @@ static int case_handler_after_mesh(void) {
     size_t freed = mesh_compact();
     atomic_store(&w.stop, 1);
     pthread_join(t, NULL);
-    CHECK(freed == 31, "round %d: compaction under a writer freed %zu pages, expected 31", round, freed);
+    CHECK(freed == 31 * ss.span / PAGE, "round %d: compaction under a writer freed %zu pages, expected %zu", round,
+          freed, 31 * ss.span / PAGE);
     check_one_physical_page(&ss, "under a writer");
     for (size_t i = 0; i < ss.nlive; i++) mesh_free(ss.live[i].p);
     free(ss.live);

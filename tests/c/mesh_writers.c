@@ -239,12 +239,19 @@ static int cmp_obj(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static uintptr_t page_of(const void *p) { return (uintptr_t)p & ~(uintptr_t)(PAGE - 1); }
+/* The span (virtual range) holding p: spans are 1-4 pages, not aligned. */
+static uintptr_t span_of(const void *p) {
+  void *start = NULL;
+  if (!mesh_span_of(p, &start)) DIE("%p is in no span", p);
+  return (uintptr_t)start;
+}
 
-/* size-B objects on npages full pages; on the j-th page (address order)
+/* size-B objects on npages full spans; on the j-th span (address order)
  * only slots with slot % 2 == j % 2 stay live. Returns the live count. */
 static size_t make_alternating(obj_t *live, size_t size, int npages, uint64_t seed, uint64_t id0) {
-  size_t per = PAGE / size, n = per * (size_t)(npages + 3);
+  void *probe = mesh_malloc(size);
+  size_t per = mesh_span_of(probe, NULL) / size, n = per * (size_t)(npages + 3);
+  mesh_free(probe);
   obj_t *all = calloc(n, sizeof *all);
   if (!all) DIE("calloc");
   alloc_detached(all, n, seed, id0, size);
@@ -253,10 +260,11 @@ static size_t make_alternating(obj_t *live, size_t size, int npages, uint64_t se
   int pages = 0;
   for (size_t i = 0; i < n;) {
     size_t j = i;
-    while (j < n && page_of(all[j].p) == page_of(all[i].p)) j++;
+    uintptr_t span = span_of(all[i].p);
+    while (j < n && span_of(all[j].p) == span) j++;
     bool full = j - i == per && pages < npages;
     for (size_t k = i; k < j; k++) {
-      unsigned slot = (unsigned)(((uintptr_t)all[k].p & (PAGE - 1)) / size);
+      unsigned slot = (unsigned)(((uintptr_t)all[k].p - span) / size);
       if (full && slot % 2 == (unsigned)pages % 2) live[nlive++] = all[k];
       else mesh_free(all[k].p);
     }
