@@ -48,6 +48,7 @@ static uint64_t map_budget;
 static uint32_t cand[MAX_CANDIDATES]; /* (lock) scratch for one class */
 static uint8_t used[MAX_CANDIDATES];
 static uint64_t mesh_rng;
+static struct { uint32_t id; uint8_t bin; } cursor[MESH_NUM_CLASSES]; /* (lock) where each class's sweep goes on */
 
 void _mesh_meshing_init(void) {
   mesh_rng = _mesh_random_seed();
@@ -212,17 +213,41 @@ static void sort_by_page(unsigned n) {
 
 /* Meshes what it can in one class before the deadline; returns pages freed
  * (and sets *out_of_time), or stops at the mapping budget (*stop). */
-static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop) {
+static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more) {
   const size_class_t *sc = &_mesh_classes[cls];
   unsigned max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
   unsigned max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
+  /* Candidates are taken from where the last pass of this class stopped, so
+   * successive passes sweep every partial span instead of re-reading the
+   * heads of the bins (where freshly meshed, denser spans are filed). */
   unsigned n = 0;
-  for (unsigned b = 0; b < MESH_OCC_BINS && n < MAX_CANDIDATES; b++)
-    for (uint32_t id = _mesh_partial_head(cls, b); id && n < MAX_CANDIDATES; id = mesh_span(id)->next) {
-      span_t *s = mesh_span(id);
+  /* a quarter from the heads of the bins: the spans filed most recently,
+   * often destinations of the last pass, so chains keep growing */
+  for (unsigned hb = 0; hb < MESH_OCC_BINS && n < MAX_CANDIDATES / 4; hb++)
+    for (uint32_t h = _mesh_partial_head(cls, hb); h && n < MAX_CANDIDATES / 4; h = mesh_span(h)->next) {
+      span_t *s = mesh_span(h);
       unsigned live = _mesh_span_live(s);
-      if (live && live <= max_live && chain_len(s) < max_chain) cand[n++] = id; /* empty spans: nothing to gain */
+      if (live && live <= max_live && chain_len(s) < max_chain) cand[n++] = h;
     }
+  unsigned from_heads = n;
+  uint32_t id = cursor[cls].id;
+  unsigned b = cursor[cls].bin;
+  span_t *c0 = mesh_span(id);
+  if (!id || mesh_load_relaxed(&c0->state) != SPAN_PARTIAL || c0->cls != cls || c0->bin != b) id = MESH_NIL, b = 0;
+  if (!id) id = _mesh_partial_head(cls, b);
+  for (;;) {
+    while (!id && ++b < MESH_OCC_BINS) id = _mesh_partial_head(cls, b);
+    if (!id || n == MAX_CANDIDATES) break;
+    span_t *s = mesh_span(id);
+    unsigned live = _mesh_span_live(s);
+    bool dup = false;
+    for (unsigned k = 0; k < from_heads && !dup; k++) dup = cand[k] == id;
+    if (!dup && live && live <= max_live && chain_len(s) < max_chain) cand[n++] = id; /* empty: nothing to gain */
+    id = s->next;
+  }
+  cursor[cls].id = id; /* MESH_NIL: the sweep of this class is complete */
+  cursor[cls].bin = (uint8_t)(id ? b : 0);
+  if (id) *more = true;
   if (n < 2 || _mesh_os_now_ns() >= deadline) {
     if (n >= 2) *out_of_time = true;
     return 0;
@@ -294,14 +319,14 @@ size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
   uint64_t t0 = _mesh_os_now_ns();
   uint64_t deadline = budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns;
   size_t freed = 0;
-  bool out_of_time = false, stop = false;
+  bool out_of_time = false, stop = false, unswept = false;
   for (unsigned k = 0; k < MESH_NUM_CLASSES && !out_of_time && !stop; k++) {
     unsigned c = (next_cls + k) % MESH_NUM_CLASSES;
-    freed += mesh_class(c, deadline, &out_of_time, &stop);
+    freed += mesh_class(c, deadline, &out_of_time, &stop, &unswept);
     if (!out_of_time && _mesh_os_now_ns() >= deadline) out_of_time = true;
     if (out_of_time) next_cls = c; /* resume where the budget ran out */
   }
-  *more = out_of_time; /* classes left unvisited; a budget stop ends it */
+  *more = (out_of_time || unswept) && !stop; /* work left; a budget stop ends it */
   uint64_t ns = _mesh_os_now_ns() - t0;
   last_pass_ns = t0 + ns;
   mesh_stat_add(mesh_passes, 1);
@@ -329,15 +354,21 @@ void _mesh_maybe_mesh(void) {
 size_t mesh_compact(void) {
   mesh_ensure_init();
   size_t total = 0;
-  for (unsigned idle = 0; idle < 2 * MESH_NUM_CLASSES;) {
+  /* Passes sweep the candidates of every class; a sweep that meshes
+   * something is followed by another (the spans it filled may mesh again,
+   * growing chains); one that meshes nothing ends the compaction. */
+  size_t sweep = 0;
+  uint64_t stops = mesh_stat_get(mesh_budget_stops);
+  for (unsigned passes = 0; passes < 1000000; passes++) {
     bool more;
     _mesh_lock();
     size_t freed = _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u, &more);
     _mesh_unlock();
     total += freed;
-    if (freed) idle = 0;
-    else if (!more) break; /* a whole pass over every class found nothing */
-    else idle++;           /* out of time before meshing anything: go on */
+    sweep += freed;
+    if (more) continue;
+    if (sweep == 0 || mesh_stat_get(mesh_budget_stops) != stops) break; /* nothing left, or no room */
+    sweep = 0;
   }
   mesh_scavenge();
   return total;
