@@ -27,6 +27,8 @@ void _mesh_init_slow(void) {
     }
     pthread_mutex_unlock(&init_lock);
   }
-  if (mesh_load_relaxed(&fork_registered) == 0 && mesh_exchange_acq_rel(&fork_registered, 1) == 0)
+  if (mesh_load_relaxed(&fork_registered) == 0 && mesh_exchange_acq_rel(&fork_registered, 1) == 0) {
     _mesh_fork_register();
+    _mesh_background_start(); /* pthread_create may allocate: init is done */
+  }
 }

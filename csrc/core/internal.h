@@ -87,6 +87,8 @@ void _mesh_fill(void *p, int c, size_t n);
     "minimum time between meshing passes triggered by frees and refills, ms; 0 = only explicit compaction") \
   X(MAX_PAUSE_US, max_pause_us, 2000, 50, 10000000, 1, \
     "time bound of one meshing pass, us; leftover work resumes at the next trigger") \
+  X(BACKGROUND_MS, background_ms, 0, 0, 86400000, 0, \
+    "run a meshing pass every this many ms from a background thread; 0 = no thread (start-up only)") \
   X(PROBES, probes, 64, 1, 4096, 1, \
     "partners each candidate span is tried against in the split mesher (the paper's t)") \
   X(MAX_OCCUPANCY_PCT, max_occupancy_pct, 80, 1, 99, 1, \
@@ -297,6 +299,7 @@ void _mesh_barrier_after_fork_child(void);
 
 /* ---- mesh.c --------------------------------------------------------- */
 void _mesh_meshing_init(void);
+void _mesh_background_start(void); /* after init, outside every lock */
 /* Lock held: runs a bounded pass when the period has elapsed. */
 void _mesh_maybe_mesh(void);
 /* Lock held: one pass bounded by budget_ns; returns physical pages freed. */

@@ -38,7 +38,9 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_CANDIDATES 512
 
@@ -349,6 +351,36 @@ void _mesh_maybe_mesh(void) {
   last_pass_ns = now;
   bool more;
   _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u, &more);
+}
+
+/* The optional background thread: a bounded pass every background_ms, so
+ * an idle program (no frees, no refills) is compacted too. It never
+ * allocates. It is not restarted in fork children (frees still trigger). */
+static void *background_main(void *arg) {
+  (void)arg;
+  for (;;) {
+    long ms = mesh_opt(MESH_OPT_BACKGROUND_MS);
+    if (ms <= 0) ms = 1000;
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    _mesh_lock();
+    bool more;
+    _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u, &more);
+    _mesh_unlock();
+  }
+  return NULL;
+}
+
+void _mesh_background_start(void) {
+  if (mesh_opt(MESH_OPT_BACKGROUND_MS) <= 0 || !_mesh_arena.meshable) return;
+  pthread_attr_t attr;
+  pthread_t t;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  if (pthread_create(&t, &attr, background_main, NULL) != 0)
+    _mesh_warning("cannot start the background meshing thread (errno %d); meshing runs on frees", errno);
+  pthread_attr_destroy(&attr);
 }
 
 size_t mesh_compact(void) {

@@ -17,6 +17,13 @@
  * changes afterwards: `api` is written before the module object exists and
  * only read after, so it needs no lock.
  *
+ * The module can also become the interpreter's allocator: _install() wraps
+ * the PyMem domains with hooks that send new blocks to the backend and every
+ * other block back to the allocator they wrapped (see "the PyMem hooks"
+ * below, SPEC 5 and docs/python.md; meshalloc/__init__.py's install() is the
+ * public entry point). With libmesh.so preloaded the hooks use the preloaded
+ * heap like every other call here.
+ *
  * Builds with CPython 3.9-3.13 (single-phase init, no limited API).
  */
 #define PY_SSIZE_T_CLEAN
