@@ -29,10 +29,4 @@
   atomic_compare_exchange_strong_explicit((p), (expected), (desired), \
                                           memory_order_acq_rel, memory_order_acquire)
 
-/* A counter written by one thread and read (racily, for statistics) by
- * others: a relaxed load + store, not a locked RMW, so it stays as cheap as a
- * plain increment on the fast path while remaining a data-race-free access. */
-#define mesh_counter_add(p, v) \
-  mesh_store_relaxed((p), mesh_load_relaxed(p) + (v))
-
 #endif

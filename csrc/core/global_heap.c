@@ -227,7 +227,6 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   span_t *s = mesh_span(id);
   s->nobjects = 1;
   s->cls = MESH_CLASS_LARGE;
-  s->flags = clean ? SPAN_F_CLEAN : 0;
   mesh_store_relaxed(&s->bits[0], 1);
   mesh_store_relaxed(&s->state, SPAN_LARGE);
   npages = s->npages;

@@ -49,7 +49,6 @@ const char *_mesh_os_getenv(const char *name); /* NULL in secure-execution mode 
 bool _mesh_os_secure(void);
 size_t _mesh_os_as_limit(void);                /* RLIMIT_AS, SIZE_MAX if none */
 void _mesh_os_abort(void) __attribute__((noreturn));
-long _mesh_os_gettid(void);
 void *_mesh_os_move_over(void *src, size_t len, void *dst); /* mremap(MREMAP_FIXED) */
 int _mesh_os_protect_read(void *addr, size_t len);
 long _mesh_os_max_map_count(void);
@@ -279,7 +278,6 @@ void *_mesh_heap_alloc_slow(size_t size);
  * (atomic fetch_or per word) into the shuffle vector; returns how many. */
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv);
 void _mesh_heap_validate_all(int *problems);
-thread_heap_t *_mesh_heap_registry(void);
 void _mesh_heaps_after_fork_child(void);
 /* Lock held: live small objects and their bytes (walks spans and vectors). */
 void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_objects);

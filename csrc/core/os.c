@@ -154,7 +154,6 @@ void _mesh_os_abort(void) {
   _exit(134);
 }
 
-long _mesh_os_gettid(void) { return (long)syscall(SYS_gettid); }
 
 void *_mesh_os_move_over(void *src, size_t len, void *dst) {
   void *p = mremap(src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);

@@ -93,12 +93,11 @@ typedef struct span_s {
   _Atomic uint8_t state;/* (lock) enum span_state; read racily only as a hint */
   _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
   uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
-  uint8_t flags;        /* (lock) SPAN_F_* */
+  uint8_t pad;          /* keeps the record at 64 bytes */
   uint8_t naliases;     /* (lock) alias records in the chain (virtual spans backed by this one, minus 1) */
   uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
 } span_t;
 
-#define SPAN_F_CLEAN 1u /* large span whose pages were untouched (zero) when allocated */
 
 _Static_assert(sizeof(span_t) == 64, "span record must stay one cache line");
 
