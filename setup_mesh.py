@@ -20,6 +20,13 @@ Environment variables read at build time:
 
 setuptools' ``build_clib`` and ``setuptools.extension.Library`` only make
 static archives on Linux, hence the small subclasses below.
+
+The start-up switch (SPEC 5.7, docs/python.md) is a one-line
+``meshalloc-autoinstall.pth`` at the top of site-packages. setuptools cannot
+put package data outside a package, so :class:`MeshBuildPy` writes the file
+into the root of the build directory, from where the wheel (and ``pip
+install .``) puts it next to the ``meshalloc`` package. Editable installs do
+not get it.
 """
 
 import glob
@@ -27,6 +34,7 @@ import os
 
 from setuptools import Extension
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 # Flags shared by both faces. They come after Python's own CFLAGS on the
 # command line, so -O2 here wins over the interpreter's -O3.
@@ -122,6 +130,33 @@ class MeshBuildExt(build_ext):
                 self.compiler.linker_so = saved_linker
 
 
+# The start-up hook. site.py executes a .pth line that starts with "import";
+# when MESHALLOC is not "1" and there is no -X meshalloc, the line imports
+# nothing (os and sys are already loaded) and costs microseconds.
+PTH_NAME = "meshalloc-autoinstall.pth"
+PTH_LINE = (
+    "import os, sys; "
+    "(os.environ.get('MESHALLOC') == '1' or 'meshalloc' in sys._xoptions) "
+    "and __import__('meshalloc')._autoinstall()\n"
+)
+
+
+class MeshBuildPy(build_py):
+    """build_py that also writes the start-up .pth into the build root."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, PTH_NAME)
+        self.mkpath(self.build_lib)
+        with open(target, "w", encoding="ascii") as f:
+            f.write(PTH_LINE)
+
+    def get_outputs(self, include_bytecode=1):
+        return list(super().get_outputs(include_bytecode)) + [
+            os.path.join(self.build_lib, PTH_NAME)
+        ]
+
+
 def _debug_enabled():
     return os.environ.get("MESHALLOC_DEBUG", "").strip() not in ("", "0")
 
@@ -188,4 +223,4 @@ def get_extensions():
 
 
 def get_cmdclass():
-    return {"build_ext": MeshBuildExt}
+    return {"build_ext": MeshBuildExt, "build_py": MeshBuildPy}

@@ -4,7 +4,12 @@ Two faces of one C core:
 
 * ``libmesh.so`` (see :func:`libmesh_path`): a drop-in malloc for
   ``LD_PRELOAD``; ``python -m meshalloc run --preload -- CMD`` sets it up.
-* the ``meshalloc._meshalloc`` extension module.
+* the ``meshalloc._meshalloc`` extension module, which can also become the
+  allocator of the running interpreter: :func:`install` wraps CPython's
+  ``PyMem`` allocators (``MEM`` and ``OBJ`` by default, ``RAW`` on request),
+  :func:`uninstall` is a soft switch, :func:`compact` meshes now. The
+  ``meshalloc-autoinstall.pth`` start-up hook installs it before user code
+  when ``MESHALLOC=1`` or ``python -X meshalloc``. See docs/python.md.
 
 The functions here (:func:`stats`, :func:`get_option`, ...) go through one
 backend, picked once on first use:
@@ -24,6 +29,7 @@ needs one is called.
 from __future__ import annotations
 
 import os
+import sys
 
 # typing is imported for the type checker only: this package must stay cheap
 # to import (a start-up hook imports it in every interpreter).
@@ -48,6 +54,7 @@ if TYPE_CHECKING:
         def check_heap(self) -> int: ...
         def scavenge(self) -> int: ...
         def owns(self, addr: int) -> bool: ...
+        def compact(self) -> "tuple[int, int, float]": ...
 
 __version__ = "0.1.0"
 
@@ -69,6 +76,15 @@ __all__ = [
     "check_heap",
     "scavenge",
     "owns",
+    "install",
+    "uninstall",
+    "is_installed",
+    "installed_domains",
+    "allocators",
+    "compact",
+    "CompactResult",
+    "InstallError",
+    "DOMAINS",
 ]
 
 BACKENDS = ("cext", "cffi")
@@ -192,3 +208,378 @@ def scavenge() -> int:
 def owns(addr: int) -> bool:
     """True if address ``addr`` lies inside the meshalloc arena."""
     return bool(_load_backend().owns(addr))
+
+
+# ---- the CPython allocator (SPEC 5) -----------------------------------------
+
+DOMAINS = ("raw", "mem", "obj")
+"""The PyMem domains, in CPython's order (``PYMEM_DOMAIN_RAW`` = 0 ...)."""
+
+DEFAULT_DOMAINS = ("mem", "obj")
+"""What :func:`install` covers unless told otherwise. RAW is opt-in: CPython
+swaps RAW back to libc ``malloc`` for a moment during finalization, and a
+daemon thread freeing a meshalloc RAW block in that window crashes the
+process (SPEC 5.4, docs/python.md)."""
+
+_DOMAINS_ENV = "MESHALLOC_DOMAINS"
+_PAGE_SIZE = 4096  # the core's page (docs/design.md)
+
+
+class InstallError(RuntimeError):
+    """:func:`install` refused; the message says why."""
+
+
+class _SubinterpreterError(InstallError):
+    """install() called from a subinterpreter (the start-up switch, which
+    site.py also runs in subinterpreters, ignores it silently)."""
+
+
+class CompactResult(tuple):
+    """What :func:`compact` did (a tuple of four, also by name).
+
+    * ``pages_freed`` -- physical pages meshing freed (each mesh frees the
+      source span's pages);
+    * ``bytes_freed`` -- the same in bytes;
+    * ``bytes_returned`` -- bytes given back to the OS during the call (freed
+      pages and dirty free pages punched; another thread's activity in the
+      same moment is counted too);
+    * ``pause_seconds`` -- how long the call took. The GIL is released
+      meanwhile, so other threads run; each meshing pass inside is bounded by
+      the ``max_pause_us`` option.
+
+    (Not a ``collections.namedtuple``: importing collections would add ~3 ms
+    to every start-up with ``MESHALLOC=1``.)
+    """
+
+    __slots__ = ()
+    _fields = ("pages_freed", "bytes_freed", "bytes_returned", "pause_seconds")
+
+    def __new__(cls, pages_freed: int, bytes_freed: int, bytes_returned: int,
+                pause_seconds: float) -> "CompactResult":
+        return tuple.__new__(cls, (pages_freed, bytes_freed, bytes_returned, pause_seconds))
+
+    @property
+    def pages_freed(self) -> int:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def bytes_freed(self) -> int:
+        return self[1]  # type: ignore[no-any-return]
+
+    @property
+    def bytes_returned(self) -> int:
+        return self[2]  # type: ignore[no-any-return]
+
+    @property
+    def pause_seconds(self) -> float:
+        return self[3]  # type: ignore[no-any-return]
+
+    def _asdict(self) -> "Dict[str, object]":
+        return dict(zip(self._fields, self))
+
+    def __repr__(self) -> str:
+        return "CompactResult(%s)" % ", ".join(
+            "%s=%r" % (name, value) for name, value in zip(self._fields, self)
+        )
+
+
+_ext = None  # the _meshalloc module once install()/compact() loaded it
+
+
+def _extension():
+    """The ``_meshalloc`` extension, ready to install (InstallError if absent)."""
+    global _ext, _impl, _impl_name
+    if _ext is not None:
+        return _ext
+    try:
+        from . import _meshalloc
+    except ImportError as exc:
+        if _in_subinterpreter_py():
+            raise _SubinterpreterError(
+                "install() must be called from the main interpreter, not a "
+                "subinterpreter (%s)" % exc
+            ) from None
+        raise InstallError(
+            "install() needs the meshalloc._meshalloc extension, which cannot "
+            "be imported: %s" % exc
+        ) from exc
+    _meshalloc.set_install_error(InstallError)
+    _ext = _meshalloc
+    # One heap per process: once the extension allocates for the interpreter,
+    # the module functions (stats, options, ...) must describe its heap.
+    _impl, _impl_name = _meshalloc, "cext"
+    return _meshalloc
+
+
+def _in_subinterpreter_py() -> bool:
+    """Pure-Python check (for when the extension itself cannot load)."""
+    for name in ("_interpreters", "_xxsubinterpreters"):
+        try:
+            mod = __import__(name)
+        except ImportError:
+            continue
+        try:
+            current, main = mod.get_current(), mod.get_main()
+        except Exception:  # pragma: no cover - private API drift
+            return False
+        if isinstance(current, tuple):
+            current, main = current[0], main[0]
+        return bool(current != main)
+    return False
+
+
+def _parse_domains(domains: object) -> int:
+    """Domain names (or None: MESHALLOC_DOMAINS, else the default) -> mask."""
+    source = "domains"
+    if domains is None:
+        env = os.environ.get(_DOMAINS_ENV, "").strip()
+        if env:
+            domains, source = env, _DOMAINS_ENV
+        else:
+            domains = DEFAULT_DOMAINS
+    if isinstance(domains, str):
+        names = [n for n in domains.replace(" ", ",").split(",") if n]
+    else:
+        names = list(domains)  # type: ignore[call-overload]
+    mask = 0
+    for name in names:
+        key = str(name).strip().lower()
+        if key.startswith("pymem_domain_"):
+            key = key[len("pymem_domain_"):]
+        if key == "all":
+            mask |= 7
+        elif key in DOMAINS:
+            mask |= 1 << DOMAINS.index(key)
+        else:
+            raise ValueError(
+                "%s: unknown PyMem domain %r (expected some of %s, or all)"
+                % (source, name, ", ".join(DOMAINS))
+            )
+    if not mask:
+        raise ValueError("%s: no PyMem domain given" % source)
+    return mask
+
+
+def _free_threaded() -> bool:
+    # Free-threaded builds exist from 3.13 on; sysconfig costs ~2 ms to
+    # import, so it is consulted only there. (The extension also refuses at
+    # compile time when it is built for such an interpreter.)
+    if sys.version_info < (3, 13):
+        return False
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def install(domains=None, force: bool = False, restart_tracemalloc: bool = False) -> bool:
+    """Make meshalloc the allocator of this interpreter's new blocks.
+
+    Wraps CPython's ``PyMem`` allocators of ``domains`` (names from
+    ``"raw"``, ``"mem"``, ``"obj"``, or ``"all"``; default: the
+    ``MESHALLOC_DOMAINS`` environment variable, else ``("mem", "obj")``).
+    Blocks allocated before the call stay with the previous allocator and are
+    freed through it. Returns True when something was installed, False when
+    every requested domain already was (installing twice is a no-op).
+
+    Raises :class:`InstallError` with the reason on a free-threaded build,
+    from a subinterpreter, while ``tracemalloc`` is tracing (unless
+    ``restart_tracemalloc=True``: tracemalloc is stopped, meshalloc
+    installed, and tracemalloc restarted with the same frame limit; its
+    traces so far are lost), and when an unknown allocator hook was installed
+    after meshalloc was loaded (unless ``force=True``: meshalloc then wraps
+    it). ``PYTHONMALLOC=debug`` / ``-X dev`` debug hooks are wrapped: blocks
+    that come from meshalloc are then not debug-checked.
+
+    After a full (generation 2) garbage collection meshalloc meshes, rate
+    limited (see docs/python.md).
+    """
+    mask = _parse_domains(domains)
+    ext = _extension()
+    if ext.installed_domains() & mask == mask:
+        return False
+    if _free_threaded():
+        raise InstallError(
+            "this is a free-threaded CPython build (Py_GIL_DISABLED): its garbage "
+            "collector walks mimalloc's heaps, so objects must come from mimalloc"
+        )
+    if ext.in_subinterpreter():
+        raise _SubinterpreterError(
+            "install() must be called from the main interpreter, not a "
+            "subinterpreter (the allocator is process-wide)"
+        )
+    import _tracemalloc
+
+    tracing = _tracemalloc.is_tracing()
+    if tracing and not restart_tracemalloc:
+        raise InstallError(
+            "tracemalloc is tracing: its hooks are on top of the allocator and "
+            "tracemalloc.stop() would put back what was under them, dropping "
+            "meshalloc; call install() before tracemalloc.start(), or pass "
+            "restart_tracemalloc=True"
+        )
+    frames = _tracemalloc.get_traceback_limit() if tracing else 0
+    if tracing:
+        _tracemalloc.stop()
+    try:
+        changed = ext._install(mask, bool(force))
+    finally:
+        if tracing:
+            _tracemalloc.start(frames)
+    _register_gc_callback()
+    return bool(changed)
+
+
+def uninstall() -> bool:
+    """Soft switch: new blocks come from the previous allocators again.
+
+    The hooks stay in place for the life of the process and keep freeing the
+    blocks meshalloc handed out (restoring the previous allocator would crash
+    the next free of one of them). :func:`install` turns it back on. Returns
+    True when meshalloc was installed.
+    """
+    if _ext is None:
+        return False
+    return bool(_ext._uninstall())
+
+
+def is_installed() -> bool:
+    """True when new PyMem blocks of some domain come from meshalloc."""
+    return _ext is not None and _ext.installed_domains() != 0
+
+
+def installed_domains() -> "tuple[str, ...]":
+    """The domains whose new blocks come from meshalloc, e.g. ``("mem", "obj")``."""
+    if _ext is None:
+        return ()
+    mask = _ext.installed_domains()
+    return tuple(name for i, name in enumerate(DOMAINS) if mask & (1 << i))
+
+
+def allocators() -> "Dict[str, Dict[str, object]]":
+    """Diagnostics: for each PyMem domain, the allocator in place now.
+
+    ``{"raw"|"mem"|"obj": {"malloc": address, "object": file defining it,
+    "meshalloc": is it meshalloc's hook, "baseline": is it the allocator
+    recorded when the extension was loaded, "hooked", "diverting",
+    "wrapped_object": file of the allocator meshalloc wraps}}``.
+    """
+    return _extension().allocators()
+
+
+def compact() -> CompactResult:
+    """Mesh now, pass after pass, until a pass frees nothing.
+
+    Each pass is bounded by the ``max_pause_us`` option and the GIL is
+    released during the call. Returns a :class:`CompactResult`.
+    """
+    if _ext is not None:
+        pages, returned, seconds = _ext.compact()
+    else:
+        pages, returned, seconds = _load_backend().compact()
+    return CompactResult(int(pages), int(pages) * _PAGE_SIZE,
+                         int(returned) * _PAGE_SIZE, float(seconds))
+
+
+# ---- meshing after full collections ------------------------------------------
+
+# A generation-2 collection has just visited every object, so the heap's
+# fragmentation is as high as it will get: a good moment to mesh. The
+# callback is cheap when it has nothing to do. It runs mesh_compact() only
+# when both
+#   * at least `period_ms` (the core's meshing rate limit option) passed since
+#     the last one ended (period_ms = 0 or mesh = 0 turn it off), and
+#   * at least 20 times the last compaction's duration passed, so that
+#     meshing after collections costs at most ~5 % of the wall-clock time.
+_GC_DUTY = 20.0
+_gc_registered = False
+_gc_last_end = -1e18
+_gc_last_pause = 0.0
+_gc_compactions = 0  # how many compactions the callback ran (tests, docs)
+
+
+def _gc_callback(phase: str, info: dict) -> None:
+    global _gc_last_end, _gc_last_pause, _gc_compactions
+    if phase != "stop" or info.get("generation") != 2:
+        return
+    ext = _ext
+    if ext is None or not ext.installed_domains():
+        return
+    try:
+        import time
+
+        now = time.monotonic()
+        period = ext.get_option("period_ms") / 1000.0
+        if period <= 0 or not ext.get_option("mesh"):
+            return
+        if now - _gc_last_end < max(period, _GC_DUTY * _gc_last_pause):
+            return
+        _pages, _returned, seconds = ext.compact()
+        _gc_last_pause = seconds
+        _gc_last_end = time.monotonic()
+        _gc_compactions += 1
+    except Exception:  # never let the allocator break a collection
+        return
+
+
+def _register_gc_callback() -> None:
+    global _gc_registered
+    if _gc_registered:
+        return
+    import gc
+
+    gc.callbacks.append(_gc_callback)
+    _gc_registered = True
+
+
+# ---- the start-up switch (meshalloc-autoinstall.pth) --------------------------
+
+
+def _debug_hooks_reason() -> "Optional[str]":
+    """Why CPython's debug hooks are in place, or None."""
+    pymalloc = "" if sys.flags.ignore_environment else os.environ.get("PYTHONMALLOC", "")
+    if pymalloc.endswith("debug"):
+        return "PYTHONMALLOC=%s" % pymalloc
+    if getattr(sys.flags, "dev_mode", False) and not pymalloc:
+        return "-X dev"
+    return None
+
+
+_autoinstall_done = False
+
+
+def _autoinstall() -> None:
+    """Called by meshalloc-autoinstall.pth when ``MESHALLOC=1`` or
+    ``-X meshalloc``. Never raises: a refusal is one line on stderr.
+
+    Runs once per process: site.py may process the same site-packages twice
+    (a venv's ``lib64`` symlink to ``lib`` is a different path to it)."""
+    global _autoinstall_done
+    if _autoinstall_done:
+        return
+    _autoinstall_done = True
+    try:
+        xopt = getattr(sys, "_xoptions", {}).get("meshalloc")
+        if xopt is not None:
+            if xopt in ("0", "off", "no", "false") and os.environ.get("MESHALLOC") != "1":
+                return
+            # -X options are not passed on to child interpreters; the
+            # environment is.
+            os.environ["MESHALLOC"] = "1"
+        reason = _debug_hooks_reason()
+        if reason is not None:
+            sys.stderr.write(
+                "meshalloc: %s: the debug hooks stay in charge (call "
+                "meshalloc.install() to wrap them anyway)\n" % reason
+            )
+            return
+        # PYTHONTRACEMALLOC / -X tracemalloc started tracing before site ran:
+        # restart it on top of meshalloc (only start-up traces are lost).
+        install(restart_tracemalloc=True)
+    except _SubinterpreterError:
+        # site.py runs in every new subinterpreter too; the main interpreter
+        # installed the process-wide allocator already (or chose not to).
+        return
+    except Exception as exc:
+        sys.stderr.write(
+            "meshalloc: not installed at start-up: %s: %s\n" % (type(exc).__name__, exc)
+        )

@@ -47,6 +47,7 @@ __all__ = [
     "meshing_available",
     "check_heap",
     "scavenge",
+    "compact",
 ]
 
 ffi = FFI()
@@ -71,6 +72,7 @@ ffi.cdef(
     size_t mesh_scavenge(void);
     int    mesh_check_heap(void);
     int    mesh_meshing_available(void);
+    size_t mesh_compact(void);
     const char *mesh_version(void);
 
     long   mesh_option_get(const char *name);
@@ -319,3 +321,20 @@ def check_heap() -> int:
 def scavenge() -> int:
     """Return dirty free pages to the OS now; returns the bytes released."""
     return int(lib().mesh_scavenge())
+
+
+def compact() -> "tuple[int, int, float]":
+    """Mesh now until a pass frees nothing (mesh_compact).
+
+    Returns (pages freed by meshing, pages returned to the OS during the
+    call, seconds the call took), like the extension's compact().
+    """
+    import time
+
+    handle = lib()
+    before = stats().get("pages_punched", 0)
+    start = time.monotonic()
+    pages = int(handle.mesh_compact())
+    seconds = time.monotonic() - start
+    after = stats().get("pages_punched", 0)
+    return pages, max(0, after - before), seconds

@@ -8,7 +8,10 @@ Commands::
                               the counters of the heap this process uses
                               (run it under LD_PRELOAD to see a preloaded heap)
     run [--preload] -- CMD [ARGS...]
-                              exec CMD with meshalloc turned on
+                              exec CMD with meshalloc turned on: MESHALLOC=1
+                              (Python processes install meshalloc at start-up
+                              through meshalloc-autoinstall.pth), or with
+                              --preload libmesh.so as the process malloc
 
 Exit status: 0 on success, 1 when libmesh cannot be found or loaded, 2 for a
 usage error, 126/127 when ``run`` cannot execute CMD (as a shell would).
@@ -206,8 +209,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if args.preload:
         _preload_env(env, _require_libmesh())
     else:
-        # The start-up hook that reads MESHALLOC is a later step: for now this
-        # only sets the variable for CMD and its children.
+        # meshalloc-autoinstall.pth installs meshalloc in every Python process
+        # (CMD and its children) that sees MESHALLOC=1 and has this package.
         env["MESHALLOC"] = "1"
     out.flush()
     sys.stderr.flush()
@@ -265,8 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(prepended to any existing value) and PYTHONMALLOC=malloc, "
                     "so the whole process, C extensions included, allocates "
                     "from meshalloc. Without it: sets MESHALLOC=1 for CMD and its "
-                    "children (the start-up hook that acts on it is not part of "
-                    "this version yet).",
+                    "children, so every Python interpreter among them that can "
+                    "import meshalloc installs it at start-up (the "
+                    "meshalloc-autoinstall.pth hook: PyMem MEM and OBJ domains, "
+                    "MESHALLOC_DOMAINS=raw,mem,obj adds RAW; C extensions' own "
+                    "malloc calls are not covered).",
     )
     p.add_argument("--preload", action="store_true",
                    help="use libmesh.so as the process malloc (LD_PRELOAD)")
