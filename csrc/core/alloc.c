@@ -48,9 +48,8 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   /* Once the bit is clear this free no longer keeps the span alive and the
    * record may be released and reused under us: everything needed below is
    * read before, or comes from the immutable class table. */
-  unsigned nwords = (sc->nobjects + 63u) >> 6;
-  unsigned rest = sc->nobjects - w * 64u;
-  uint64_t mask = rest >= 64 ? ~0ull : ((1ull << rest) - 1);
+  unsigned nwords = mesh_bitmap_words_n(sc->nobjects);
+  uint64_t mask = mesh_bitmap_mask_n(sc->nobjects, w);
   uint64_t old;
   for (;;) {
     /* a span meshed away forwards to the span that now holds its objects */

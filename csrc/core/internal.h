@@ -234,11 +234,15 @@ MESH_INLINE uint64_t mesh_pte_of(const void *p) {
 MESH_INLINE uintptr_t mesh_page_addr(uint32_t page) {
   return _mesh_arena.base + ((uintptr_t)page << MESH_PAGE_SHIFT);
 }
-MESH_INLINE unsigned mesh_bitmap_words(const span_t *s) { return (s->nobjects + 63u) >> 6; }
-MESH_INLINE uint64_t mesh_bitmap_mask(const span_t *s, unsigned w) {
-  unsigned rest = s->nobjects - w * 64u;
+/* Bitmap geometry from an object count, so paths that must not read a span
+ * record (a remote free after its bit is clear) can use the class table. */
+MESH_INLINE unsigned mesh_bitmap_words_n(unsigned nobjects) { return (nobjects + 63u) >> 6; }
+MESH_INLINE uint64_t mesh_bitmap_mask_n(unsigned nobjects, unsigned w) {
+  unsigned rest = nobjects - w * 64u;
   return rest >= 64 ? ~0ull : ((1ull << rest) - 1);
 }
+MESH_INLINE unsigned mesh_bitmap_words(const span_t *s) { return mesh_bitmap_words_n(s->nobjects); }
+MESH_INLINE uint64_t mesh_bitmap_mask(const span_t *s, unsigned w) { return mesh_bitmap_mask_n(s->nobjects, w); }
 
 /* ---- global_heap.c -------------------------------------------------- */
 extern pthread_mutex_t _mesh_global_lock;

@@ -153,13 +153,6 @@ static int cmp_obj(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* The span (virtual range) holding p, from the core: spans are 1-4 pages
- * and not aligned to their size. */
-static uintptr_t span_of(const void *p) {
-  void *start = NULL;
-  if (!mesh_span_of(p, &start)) DIE("%p is in no span", p);
-  return (uintptr_t)start;
-}
 static size_t span_bytes(const void *p) { return mesh_span_of(p, NULL); }
 static unsigned slot_of(const void *p, size_t size) { return (unsigned)(((uintptr_t)p - span_of(p)) / size); }
 

@@ -239,13 +239,6 @@ static int cmp_obj(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* The span (virtual range) holding p: spans are 1-4 pages, not aligned. */
-static uintptr_t span_of(const void *p) {
-  void *start = NULL;
-  if (!mesh_span_of(p, &start)) DIE("%p is in no span", p);
-  return (uintptr_t)start;
-}
-
 /* size-B objects on npages full spans; on the j-th span (address order)
  * only slots with slot % 2 == j % 2 stay live. Returns the live count. */
 static size_t make_alternating(obj_t *live, size_t size, int npages, uint64_t seed, uint64_t id0) {

@@ -126,4 +126,15 @@ static inline int maps_count(void) {
   return n;
 }
 
+/* The first byte of the (virtual) span holding p, from the core: spans are
+ * 1-4 pages and not aligned to their size. Exits if p is in no span. */
+static inline uintptr_t span_of(const void *p) {
+  void *start = NULL;
+  if (!mesh_span_of(p, &start)) {
+    fprintf(stderr, "FATAL: %p is in no span\n", p);
+    exit(2);
+  }
+  return (uintptr_t)start;
+}
+
 #endif /* MESH_TESTUTIL_H */
