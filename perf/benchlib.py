@@ -1,0 +1,478 @@
+"""benchlib - what every perf/bm_<name>/run_benchmark.py shares.
+
+A benchmark script is a pyperf script (one ``pyperf.Runner``, a manager
+process that spawns worker processes, each of which runs the workload).
+This module adds three things pyperf does not know about:
+
+* **The allocator configuration is checked in every process.** The script
+  is told which configuration it should run under (``--alloc-config NAME``,
+  which the manager passes on to its workers; without it, the manager infers
+  it from its own environment). Each process -- manager and every worker --
+  then *detects* what is really active (which library defines the process's
+  ``malloc``, what CPython's PyMem allocator is, whether meshalloc's hooks
+  are installed) and exits with an error when it does not match. A worker
+  that lost ``MESHALLOC=1`` or ``LD_PRELOAD`` on the way (pyperf workers only
+  inherit whitelisted environment variables) therefore fails the benchmark
+  instead of silently measuring the default allocator. The manager also adds
+  the variables that select an allocator to pyperf's ``--inherit-environ``.
+* **Run metadata**: the requested and detected configuration, the library
+  that defines ``malloc``, the PyMem allocator, meshalloc's options (when it
+  is active), the ``MESH_*`` environment, the scale and the git revision of
+  the repository are stored in every run's pyperf metadata. (pyperf records
+  the Python version and executable itself.)
+* **Scales**: ``--scale full|fast|smoke`` multiplies the workload constants
+  (:func:`scaled`) and picks pyperf's process/value counts (:data:`PROFILES`),
+  so one script serves real runs, quick runs and CI smoke tests.
+
+Memory benchmarks (the fragmentation suite) measure one fresh process per
+value: :func:`memory_bench` runs the workload in the worker *before* handing
+pyperf the already-measured number, so that the PSS time series and the
+other quantities of that very run can go into the run's metadata (pyperf
+copies metadata before it calls the benchmark function).
+
+Memory is PSS (``/proc/self/smaps_rollup``), never RSS: after meshing, one
+physical page is mapped at two addresses and RSS counts it twice.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+PERF_DIR = Path(__file__).resolve().parent
+REPO = PERF_DIR.parent
+
+# Environment variables that select an allocator or its options. The
+# runner removes them from the base environment and pyperf workers must
+# inherit the ones a configuration sets.
+ALLOCATOR_VARS = ("LD_PRELOAD", "PYTHONMALLOC", "MESHALLOC", "MESHALLOC_DOMAINS", "MESHALLOC_BACKEND",
+                  "MALLOCSTATS")
+OPTION_PREFIX = "MESH_"
+
+CONFIG_NAMES = ("pymalloc", "malloc", "meshalloc", "preload")  # plus "extra:<name>"
+
+# Workload constants are written for the full scale; the others multiply
+# them. fast is for smoke-testing the whole pipeline in minutes: its numbers
+# are not meant to be quoted.
+SCALES = {"full": 1.0, "fast": 0.2, "smoke": 0.01}
+
+# pyperf Runner defaults per kind of benchmark and scale (command-line
+# options such as -p still override them).
+PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
+    # timed Python code: pyperf calibrates the loop count
+    "speed": {"full": {"processes": 10},
+              "fast": {"processes": 2, "values": 2, "min_time": 0.05},
+              "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
+    # one fresh process per value, no warm-up: memory is a property of the run
+    "memory": {"full": {"processes": 3, "values": 1, "warmups": 0, "loops": 1},
+               "fast": {"processes": 2, "values": 1, "warmups": 0, "loops": 1},
+               "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
+    # a command timed from outside (start-up)
+    "command": {"full": {"processes": 10},
+                "fast": {"processes": 2, "values": 3},
+                "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
+    # an expensive set-up (a big heap) then a few timed operations
+    "heavy": {"full": {"processes": 4, "values": 3, "warmups": 1, "loops": 1},
+              "fast": {"processes": 2, "values": 2, "warmups": 1, "loops": 1},
+              "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
+}
+
+_scale_name = "full"
+
+
+def scale_name() -> str:
+    return _scale_name
+
+
+def scaled(n: int, minimum: int = 1) -> int:
+    """A workload constant at the current scale."""
+    return max(minimum, int(n * SCALES[_scale_name]))
+
+
+# ---------------------------------------------------------------------------
+# memory
+# ---------------------------------------------------------------------------
+
+def pss_bytes() -> int:
+    """This process's PSS in bytes (smaps_rollup). PSS, not RSS: a meshed
+    page mapped at two addresses counts once."""
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no Pss line in /proc/self/smaps_rollup")
+
+
+_SHARED_INTS = range(-5, 257)
+
+
+def live_size(roots) -> int:
+    """Bytes of the objects reachable from ``roots`` through lists, tuples,
+    dicts and sets (the containers the workloads build), each object counted
+    once, as ``sys.getsizeof`` sees it. Small ints and interned singletons are
+    shared with the interpreter and not counted. An estimate of the live
+    data the allocator must keep, without the allocator's own rounding."""
+    seen = set()
+    total = 0
+    stack = list(roots)
+    getsizeof = sys.getsizeof
+    while stack:
+        o = stack.pop()
+        if o is None or o is True or o is False or id(o) in seen:
+            continue
+        if type(o) is int and o in _SHARED_INTS:
+            continue
+        seen.add(id(o))
+        total += getsizeof(o)
+        t = type(o)
+        if t is list or t is tuple or t is set or t is frozenset:
+            stack.extend(o)
+        elif isinstance(o, dict):
+            stack.extend(o.keys())
+            stack.extend(o.values())
+    return total
+
+
+class PssRecorder:
+    """PSS samples over time for one workload run: ``mark(label)`` reads PSS
+    and remembers (seconds since start, bytes, label). Reading smaps_rollup
+    costs ~0.1-1 ms (it walks every mapping), so workloads sample at a few
+    dozen points, never inside timed code."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.samples: List[List[object]] = []
+        self.peak = 0
+
+    def mark(self, label: str = "") -> int:
+        p = pss_bytes()
+        self.peak = max(self.peak, p)
+        self.samples.append([round(time.perf_counter() - self.t0, 4), p, label])
+        return p
+
+    def series_json(self, base: int) -> str:
+        """Compact JSON ``[[t, pss_above_base, label], ...]`` (labels only where set):
+        fits a pyperf metadata value (one line)."""
+        rows = [[t, p - base, lab] if lab else [t, p - base] for t, p, lab in self.samples]
+        return json.dumps(rows, separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------
+# what is really active in this process
+# ---------------------------------------------------------------------------
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def malloc_library() -> str:
+    """Real path of the shared object that defines this process's ``malloc``
+    (global symbol lookup, as every caller of malloc sees it)."""
+    libc = ctypes.CDLL(None)
+    addr = ctypes.cast(libc.malloc, ctypes.c_void_p).value
+    info = _DlInfo()
+    dladdr = libc.dladdr
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
+    if not dladdr(ctypes.c_void_p(addr), ctypes.byref(info)) or not info.dli_fname:
+        return "?"
+    return os.path.realpath(info.dli_fname.decode())
+
+
+def _pymem_allocator_via_stats() -> str:
+    """Fallback when _testcapi is missing: sys._debugmallocstats() writes
+    pymalloc's arena statistics to fd 2 only when pymalloc is in use."""
+    import tempfile
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()  # type: ignore[attr-defined]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    return "pymalloc" if "arenas" in text else "malloc"
+
+
+def pymem_allocator() -> str:
+    """CPython's name for its PyMem allocator ("pymalloc", "malloc",
+    "pymalloc_debug", ...); "hooked" when a non-default hook such as
+    meshalloc's is installed."""
+    try:
+        import _testcapi  # type: ignore[import-not-found]
+    except ImportError:
+        return _pymem_allocator_via_stats()
+    try:
+        return str(_testcapi.pymem_getallocatorsname())
+    except RuntimeError:  # "cannot get allocators name": a custom hook
+        return "hooked"
+
+
+def detect() -> Dict[str, object]:
+    """What allocator this process really runs under."""
+    mod = sys.modules.get("meshalloc")
+    installed = bool(mod is not None and mod.is_installed())
+    lib = malloc_library()
+    preloaded = "libmesh" in os.path.basename(lib)
+    if preloaded:
+        try:
+            import meshalloc
+            preloaded = bool(meshalloc.is_preloaded())
+        except ImportError:
+            pass  # libmesh is the malloc; the package just is not importable
+    return {"malloc_library": lib, "pymem": pymem_allocator(), "meshalloc_installed": installed,
+            "libmesh_preloaded": preloaded}
+
+
+def expected_from_env(env=None) -> str:
+    """The configuration a standalone run's environment asks for."""
+    env = os.environ if env is None else env
+    pre = env.get("LD_PRELOAD", "")
+    if env.get("MESHALLOC") == "1":
+        return "meshalloc"
+    if pre:
+        return "preload" if "libmesh" in pre else "extra:" + os.path.basename(pre.split()[0])
+    if env.get("PYTHONMALLOC") == "malloc":
+        return "malloc"
+    return "pymalloc"
+
+
+def check(config: str, actual: Dict[str, object], extra_lib: Optional[str] = None) -> List[str]:
+    """Mismatches between configuration ``config`` and ``actual`` (empty: OK)."""
+    lib = str(actual["malloc_library"])
+    libc_malloc = "libc" in os.path.basename(lib)
+    problems = []
+
+    def want(cond: bool, what: str) -> None:
+        if not cond:
+            problems.append(what)
+
+    if config == "pymalloc":
+        want(actual["pymem"] == "pymalloc", "PyMem allocator is pymalloc")
+        want(not actual["meshalloc_installed"], "meshalloc is not installed")
+        want(libc_malloc, "malloc is glibc's")
+    elif config == "malloc":
+        want(actual["pymem"] == "malloc", "PYTHONMALLOC=malloc is in effect")
+        want(not actual["meshalloc_installed"], "meshalloc is not installed")
+        want(libc_malloc, "malloc is glibc's")
+    elif config == "meshalloc":
+        want(bool(actual["meshalloc_installed"]), "meshalloc.is_installed() (MESHALLOC=1)")
+        want(not actual["libmesh_preloaded"], "libmesh is not preloaded")
+    elif config == "preload":
+        want(bool(actual["libmesh_preloaded"]), "libmesh.so is the process malloc (meshalloc.is_preloaded())")
+        want(actual["pymem"] == "malloc", "PYTHONMALLOC=malloc is in effect")
+        want(not actual["meshalloc_installed"], "meshalloc's hooks are not installed")
+    elif config.startswith("extra:"):
+        if extra_lib:
+            want(lib == os.path.realpath(extra_lib), "malloc comes from %s" % extra_lib)
+        else:
+            want(not libc_malloc, "malloc is not glibc's")
+        want(actual["pymem"] == "malloc", "PYTHONMALLOC=malloc is in effect")
+    else:
+        problems.append("a known configuration (got %r)" % config)
+    return problems
+
+
+def meshalloc_active(actual: Dict[str, object]) -> bool:
+    return bool(actual["meshalloc_installed"] or actual["libmesh_preloaded"])
+
+
+def meshalloc_options() -> str:
+    """``name=value,...`` of every meshalloc option (when meshalloc is active)."""
+    import meshalloc
+    return ",".join("%s=%s" % (n, meshalloc.get_option(n)) for n in meshalloc.option_names())
+
+
+def meshalloc_stats() -> Dict[str, int]:
+    """meshalloc.stats() as a dict, whether it returns a dict or a typed
+    object with to_dict()."""
+    import meshalloc
+    s = meshalloc.stats()
+    return dict(s.to_dict() if hasattr(s, "to_dict") else s)
+
+
+def settle(actual: Dict[str, object]) -> Dict[str, object]:
+    """The 'after compaction' step: gc.collect(), then meshalloc.compact()
+    when meshalloc is the allocator; nothing else otherwise (no malloc_trim:
+    the default allocators are measured as a program would see them)."""
+    import gc
+    t0 = time.perf_counter()
+    gc.collect()
+    out: Dict[str, object] = {}
+    if meshalloc_active(actual):
+        import meshalloc
+        r = meshalloc.compact()
+        out = {"compact_pages_freed": int(r.pages_freed), "compact_pause_s": float(r.pause_seconds)}
+    out["settle_s"] = time.perf_counter() - t0
+    return out
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+
+
+def inherit_names(env=None) -> List[str]:
+    """Variables a pyperf worker must inherit for the allocator to be the
+    same as its manager's: those of ALLOCATOR_VARS and every MESH_* option."""
+    env = os.environ if env is None else env
+    return sorted(n for n in env if n in ALLOCATOR_VARS or n.startswith(OPTION_PREFIX))
+
+
+# ---------------------------------------------------------------------------
+# the pyperf runner
+# ---------------------------------------------------------------------------
+
+class Context:
+    """What a benchmark script knows after :func:`make_runner`."""
+
+    def __init__(self, runner, config: str, actual: Dict[str, object]) -> None:
+        self.runner = runner
+        self.config = config
+        self.actual = actual
+        self.meshing = meshalloc_active(actual)
+
+    @property
+    def is_worker(self) -> bool:
+        return bool(self.runner.args.worker)
+
+    def settle(self) -> Dict[str, object]:
+        return settle(self.actual)
+
+
+def make_runner(kind: str, description: str = "") -> Context:
+    """Create the script's pyperf Runner, check the allocator configuration
+    in this process and record it in the run metadata."""
+    global _scale_name
+    import pyperf
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--scale", choices=sorted(SCALES), default=os.environ.get("MESHPERF_SCALE", "full"))
+    known, _ = pre.parse_known_args()
+    _scale_name = known.scale
+
+    def pass_args(cmd: List[str], args) -> None:
+        cmd.extend(["--scale", args.scale, "--alloc-config", args.alloc_config, "--git-revision", args.git_revision])
+        if args.alloc_lib:
+            cmd.extend(["--alloc-lib", args.alloc_lib])
+
+    runner = pyperf.Runner(add_cmdline_args=pass_args, **PROFILES[kind][_scale_name])  # type: ignore[arg-type]
+    if description:
+        runner.argparser.description = description
+    ap = runner.argparser
+    ap.add_argument("--scale", choices=sorted(SCALES), default=_scale_name,
+                    help="workload size: full (default), fast (pipeline checks) or smoke (CI)")
+    ap.add_argument("--alloc-config", default=None,
+                    help="configuration this run must measure (pymalloc, malloc, meshalloc, preload, extra:NAME); "
+                         "default: inferred from the environment; every worker checks it is really active")
+    ap.add_argument("--alloc-lib", default=None, help="for extra:NAME, the library that must define malloc")
+    ap.add_argument("--git-revision", default=None, help=argparse.SUPPRESS)
+    args = runner.parse_args()
+    if not args.alloc_config:
+        args.alloc_config = expected_from_env()
+    if not args.git_revision:
+        args.git_revision = git_revision()
+    if not args.worker:
+        # the variables selecting this process's allocator must reach the
+        # workers (pyperf passes only a whitelist of the environment)
+        args.inherit_environ = sorted(set(args.inherit_environ or []) | set(inherit_names()))
+
+    actual = detect()
+    problems = check(args.alloc_config, actual, args.alloc_lib)
+    if problems:
+        sys.stderr.write("meshalloc perf: configuration %r is NOT active in this %s process (pid %d):\n  expected: %s"
+                         "\n  detected: %s\n  relevant environment: %s\n"
+                         % (args.alloc_config, "worker" if args.worker else "manager", os.getpid(),
+                            "; ".join(problems), json.dumps(actual),
+                            {n: os.environ[n] for n in inherit_names()}))
+        sys.exit(3)
+
+    md = runner.metadata
+    md["alloc_config"] = args.alloc_config
+    md["alloc_malloc_library"] = str(actual["malloc_library"])
+    md["alloc_pymem"] = str(actual["pymem"])
+    md["alloc_meshalloc_installed"] = int(bool(actual["meshalloc_installed"]))
+    md["alloc_libmesh_preloaded"] = int(bool(actual["libmesh_preloaded"]))
+    env_desc = " ".join("%s=%s" % (n, os.environ[n]) for n in inherit_names())
+    md["alloc_env"] = env_desc or "(none)"
+    md["scale"] = _scale_name
+    md["git_revision"] = args.git_revision
+    if meshalloc_active(actual):
+        import meshalloc
+        md["meshalloc_options"] = meshalloc_options()
+        md["meshalloc_version"] = meshalloc.version()
+        md["meshalloc_domains"] = ",".join(meshalloc.installed_domains()) or "preloaded"
+    return Context(runner, args.alloc_config, actual)
+
+
+def memory_bench(ctx: Context, name: str, workload: Callable[[Context], Dict[str, object]],
+                 value_key: str = "settled") -> None:
+    """Register a memory benchmark measured once per worker process.
+
+    ``workload(ctx)`` returns a dict with at least ``value_key``; every
+    int/float/str entry becomes run metadata (a str must be one line). The
+    benchmark's value is ``result[value_key]`` in bytes (at least 1: pyperf
+    refuses zero). A script registers one memory benchmark: a worker runs the
+    workload before pyperf tells it which task it has."""
+    if not ctx.is_worker:
+        ctx.runner.bench_time_func(name, _never_called, metadata={"unit": "byte"})
+        return
+    result = workload(ctx)
+    value = max(1, int(result[value_key]))
+    md: Dict[str, object] = {"unit": "byte"}
+    for k, v in result.items():
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            md["frag_" + k if not k.startswith("frag_") else k] = v
+    ctx.runner.bench_time_func(name, lambda loops: value * loops, metadata=md)
+
+
+def _never_called(loops):  # pragma: no cover - only workers run benchmarks
+    raise AssertionError("the manager process does not run benchmarks")
+
+
+def frag_result(rec: PssRecorder, base: int, peak: int, after_free: int, settled: int, live: int,
+                extra: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """The dict a fragmentation workload returns: PSS above the process's
+    baseline at the peak, after the frees and after settling, the live bytes,
+    and recovery = (peak - settled) / (peak - live)."""
+    peak = max(peak, rec.peak - base)
+    out: Dict[str, object] = {"base": base, "peak": peak, "after_free": after_free, "settled": settled,
+                              "live": live, "pss_series": rec.series_json(base)}
+    denom = peak - live
+    out["recovery"] = round((peak - settled) / denom, 4) if denom > 0 else 0.0
+    if extra:
+        out.update(extra)
+    return out
+
+
+def main_detect() -> None:
+    """``python perf/benchlib.py [CONFIG]``: print what this process runs under
+    (and exit 3 if CONFIG is given and not active)."""
+    if os.environ.get("MESHALLOC") == "1" or "meshalloc" in sys.modules:
+        import meshalloc  # noqa: F401  (already imported by the start-up hook)
+    actual = detect()
+    print(json.dumps(actual))
+    if len(sys.argv) > 1:
+        problems = check(sys.argv[1], actual, sys.argv[2] if len(sys.argv) > 2 else None)
+        if problems:
+            sys.stderr.write("configuration %s is not active: expected %s\n" % (sys.argv[1], "; ".join(problems)))
+            sys.exit(3)
+
+
+if __name__ == "__main__":
+    main_detect()
