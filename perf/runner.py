@@ -1,0 +1,436 @@
+"""runner - ``python -m perf run``: every benchmark under every allocator
+configuration, one pyperf JSON file per configuration.
+
+Configurations (each an environment for the benchmark script *and* its pyperf
+workers):
+
+    pymalloc   CPython's default (no allocator variable set)
+    malloc     PYTHONMALLOC=malloc (every object through glibc malloc)
+    meshalloc  MESHALLOC=1 (the start-up hook installs meshalloc's PyMem hooks)
+    preload    LD_PRELOAD=libmesh.so PYTHONMALLOC=malloc (libmesh is the
+               process malloc, C extensions included)
+    NAME       from --extra NAME=/path/lib.so: LD_PRELOAD=that library
+               PYTHONMALLOC=malloc (e.g. jemalloc, mimalloc)
+
+How the environment reaches the workers: the runner starts each script with
+a base environment from which every allocator variable was removed, plus the
+configuration's variables, and passes ``--inherit-environ`` with exactly the
+names pyperf must copy into its workers (the configuration's, and any MESH_*
+option the user set). It also passes ``--alloc-config NAME`` (and, for extra
+libraries, ``--alloc-lib``), which pyperf hands on to every worker; each
+worker checks that the configuration is really active (perf/benchlib.py) and
+fails otherwise, so a result can never silently measure the default
+allocator. Before the benchmarks, a preflight run of each configuration
+checks the same thing, so a broken set-up fails in seconds.
+
+Benchmarks run one at a time, every configuration in turn, rotating which
+configuration goes first, so a noisy minute on a shared machine spreads over
+all of them. A benchmark's result replaces the benchmark of the same name in
+``<output-dir>/<config>.json`` (other benchmarks in the file are kept). For
+each fragmentation benchmark (value: settled PSS) the runner adds derived
+benchmarks ``NAME.peak``, ``NAME.after_free`` and ``NAME.live`` (bytes) from
+the run metadata, so ``pyperf compare_to`` shows all four.
+
+Each script runs in its own process group under a timeout and a memory guard
+(summed PSS of the group, and the machine's MemAvailable): a runaway
+workload is killed, reported, and the run continues with the next one; the
+exit status is non-zero if anything failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import benchlib
+
+PERF_DIR = benchlib.PERF_DIR
+REPO = benchlib.REPO
+RESULTS = PERF_DIR / "results"
+MANIFEST = PERF_DIR / "MANIFEST"
+GROUPS = ("speed", "fragmentation", "system")
+DEFAULT_CONFIGS = ("pymalloc", "malloc", "meshalloc", "preload")
+# fragmentation metadata that become benchmarks of their own
+DERIVED = ("peak", "after_free", "live")
+TIMEOUTS = {"full": 1800, "fast": 300, "smoke": 180}
+MIB = 1 << 20
+
+
+# ---------------------------------------------------------------------------
+# the manifest
+# ---------------------------------------------------------------------------
+
+def load_manifest() -> List[Tuple[str, str]]:
+    """[(name, group)] in manifest order."""
+    out = []
+    section = None
+    for raw in MANIFEST.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        if section == "benchmarks":
+            name, group = line.split()
+            if group not in GROUPS:
+                raise ValueError("MANIFEST: %s has unknown group %s" % (name, group))
+            out.append((name, group))
+    return out
+
+
+def script_of(name: str) -> Path:
+    return PERF_DIR / ("bm_" + name) / "run_benchmark.py"
+
+
+def select(manifest: List[Tuple[str, str]], spec: Optional[str]) -> List[Tuple[str, str]]:
+    """Benchmarks named by ``spec`` (comma list of names and group names)."""
+    if not spec:
+        return list(manifest)
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    names = {n for n, _ in manifest}
+    for w in wanted:
+        if w not in names and w not in GROUPS:
+            sys.exit("unknown benchmark or group %r (known: %s; groups: %s)"
+                     % (w, ", ".join(n for n, _ in manifest), ", ".join(GROUPS)))
+    return [(n, g) for n, g in manifest if n in wanted or g in wanted]
+
+
+# ---------------------------------------------------------------------------
+# configurations
+# ---------------------------------------------------------------------------
+
+class Config:
+    def __init__(self, name: str, env: Dict[str, str], check: str, lib: Optional[str] = None) -> None:
+        self.name = name      # file name and label
+        self.env = env        # variables this configuration sets
+        self.check = check    # what benchlib.check() verifies (--alloc-config)
+        self.lib = lib        # library that must define malloc (extra:NAME)
+
+    def __repr__(self) -> str:
+        return "%s (%s)" % (self.name, " ".join("%s=%s" % kv for kv in self.env.items()) or "default")
+
+
+def libmesh_for(python: str, explicit: Optional[str]) -> Optional[str]:
+    """libmesh.so for preload: --lib, else the one shipped in the target
+    interpreter's installed meshalloc (the same build as its extension),
+    else csrc/build/libmesh.so."""
+    if explicit:
+        return str(Path(explicit).resolve())
+    try:
+        # -I and cwd=/ so that this source tree's meshalloc/ cannot shadow
+        # the installed package
+        p = subprocess.run([python, "-I", "-c", "import meshalloc; print(meshalloc.libmesh_path())"],
+                           capture_output=True, text=True, timeout=60, cwd="/", env=base_env())
+        cand = p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else ""
+        if cand and Path(cand).is_file():
+            return cand
+    except (OSError, subprocess.SubprocessError):
+        pass
+    built = REPO / "csrc" / "build" / "libmesh.so"
+    return str(built) if built.is_file() else None
+
+
+def make_configs(names: List[str], extras: List[str], libmesh: Optional[str]) -> List[Config]:
+    out = []
+    for n in names:
+        if n == "pymalloc":
+            out.append(Config(n, {}, n))
+        elif n == "malloc":
+            out.append(Config(n, {"PYTHONMALLOC": "malloc"}, n))
+        elif n == "meshalloc":
+            out.append(Config(n, {"MESHALLOC": "1"}, n))
+        elif n == "preload":
+            if not libmesh:
+                sys.exit("preload: no libmesh.so found (install meshalloc into --python, `make -C csrc`, or --lib)")
+            out.append(Config(n, {"LD_PRELOAD": libmesh, "PYTHONMALLOC": "malloc"}, n))
+        else:
+            sys.exit("unknown configuration %r (known: %s; others with --extra NAME=LIB)"
+                     % (n, ", ".join(DEFAULT_CONFIGS)))
+    for spec in extras:
+        name, sep, lib = spec.partition("=")
+        if not sep or not name or not lib:
+            sys.exit("--extra wants NAME=/path/to/lib.so, got %r" % spec)
+        if name in DEFAULT_CONFIGS:
+            sys.exit("--extra %s: that name is a built-in configuration" % name)
+        if not Path(lib).is_file():
+            sys.exit("--extra %s: %s does not exist" % (name, lib))
+        lib = str(Path(lib).resolve())
+        out.append(Config(name, {"LD_PRELOAD": lib, "PYTHONMALLOC": "malloc"}, "extra:" + name, lib))
+    return out
+
+
+def base_env() -> Dict[str, str]:
+    """This process's environment without any variable that selects an
+    allocator (MESH_* options are kept: they are passed on to every
+    configuration and recorded in the metadata)."""
+    return {k: v for k, v in os.environ.items() if k not in benchlib.ALLOCATOR_VARS and k != "MESHPERF_SCALE"}
+
+
+def config_env(cfg: Config) -> Dict[str, str]:
+    env = base_env()
+    env.update(cfg.env)
+    return env
+
+
+def inherit_list(cfg: Config) -> List[str]:
+    """Exactly the variables pyperf must copy into the workers."""
+    return benchlib.inherit_names(config_env(cfg))
+
+
+# ---------------------------------------------------------------------------
+# running a command under a guard
+# ---------------------------------------------------------------------------
+
+def _group_pss(pgid: int) -> int:
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                stat = f.read()
+            if int(stat[stat.rfind(")") + 2:].split()[2]) != pgid:
+                continue
+            with open("/proc/%s/smaps_rollup" % name) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def run_guarded(cmd: List[str], env: Dict[str, str], timeout: float, pss_cap: int,
+                min_available: int = 2 << 30) -> Tuple[int, str, str, Optional[str]]:
+    """Run ``cmd`` in its own process group; SIGKILL the group on timeout,
+    when its summed PSS passes ``pss_cap`` or when the machine's
+    MemAvailable falls below ``min_available``. Returns (rc, stdout,
+    stderr, why it was killed or None)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=str(REPO))
+    killed: List[str] = []
+    done = threading.Event()
+    start = time.monotonic()
+
+    def kill(why: str) -> None:
+        killed.append(why)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def watch() -> None:
+        while not done.wait(1.0):
+            if time.monotonic() - start > timeout:
+                return kill("timeout after %.0f s" % timeout)
+            avail = _mem_available()
+            if avail < min_available:
+                return kill("MemAvailable fell to %d MiB" % (avail // MIB))
+            pss = _group_pss(proc.pid)
+            if pss > pss_cap:
+                return kill("process group PSS %d MiB passed the cap of %d MiB" % (pss // MIB, pss_cap // MIB))
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        out, err = proc.communicate()
+    finally:
+        done.set()
+        t.join()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of this group only
+        except OSError:
+            pass
+    return proc.returncode, out, err, (killed[0] if killed else None)
+
+
+# ---------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------
+
+def derived_benchmarks(bench):
+    """NAME.peak / NAME.after_free / NAME.live from a fragmentation
+    benchmark's run metadata (one value per run, unit byte)."""
+    import pyperf
+    out = []
+    runs = [r for r in bench.get_runs() if r.values]
+    if not runs or "frag_peak" not in runs[0].get_metadata():
+        return out
+    for key in DERIVED:
+        new_runs = []
+        for r in runs:
+            md = {k: v for k, v in r.get_metadata().items() if k not in ("name", "frag_pss_series")}
+            md["name"] = "%s.%s" % (bench.get_name(), key)
+            md["unit"] = "byte"
+            new_runs.append(pyperf.Run([max(1, int(md["frag_" + key]))], metadata=md, collect_metadata=False))
+        out.append(pyperf.Benchmark(new_runs))
+    return out
+
+
+def merge_into(target: Path, fresh: Path) -> List[str]:
+    """Put the benchmarks of ``fresh`` (plus derived ones) into ``target``,
+    replacing benchmarks of the same names. Returns the names written."""
+    import pyperf
+    new = pyperf.BenchmarkSuite.load(str(fresh))
+    benches = []
+    for b in new.get_benchmarks():
+        benches.append(b)
+        benches.extend(derived_benchmarks(b))
+    names = {b.get_name() for b in benches}
+    keep = []
+    if target.exists():
+        old = pyperf.BenchmarkSuite.load(str(target))
+        keep = [b for b in old.get_benchmarks() if b.get_name() not in names]
+    suite = pyperf.BenchmarkSuite(keep + benches)
+    suite.dump(str(target), replace=True)
+    return [b.get_name() for b in benches]
+
+
+# ---------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------
+
+def preflight(python: str, cfg: Config) -> str:
+    """Check, in a child under the configuration's environment, that the
+    configuration is really active; exit with the reason if not."""
+    cmd = [python, str(PERF_DIR / "benchlib.py"), cfg.check] + ([cfg.lib] if cfg.lib else [])
+    rc, out, err, killed = run_guarded(cmd, config_env(cfg), 120, 1 << 30)
+    if rc != 0 or killed:
+        sys.exit("configuration %r does not work with %s:\n%s%s\n%s" % (
+            cfg, python, err.strip(), killed or "",
+            "(MESHALLOC=1 needs meshalloc installed in that interpreter, with its start-up .pth hook: "
+            "`pip install .`, not an editable install)" if cfg.name == "meshalloc" else ""))
+    return out.strip().splitlines()[-1]
+
+
+def pyperf_args(args) -> List[str]:
+    extra = []
+    if args.processes:
+        extra += ["--processes", str(args.processes)]
+    if args.pyperf_args:
+        extra += args.pyperf_args.split()
+    return extra
+
+
+def cmd_run(args) -> int:
+    python = os.path.abspath(args.python) if args.python else sys.executable
+    scale = "smoke" if args.smoke else "fast" if args.fast else "full"
+    out_dir = Path(args.output_dir).resolve() if args.output_dir else RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    benches = select(load_manifest(), args.bench)
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    needs_mesh = "preload" in names
+    configs = make_configs(names, args.extra or [], libmesh_for(python, args.lib) if needs_mesh else None)
+    if not configs:
+        sys.exit("no configuration selected")
+    for n in ("pyperf",):
+        p = subprocess.run([python, "-c", "import %s" % n], capture_output=True, text=True, env=base_env())
+        if p.returncode != 0:
+            sys.exit("%s cannot import %s: pip install 'meshalloc[perf]' (or pip install pyperf)" % (python, n))
+    t_start = time.monotonic()
+    print("perf run: %s, scale %s, %d benchmark(s) x %d configuration(s) -> %s"
+          % (python, scale, len(benches), len(configs), out_dir))
+    for cfg in configs:
+        print("  %-10s %s" % (cfg.name, preflight(python, cfg)))
+    timeout = args.timeout or TIMEOUTS[scale]
+    failures = []
+    for i, (name, group) in enumerate(benches):
+        k = i % len(configs)
+        for cfg in configs[k:] + configs[:k]:
+            fresh = out_dir / (".%s.%s.json" % (cfg.name, name))
+            if fresh.exists():
+                fresh.unlink()
+            cmd = [python, str(script_of(name)), "--quiet", "--scale", scale, "--alloc-config", cfg.check,
+                   "--output", str(fresh)]
+            inherit = inherit_list(cfg)
+            if inherit:
+                cmd += ["--inherit-environ", ",".join(inherit)]
+            if cfg.lib:
+                cmd += ["--alloc-lib", cfg.lib]
+            cmd += pyperf_args(args)
+            t0 = time.monotonic()
+            rc, out, err, killed = run_guarded(cmd, config_env(cfg), timeout, args.mem_cap * MIB)
+            took = time.monotonic() - t0
+            if rc != 0 or killed:
+                failures.append((name, cfg.name))
+                print("  FAILED %-15s %-10s (%s after %.0f s)\n%s\n%s" % (
+                    name, cfg.name, killed or "exit %d" % rc, took, out.strip()[-2000:], err.strip()[-4000:]),
+                      flush=True)
+                continue
+            if not fresh.exists():  # e.g. mesh_pauses outside meshalloc
+                print("  %-15s %-10s %5.1f s  %s" % (name, cfg.name, took, out.strip().splitlines()[-1:]),
+                      flush=True)
+                continue
+            written = merge_into(out_dir / ("%s.json" % cfg.name), fresh)
+            fresh.unlink()
+            summary = [ln for ln in out.strip().splitlines() if ln.strip()]
+            print("  %-15s %-10s %5.1f s  %s" % (name, cfg.name, took, summary[-1] if summary else written),
+                  flush=True)
+    print("perf run: %.0f s; results in %s" % (time.monotonic() - t_start, out_dir))
+    for cfg in configs:
+        print("  %s" % (out_dir / ("%s.json" % cfg.name)))
+    if failures:
+        print("FAILED: %s" % ", ".join("%s/%s" % f for f in failures))
+        return 1
+    return 0
+
+
+def cmd_list(args) -> int:
+    for name, group in load_manifest():
+        doc = (script_of(name).read_text().split('"""')[1].strip().splitlines() or [""])[0]
+        print("%-15s %-14s %s" % (name, group, doc))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m perf",
+                                 description="meshalloc's pyperf suites: run them under allocator configurations "
+                                             "and turn the results into docs/benchmarks.md")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the suites under each configuration (pyperf JSON per configuration)")
+    r.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
+                   help="comma list from %s (default: all four)" % ", ".join(DEFAULT_CONFIGS))
+    r.add_argument("--extra", action="append", metavar="NAME=LIB",
+                   help="another malloc to preload, e.g. jemalloc=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 "
+                        "(repeatable)")
+    r.add_argument("--bench", help="comma list of benchmark names and/or groups (speed, fragmentation, system)")
+    r.add_argument("--python", help="interpreter to benchmark (absolute path; default: this one)")
+    r.add_argument("--lib", help="libmesh.so for the preload configuration (default: the installed package's)")
+    speed = r.add_mutually_exclusive_group()
+    speed.add_argument("--fast", action="store_true",
+                       help="smaller workloads, 2 processes per benchmark: checks the pipeline in a few minutes; "
+                            "its numbers are not for quoting")
+    speed.add_argument("--smoke", action="store_true", help="tiny workloads, one value each (tests)")
+    r.add_argument("--output-dir", help="where <config>.json go (default: perf/results)")
+    r.add_argument("--processes", type=int, help="pyperf worker processes per benchmark (default: per kind)")
+    r.add_argument("--pyperf-args", help="more pyperf options for every script, one string")
+    r.add_argument("--timeout", type=float, help="seconds per benchmark script (default: 1800 full, 300 fast)")
+    r.add_argument("--mem-cap", type=int, default=4096,
+                   help="MiB of PSS a benchmark's process group may use before it is killed (default 4096)")
+    rp = sub.add_parser("report", help="write docs/benchmarks.md and docs/img/*.png from the results")
+    from . import report
+    report.add_arguments(rp)
+    sub.add_parser("list", help="list the benchmarks and their groups")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args)
+    if args.cmd == "report":
+        return report.main(args)
+    return cmd_list(args)
