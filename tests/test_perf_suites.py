@@ -1,0 +1,197 @@
+"""perf/: every pyperf benchmark runs (tiny workloads, one value), the runner
+hands each allocator configuration to the pyperf workers and the workers
+report what they really ran under, a worker without its configuration fails
+instead of measuring the default allocator, and the report is built from the
+results.
+
+Every benchmark process goes through the guarded runner of conftest.py
+(timeout and memory watchdog). ``--scale smoke`` shrinks the workload
+constants to ~1 % and runs one process with one value, so the whole module
+takes well under a minute on 2 cores.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pyperf = pytest.importorskip("pyperf", reason="pyperf is in the test extra: pip install '.[test]'")
+
+REPO = Path(__file__).resolve().parent.parent
+PERF = REPO / "perf"
+CONFIGS = ("pymalloc", "malloc", "meshalloc", "preload")
+
+
+def _perf_package():
+    """perf/ as a package, without putting the repository on sys.path (its
+    meshalloc/ source tree would shadow the installed package)."""
+    if "perf.runner" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("perf", PERF / "__init__.py",
+                                                      submodule_search_locations=[str(PERF)])
+        pkg = importlib.util.module_from_spec(spec)
+        sys.modules["perf"] = pkg
+        spec.loader.exec_module(pkg)
+        importlib.import_module("perf.runner")
+    return sys.modules["perf.benchlib"], sys.modules["perf.runner"]
+
+
+benchlib, runner = _perf_package()
+MANIFEST = runner.load_manifest()
+
+
+@pytest.fixture(scope="module")
+def meshalloc_installed(helpers, tmp_path_factory):
+    """True when this interpreter has meshalloc installed with its start-up
+    hook (MESHALLOC=1 works); the meshalloc and preload configurations need it."""
+    tmp = tmp_path_factory.mktemp("probe")
+    r = helpers.run([sys.executable, "-c", "import meshalloc; print(meshalloc.is_installed())"], timeout=60,
+                    cwd=tmp, env=helpers.env(MESHALLOC="1"))
+    return r.returncode == 0 and r.stdout.strip().endswith("True")
+
+
+def load(path):
+    return pyperf.BenchmarkSuite.load(str(path))
+
+
+def test_manifest_names_every_benchmark_directory_and_the_three_groups():
+    names = [n for n, _ in MANIFEST]
+    dirs = sorted(p.name[3:] for p in PERF.glob("bm_*") if (p / "run_benchmark.py").is_file())
+    assert sorted(names) == dirs
+    groups = {g: [n for n, gg in MANIFEST if gg == g] for g in ("speed", "fragmentation", "system")}
+    assert len(groups["speed"]) >= 8
+    assert set(groups["fragmentation"]) == {"frag_sparse", "frag_dict", "frag_bands", "frag_lru"}
+    assert set(groups["system"]) == {"startup", "fork", "mesh_pauses"}
+
+
+@pytest.mark.parametrize("name", [n for n, _ in MANIFEST])
+def test_benchmark_runs_once_in_smoke_mode_and_records_its_configuration(name, helpers, tmp_path,
+                                                                         meshalloc_installed):
+    env = helpers.env()
+    config = "pymalloc"
+    if name == "mesh_pauses":  # only meaningful where meshalloc allocates
+        if not meshalloc_installed:
+            pytest.skip("meshalloc is not installed in this interpreter")
+        env, config = helpers.env(MESHALLOC="1"), "meshalloc"
+    out = tmp_path / "out.json"
+    r = helpers.run([sys.executable, PERF / ("bm_%s" % name) / "run_benchmark.py", "--scale", "smoke", "--quiet",
+                     "--output", out], timeout=120, pss_cap=1 << 30, cwd=tmp_path, env=env)
+    helpers.assert_ok(r, name)
+    suite = load(out)
+    (bench,) = suite.get_benchmarks()
+    md = [run.get_metadata() for run in bench.get_runs() if run.values]
+    assert md, r.describe()
+    for m in md:
+        assert m["alloc_config"] == config and m["scale"] == "smoke" and m["git_revision"]
+    if name.startswith("frag_"):
+        m = md[0]
+        assert bench.get_unit() == "byte"
+        for key in ("peak", "after_free", "settled", "live", "recovery", "base"):
+            assert "frag_" + key in m, key
+        series = json.loads(m["frag_pss_series"])
+        assert len(series) >= 4 and series[-1][2] == "settled"
+        assert m["frag_peak"] >= m["frag_settled"] > 0
+
+
+def test_worker_without_its_configuration_fails_instead_of_measuring_pymalloc(helpers, tmp_path):
+    # a pyperf worker asked for meshalloc but started without MESHALLOC=1 (as
+    # when the variable is not in --inherit-environ) must not produce a value
+    script = PERF / "bm_json_roundtrip" / "run_benchmark.py"
+    r = helpers.run([sys.executable, script, "--worker", "--scale", "smoke", "--alloc-config", "meshalloc",
+                     "--loops", "1", "--values", "1", "--warmups", "0"], timeout=60, pss_cap=1 << 30,
+                    cwd=tmp_path, env=helpers.env())
+    assert r.returncode != 0, r.describe()
+    assert "is NOT active in this worker process" in r.stderr and "MESHALLOC=1" in r.stderr, r.describe()
+
+
+def test_workers_inherit_exactly_the_allocator_variables_and_mesh_options():
+    env = {"PATH": "/bin", "MESHALLOC": "1", "MESH_PERIOD_MS": "5", "LD_PRELOAD": "/x.so", "HOME": "/root"}
+    assert benchlib.inherit_names(env) == ["LD_PRELOAD", "MESHALLOC", "MESH_PERIOD_MS"]
+    assert benchlib.expected_from_env(env) == "meshalloc"
+    assert benchlib.expected_from_env({"LD_PRELOAD": "/a/libmesh.so", "PYTHONMALLOC": "malloc"}) == "preload"
+    assert benchlib.expected_from_env({"LD_PRELOAD": "/a/libjemalloc.so.2"}) == "extra:libjemalloc.so.2"
+    assert benchlib.expected_from_env({"PYTHONMALLOC": "malloc"}) == "malloc"
+
+
+def test_recovery_is_peak_minus_settled_over_peak_minus_live():
+    rec = benchlib.PssRecorder()
+    rec.samples = [[0.0, 1000, "start"], [0.5, 1000 + 500, ""], [1.0, 1000 + 200, "settled"]]
+    rec.peak = 1500
+    res = benchlib.frag_result(rec, 1000, 500, 400, 200, 100)
+    assert res["recovery"] == pytest.approx((500 - 200) / (500 - 100))
+    assert json.loads(res["pss_series"]) == [[0.0, 0, "start"], [0.5, 500], [1.0, 200, "settled"]]
+
+
+def test_live_size_counts_each_object_once_and_skips_small_ints():
+    s = "x" * 100
+    n = 10 ** 6
+    roots = [[s, s, (s, n)], {"k": s}]
+    expect = (sys.getsizeof(roots[0]) + sys.getsizeof(roots[1]) + sys.getsizeof(s) + sys.getsizeof((s, n))
+              + sys.getsizeof(n) + sys.getsizeof("k"))
+    assert benchlib.live_size(roots) == expect
+    assert benchlib.live_size([[1, 2, 3]]) == sys.getsizeof([1, 2, 3])
+
+
+@pytest.fixture(scope="module")
+def smoke_results(helpers, tmp_path_factory, meshalloc_installed):
+    """`python -m perf run --smoke` of one speed and one fragmentation
+    benchmark under all four configurations."""
+    if not meshalloc_installed:
+        pytest.skip("meshalloc (with its start-up hook) is not installed in this interpreter: pip install .")
+    out = tmp_path_factory.mktemp("perf_results")
+    r = helpers.run([sys.executable, "-m", "perf", "run", "--smoke", "--bench", "json_roundtrip,frag_sparse",
+                     "--configs", ",".join(CONFIGS), "--output-dir", out], timeout=240, pss_cap=2 << 30,
+                    cwd=REPO, env=helpers.env())
+    helpers.assert_ok(r, "python -m perf run --smoke")
+    return out
+
+
+def test_runner_workers_report_the_allocator_each_configuration_asked_for(smoke_results):
+    for config in CONFIGS:
+        suite = load(smoke_results / ("%s.json" % config))
+        names = set(suite.get_benchmark_names())
+        assert {"json_roundtrip", "frag_sparse", "frag_sparse.peak", "frag_sparse.after_free",
+                "frag_sparse.live"} <= names
+        for bench in suite.get_benchmarks():
+            for run in bench.get_runs():
+                if not run.values:
+                    continue
+                m = run.get_metadata()
+                assert m["alloc_config"] == config
+                lib = os.path.basename(m["alloc_malloc_library"])
+                installed, preloaded = m["alloc_meshalloc_installed"], m["alloc_libmesh_preloaded"]
+                actual = {"pymalloc": (m["alloc_pymem"] == "pymalloc" and not installed and "libc" in lib),
+                          "malloc": (m["alloc_pymem"] == "malloc" and not installed and "libc" in lib),
+                          "meshalloc": (installed == 1 and not preloaded and "MESHALLOC=1" in m["alloc_env"]
+                                        and "meshalloc_options" in m),
+                          "preload": (preloaded == 1 and "libmesh" in lib and m["alloc_pymem"] == "malloc")}
+                assert actual[config], (config, bench.get_name(), m)
+
+
+def test_pyperf_compare_to_reads_the_runner_output(smoke_results, helpers, tmp_path):
+    r = helpers.run([sys.executable, "-m", "pyperf", "compare_to", smoke_results / "pymalloc.json",
+                     smoke_results / "meshalloc.json", "--table"], timeout=60, cwd=tmp_path, env=helpers.env())
+    helpers.assert_ok(r, "pyperf compare_to")
+    assert "frag_sparse" in r.stdout and "json_roundtrip" in r.stdout
+
+
+def test_report_writes_tables_and_plots_from_the_results(smoke_results, helpers, tmp_path):
+    try:
+        import matplotlib  # noqa: F401
+        plots = []
+    except ImportError:
+        plots = ["--no-plots"]
+    md = tmp_path / "benchmarks.md"
+    r = helpers.run([sys.executable, "-m", "perf", "report", "--results", smoke_results, "--repeat", smoke_results,
+                     "--out", md, "--img-dir", tmp_path / "img"] + plots, timeout=120, cwd=REPO, env=helpers.env())
+    helpers.assert_ok(r, "python -m perf report")
+    text = md.read_text()
+    for needle in ("## Speed", "## Fragmentation", "recovery", "json_roundtrip", "meshalloc / pymalloc",
+                   "## Run-to-run agreement", "AMD" if "AMD" in open("/proc/cpuinfo").read() else "CPUs"):
+        assert needle in text, needle
+    if not plots:
+        assert (tmp_path / "img" / "pss_frag_sparse.png").stat().st_size > 1000
+        assert (tmp_path / "img" / "speed_ratios.png").is_file()
