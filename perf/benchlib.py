@@ -66,7 +66,7 @@ SCALES = {"full": 1.0, "fast": 0.2, "smoke": 0.01}
 # options such as -p still override them).
 PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
     # timed Python code: pyperf calibrates the loop count
-    "speed": {"full": {"processes": 10},
+    "speed": {"full": {"processes": 6},
               "fast": {"processes": 2, "values": 2, "min_time": 0.05},
               "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
     # one fresh process per value, no warm-up: memory is a property of the run
@@ -74,7 +74,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
                "fast": {"processes": 2, "values": 1, "warmups": 0, "loops": 1},
                "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
     # a command timed from outside (start-up)
-    "command": {"full": {"processes": 10},
+    "command": {"full": {"processes": 6},
                 "fast": {"processes": 2, "values": 3},
                 "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
     # an expensive set-up (a big heap) then a few timed operations
