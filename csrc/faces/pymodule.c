@@ -168,8 +168,9 @@ static int option_index(const char *name) {
  *
  * Thread safety: the hooks are called concurrently (RAW from any thread
  * without the GIL; MEM/OBJ from subinterpreters with their own GIL on
- * 3.12+). They touch only the core (thread-safe), the read-only saved[] and
- * the atomic diverting[] flag. install/uninstall run under the main
+ * 3.12+). They touch only the core (thread-safe), the read-only saved[],
+ * the atomic diverting[] flag and the calling thread's own counters (see
+ * "hook counters" below). install/uninstall run under the main
  * interpreter's GIL. */
 
 #include <stdatomic.h>
@@ -199,11 +200,176 @@ static int stats_at_exit;                     /* Py_AtExit registered */
 
 #define DIVERTING(d) atomic_load_explicit(&diverting[(d)], memory_order_relaxed)
 
+/* ---- hook counters ----------------------------------------------------- */
+
+/* What the hooks did, per domain: blocks meshalloc handed out (malloc and
+ * calloc), reallocated and freed, and blocks it did not own that it handed
+ * to the wrapped allocator (realloc and free). meshalloc.stats() reports
+ * them (docs/python.md).
+ *
+ * The hooks are the allocation fast path, so a count costs no atomic
+ * read-modify-write: each thread has its own block of counters
+ * (_Thread_local, initial-exec: one %fs-relative access) that only that
+ * thread writes, with a relaxed load and a relaxed store (a plain mov/add/
+ * mov on x86-64, no lock prefix). Readers load the same words relaxed, so
+ * nothing is a data race and no update is ever lost: the counts are exact;
+ * only a snapshot taken while other threads allocate is not instantaneous.
+ *
+ * A counter that is still 0 takes the slow path: that is the fast path's
+ * only test. A thread's block joins the list `counts_all` the first time it
+ * counts (under `counts_lock`), together with a pthread key whose
+ * destructor, at thread exit, adds the block into `counts_retired`, takes
+ * it off the list before the thread's TLS goes away and zeroes it. A count
+ * that comes after that destructor (a later destructor freeing a block) or
+ * while the thread's block is being set up goes straight to
+ * `counts_retired` with an atomic add: rare, so the cost does not matter.
+ * In a fork child only the forking thread exists: the child handler folds
+ * the other threads' blocks (still mapped: the child has a copy of their
+ * stacks) into `counts_retired` and drops them from the list.
+ *
+ * Lock order: `counts_lock` is a leaf. Nothing that allocates runs under it
+ * (pthread_setspecific may call malloc, so it runs before the lock), and the
+ * reader copies the sums out before it builds Python objects. */
+
+#include <pthread.h>
+
+enum {
+    HC_ALLOCS,            /* malloc + calloc served by meshalloc */
+    HC_REALLOCS,          /* realloc of a meshalloc block */
+    HC_FREES,             /* free of a meshalloc block */
+    HC_FOREIGN_REALLOCS,  /* realloc of a block meshalloc does not own */
+    HC_FOREIGN_FREES,     /* free of a block meshalloc does not own */
+    HC_N
+};
+static const char *const hc_names[HC_N] = {
+    "allocs", "reallocs", "frees", "foreign_reallocs", "foreign_frees"};
+
+enum { HC_NEW = 0, HC_ACTIVE = 1, HC_OFF = 2 };
+
+typedef struct hook_counts_s {
+    _Atomic uint64_t n[NDOMAINS][HC_N];  /* written by the owning thread only */
+    struct hook_counts_s *prev, *next;   /* counts_all, under counts_lock */
+    int state;                           /* owning thread only */
+} hook_counts_t;
+
+static _Thread_local hook_counts_t tls_counts
+    __attribute__((tls_model("initial-exec")));
+
+static pthread_mutex_t counts_lock = PTHREAD_MUTEX_INITIALIZER;
+static hook_counts_t counts_all = {.prev = &counts_all, .next = &counts_all};
+static _Atomic uint64_t counts_retired[NDOMAINS][HC_N];
+static pthread_key_t counts_key;
+static int counts_key_ok;  /* set once at module init, before any install */
+
+static void counts_retire_locked(hook_counts_t *c) {
+    for (int d = 0; d < NDOMAINS; d++)
+        for (int k = 0; k < HC_N; k++)
+            atomic_fetch_add_explicit(
+                &counts_retired[d][k],
+                atomic_load_explicit(&c->n[d][k], memory_order_relaxed),
+                memory_order_relaxed);
+    c->prev->next = c->next;
+    c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+}
+
+/* The pthread key destructor: the thread is exiting. */
+static void counts_thread_exit(void *arg) {
+    hook_counts_t *c = arg;
+    pthread_mutex_lock(&counts_lock);
+    if (c->next != NULL)
+        counts_retire_locked(c);
+    /* Zero counters send every later count of this thread (a later
+     * destructor freeing a block) to the slow path, hence counts_retired. */
+    for (int d = 0; d < NDOMAINS; d++)
+        for (int k = 0; k < HC_N; k++)
+            atomic_store_explicit(&c->n[d][k], 0, memory_order_relaxed);
+    c->state = HC_OFF;
+    pthread_mutex_unlock(&counts_lock);
+}
+
+static __attribute__((noinline, cold)) void hc_bump_slow(int d, int what) {
+    hook_counts_t *c = &tls_counts;
+    if (c->state == HC_ACTIVE) {  /* the first count of this kind */
+        atomic_store_explicit(&c->n[d][what], 1, memory_order_relaxed);
+        return;
+    }
+    if (c->state == HC_NEW && counts_key_ok) {
+        c->state = HC_OFF;  /* a count from inside pthread_setspecific is safe */
+        if (pthread_setspecific(counts_key, c) == 0) {
+            pthread_mutex_lock(&counts_lock);
+            c->prev = &counts_all;
+            c->next = counts_all.next;
+            counts_all.next->prev = c;
+            counts_all.next = c;
+            pthread_mutex_unlock(&counts_lock);
+            c->state = HC_ACTIVE;
+            atomic_store_explicit(&c->n[d][what], 1, memory_order_relaxed);
+            return;
+        }
+    }
+    atomic_fetch_add_explicit(&counts_retired[d][what], 1, memory_order_relaxed);
+}
+
+static inline __attribute__((always_inline)) void hc_bump(int d, int what) {
+    /* Single writer: load + store, not an atomic add (no lock prefix). A
+     * counter is 0 only until this thread's first count of that kind, so
+     * "0" doubles as "maybe not registered yet": no separate state test. */
+    _Atomic uint64_t *v = &tls_counts.n[d][what];
+    uint64_t old = atomic_load_explicit(v, memory_order_relaxed);
+    if (__builtin_expect(old == 0, 0)) {
+        hc_bump_slow(d, what);
+        return;
+    }
+    atomic_store_explicit(v, old + 1, memory_order_relaxed);
+}
+
+/* Sum of every thread's counters into out (NDOMAINS * HC_N values). */
+static void counts_read(uint64_t out[NDOMAINS][HC_N]) {
+    pthread_mutex_lock(&counts_lock);
+    for (int d = 0; d < NDOMAINS; d++)
+        for (int k = 0; k < HC_N; k++)
+            out[d][k] = atomic_load_explicit(&counts_retired[d][k], memory_order_relaxed);
+    for (hook_counts_t *c = counts_all.next; c != &counts_all; c = c->next)
+        for (int d = 0; d < NDOMAINS; d++)
+            for (int k = 0; k < HC_N; k++)
+                out[d][k] += atomic_load_explicit(&c->n[d][k], memory_order_relaxed);
+    pthread_mutex_unlock(&counts_lock);
+}
+
+static void counts_prefork(void) { pthread_mutex_lock(&counts_lock); }
+static void counts_postfork_parent(void) { pthread_mutex_unlock(&counts_lock); }
+static void counts_postfork_child(void) {
+    /* Only this thread survives: fold the others into counts_retired. */
+    hook_counts_t *self = &tls_counts, *c = counts_all.next;
+    while (c != &counts_all) {
+        hook_counts_t *next = c->next;
+        if (c != self)
+            counts_retire_locked(c);
+        c = next;
+    }
+    pthread_mutex_init(&counts_lock, NULL);
+}
+
+static void counts_init(void) {
+    static int done;
+    if (done)
+        return;
+    done = 1;
+    counts_key_ok = pthread_key_create(&counts_key, counts_thread_exit) == 0;
+    if (pthread_atfork(counts_prefork, counts_postfork_parent, counts_postfork_child) != 0)
+        counts_key_ok = 0;  /* no safe fork story: count in counts_retired */
+}
+
+/* ---- the hook bodies --------------------------------------------------- */
+
 static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) {
     if (DIVERTING(d)) {
         void *p = api.malloc(n != 0 ? n : 1);  /* size 0: distinct, non-NULL */
-        if (p != NULL)
+        if (p != NULL) {
+            hc_bump(d, HC_ALLOCS);
             return p;
+        }
         /* Arena exhausted: the wrapped allocator may still have memory; its
          * block is freed through it again by the range check. */
     }
@@ -220,8 +386,10 @@ hook_calloc(int d, size_t nelem, size_t elsize) {
         if (nelem == 0 || elsize == 0)
             nelem = elsize = 1;
         void *p = api.calloc(nelem, elsize);
-        if (p != NULL)
+        if (p != NULL) {
+            hc_bump(d, HC_ALLOCS);
             return p;
+        }
     }
     return saved[d].calloc(saved[d].ctx, nelem, elsize);
 }
@@ -230,18 +398,24 @@ static inline __attribute__((always_inline)) void *
 hook_realloc(int d, void *p, size_t n) {
     if (p == NULL)
         return hook_malloc(d, n);
-    if (api.owns(p))  /* ours stays ours, also after uninstall() */
+    if (api.owns(p)) {  /* ours stays ours, also after uninstall() */
+        hc_bump(d, HC_REALLOCS);
         return api.realloc(p, n != 0 ? n : 1);  /* realloc(p, 0) never frees */
+    }
+    hc_bump(d, HC_FOREIGN_REALLOCS);
     return saved[d].realloc(saved[d].ctx, p, n);  /* never migrated */
 }
 
 static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
     if (p == NULL)
         return;
-    if (api.owns(p))
+    if (api.owns(p)) {
+        hc_bump(d, HC_FREES);
         api.free(p);
-    else
+    } else {
+        hc_bump(d, HC_FOREIGN_FREES);
         saved[d].free(saved[d].ctx, p);
+    }
 }
 
 #define MESH_PY_DEFINE_HOOKS(name, d)                                       \
@@ -364,7 +538,9 @@ static PyObject *py_install(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "domain mask %u: expected 1..7", mask);
         return NULL;
     }
-#ifdef Py_GIL_DISABLED
+#if defined(Py_GIL_DISABLED) || defined(MESHALLOC_TEST_FREE_THREADED)
+    /* MESHALLOC_TEST_FREE_THREADED: the test suite builds a copy with this
+     * refusal on to test it (tests/test_python_install.py). */
     return refuse("this is a free-threaded CPython build (Py_GIL_DISABLED): its "
                   "garbage collector walks mimalloc's heaps, so objects must come "
                   "from mimalloc");
@@ -507,6 +683,33 @@ static PyObject *py_allocators(PyObject *self, PyObject *unused) {
         if (item == NULL || PyDict_SetItemString(result, domain_names[d], item) < 0)
             Py_CLEAR(result);
         Py_XDECREF(item);
+    }
+    return result;
+}
+
+PyDoc_STRVAR(hook_counts_doc,
+"hook_counts() -> dict[str, int]\n\n"
+"What the PyMem hooks did, summed over every thread (exact; a snapshot\n"
+"taken while other threads allocate is not instantaneous):\n"
+"'<domain>_allocs' (malloc and calloc served by meshalloc),\n"
+"'<domain>_reallocs', '<domain>_frees' (of meshalloc blocks),\n"
+"'<domain>_foreign_reallocs', '<domain>_foreign_frees' (blocks meshalloc\n"
+"does not own, handed to the wrapped allocator), for domain raw, mem, obj.");
+
+static PyObject *py_hook_counts(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    uint64_t sums[NDOMAINS][HC_N];
+    counts_read(sums);  /* before anything allocates: see "hook counters" */
+    PyObject *result = PyDict_New();
+    for (int d = 0; result != NULL && d < NDOMAINS; d++) {
+        for (int k = 0; result != NULL && k < HC_N; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s_%s", domain_names[d], hc_names[k]);
+            PyObject *value = PyLong_FromUnsignedLongLong(sums[d][k]);
+            if (value == NULL || PyDict_SetItemString(result, name, value) < 0)
+                Py_CLEAR(result);
+            Py_XDECREF(value);
+        }
     }
     return result;
 }
@@ -911,6 +1114,7 @@ static PyMethodDef meshalloc_methods[] = {
     {"in_subinterpreter", py_in_subinterpreter, METH_NOARGS, in_subinterpreter_doc},
     {"set_install_error", py_set_install_error, METH_O, set_install_error_doc},
     {"compact", py_compact, METH_NOARGS, compact_doc},
+    {"hook_counts", py_hook_counts, METH_NOARGS, hook_counts_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -933,6 +1137,7 @@ PyMODINIT_FUNC PyInit__meshalloc(void) {
         return NULL;
     if (record_baseline() < 0)
         return NULL;
+    counts_init();
     PyObject *module = PyModule_Create(&meshalloc_module);
     if (module == NULL)
         return NULL;
