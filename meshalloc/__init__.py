@@ -26,8 +26,6 @@ Importing this package is cheap: no backend is loaded until a function that
 needs one is called.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
@@ -36,6 +34,8 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Dict, List, Optional, Protocol
+
+    from ._stats import Stats
 
     class _Backend(Protocol):
         """What both backends (_meshalloc and _libmesh) provide."""
@@ -55,6 +55,17 @@ if TYPE_CHECKING:
         def scavenge(self) -> int: ...
         def owns(self, addr: int) -> bool: ...
         def compact(self) -> "tuple[int, int, float]": ...
+        def hook_counts(self) -> Dict[str, int]: ...
+
+    class _Extension(_Backend, Protocol):
+        """What only the ``_meshalloc`` extension provides."""
+
+        def _install(self, mask: int, force: bool, /) -> int: ...
+        def _uninstall(self) -> bool: ...
+        def installed_domains(self) -> int: ...
+        def allocators(self) -> Dict[str, Dict[str, object]]: ...
+        def in_subinterpreter(self) -> bool: ...
+        def set_install_error(self, cls: type, /) -> None: ...
 
 __version__ = "0.1.0"
 
@@ -66,6 +77,7 @@ __all__ = [
     "is_preloaded",
     "library_path",
     "stats",
+    "Stats",
     "stats_docs",
     "print_stats",
     "get_option",
@@ -90,8 +102,8 @@ __all__ = [
 BACKENDS = ("cext", "cffi")
 _BACKEND_ENV = "MESHALLOC_BACKEND"
 
-_impl: Optional[_Backend] = None
-_impl_name: Optional[str] = None
+_impl: "Optional[_Backend]" = None
+_impl_name: "Optional[str]" = None
 
 
 def libmesh_path() -> str:
@@ -102,7 +114,7 @@ def libmesh_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmesh.so")
 
 
-def _load_backend() -> _Backend:
+def _load_backend() -> "_Backend":
     global _impl, _impl_name
     if _impl is not None:
         return _impl
@@ -145,19 +157,49 @@ def is_preloaded() -> bool:
     return bool(_load_backend().is_preloaded())
 
 
-def library_path() -> Optional[str]:
+def library_path() -> "Optional[str]":
     """Path of the preloaded libmesh in use, if any (cffi: or the one opened)."""
     return _load_backend().library_path()
 
 
-def stats() -> Dict[str, int]:
-    """A snapshot of the allocator's counters, ``{name: value}``."""
-    return _load_backend().stats()
+def stats(pss: bool = False) -> "Stats":
+    """A snapshot of the allocator's counters, as a :class:`Stats`.
+
+    The core's counters (docs/options.md, by the core's names), what the
+    PyMem hooks did per domain (blocks allocated, reallocated and freed by
+    meshalloc, and foreign blocks handed to the wrapped allocator) and the
+    installed domains. With ``pss=True`` also the process's PSS
+    (``pss_bytes``, else 0): reading it walks the page tables of the whole
+    process, about 10 ms per 100 MiB. ``stats().to_dict()`` and
+    ``stats().to_json()`` give plain data. See docs/python.md.
+    """
+    from ._stats import Stats, read_pss
+
+    impl = _load_backend()
+    core = impl.stats()
+    # The hooks live in the extension (the cffi backend has none: zeros).
+    counts = (_ext if _ext is not None else impl).hook_counts()
+    return Stats.from_parts(core, counts, installed_domains(), read_pss() if pss else 0)
 
 
-def stats_docs() -> Dict[str, str]:
-    """The documentation line of every counter, ``{name: doc}``."""
-    return _load_backend().stats_docs()
+def stats_docs() -> "Dict[str, str]":
+    """The documentation line of every :class:`Stats` field, ``{name: doc}``
+    (the core's fields first, then the Python side's)."""
+    from ._stats import PY_FIELD_DOCS
+
+    docs = dict(_load_backend().stats_docs())
+    docs.update(PY_FIELD_DOCS)
+    return docs
+
+
+def __getattr__(name: str) -> object:
+    # Stats lives in meshalloc._stats, imported on first use (dataclasses is
+    # too slow to import at start-up).
+    if name == "Stats":
+        from ._stats import Stats
+
+        return Stats
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 def print_stats(fd: int = 2) -> None:
@@ -180,12 +222,12 @@ def set_option(name: str, value: int) -> None:
     _load_backend().set_option(name, value)
 
 
-def option_names() -> List[str]:
+def option_names() -> "List[str]":
     """Every option name, in the core's order."""
     return list(_load_backend().option_names())
 
 
-def option_docs() -> Dict[str, str]:
+def option_docs() -> "Dict[str, str]":
     """The documentation line of every option, ``{name: doc}``."""
     return _load_backend().option_docs()
 
@@ -234,7 +276,7 @@ class _SubinterpreterError(InstallError):
     site.py also runs in subinterpreters, ignores it silently)."""
 
 
-class CompactResult(tuple):
+class CompactResult(tuple):  # type: ignore[type-arg]
     """What :func:`compact` did (a tuple of four, also by name).
 
     * ``pages_freed`` -- physical pages meshing freed (each mesh frees the
@@ -283,10 +325,10 @@ class CompactResult(tuple):
         )
 
 
-_ext = None  # the _meshalloc module once install()/compact() loaded it
+_ext: "Optional[_Extension]" = None  # the extension once install() & co. loaded it
 
 
-def _extension():
+def _extension() -> "_Extension":
     """The ``_meshalloc`` extension, ready to install (InstallError if absent)."""
     global _ext, _impl, _impl_name
     if _ext is not None:
@@ -371,7 +413,8 @@ def _free_threaded() -> bool:
     return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
-def install(domains=None, force: bool = False, restart_tracemalloc: bool = False) -> bool:
+def install(domains: object = None, force: bool = False,
+            restart_tracemalloc: bool = False) -> bool:
     """Make meshalloc the allocator of this interpreter's new blocks.
 
     Wraps CPython's ``PyMem`` allocators of ``domains`` (names from
@@ -466,7 +509,7 @@ def allocators() -> "Dict[str, Dict[str, object]]":
     return _extension().allocators()
 
 
-def compact() -> CompactResult:
+def compact() -> "CompactResult":
     """Mesh now, pass after pass, until a pass frees nothing.
 
     Each pass is bounded by the ``max_pause_us`` option and the GIL is
@@ -497,7 +540,7 @@ _gc_last_pause = 0.0
 _gc_compactions = 0  # how many compactions the callback ran (tests, docs)
 
 
-def _gc_callback(phase: str, info: dict) -> None:
+def _gc_callback(phase: str, info: "Dict[str, int]") -> None:
     global _gc_last_end, _gc_last_pause, _gc_compactions
     if phase != "stop" or info.get("generation") != 2:
         return

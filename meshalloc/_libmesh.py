@@ -38,6 +38,7 @@ __all__ = [
     "version",
     "owns",
     "stats",
+    "hook_counts",
     "stats_docs",
     "print_stats",
     "get_option",
@@ -225,6 +226,11 @@ def stats() -> Dict[str, int]:
         if name is not None:
             result[name] = int(values[i])
     return result
+
+
+def hook_counts() -> Dict[str, int]:
+    """The PyMem hook counters: none here (the hooks live in the extension)."""
+    return {}
 
 
 def stats_docs() -> Dict[str, str]:

@@ -152,7 +152,7 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
             fd = 1  # io.UnsupportedOperation is an OSError and a ValueError
         meshalloc.print_stats(fd)
         return EXIT_OK
-    values = meshalloc.stats()
+    values = meshalloc.stats(pss=True).to_dict()
     if args.json:
         json.dump(
             {"preloaded": preloaded, "backend": meshalloc.backend(), "stats": values},
@@ -169,10 +169,14 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
             "libpath) PYTHONMALLOC=malloc to see a whole process)\n"
         )
     docs = meshalloc.stats_docs() if args.docs else {}
-    width = max([len(name) for name in values] + [4])
-    vwidth = max([len(str(v)) for v in values.values()] + [5])
-    for name, value in values.items():
-        line = "%-*s %*d" % (width, name, vwidth, value)
+    shown = {
+        name: (",".join(value) or "-") if isinstance(value, list) else str(value)
+        for name, value in values.items()
+    }
+    width = max([len(name) for name in shown] + [4])
+    vwidth = max([len(v) for v in shown.values()] + [5])
+    for name, value in shown.items():
+        line = "%-*s %*s" % (width, name, vwidth, value)
         if args.docs:
             line += "  " + docs.get(name, "")
         out.write(line + "\n")

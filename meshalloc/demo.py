@@ -18,6 +18,7 @@ import random
 import subprocess
 import sys
 import time
+from typing import Any, Dict, List, Optional, TextIO
 
 COUNT = 1_000_000
 KEEP_PCT = 2.0
@@ -32,7 +33,7 @@ def _pss_kib() -> int:
     return 0
 
 
-def child(count: int, keep_pct: float) -> dict:
+def child(count: int, keep_pct: float) -> Dict[str, Any]:
     """The workload; runs in the measured interpreter."""
     import gc
     gc.collect()
@@ -64,7 +65,7 @@ def child(count: int, keep_pct: float) -> dict:
             "settled": settled, "work_s": work, "pause_s": pause, "kept": len(kept)}
 
 
-def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out=None) -> int:
+def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out: Optional[TextIO] = None) -> int:
     out = out or sys.stdout
     configs = [("pymalloc (default)", {"MESHALLOC": "0"}), ("meshalloc", {"MESHALLOC": "1"})]
     rows = []
@@ -84,7 +85,10 @@ def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out=None) -> int:
                       % (name, r["installed"]))
             return 1
         rows.append((name, r))
-    mib = lambda kib: kib / 1024.0  # noqa: E731
+
+    def mib(kib: float) -> float:
+        return kib / 1024.0
+
     out.write("%d small objects, a random %g %% kept (%d); PSS above each child's baseline, MiB\n\n"
               % (count, keep_pct, rows[0][1]["kept"]))
     out.write("  %-20s %8s %11s %10s %9s %9s\n" % ("allocator", "peak", "after free", "compacted",
@@ -100,7 +104,7 @@ def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--child"]:
         print(json.dumps(child(int(argv[1]), float(argv[2]))))

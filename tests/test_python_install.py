@@ -161,11 +161,14 @@ def run_check(helpers, interp: Interp, cwd: Path, scenario: str, *args, flags=()
 # ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("scenario", ["basic", "raw_domain", "uninstall", "tracemalloc_refusal",
-                                      "tracemalloc_after_install"])
+                                      "tracemalloc_after_install", "stats", "stats_fork",
+                                      "free_threaded_python"])
 def test_install_scenario(helpers, interp, neutral_dir, scenario):
     """install/no-op/new objects owned/old ones freed through the previous
     allocator; RAW on request; the soft uninstall; tracemalloc refusal and
-    restart; install before tracemalloc.start()."""
+    restart; install before tracemalloc.start(); stats(): the typed
+    snapshot, its hook counters (also in a fork child); the free-threaded
+    refusal (faked: meshalloc._free_threaded)."""
     r = run_check(helpers, interp, neutral_dir, scenario)
     assert not r.stderr.strip(), r.describe()
 
@@ -175,6 +178,22 @@ def test_threads_and_compressors(helpers, interp, neutral_dir):
     and without RAW installed, meshing meanwhile."""
     for domains in ("mem,obj", "raw,mem,obj"):
         run_check(helpers, interp, neutral_dir, "threads", domains)
+
+
+@pytest.fixture(scope="session")
+def hook_bench_so(tmp_path_factory) -> Path:
+    """tests/py/hook_bench.c as a shared library (no libpython needed)."""
+    out = tmp_path_factory.mktemp("hookbench") / "hook_bench.so"
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(out), str(PY_DIR / "hook_bench.c")],
+                   check=True, timeout=120)
+    return out
+
+
+def test_stats_counts_across_threads(helpers, interp, neutral_dir, hook_bench_so):
+    """RAW installed: C threads allocate and free exact numbers of blocks
+    without the GIL, Python threads churn: stats() loses no count, neither
+    while the threads live nor after they exit."""
+    run_check(helpers, interp, neutral_dir, "stats_threads", str(hook_bench_so), timeout=180)
 
 
 def test_startup_switch(helpers, interp, neutral_dir):
@@ -386,6 +405,24 @@ def test_free_threaded_build_is_refused(helpers, builds, neutral_dir):
     r = helpers.run([vpy, "-c", code], timeout=60, cwd=neutral_dir, env=helpers.env())
     helpers.assert_ok(r, "install() on a free-threaded build")
     assert "OK refused" in r.stdout, r.describe()
+
+
+def test_free_threaded_refusal_in_extension(helpers, main_interp, builds, neutral_dir):
+    """The extension's own check (compile time, Py_GIL_DISABLED) refuses
+    too: a copy built with -DMESHALLOC_TEST_FREE_THREADED turns that branch
+    on for a regular interpreter, whose Python-side check lets it pass."""
+    be = _load_build_ext()
+    if builds.core is None:
+        builds.core = be.build_core(builds.root / "core")
+    vpy = be.build_venv(sys.executable, builds.root / "fake-ft", builds.core,
+                        extra_cflags=("-DMESHALLOC_TEST_FREE_THREADED",))
+    interp = Interp("fake-ft", str(vpy), main_interp.version)
+    run_check(helpers, interp, neutral_dir, "free_threaded_extension")
+    r = helpers.run([vpy, "-c", "import meshalloc; print(meshalloc.is_installed())"], timeout=60,
+                    cwd=neutral_dir, env=helpers.env(MESHALLOC="1"))
+    helpers.assert_ok(r, "MESHALLOC=1 with the free-threaded refusal")
+    assert r.stdout.split() == ["False"], r.describe()
+    assert "not installed at start-up" in r.stderr and "free-threaded" in r.stderr, r.describe()
 
 
 # ---------------------------------------------------------------------------

@@ -77,8 +77,12 @@ def interpreter_info(python: str) -> dict:
     return json.loads(_run([python, "-I", "-c", code], timeout=60).stdout)
 
 
-def build_venv(python: str, outdir: Path, core_objs: list, cc: str = "gcc") -> Path:
-    """A venv for ``python`` with meshalloc in its site-packages; returns its python."""
+def build_venv(python: str, outdir: Path, core_objs: list, cc: str = "gcc",
+               extra_cflags: tuple = ()) -> Path:
+    """A venv for ``python`` with meshalloc in its site-packages; returns its python.
+
+    ``extra_cflags`` go to the compilation of pymodule.c only (the tests
+    use ``-DMESHALLOC_TEST_FREE_THREADED``)."""
     sm = _setup_mesh()
     outdir = Path(outdir)
     info = interpreter_info(python)
@@ -93,7 +97,8 @@ def build_venv(python: str, outdir: Path, core_objs: list, cc: str = "gcc") -> P
     shutil.copytree(REPO / "meshalloc", pkg,
                     ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
     obj = outdir / ("pymodule-%s.o" % info["version"])
-    _run([cc, *cflags(), "-I" + info["include"], "-c", REPO / "csrc" / "faces" / "pymodule.c",
+    _run([cc, *cflags(), *extra_cflags, "-I" + info["include"], "-c",
+          REPO / "csrc" / "faces" / "pymodule.c",
           "-o", obj], timeout=300)
     _run([cc, "-shared", "-pthread", "-o", pkg / ("_meshalloc" + info["suffix"]), obj, *core_objs,
           "-ldl"], timeout=300)

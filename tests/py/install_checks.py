@@ -475,7 +475,7 @@ def faulthandler_meshing():
     faulthandler.enable()  # re-installed after meshing started: must still chain
     meshalloc.compact()
     print("OK faulthandler_meshing pages=%d barrier_waits=%d"
-          % (total, meshalloc.stats().get("mesh_barrier_waits", 0)), flush=True)
+          % (total, meshalloc.stats().mesh_barrier_waits), flush=True)
     if len(sys.argv) > 2 and sys.argv[2] == "crash":
         ctypes.string_at(0)  # a real SIGSEGV: faulthandler reports, then it crashes
 
@@ -541,6 +541,208 @@ def fragmentation():
     assert all(o[8] == "-" for o in kept)
     print(json.dumps({"installed": meshalloc.is_installed(), "kept": len(kept),
                       "pss_before": before, "pss_after": after, "compact": result}))
+
+
+# ---------------------------------------------------------------------------
+# stats(): the typed snapshot and the hook counters (docs/python.md)
+
+
+def _hook_values(s) -> dict:
+    return {name: getattr(s, name) for name in s.HOOK_FIELDS + ("foreign_frees", "foreign_reallocs")}
+
+
+def _assert_monotonic(earlier, later) -> None:
+    a, b = _hook_values(earlier), _hook_values(later)
+    for name in a:
+        assert b[name] >= a[name], (name, a[name], b[name])
+
+
+@scenario
+def stats():
+    import dataclasses
+    import json
+
+    s0 = meshalloc.stats()
+    assert isinstance(s0, meshalloc.Stats) and dataclasses.is_dataclass(s0)
+    assert s0.extra == {}, "the core and the package disagree: %r" % s0.extra
+    for f in dataclasses.fields(s0):
+        value = getattr(s0, f.name)
+        if f.name == "installed_domains":
+            assert value == (), value
+        elif f.name != "extra":
+            assert type(value) is int, (f.name, value)
+    assert all(v == 0 for v in _hook_values(s0).values()), _hook_values(s0)
+    assert s0.pss_bytes == 0 and s0.meshing_available in (0, 1)
+    assert meshalloc.stats(pss=True).pss_bytes > 0
+
+    before = [("pre-%d" % i) * 2 for i in range(20000)]
+    foreign_list = [0] * 8
+    assert meshalloc.install() is True
+    s1 = meshalloc.stats()
+    assert s1.installed_domains == ("mem", "obj"), s1.installed_domains
+
+    new = [("post-%d" % i) * 2 for i in range(20000)]
+    s2 = meshalloc.stats()
+    assert s2.obj_allocs - s1.obj_allocs >= 20000, (s1.obj_allocs, s2.obj_allocs)
+    del before
+    s3 = meshalloc.stats()
+    assert s3.obj_foreign_frees - s2.obj_foreign_frees >= 20000
+    del new
+    s4 = meshalloc.stats()
+    assert s4.obj_frees - s3.obj_frees >= 20000
+    # a list's item array is a MEM block: growing it reallocates
+    foreign_list.extend(range(5000))
+    owned_list = [0]
+    for i in range(5000):
+        owned_list.append(i)
+    s5 = meshalloc.stats()
+    assert s5.mem_foreign_reallocs > s4.mem_foreign_reallocs, "foreign realloc not counted"
+    assert s5.mem_reallocs > s4.mem_reallocs, "realloc of a meshalloc block not counted"
+    assert s5.mem_allocs > 0 and s5.mem_frees > 0
+    assert s5.raw_allocs == s5.raw_frees == s5.raw_foreign_frees == 0, "RAW is not installed"
+    assert s5.foreign_frees == s5.raw_foreign_frees + s5.mem_foreign_frees + s5.obj_foreign_frees
+    assert s5.foreign_reallocs == (s5.raw_foreign_reallocs + s5.mem_foreign_reallocs
+                                   + s5.obj_foreign_reallocs)
+    for earlier, later in ((s0, s1), (s1, s2), (s2, s3), (s3, s4), (s4, s5)):
+        _assert_monotonic(earlier, later)
+
+    d = s5.to_dict()
+    assert list(d)[:len(meshalloc.Stats.CORE_FIELDS)] == list(meshalloc.Stats.CORE_FIELDS)
+    assert d["installed_domains"] == ["mem", "obj"] and "extra" not in d
+    assert json.loads(s5.to_json()) == d
+    assert meshalloc.Stats.from_dict(json.loads(s5.to_json())) == s5
+    docs = meshalloc.stats_docs()
+    assert not [name for name in d if not docs.get(name)], "fields without a doc line"
+
+    # after uninstall(): nothing new comes from meshalloc, frees still counted
+    keep = [("k%d" % i) * 2 for i in range(1000)]
+    assert meshalloc.uninstall() is True
+    s6 = meshalloc.stats()
+    junk = [("u%d" % i) * 2 for i in range(1000)]
+    del keep, junk
+    s7 = meshalloc.stats()
+    assert s7.obj_allocs == s6.obj_allocs, "allocation counted after uninstall()"
+    assert s7.obj_frees - s6.obj_frees >= 1000
+    assert s7.installed_domains == ()
+    print("OK stats")
+
+
+def _raw_worker(fn, rounds, done, release):
+    fn(rounds)  # one ctypes call: a C loop without the GIL
+    done.release()
+    release.wait()
+
+
+@scenario
+def stats_threads():
+    """argv: path of hook_bench.so (tests/py/hook_bench.c). C threads
+    allocate and free exact numbers of RAW blocks without the GIL while
+    Python threads churn objects: no count may be lost, neither while the
+    threads live nor after they exit (their counts are folded)."""
+    meshalloc.install(domains="raw,mem,obj")
+    fn = ctypes.CDLL(sys.argv[2]).bench_raw  # CDLL: the GIL is released
+    fn.restype = ctypes.c_uint64
+    fn.argtypes = [ctypes.c_long]
+    nthreads, rounds = 4, 3000
+    expected = nthreads * rounds * 64
+    errors: list = []
+    previous = meshalloc.stats()
+    for attempt in range(3):
+        start = meshalloc.stats()
+        done = threading.Semaphore(0)
+        release = threading.Event()
+        workers = [threading.Thread(target=_raw_worker, args=(fn, rounds, done, release))
+                   for _ in range(nthreads)]
+        churn = [threading.Thread(target=_compress_worker, args=(k, 1, errors)) for k in range(2)]
+        for t in workers + churn:
+            t.start()
+        for _ in range(nthreads):
+            done.acquire()
+        alive = meshalloc.stats()  # the workers' counters are still per-thread
+        release.set()
+        for t in workers + churn:
+            t.join()
+        end = meshalloc.stats()  # ... and now folded into the retired totals
+        assert not errors, errors
+        for s in (alive, end):
+            got_a, got_f = s.raw_allocs - start.raw_allocs, s.raw_frees - start.raw_frees
+            assert expected <= got_a <= expected + 50000, (attempt, expected, got_a)
+            assert expected <= got_f <= expected + 50000, (attempt, expected, got_f)
+        for earlier, later in ((previous, start), (start, alive), (alive, end)):
+            _assert_monotonic(earlier, later)
+        previous = end
+    print("OK stats_threads")
+
+
+@scenario
+def stats_fork():
+    """A fork child (while another thread that has counted is alive) sees
+    the parent's counts and keeps counting."""
+    import warnings
+
+    warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork with threads
+    meshalloc.install()
+    ready, stop = threading.Event(), threading.Event()
+
+    def lingering():
+        junk = [("t%d" % i) * 3 for i in range(3000)]
+        del junk
+        ready.set()
+        stop.wait()
+
+    t = threading.Thread(target=lingering)
+    t.start()
+    ready.wait()
+    parent = meshalloc.stats()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            child = meshalloc.stats()
+            _assert_monotonic(parent, child)
+            objs = [("c%d" % i) * 3 for i in range(5000)]
+            later = meshalloc.stats()
+            assert later.obj_allocs - child.obj_allocs >= 5000
+            del objs
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    stop.set()
+    t.join()
+    assert status == 0, "fork child failed (status %d)" % status
+    _assert_monotonic(parent, meshalloc.stats())
+    print("OK stats_fork")
+
+
+@scenario
+def free_threaded_python():
+    """The Python-side refusal of a free-threaded build, faked."""
+    import contextlib
+    import io
+
+    meshalloc._free_threaded = lambda: True
+    msg = expect_refusal(["free-threaded", "Py_GIL_DISABLED", "mimalloc"], meshalloc.install)
+    assert not meshalloc.is_installed()
+    assert not any(a["hooked"] for a in meshalloc.allocators().values())
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        meshalloc._autoinstall()  # the start-up switch: one line, no exception
+    assert err.getvalue() == "meshalloc: not installed at start-up: InstallError: %s\n" % msg, \
+        err.getvalue()
+    assert not meshalloc.is_installed()
+    print("OK free_threaded_python")
+
+
+@scenario
+def free_threaded_extension():
+    """Run with an extension built with -DMESHALLOC_TEST_FREE_THREADED: the
+    C check refuses even though the Python check lets it through."""
+    assert not meshalloc._free_threaded()
+    expect_refusal(["free-threaded", "Py_GIL_DISABLED"], meshalloc.install)
+    assert not meshalloc.is_installed()
+    assert not any(a["hooked"] for a in meshalloc.allocators().values())
+    print("OK free_threaded_extension")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""meshalloc.stats(): the Stats dataclass against the core, the CLI's JSON,
+the package's typing (py.typed, mypy --strict when installed).
+
+The hook counters themselves are checked in fresh interpreters by
+tests/test_python_install.py (scenarios ``stats``, ``stats_threads``,
+``stats_fork`` in tests/py/install_checks.py), on every CPython.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _stats_module():
+    spec = importlib.util.spec_from_file_location("meshalloc_stats_under_test",
+                                                  ROOT / "meshalloc" / "_stats.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses looks the module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A neutral working directory from which the installed package (with
+    its extension) is the one imported; skips when there is none."""
+    cwd = tmp_path_factory.mktemp("stats-neutral")
+    p = subprocess.run([sys.executable, "-c", "import meshalloc._meshalloc"], cwd=cwd,
+                       capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        pytest.skip("meshalloc with its extension is not installed for %s" % sys.executable)
+    return cwd
+
+
+def test_core_fields_equal_the_cores_stats_table(libmesh):
+    """Stats declares every field of the core's table, by name and in order:
+    a counter added to (or renamed in) the core fails here until the
+    dataclass and docs follow."""
+    lib = ctypes.CDLL(str(libmesh))
+    lib.mesh_stats_name.restype = ctypes.c_char_p
+    names = tuple(lib.mesh_stats_name(i).decode() for i in range(lib.mesh_stats_count()))
+    mod = _stats_module()
+    assert mod.CORE_FIELDS == names
+    declared = mod.Stats.field_names()
+    assert declared[:len(names)] == names
+    assert not set(declared[len(names):]) & set(names)
+    for f in dataclasses.fields(mod.Stats):
+        if f.name not in ("installed_domains", "extra"):
+            assert f.type in (int, "int"), (f.name, f.type)
+
+
+def test_stats_from_the_extension_match(helpers, installed):
+    """The extension's stats() reports exactly the declared core fields."""
+    code = ("import json, meshalloc\n"
+            "s = meshalloc.stats()\n"
+            "core = list(meshalloc._load_backend().stats())\n"
+            "print(json.dumps({'extra': s.extra, 'core': core, 'declared': list(s.CORE_FIELDS)}))\n")
+    r = helpers.run([sys.executable, "-c", code], timeout=60, cwd=installed, env=helpers.env())
+    helpers.assert_ok(r, "stats() from the extension")
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["extra"] == {} and got["core"] == got["declared"], got
+
+
+def test_to_dict_round_trip_without_a_build():
+    mod = _stats_module()
+    s = mod.Stats.from_parts({"mesh_count": 3, "bytes_in_use": 4096, "brand_new": 7},
+                             {"obj_allocs": 10, "obj_foreign_frees": 2, "mem_foreign_frees": 1,
+                              "raw_foreign_reallocs": 5},
+                             ("mem", "obj"), 123)
+    assert s.mesh_count == 3 and s.obj_allocs == 10 and s.pss_bytes == 123
+    assert s.foreign_frees == 3 and s.foreign_reallocs == 5
+    assert s.extra == {"brand_new": 7}
+    d = s.to_dict()
+    assert d["brand_new"] == 7 and d["installed_domains"] == ["mem", "obj"] and "extra" not in d
+    assert json.loads(s.to_json()) == d
+    assert mod.Stats.from_dict(json.loads(s.to_json())) == s
+    hash(s)  # frozen snapshot: usable as a key
+
+
+def test_cli_stats_json(helpers, installed):
+    """python -m meshalloc stats --json prints JSON with every Stats field;
+    under MESHALLOC=1 the CLI's own interpreter is installed."""
+    mod = _stats_module()
+    for env, domains in (({}, []), ({"MESHALLOC": "1"}, ["mem", "obj"])):
+        r = helpers.run([sys.executable, "-m", "meshalloc", "stats", "--json"], timeout=60,
+                        cwd=installed, env=helpers.env(**env))
+        helpers.assert_ok(r, "meshalloc stats --json")
+        out = json.loads(r.stdout)
+        assert set(out) == {"preloaded", "backend", "stats"}
+        stats = out["stats"]
+        assert [k for k in stats] == [n for n in mod.Stats.field_names() if n != "extra"]
+        assert stats["installed_domains"] == domains
+        assert stats["pss_bytes"] > 0, "the CLI reads PSS"
+        if domains:
+            assert stats["obj_allocs"] > 0
+    r = helpers.run([sys.executable, "-m", "meshalloc", "stats", "--docs"], timeout=60,
+                    cwd=installed, env=helpers.env(MESHALLOC="1"))
+    helpers.assert_ok(r, "meshalloc stats --docs")
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("obj_foreign_frees "))
+    assert "does not own" in line
+    assert any(ln.split()[:2] == ["installed_domains", "mem,obj"] for ln in r.stdout.splitlines())
+
+
+def test_py_typed_is_installed(installed):
+    p = subprocess.run([sys.executable, "-c", "import meshalloc, os; print(os.path.dirname("
+                        "meshalloc.__file__))"], cwd=installed, capture_output=True, text=True,
+                       timeout=60, check=True)
+    pkg = Path(p.stdout.strip())
+    for name in ("py.typed", "_meshalloc.pyi", "_stats.py"):
+        assert (pkg / name).is_file(), "%s is not installed with the package" % name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
+def test_mypy_strict(helpers, tmp_path):
+    """The public API type-checks under mypy --strict (skipped without mypy)."""
+    files = [str(ROOT / "meshalloc" / n) for n in ("__init__.py", "_stats.py", "cli.py")]
+    r = helpers.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                     "--cache-dir", str(tmp_path / "cache"), *files], timeout=300, cwd=ROOT,
+                    env=helpers.env())
+    helpers.assert_ok(r, "mypy --strict")
