@@ -137,6 +137,8 @@ def machine_section(suites) -> List[str]:
                    for m in run_metadata(b) if m.get("date"))
     scales = sorted({str(m.get("scale")) for s in suites.values() for b in s.get_benchmarks()
                      for m in run_metadata(b) if m.get("scale")})
+    loads = sorted(float(m["load_avg_1min"]) for s in suites.values() for b in s.get_benchmarks()
+                   for m in run_metadata(b) if "load_avg_1min" in m)
     revs = sorted({str(m.get("git_revision")) for s in suites.values() for b in s.get_benchmarks()
                    for m in run_metadata(b) if m.get("git_revision")})
     lines = [
@@ -147,6 +149,8 @@ def machine_section(suites) -> List[str]:
         "| pyperf | %s |" % md.get("perf_version", "?"),
         "| dates | %s .. %s |" % (dates[0] if dates else "?", dates[-1] if dates else "?"),
         "| scale | %s |" % ", ".join(scales),
+        "| load average (1 min) at the runs | %s |" % (
+            "%.2f .. %.2f, median %.2f" % (loads[0], loads[-1], statistics.median(loads)) if loads else "?"),
         "| git revision | %s |" % ", ".join(revs),
     ]
     for cfg, s in suites.items():
