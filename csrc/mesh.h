@@ -58,8 +58,9 @@ MESH_API int    mesh_check_heap(void);
 /* 1 when the arena is backed by a memfd (meshing possible), 0 in the
  * degraded fallback (anonymous memory, no meshing). */
 MESH_API int    mesh_meshing_available(void);
-/* Meshes now, pass after pass (each within max_pause_us, the lock released
- * between passes), until a pass frees nothing; then returns freed pages to
+/* Meshes now, class by class, in steps of at most max_pause_us (the lock
+ * released between steps), sweep after sweep while a sweep still frees at
+ * least 1/16 of what the class's first one did; then returns freed pages to
  * the OS. Returns the number of physical pages meshing freed. */
 MESH_API size_t mesh_compact(void);
 MESH_API const char *mesh_version(void);

@@ -128,6 +128,14 @@ def test_pss_drops_by_the_pages_meshing_reports(helpers, cbuild, seed):
 
 
 @pytest.mark.parametrize("seed", [1, SESSION_SEED])
+def test_compaction_ends_on_a_heap_that_barely_meshes(helpers, cbuild, seed):
+    # a short pause bound: every step runs out of time, as a big heap's do
+    r = run_c(helpers, cbuild, "mesh_cases", ["compact-ends", seed], timeout=90,
+              env_extra={"MESH_MAX_PAUSE_US": "200"})
+    assert "compact-ends ok" in r.stdout, r.describe()
+
+
+@pytest.mark.parametrize("seed", [1, SESSION_SEED])
 def test_mapping_budget_stops_meshing_below_max_mappings_without_aborting(helpers, cbuild, seed):
     r = run_c(helpers, cbuild, "mesh_cases", ["budget", seed])
     assert "budget ok" in r.stdout, r.describe()

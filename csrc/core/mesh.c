@@ -235,8 +235,15 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
   uint32_t id = cursor[cls].id;
   unsigned b = cursor[cls].bin;
   span_t *c0 = mesh_span(id);
-  if (!id || mesh_load_relaxed(&c0->state) != SPAN_PARTIAL || c0->cls != cls || c0->bin != b) id = MESH_NIL, b = 0;
-  if (!id) id = _mesh_partial_head(cls, b);
+  if (!id) {
+    id = _mesh_partial_head(cls, b = 0); /* a new sweep */
+  } else if (mesh_load_relaxed(&c0->state) != SPAN_PARTIAL || c0->cls != cls || c0->bin != b) {
+    /* The span the sweep stopped at was meshed, attached or freed since:
+     * its links lead elsewhere. End this sweep rather than restart it (a
+     * restart could repeat forever while each pass meshes the cursor). */
+    id = MESH_NIL;
+    b = MESH_OCC_BINS;
+  }
   for (;;) {
     while (!id && ++b < MESH_OCC_BINS) id = _mesh_partial_head(cls, b);
     if (!id || n == MAX_CANDIDATES) break;
@@ -315,20 +322,8 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
   return freed;
 }
 
-size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
-  *more = false;
-  if (!_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH) || !_mesh_barrier_ensure()) return 0;
-  uint64_t t0 = _mesh_os_now_ns();
-  uint64_t deadline = budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns;
-  size_t freed = 0;
-  bool out_of_time = false, stop = false, unswept = false;
-  for (unsigned k = 0; k < MESH_NUM_CLASSES && !out_of_time && !stop; k++) {
-    unsigned c = (next_cls + k) % MESH_NUM_CLASSES;
-    freed += mesh_class(c, deadline, &out_of_time, &stop, &unswept);
-    if (!out_of_time && _mesh_os_now_ns() >= deadline) out_of_time = true;
-    if (out_of_time) next_cls = c; /* resume where the budget ran out */
-  }
-  *more = (out_of_time || unswept) && !stop; /* work left; a budget stop ends it */
+/* Records one pause (a pass, or one step of a compaction) in the stats. */
+static void pause_done(uint64_t t0) {
   uint64_t ns = _mesh_os_now_ns() - t0;
   last_pass_ns = t0 + ns;
   mesh_stat_add(mesh_passes, 1);
@@ -340,6 +335,31 @@ size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
   else if (ns < 2000000) mesh_stat_add(mesh_pause_lt_2ms, 1);
   else if (ns < 5000000) mesh_stat_add(mesh_pause_lt_5ms, 1);
   else mesh_stat_add(mesh_pause_ge_5ms, 1);
+}
+
+static bool can_mesh(void) {
+  return _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && _mesh_barrier_ensure();
+}
+
+static uint64_t deadline_after(uint64_t t0, uint64_t budget_ns) {
+  return budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns;
+}
+
+size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
+  *more = false;
+  if (!can_mesh()) return 0;
+  uint64_t t0 = _mesh_os_now_ns();
+  uint64_t deadline = deadline_after(t0, budget_ns);
+  size_t freed = 0;
+  bool out_of_time = false, stop = false, unswept = false;
+  for (unsigned k = 0; k < MESH_NUM_CLASSES && !out_of_time && !stop; k++) {
+    unsigned c = (next_cls + k) % MESH_NUM_CLASSES;
+    freed += mesh_class(c, deadline, &out_of_time, &stop, &unswept);
+    if (!out_of_time && _mesh_os_now_ns() >= deadline) out_of_time = true;
+    if (out_of_time) next_cls = c; /* resume where the budget ran out */
+  }
+  *more = (out_of_time || unswept) && !stop; /* work left; a budget stop ends it */
+  pause_done(t0);
   return freed;
 }
 
@@ -383,24 +403,50 @@ void _mesh_background_start(void) {
   pthread_attr_destroy(&attr);
 }
 
+/* Sweeps that free less than 1/COMPACT_DIMINISHING of a class's first
+ * sweep end the compaction of that class: chains keep growing a little on
+ * every sweep (new random partners), but past this point a sweep costs far
+ * more than it returns. */
+#define COMPACT_DIMINISHING 16
+#define COMPACT_MAX_SWEEPS 32
+
 size_t mesh_compact(void) {
   mesh_ensure_init();
   size_t total = 0;
-  /* Passes sweep the candidates of every class; a sweep that meshes
-   * something is followed by another (the spans it filled may mesh again,
-   * growing chains); one that meshes nothing ends the compaction. */
-  size_t sweep = 0;
-  uint64_t stops = mesh_stat_get(mesh_budget_stops);
-  for (unsigned passes = 0; passes < 1000000; passes++) {
-    bool more;
+  bool stop = false;
+  uint64_t budget = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
+  /* Class by class: whole sweeps of the class's partial spans, each made of
+   * steps that hold the lock for at most the pause bound, repeated while a
+   * sweep still pays (the spans it filled may mesh again, growing chains).
+   * Per class, because a round-robin pass over every class never sees all
+   * sweeps end in the same pass, and so cannot tell when to stop. */
+  for (unsigned c = 0; c < MESH_NUM_CLASSES && !stop; c++) {
+    size_t first = 0;
     _mesh_lock();
-    size_t freed = _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u, &more);
+    cursor[c].id = MESH_NIL; /* a fresh sweep */
     _mesh_unlock();
-    total += freed;
-    sweep += freed;
-    if (more) continue;
-    if (sweep == 0 || mesh_stat_get(mesh_budget_stops) != stops) break; /* nothing left, or no room */
-    sweep = 0;
+    for (unsigned sweeps = 0; sweeps < COMPACT_MAX_SWEEPS && !stop; sweeps++) {
+      size_t sweep = 0;
+      bool unswept = true;
+      while (unswept && !stop) {
+        _mesh_lock();
+        if (!can_mesh()) {
+          _mesh_unlock();
+          stop = true;
+          break;
+        }
+        uint64_t t0 = _mesh_os_now_ns();
+        bool out_of_time = false;
+        unswept = false;
+        sweep += mesh_class(c, deadline_after(t0, budget), &out_of_time, &stop, &unswept);
+        pause_done(t0);
+        _mesh_unlock();
+      }
+      total += sweep;
+      if (sweep == 0) break;
+      if (sweeps == 0) first = sweep;
+      else if (sweep * COMPACT_DIMINISHING < first) break;
+    }
   }
   mesh_scavenge();
   return total;
