@@ -57,10 +57,21 @@ def test_disabling_memfd_warns_exactly_once(helpers, cbuild):
     assert len(warnings) == 1, f"expected exactly one warning on stderr, got {warnings}"
 
 
-def test_allocation_order_within_a_span_is_random(helpers, cbuild):
+@pytest.mark.parametrize("mode", ["default", "1", "2"])
+def test_allocation_order_within_spans_is_randomized(helpers, cbuild, mode):
+    """Default/1: each span starts at a random slot; 2: every object at random."""
     exe = cbuild("test_order", "release")
-    r = helpers.run([exe], timeout=120, env=helpers.env())
+    env = helpers.env() if mode == "default" else helpers.env(MESH_SHUFFLE=mode)
+    r = helpers.run([exe], timeout=120, env=env)
     assert_all_checks_pass(r, "test_order")
+    assert re.search(r"^info shuffle %s$" % ("1" if mode == "default" else mode), r.stdout, re.M), r.describe()
+
+
+def test_address_order_is_caught_by_the_order_checks(helpers, cbuild):
+    """MESH_SHUFFLE=0 hands out slots in address order: the checks must see it."""
+    exe = cbuild("test_order", "release")
+    r = helpers.run([exe], timeout=120, env=helpers.env(MESH_SHUFFLE="0"))
+    assert r.returncode != 0 and len(failing_checks(r.stdout)) >= 8, r.describe()
 
 
 def _signature(r):

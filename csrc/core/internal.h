@@ -96,8 +96,8 @@ void _mesh_fill(void *p, int c, size_t n);
     "virtual spans that may share one physical span") \
   X(MAX_MAPPINGS, max_mappings, 0, 0, 100000000, 1, \
     "kernel mappings the arena may use; 0 = half of vm.max_map_count. Meshing stops (never aborts) there") \
-  X(SHUFFLE, shuffle, 1, 0, 1, 0, \
-    "randomize allocation order within spans (needed for meshing; 0 only to measure its cost)") \
+  X(SHUFFLE, shuffle, 1, 0, 2, 0, \
+    "allocation order within spans: 1 = address order from a random slot of each span, 2 = every object at random (the paper), 0 = address order") \
   X(SEED, seed, 0, 0, 0x7fffffffffffffffL, 0, \
     "seed for the randomized allocation order; 0 draws one from the OS")
 

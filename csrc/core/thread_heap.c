@@ -54,7 +54,7 @@ static thread_heap_t *heap_new(void) {
     mesh_stat_add(thread_heaps_created, 1);
   }
   h->rng = _mesh_random_seed();
-  h->shuffle = mesh_opt(MESH_OPT_SHUFFLE) != 0;
+  h->shuffle = (uint16_t)mesh_opt(MESH_OPT_SHUFFLE);
   h->live = 1;
   mesh_stat_add(thread_heaps_live, 1);
   return h;
@@ -89,6 +89,7 @@ void _mesh_thread_heaps_init(void) {
 
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   unsigned got = 0;
+  uint32_t from = sv->len;
   for (unsigned a = 0; a < sv->natt; a++) {
     span_t *s = mesh_span(sv->span[a]);
     for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
@@ -112,7 +113,7 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
       }
     }
   }
-  if (got) mesh_sv_shuffle(h, sv);
+  if (got) mesh_sv_shuffle(h, sv, from);
   return got;
 }
 

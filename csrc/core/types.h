@@ -129,7 +129,7 @@ typedef struct shuffle_vector_s {
 typedef struct thread_heap_s {
   uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels */
   uint16_t live;               /* 1 while registered to a running thread */
-  uint16_t shuffle;            /* randomized order on (the shuffle option at creation) */
+  uint16_t shuffle;            /* allocation order mode (the shuffle option at creation) */
   uint64_t rng;                /* per-heap random state (wyrand) */
   struct thread_heap_s *all_next;  /* (lock) every heap ever created, for stats and fork */
   struct thread_heap_s *pool_next; /* (lock) released heaps waiting for a new thread */
