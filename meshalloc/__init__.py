@@ -114,6 +114,20 @@ def libmesh_path() -> str:
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmesh.so")
 
 
+def _not_built_reason() -> str:
+    """Why this copy of the package has no libmesh.so, for error messages.
+
+    The usual cause is running from the root of a source checkout: the
+    current directory comes first on sys.path, so its unbuilt ``meshalloc/``
+    shadows the installed package."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isfile(os.path.join(os.path.dirname(here), "setup_mesh.py")):
+        return ("%s is meshalloc's source tree, not an installed copy: it shadows the "
+                "installed package when Python starts in %s: run it from another directory"
+                % (here, os.path.dirname(here)))
+    return "the package was not built or installed correctly (reinstall meshalloc)"
+
+
 def _load_backend() -> "_Backend":
     global _impl, _impl_name
     if _impl is not None:

@@ -158,10 +158,9 @@ def lib() -> Any:
             return _lib
         path = libmesh_path()
         if not os.path.exists(path):
-            raise ImportError(
-                "%s is missing; the package was not built or installed "
-                "correctly (reinstall meshalloc)" % path
-            )
+            from . import _not_built_reason
+
+            raise ImportError("%s is missing; %s" % (path, _not_built_reason()))
         flags = ffi.RTLD_NOW | ffi.RTLD_LOCAL | getattr(ffi, "RTLD_NODELETE", 0)
         try:
             handle = ffi.dlopen(path, flags)

@@ -49,7 +49,7 @@ def _require_libmesh() -> str:
     path = meshalloc.libmesh_path()
     if not os.path.isfile(path):
         raise CliError(
-            "%s is missing: meshalloc was not built or installed correctly" % path
+            "%s is missing: %s" % (path, meshalloc._not_built_reason())
         )
     return path
 
