@@ -86,6 +86,23 @@ MESH_API int    mesh_stats_count(void);
 MESH_API const char *mesh_stats_name(int i);
 MESH_API const char *mesh_stats_doc(int i);
 MESH_API int    mesh_stats_read(uint64_t *out, int n);
+/* Per size class: its spans and how full they are. mesh_class_stats fills
+ * out[0..n) (classes in size order) under the global lock, walking the span
+ * table (cost grows with the heap: for monitoring, not hot loops), and
+ * returns the number of classes. Fields are 64-bit so bindings need no
+ * layout knowledge beyond "nine uint64_t". */
+typedef struct mesh_class_stats_s {
+  uint64_t object_size;     /* bytes per object of the class */
+  uint64_t span_bytes;      /* bytes per span (1-4 pages) */
+  uint64_t spans;           /* physical spans of the class: attached + partial + full */
+  uint64_t spans_attached;  /* attached to a thread heap (allocating) */
+  uint64_t spans_partial;   /* detached, with free slots (reusable, meshing candidates) */
+  uint64_t spans_full;      /* detached, every slot live */
+  uint64_t slots;           /* object slots in those spans */
+  uint64_t objects_in_use;  /* live objects (slots waiting in thread heaps excluded) */
+  uint64_t meshed_spans;    /* virtual spans meshed onto the class's spans (each saved one span of memory) */
+} mesh_class_stats_t;
+MESH_API int    mesh_class_stats(mesh_class_stats_t *out, int n);
 /* Writes the MALLOCSTATS summary to file descriptor fd. */
 MESH_API void   mesh_stats_print(int fd);
 

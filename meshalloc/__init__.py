@@ -33,7 +33,7 @@ import sys
 # to import (a start-up hook imports it in every interpreter).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Dict, List, Optional, Protocol
+    from typing import Dict, List, Optional, Protocol, Tuple
 
     from ._stats import Stats
 
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
         def owns(self, addr: int) -> bool: ...
         def compact(self) -> "tuple[int, int, float]": ...
         def hook_counts(self) -> Dict[str, int]: ...
+        def class_stats(self) -> "List[Tuple[int, ...]]": ...
 
     class _Extension(_Backend, Protocol):
         """What only the ``_meshalloc`` extension provides."""
@@ -182,7 +183,8 @@ def stats(pss: bool = False) -> "Stats":
     The core's counters (docs/options.md, by the core's names), what the
     PyMem hooks did per domain (blocks allocated, reallocated and freed by
     meshalloc, and foreign blocks handed to the wrapped allocator) and the
-    installed domains. With ``pss=True`` also the process's PSS
+    installed domains, and ``size_classes``: per size class in use, its
+    spans and how full they are (:class:`SizeClassStats`). With ``pss=True`` also the process's PSS
     (``pss_bytes``, else 0): reading it walks the page tables of the whole
     process, about 10 ms per 100 MiB. ``stats().to_dict()`` and
     ``stats().to_json()`` give plain data. See docs/python.md.
@@ -193,7 +195,8 @@ def stats(pss: bool = False) -> "Stats":
     core = impl.stats()
     # The hooks live in the extension (the cffi backend has none: zeros).
     counts = (_ext if _ext is not None else impl).hook_counts()
-    return Stats.from_parts(core, counts, installed_domains(), read_pss() if pss else 0)
+    return Stats.from_parts(core, counts, installed_domains(), read_pss() if pss else 0,
+                            impl.class_stats())
 
 
 def stats_docs() -> "Dict[str, str]":
@@ -209,10 +212,10 @@ def stats_docs() -> "Dict[str, str]":
 def __getattr__(name: str) -> object:
     # Stats lives in meshalloc._stats, imported on first use (dataclasses is
     # too slow to import at start-up).
-    if name == "Stats":
-        from ._stats import Stats
+    if name in ("Stats", "SizeClassStats"):
+        from . import _stats
 
-        return Stats
+        return getattr(_stats, name)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 

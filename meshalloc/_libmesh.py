@@ -25,7 +25,7 @@ import errno
 import operator
 import os
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from cffi import FFI  # type: ignore[import-untyped,unused-ignore]
 
@@ -39,6 +39,7 @@ __all__ = [
     "owns",
     "stats",
     "hook_counts",
+    "class_stats",
     "stats_docs",
     "print_stats",
     "get_option",
@@ -87,6 +88,11 @@ ffi.cdef(
     const char *mesh_stats_doc(int i);
     int    mesh_stats_read(uint64_t *out, int n);
     void   mesh_stats_print(int fd);
+    typedef struct mesh_class_stats_s {
+        uint64_t object_size, span_bytes, spans, spans_attached, spans_partial,
+                 spans_full, slots, objects_in_use, meshed_spans;
+    } mesh_class_stats_t;
+    int    mesh_class_stats(mesh_class_stats_t *out, int n);
     """
 )
 
@@ -225,6 +231,15 @@ def stats() -> Dict[str, int]:
         if name is not None:
             result[name] = int(values[i])
     return result
+
+
+def class_stats() -> List[Tuple[int, ...]]:
+    """One tuple per size class: the fields of mesh_class_stats_t in order."""
+    handle = lib()
+    out = ffi.new("mesh_class_stats_t[]", 256)
+    n = min(256, max(0, handle.mesh_class_stats(out, 256)))
+    return [(c.object_size, c.span_bytes, c.spans, c.spans_attached, c.spans_partial, c.spans_full,
+             c.slots, c.objects_in_use, c.meshed_spans) for c in (out[i] for i in range(n))]
 
 
 def hook_counts() -> Dict[str, int]:

@@ -13,14 +13,16 @@ Three kinds of fields:
   blocks meshalloc handed out, reallocated and freed, and the blocks it did
   not own that it handed to the wrapped allocator; plus the totals
   ``foreign_frees`` / ``foreign_reallocs``;
-* the process: ``pss_bytes`` and ``installed_domains``.
+* the process: ``pss_bytes`` and ``installed_domains``;
+* ``size_classes``: per size class in use, its spans and how full they are
+  (:class:`SizeClassStats`, from the core's ``mesh_class_stats``).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Dict, Mapping, Tuple
+from typing import Any, ClassVar, Dict, Mapping, Sequence, Tuple
 
 # The core's stats table, in the core's order (csrc/core/stats.c,
 # docs/options.md). tests/test_python_stats.py compares it with the core.
@@ -113,11 +115,54 @@ PY_FIELD_DOCS.update(
                      "else 0",
         "installed_domains": "the PyMem domains whose new blocks come from "
                              "meshalloc now, e.g. (\"mem\", \"obj\")",
+        "size_classes": "per size class with spans: object_size, span_bytes, spans "
+                        "(attached/partial/full), slots, objects_in_use, meshed_spans "
+                        "and occupancy (objects_in_use / slots)",
         "extra": "fields the core reports that this version of the package does "
                  "not know (a preloaded libmesh.so of another version); normally "
                  "empty",
     }
 )
+
+
+# The fields of mesh_class_stats_t (csrc/mesh.h), in order.
+CLASS_FIELDS: Tuple[str, ...] = (
+    "object_size",
+    "span_bytes",
+    "spans",
+    "spans_attached",
+    "spans_partial",
+    "spans_full",
+    "slots",
+    "objects_in_use",
+    "meshed_spans",
+)
+
+
+@dataclass(frozen=True)
+class SizeClassStats:
+    """One size class: its physical spans by state, their slots and live
+    objects, and how many virtual spans were meshed onto them."""
+
+    object_size: int = 0
+    span_bytes: int = 0
+    spans: int = 0
+    spans_attached: int = 0
+    spans_partial: int = 0
+    spans_full: int = 0
+    slots: int = 0
+    objects_in_use: int = 0
+    meshed_spans: int = 0
+
+    @property
+    def occupancy(self) -> float:
+        """Live objects / slots of the class's spans (0.0 with no spans)."""
+        return self.objects_in_use / self.slots if self.slots else 0.0
+
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {name: getattr(self, name) for name in CLASS_FIELDS}
+        d["occupancy"] = round(self.occupancy, 4)
+        return d
 
 
 @dataclass(frozen=True)
@@ -205,6 +250,7 @@ class Stats:
     # ---- the process ----
     pss_bytes: int = 0
     installed_domains: Tuple[str, ...] = ()
+    size_classes: Tuple[SizeClassStats, ...] = ()
     extra: Dict[str, int] = field(default_factory=dict, hash=False)
 
     CORE_FIELDS: ClassVar[Tuple[str, ...]] = CORE_FIELDS
@@ -217,10 +263,13 @@ class Stats:
         hooks: Mapping[str, int],
         installed_domains: Tuple[str, ...] = (),
         pss_bytes: int = 0,
+        classes: Sequence[Sequence[int]] = (),
     ) -> "Stats":
         """Build a snapshot from the core's table (``{name: value}``), the
-        extension's hook counts and the rest. A core field this class does
-        not declare goes to ``extra``; one the core lacks stays 0."""
+        extension's hook counts, the core's per-class tuples (classes with
+        no span and nothing meshed are left out) and the rest. A core field
+        this class does not declare goes to ``extra``; one the core lacks
+        stays 0."""
         values: Dict[str, Any] = {}
         extra: Dict[str, int] = {}
         for name, value in core.items():
@@ -232,8 +281,10 @@ class Stats:
             values[name] = int(hooks.get(name, 0))
         values["foreign_frees"] = sum(values[d + "_foreign_frees"] for d in DOMAINS)
         values["foreign_reallocs"] = sum(values[d + "_foreign_reallocs"] for d in DOMAINS)
+        size_classes = tuple(SizeClassStats(*(int(v) for v in c[:len(CLASS_FIELDS)]))
+                             for c in classes if c[2] or c[8])
         return cls(pss_bytes=int(pss_bytes), installed_domains=tuple(installed_domains),
-                   extra=extra, **values)
+                   size_classes=size_classes, extra=extra, **values)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Stats":
@@ -244,6 +295,9 @@ class Stats:
         for name, value in data.items():
             if name == "installed_domains":
                 values[name] = tuple(value)
+            elif name == "size_classes":
+                values[name] = tuple(SizeClassStats(**{k: int(c.get(k, 0)) for k in CLASS_FIELDS})
+                                     for c in value)
             elif name == "extra":
                 continue
             elif name in known:
@@ -254,14 +308,18 @@ class Stats:
 
     def to_dict(self) -> Dict[str, Any]:
         """``{field: value}`` in field order: ints, ``installed_domains`` as
-        a list of str; the ``extra`` fields (normally none) are flattened
+        a list of str, ``size_classes`` as a list of dicts; the ``extra`` fields (normally none) are flattened
         into the dict. ``json.dumps`` accepts it as it is."""
         out: Dict[str, Any] = {}
         for f in fields(self):
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            out[f.name] = list(value) if f.name == "installed_domains" else value
+            if f.name == "installed_domains":
+                value = list(value)
+            elif f.name == "size_classes":
+                value = [c.to_dict() for c in value]
+            out[f.name] = value
         for name, value in self.extra.items():
             out.setdefault(name, value)
         return out

@@ -169,6 +169,7 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
             "libpath) PYTHONMALLOC=malloc to see a whole process)\n"
         )
     docs = meshalloc.stats_docs() if args.docs else {}
+    classes = values.pop("size_classes", [])
     shown = {
         name: (",".join(value) or "-") if isinstance(value, list) else str(value)
         for name, value in values.items()
@@ -180,6 +181,15 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
         if args.docs:
             line += "  " + docs.get(name, "")
         out.write(line + "\n")
+    if classes:
+        out.write("\nsize classes in use (spans: attached/partial/full; meshed: virtual spans meshed onto them)\n")
+        out.write("%8s %7s %7s %15s %9s %9s %7s\n" % ("size", "span", "spans", "att/part/full", "objects",
+                                                     "occupancy", "meshed"))
+        for c in classes:
+            out.write("%8d %6dK %7d %15s %9d %8.1f%% %7d\n" % (
+                c["object_size"], c["span_bytes"] // 1024, c["spans"],
+                "%d/%d/%d" % (c["spans_attached"], c["spans_partial"], c["spans_full"]),
+                c["objects_in_use"], 100.0 * c["occupancy"], c["meshed_spans"]))
     return EXIT_OK
 
 

@@ -55,7 +55,7 @@ def test_core_fields_equal_the_cores_stats_table(libmesh):
     assert declared[:len(names)] == names
     assert not set(declared[len(names):]) & set(names)
     for f in dataclasses.fields(mod.Stats):
-        if f.name not in ("installed_domains", "extra"):
+        if f.name not in ("installed_domains", "size_classes", "extra"):
             assert f.type in (int, "int"), (f.name, f.type)
 
 
@@ -85,6 +85,30 @@ def test_to_dict_round_trip_without_a_build():
     assert json.loads(s.to_json()) == d
     assert mod.Stats.from_dict(json.loads(s.to_json())) == s
     hash(s)  # frozen snapshot: usable as a key
+
+
+def test_size_classes_count_the_live_objects_of_each_class(helpers, installed):
+    """stats().size_classes: the class of 64-byte objects holds the strings
+    kept alive, the per-class objects add up to small_objects_in_use, and the
+    classes survive a JSON round trip. Both backends."""
+    code = ("import json, meshalloc\n"
+            "keep = [b'x' * 20 + b'%07d' % i for i in range(50000)]\n"  # bytes of 60-64 B each
+            "s = meshalloc.stats()\n"
+            "c64 = [c for c in s.size_classes if c.object_size == 64]\n"
+            "total = sum(c.objects_in_use for c in s.size_classes)\n"
+            "back = meshalloc.Stats.from_dict(json.loads(s.to_json()))\n"
+            "print(json.dumps({'c64': c64[0].to_dict() if c64 else None, 'total': total,\n"
+            "                  'small': s.small_objects_in_use, 'round_trip': back == s}))\n")
+    for env in ({"MESHALLOC": "1"}, {"MESHALLOC": "1", "MESHALLOC_BACKEND": "cffi"}):
+        r = helpers.run([sys.executable, "-c", code], timeout=60, cwd=installed, env=helpers.env(**env))
+        helpers.assert_ok(r, "size_classes (%s)" % env)
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        c64 = got["c64"]
+        assert c64 and c64["objects_in_use"] >= 50000, got
+        assert c64["slots"] >= c64["objects_in_use"] and c64["spans"] * c64["span_bytes"] >= c64["slots"] * 64, got
+        assert 0 < c64["occupancy"] <= 1 and c64["spans"] == c64["spans_attached"] + c64["spans_partial"] + c64["spans_full"]
+        assert abs(got["total"] - got["small"]) <= got["small"] // 100 + 64, got
+        assert got["round_trip"], got
 
 
 def test_cli_stats_json(helpers, installed):

@@ -284,7 +284,8 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv);
 void _mesh_heap_validate_all(int *problems);
 void _mesh_heaps_after_fork_child(void);
 /* Lock held: live small objects and their bytes (walks spans and vectors). */
-void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_objects);
+/* (lock) Per-class spans and live objects (mesh_class_stats). */
+void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]);
 
 /* ---- alloc.c -------------------------------------------------------- */
 void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte);

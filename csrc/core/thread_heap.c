@@ -180,31 +180,37 @@ void *_mesh_heap_alloc_slow(size_t size) {
  * vector (set in an attached span's bitmap but free). Lock held; vectors of
  * running threads are read racily, so the figure is approximate while they
  * allocate. */
-void _mesh_heap_stats(uint64_t *small_bytes, uint64_t *small_objects) {
-  uint64_t per_class[MESH_NUM_CLASSES] = {0};
+void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]) {
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+    const size_class_t *sc = &_mesh_classes[c];
+    out[c] = (mesh_class_stats_t){.object_size = sc->size, .span_bytes = (uint64_t)sc->npages * MESH_PAGE_SIZE};
+  }
   uint32_t top = _mesh_arena_top();
   for (uint32_t pg = 0; pg < top;) {
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
     span_t *s = mesh_span((uint32_t)e);
     uint32_t n = s->npages ? s->npages : 1;
     uint8_t st = mesh_load_relaxed(&s->state);
-    if ((uint32_t)e && s->page == pg && (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL))
-      per_class[s->cls] += _mesh_span_live(s);
+    if ((uint32_t)e && s->page == pg && (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL)) {
+      mesh_class_stats_t *o = &out[s->cls];
+      o->spans++;
+      o->spans_attached += st == SPAN_ATTACHED;
+      o->spans_partial += st == SPAN_PARTIAL;
+      o->spans_full += st == SPAN_FULL;
+      o->slots += s->nobjects;
+      o->objects_in_use += _mesh_span_live(s);
+      o->meshed_spans += s->naliases;
+    }
     pg += n;
   }
+  /* attached spans' bits are set for the slots their vectors hold too */
   for (thread_heap_t *h = all_heaps; h; h = h->all_next)
     for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
       for (unsigned a = 0; a < h->sv[c].natt; a++)
-        for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++)
-          per_class[c] -= (uint64_t)__builtin_popcountll(mesh_load_relaxed(&h->sv[c].local[a][w]));
-  uint64_t bytes = 0, objects = 0;
-  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
-    if ((int64_t)per_class[c] < 0) per_class[c] = 0; /* a racing vector */
-    objects += per_class[c];
-    bytes += per_class[c] * _mesh_classes[c].size;
-  }
-  *small_bytes = bytes;
-  *small_objects = objects;
+        for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
+          uint64_t k = (uint64_t)__builtin_popcountll(mesh_load_relaxed(&h->sv[c].local[a][w]));
+          out[c].objects_in_use -= k < out[c].objects_in_use ? k : out[c].objects_in_use; /* a racing vector */
+        }
 }
 
 static int heap_validate(thread_heap_t *h) {

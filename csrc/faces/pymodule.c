@@ -61,7 +61,8 @@
     X(stats_name, "mesh_stats_name", const char *, (int))                   \
     X(stats_doc, "mesh_stats_doc", const char *, (int))                     \
     X(stats_read, "mesh_stats_read", int, (uint64_t *, int))                \
-    X(stats_print, "mesh_stats_print", void, (int))
+    X(stats_print, "mesh_stats_print", void, (int))                         \
+    X(class_stats, "mesh_class_stats", int, (mesh_class_stats_t *, int))
 
 typedef struct mesh_py_api_s {
 #define X(field, symbol, ret, params) ret (*field) params;
@@ -873,6 +874,35 @@ static PyObject *py_stats(PyObject *self, PyObject *unused) {
     return result;
 }
 
+PyDoc_STRVAR(class_stats_doc,
+"class_stats() -> list[tuple[int, ...]]\n\n"
+"One tuple per size class, the fields of mesh_class_stats_t in order.");
+
+static PyObject *py_class_stats(PyObject *self, PyObject *unused) {
+    (void)self; (void)unused;
+    enum { MAX_CLASSES = 256 };
+    mesh_class_stats_t *cs = PyMem_New(mesh_class_stats_t, MAX_CLASSES);
+    if (cs == NULL)
+        return PyErr_NoMemory();
+    int n = api.class_stats(cs, MAX_CLASSES);
+    if (n > MAX_CLASSES)
+        n = MAX_CLASSES;
+    PyObject *result = PyList_New(0);
+    for (int i = 0; result != NULL && i < n; i++) {
+        const mesh_class_stats_t *c = &cs[i];
+        PyObject *t = Py_BuildValue("(KKKKKKKKK)", (unsigned long long)c->object_size,
+                                    (unsigned long long)c->span_bytes, (unsigned long long)c->spans,
+                                    (unsigned long long)c->spans_attached, (unsigned long long)c->spans_partial,
+                                    (unsigned long long)c->spans_full, (unsigned long long)c->slots,
+                                    (unsigned long long)c->objects_in_use, (unsigned long long)c->meshed_spans);
+        if (t == NULL || PyList_Append(result, t) < 0)
+            Py_CLEAR(result);
+        Py_XDECREF(t);
+    }
+    PyMem_Free(cs);
+    return result;
+}
+
 PyDoc_STRVAR(stats_docs_doc,
 "stats_docs() -> dict[str, str]\n\n"
 "The documentation line of every counter, by name.");
@@ -1093,6 +1123,7 @@ static PyMethodDef meshalloc_methods[] = {
     {"version", py_version, METH_NOARGS, version_doc},
     {"owns", py_owns, METH_O, owns_doc},
     {"stats", py_stats, METH_NOARGS, stats_doc},
+    {"class_stats", py_class_stats, METH_NOARGS, class_stats_doc},
     {"stats_docs", py_stats_docs, METH_NOARGS, stats_docs_doc},
     {"print_stats", py_print_stats, METH_VARARGS, print_stats_doc},
     {"get_option", py_get_option, METH_O, get_option_doc},
