@@ -213,6 +213,11 @@ static void sort_by_page(unsigned n) {
     }
 }
 
+/* (lock) Moving average and decaying peak of one mesh's time (protect,
+ * copy, remap, punch), used to stop before a mesh that would overrun the
+ * pause bound. */
+static uint64_t mesh_ns_avg, mesh_ns_peak;
+
 /* Meshes what it can in one class before the deadline; returns pages freed
  * (and sets *out_of_time), or stops at the mapping budget (*stop). */
 static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more) {
@@ -225,8 +230,12 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
   unsigned n = 0;
   /* a quarter from the heads of the bins: the spans filed most recently,
    * often destinations of the last pass, so chains keep growing */
+  /* (at most MAX_CANDIDATES spans looked at: a bin of spans too full to
+   * mesh must not turn this into a walk of the whole bin) */
+  unsigned looked = 0;
   for (unsigned hb = 0; hb < MESH_OCC_BINS && n < MAX_CANDIDATES / 4; hb++)
-    for (uint32_t h = _mesh_partial_head(cls, hb); h && n < MAX_CANDIDATES / 4; h = mesh_span(h)->next) {
+    for (uint32_t h = _mesh_partial_head(cls, hb); h && n < MAX_CANDIDATES / 4 && looked++ < MAX_CANDIDATES;
+         h = mesh_span(h)->next) {
       span_t *s = mesh_span(h);
       unsigned live = _mesh_span_live(s);
       if (live && live <= max_live && chain_len(s) < max_chain) cand[n++] = h;
@@ -244,9 +253,12 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     id = MESH_NIL;
     b = MESH_OCC_BINS;
   }
-  for (;;) {
+  for (unsigned walked = 0;; walked++) {
     while (!id && ++b < MESH_OCC_BINS) id = _mesh_partial_head(cls, b);
     if (!id || n == MAX_CANDIDATES) break;
+    /* long runs of spans too full to mesh: the walk itself must respect the
+     * pause bound (the cursor keeps the place for the next step) */
+    if ((walked & 255) == 255 && _mesh_os_now_ns() >= deadline) break;
     span_t *s = mesh_span(id);
     unsigned live = _mesh_span_live(s);
     bool dup = false;
@@ -301,12 +313,25 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
       }
     }
     if (pick < 0) continue;
+    /* a mesh that would likely end past the deadline waits for the next
+     * step: the recent peak (or twice the average) mesh time must still fit.
+     * The first mesh of a call always runs, so meshing progresses even where
+     * one mesh takes longer than the bound (sanitizers, huge chains). */
+    if (freed && _mesh_os_now_ns() + (2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak) >= deadline) {
+      *out_of_time = true;
+      break;
+    }
     used[pick] = 1;
     uint32_t src = l_is_src ? cand[i] : cand[pick], dst = l_is_src ? cand[pick] : cand[i];
     _mesh_partial_unlink(src);
     _mesh_partial_unlink(dst);
     uint32_t pages = mesh_span(src)->npages;
-    if (mesh_pair(dst, src)) {
+    uint64_t m0 = _mesh_os_now_ns();
+    bool meshed = mesh_pair(dst, src);
+    uint64_t took = _mesh_os_now_ns() - m0;
+    mesh_ns_avg = (7 * mesh_ns_avg + took) / 8;
+    mesh_ns_peak = took > mesh_ns_peak ? took : mesh_ns_peak - mesh_ns_peak / 64;
+    if (meshed) {
       freed += pages;
     } else {
       _mesh_file_detached(src);
@@ -341,8 +366,10 @@ static bool can_mesh(void) {
   return _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && _mesh_barrier_ensure();
 }
 
+/* The work of a pass must end a little before the bound: 1/16 of it is left
+ * for what follows the last mesh (filing spans, statistics, the unlock). */
 static uint64_t deadline_after(uint64_t t0, uint64_t budget_ns) {
-  return budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns;
+  return budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns - budget_ns / 16;
 }
 
 size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
