@@ -298,6 +298,29 @@ def repeat_section(first, second) -> Tuple[List[str], str]:
 COLORS = {"pymalloc": "tab:blue", "malloc": "tab:orange", "meshalloc": "tab:green", "preload": "tab:red"}
 
 
+
+def _grouped_bars(plt, path, labels, bars, size, ylabel, title, baseline=None):
+    """One group of bars per label, one bar per configuration: bars maps a
+    configuration to [(value, spread), ...] in label order."""
+    fig, ax = plt.subplots(figsize=size)
+    width = 0.8 / max(1, len(bars))
+    for i, (c, vals) in enumerate(bars.items()):
+        xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, [v[0] for v in vals], width, yerr=[v[1] for v in vals], label=c, color=COLORS.get(c), capsize=2)
+    if baseline is not None:
+        ax.axhline(baseline, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center",
+                       fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
 def plot_all(suites, frag_names, speed_ratios, frag_table, img_dir: Path) -> List[Tuple[str, str]]:
     import matplotlib
     matplotlib.use("Agg")
@@ -333,45 +356,17 @@ def plot_all(suites, frag_names, speed_ratios, frag_table, img_dir: Path) -> Lis
     if configs:
         names = sorted({n for c in configs for n in speed_ratios[c]},
                        key=lambda n: list(speed_ratios[configs[0]]).index(n) if n in speed_ratios[configs[0]] else 99)
-        fig, ax = plt.subplots(figsize=(8, 3.8))
-        width = 0.8 / len(configs)
-        for i, c in enumerate(configs):
-            xs = [j + (i - (len(configs) - 1) / 2) * width for j in range(len(names))]
-            rs = [speed_ratios[c].get(n, (float("nan"), 0))[0] for n in names]
-            es = [speed_ratios[c].get(n, (0, 0))[1] for n in names]
-            ax.bar(xs, rs, width, yerr=es, label=c, color=COLORS.get(c), capsize=2)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("time / pymalloc's (lower is faster)")
-        ax.set_title("speed suite: mean time relative to pymalloc (error bars: spread)", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = img_dir / "speed_ratios.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        bars = {c: [speed_ratios[c].get(n, (float("nan"), 0)) for n in names] for c in configs}
+        path = _grouped_bars(plt, img_dir / "speed_ratios.png", names, bars, (8, 3.8),
+                             "time / pymalloc's (lower is faster)",
+                             "speed suite: mean time relative to pymalloc (error bars: spread)", baseline=1.0)
         out.append(("speed", path.name))
     if frag_table:
         cfgs = [c for c in suites if any(c in frag_table[n] for n in frag_table)]
-        fig, ax = plt.subplots(figsize=(7, 3.4))
-        width = 0.8 / max(1, len(cfgs))
         wl = list(frag_table)
-        for i, c in enumerate(cfgs):
-            xs = [j + (i - (len(cfgs) - 1) / 2) * width for j in range(len(wl))]
-            ys = [frag_table[n].get(c, {}).get("recovery", (0, 0))[0] for n in wl]
-            es = [frag_table[n].get(c, {}).get("recovery", (0, 0))[1] for n in wl]
-            ax.bar(xs, ys, width, yerr=es, label=c, color=COLORS.get(c), capsize=2)
-        ax.set_xticks(range(len(wl)))
-        ax.set_xticklabels(wl, fontsize=8)
-        ax.set_ylabel("recovery %")
-        ax.set_title("fragmentation: recovery = (peak - settled) / (peak - live)", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = img_dir / "recovery.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        bars = {c: [frag_table[n].get(c, {}).get("recovery", (0, 0)) for n in wl] for c in cfgs}
+        path = _grouped_bars(plt, img_dir / "recovery.png", wl, bars, (7, 3.4), "recovery %",
+                             "fragmentation: recovery = (peak - settled) / (peak - live)")
         out.append(("recovery", path.name))
     return out
 
