@@ -139,8 +139,14 @@ def libmesh_for(python: str, explicit: Optional[str]) -> Optional[str]:
 
 
 def make_configs(names: List[str], extras: List[str], libmesh: Optional[str]) -> List[Config]:
+    """The built-in configurations named in --configs, then every --extra.
+    An --extra's name may also appear in --configs (it runs once, with the
+    extras), so ``--configs jemalloc --extra jemalloc=LIB`` runs only it."""
     out = []
+    extra_names = {spec.partition("=")[0] for spec in extras}
     for n in names:
+        if n in extra_names and n not in DEFAULT_CONFIGS:
+            continue
         if n == "pymalloc":
             out.append(Config(n, {}, n))
         elif n == "malloc":

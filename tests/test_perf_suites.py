@@ -116,6 +116,17 @@ def test_workers_inherit_exactly_the_allocator_variables_and_mesh_options():
     assert benchlib.expected_from_env({"PYTHONMALLOC": "malloc"}) == "malloc"
 
 
+def test_an_extra_library_named_in_configs_runs_once_and_alone(tmp_path):
+    _, runner = _perf_package()
+    lib = tmp_path / "libfake.so"
+    lib.write_bytes(b"")
+    configs = runner.make_configs(["fake"], ["fake=%s" % lib], None)
+    assert [(c.name, c.env["LD_PRELOAD"], c.env["PYTHONMALLOC"]) for c in configs] == \
+        [("fake", str(lib.resolve()), "malloc")]
+    both = runner.make_configs(["pymalloc", "fake"], ["fake=%s" % lib], None)
+    assert [c.name for c in both] == ["pymalloc", "fake"]
+
+
 def test_recovery_is_peak_minus_settled_over_peak_minus_live():
     rec = benchlib.PssRecorder()
     rec.samples = [[0.0, 1000, "start"], [0.5, 1000 + 500, ""], [1.0, 1000 + 200, "settled"]]
