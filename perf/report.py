@@ -296,7 +296,15 @@ def repeat_section(first, second) -> Tuple[List[str], str]:
 # ---------------------------------------------------------------------------
 
 COLORS = {"pymalloc": "tab:blue", "malloc": "tab:orange", "meshalloc": "tab:green", "preload": "tab:red"}
+# for --extra libraries, in the order they are first drawn
+EXTRA_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 
+
+def color_of(config: str) -> str:
+    if config not in COLORS:
+        used = sum(1 for c in COLORS if c not in ("pymalloc", "malloc", "meshalloc", "preload"))
+        COLORS[config] = EXTRA_COLORS[used % len(EXTRA_COLORS)]
+    return COLORS[config]
 
 
 def _grouped_bars(plt, path, labels, bars, size, ylabel, title, baseline=None):
@@ -306,7 +314,7 @@ def _grouped_bars(plt, path, labels, bars, size, ylabel, title, baseline=None):
     width = 0.8 / max(1, len(bars))
     for i, (c, vals) in enumerate(bars.items()):
         xs = [j + (i - (len(bars) - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, [v[0] for v in vals], width, yerr=[v[1] for v in vals], label=c, color=COLORS.get(c), capsize=2)
+        ax.bar(xs, [v[0] for v in vals], width, yerr=[v[1] for v in vals], label=c, color=color_of(c), capsize=2)
     if baseline is not None:
         ax.axhline(baseline, color="black", linewidth=0.8)
     ax.set_xticks(range(len(labels)))
@@ -339,9 +347,9 @@ def plot_all(suites, frag_names, speed_ratios, frag_table, img_dir: Path) -> Lis
             series = json.loads(str(md["frag_pss_series"]))
             ts = [p[0] for p in series]
             ys = [p[1] / MIB for p in series]
-            ax.plot(ts, ys, label=c, color=COLORS.get(c), linewidth=1.4)
-            ax.plot(ts[-1:], ys[-1:], "o", color=COLORS.get(c))
-            ax.axhline(float(md["frag_live"]) / MIB, color=COLORS.get(c), linewidth=0.5, linestyle=":")
+            ax.plot(ts, ys, label=c, color=color_of(c), linewidth=1.4)
+            ax.plot(ts[-1:], ys[-1:], "o", color=color_of(c))
+            ax.axhline(float(md["frag_live"]) / MIB, color=color_of(c), linewidth=0.5, linestyle=":")
         ax.set_xlabel("seconds since the workload started")
         ax.set_ylabel("PSS above baseline (MiB)")
         ax.set_title("%s: PSS over time (dot: settled; dotted: live bytes)" % n, fontsize=10)
