@@ -46,36 +46,6 @@ int mesh_stats_count(void) { return STATS_TOTAL; }
 const char *mesh_stats_name(int i) { return i >= 0 && i < STATS_TOTAL ? names[i] : NULL; }
 const char *mesh_stats_doc(int i) { return i >= 0 && i < STATS_TOTAL ? docs[i] : NULL; }
 
-static void stats_fill(uint64_t v[STATS_TOTAL]) {
-  for (int i = 0; i < MESH_CTR_COUNT; i++) v[i] = mesh_load_relaxed(&_mesh_counters[i]);
-  uint64_t *d = v + MESH_CTR_COUNT;
-  uint64_t sb = 0, so = 0;
-  if (mesh_load_acquire(&_mesh_init_state) == 2) {
-    mesh_class_stats_t cs[MESH_NUM_CLASSES];
-    _mesh_lock();
-    _mesh_heap_class_stats(cs);
-    uint32_t heaps = (uint32_t)mesh_stat_get(thread_heaps_created);
-    uint64_t meta = (uint64_t)mesh_stat_get(arena_top_pages) * sizeof(pte_t) +
-                    (uint64_t)(mesh_stat_get(spans_hwm) + 64) * sizeof(span_t) +
-                    (uint64_t)heaps * sizeof(thread_heap_t);
-    _mesh_unlock();
-    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
-      so += cs[c].objects_in_use;
-      sb += cs[c].objects_in_use * cs[c].object_size;
-    }
-    d[MESH_DER_metadata_bytes] = meta;
-  }
-  d[MESH_DER_small_bytes_in_use] = sb;
-  d[MESH_DER_small_objects_in_use] = so;
-  d[MESH_DER_bytes_in_use] = sb + v[MESH_CTR_large_bytes_in_use];
-  d[MESH_DER_arena_reserved_bytes] = _mesh_arena.size;
-  d[MESH_DER_arena_committed_bytes] =
-      (v[MESH_CTR_span_pages] + v[MESH_CTR_dirty_pages]) * MESH_PAGE_SIZE;
-  d[MESH_DER_meshing_available] = _mesh_arena.meshable;
-  uint64_t extra = v[MESH_CTR_arena_mappings] > 1 ? v[MESH_CTR_arena_mappings] - 1 : 0;
-  d[MESH_DER_meshed_bytes_per_mapping] = extra ? v[MESH_CTR_meshed_pages] * MESH_PAGE_SIZE / extra : 0;
-}
-
 int mesh_class_stats(mesh_class_stats_t *out, int n) {
   mesh_class_stats_t cs[MESH_NUM_CLASSES];
   if (mesh_load_acquire(&_mesh_init_state) == 2) {
@@ -87,6 +57,32 @@ int mesh_class_stats(mesh_class_stats_t *out, int n) {
   }
   for (int i = 0; i < n && i < MESH_NUM_CLASSES; i++) out[i] = cs[i];
   return MESH_NUM_CLASSES;
+}
+
+static void stats_fill(uint64_t v[STATS_TOTAL]) {
+  for (int i = 0; i < MESH_CTR_COUNT; i++) v[i] = mesh_load_relaxed(&_mesh_counters[i]);
+  uint64_t *d = v + MESH_CTR_COUNT;
+  uint64_t sb = 0, so = 0;
+  if (mesh_load_acquire(&_mesh_init_state) == 2) {
+    mesh_class_stats_t cs[MESH_NUM_CLASSES];
+    mesh_class_stats(cs, MESH_NUM_CLASSES);
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+      so += cs[c].objects_in_use;
+      sb += cs[c].objects_in_use * cs[c].object_size;
+    }
+    d[MESH_DER_metadata_bytes] = (uint64_t)v[MESH_CTR_arena_top_pages] * sizeof(pte_t) +
+                                 (uint64_t)(v[MESH_CTR_spans_hwm] + 64) * sizeof(span_t) +
+                                 (uint64_t)v[MESH_CTR_thread_heaps_created] * sizeof(thread_heap_t);
+  }
+  d[MESH_DER_small_bytes_in_use] = sb;
+  d[MESH_DER_small_objects_in_use] = so;
+  d[MESH_DER_bytes_in_use] = sb + v[MESH_CTR_large_bytes_in_use];
+  d[MESH_DER_arena_reserved_bytes] = _mesh_arena.size;
+  d[MESH_DER_arena_committed_bytes] =
+      (v[MESH_CTR_span_pages] + v[MESH_CTR_dirty_pages]) * MESH_PAGE_SIZE;
+  d[MESH_DER_meshing_available] = _mesh_arena.meshable;
+  uint64_t extra = v[MESH_CTR_arena_mappings] > 1 ? v[MESH_CTR_arena_mappings] - 1 : 0;
+  d[MESH_DER_meshed_bytes_per_mapping] = extra ? v[MESH_CTR_meshed_pages] * MESH_PAGE_SIZE / extra : 0;
 }
 
 int mesh_stats_read(uint64_t *out, int n) {

@@ -333,6 +333,13 @@ static int case_chain(size_t size, int k) {
   return 0;
 }
 
+/* Frees every object still held; meshing must then have undone every alias. */
+static void free_all_and_check_unaliased(obj_t *v, size_t n) {
+  for (size_t i = 0; i < n; i++) if (v[i].p) mesh_free(v[i].p);
+  CHECK(stat_get("meshed_pages") == 0 && stat_get("arena_mappings") == 1, "aliases left after freeing everything");
+  check_mappings("end");
+}
+
 /* ---- pss ---------------------------------------------------------------------------- */
 static int case_pss(uint64_t seed) {
   set_opt("period_ms", 0);
@@ -368,9 +375,7 @@ static int case_pss(uint64_t seed) {
   verify_all(v, N, "after compaction");
   check_mappings("after compaction");
   CHECK(mesh_check_heap() == 0, "heap inconsistent");
-  for (size_t i = 0; i < N; i++) if (v[i].p) mesh_free(v[i].p);
-  CHECK(stat_get("meshed_pages") == 0 && stat_get("arena_mappings") == 1, "aliases left after freeing everything");
-  check_mappings("end");
+  free_all_and_check_unaliased(v, N);
   if (g_fail) return 1;
   printf("pss ok\n");
   return 0;
@@ -381,12 +386,6 @@ static int case_pss(uint64_t seed) {
  * overlap, so each sweep finds only a few meshes. mesh_compact() must still
  * end (it once kept sweeping for minutes, as long as any sweep meshed
  * anything) and keep every object intact. */
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static int case_compact_ends(uint64_t seed) {
   set_opt("period_ms", 0);
   printf("seed=%llu\n", (unsigned long long)seed);
@@ -401,13 +400,13 @@ static int case_compact_ends(uint64_t seed) {
     mesh_free(v[i].p);
     v[i].p = NULL;
   }
-  uint64_t t0 = now_ns();
+  double t0 = now_s();
   size_t freed = mesh_compact();
-  uint64_t t1 = now_ns();
+  double t1 = now_s();
   size_t again = mesh_compact();
-  uint64_t t2 = now_ns();
-  printf("compact: freed %zu pages in %.1f ms, then %zu in %.1f ms; %llu passes\n", freed, (t1 - t0) / 1e6, again,
-         (t2 - t1) / 1e6, (unsigned long long)stat_get("mesh_passes"));
+  double t2 = now_s();
+  printf("compact: freed %zu pages in %.1f ms, then %zu in %.1f ms; %llu passes\n", freed, (t1 - t0) * 1e3, again,
+         (t2 - t1) * 1e3, (unsigned long long)stat_get("mesh_passes"));
   verify_all(v, N, "after compaction");
   CHECK(mesh_check_heap() == 0, "heap inconsistent");
   for (size_t i = 0; i < N; i++) if (v[i].p) mesh_free(v[i].p);
@@ -463,9 +462,7 @@ static int case_budget(uint64_t seed) {
   check_mappings("budget lifted");
   CHECK(mesh_check_heap() == 0, "heap inconsistent");
   verify_all(v, N, "budget lifted");
-  for (size_t i = 0; i < N; i++) if (v[i].p) mesh_free(v[i].p);
-  CHECK(stat_get("meshed_pages") == 0 && stat_get("arena_mappings") == 1, "aliases left after freeing everything");
-  check_mappings("end");
+  free_all_and_check_unaliased(v, N);
   if (g_fail) return 1;
   printf("budget ok\n");
   return 0;

@@ -46,12 +46,6 @@ static atomic_int g_fail;
     fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
     fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); fflush(stderr); atomic_fetch_add(&g_fail, 1); } } while (0)
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* ---- objects: word 0 is a counter, the rest a pattern derived from it ----- */
 typedef struct {
   unsigned char *p;

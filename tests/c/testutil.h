@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- deterministic RNG ------------------------------------------------ */
 typedef struct { uint64_t s[4]; } rng_t;
@@ -42,6 +43,13 @@ static inline uint64_t rng_next(rng_t *r) {
 
 /* uniform in [0, n) (n > 0; the tiny modulo bias does not matter here) */
 static inline uint64_t rng_below(rng_t *r, uint64_t n) { return rng_next(r) % n; }
+
+/* ---- time --------------------------------------------------------------- */
+static inline double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 /* ---- byte patterns ---------------------------------------------------- */
 /* Byte i of a block tagged `tag`. Cheap, position dependent, never constant. */
