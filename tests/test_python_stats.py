@@ -111,6 +111,29 @@ def test_size_classes_count_the_live_objects_of_each_class(helpers, installed):
         assert got["round_trip"], got
 
 
+def test_span_pages_option_sets_the_span_size_of_small_classes(helpers, installed):
+    """MESH_SPAN_PAGES: by default the 64-byte class uses one-page spans (64
+    slots: they mesh at higher occupancy); MESH_SPAN_PAGES=4 gives it
+    4-page spans of 256 slots; a class that needs more pages for 8 objects
+    keeps them either way."""
+    code = ("import json, meshalloc\n"
+            "keep = [b'x' * 20 + b'%07d' % i for i in range(2000)] + [b'y' * 2000 for i in range(64)]\n"
+            "s = meshalloc.stats()\n"
+            "print(json.dumps({c.object_size: c.span_bytes for c in s.size_classes if c.spans}))\n")
+    got = {}
+    for pages in ("", "1", "4"):
+        env = {"MESHALLOC": "1"}
+        if pages:
+            env["MESH_SPAN_PAGES"] = pages
+        r = helpers.run([sys.executable, "-c", code], timeout=60, cwd=installed, env=helpers.env(**env))
+        helpers.assert_ok(r, "span_pages=%r" % pages)
+        got[pages] = {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    assert got[""][64] == got["1"][64] == 4096, got
+    assert got["4"][64] == 16384, got
+    big = [k for k in got["1"] if k >= 2048]
+    assert big and all(got["1"][k] == got["4"][k] >= 8 * k for k in big), got
+
+
 def test_cli_stats_json(helpers, installed):
     """python -m meshalloc stats --json prints JSON with every Stats field;
     under MESHALLOC=1 the CLI's own interpreter is installed."""

@@ -52,6 +52,7 @@ void _mesh_os_abort(void) __attribute__((noreturn));
 void *_mesh_os_move_over(void *src, size_t len, void *dst); /* mremap(MREMAP_FIXED) */
 int _mesh_os_protect_read(void *addr, size_t len);
 long _mesh_os_max_map_count(void);
+long _mesh_os_count_maps(void);
 
 /* ---- libc.c: formatting and messages without malloc or stdio -------- */
 size_t _mesh_vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
@@ -95,11 +96,13 @@ void _mesh_fill(void *p, int c, size_t n);
   X(MAX_CHAIN, max_chain, 256, 2, 256, 1, \
     "virtual spans that may share one physical span") \
   X(MAX_MAPPINGS, max_mappings, 0, 0, 100000000, 1, \
-    "kernel mappings the arena may use; 0 = half of vm.max_map_count. Meshing stops (never aborts) there") \
+    "kernel mappings the arena may use; 0 = 3/4 of vm.max_map_count, less if needed to keep 1/8 of it free counting the rest of the program's mappings. Meshing stops (never aborts) there") \
   X(SHUFFLE, shuffle, 1, 0, 2, 0, \
     "allocation order within spans: 1 = address order from a random slot of each span, 2 = every object at random (the paper), 0 = address order") \
   X(SEED, seed, 0, 0, 0x7fffffffffffffffL, 0, \
-    "seed for the randomized allocation order; 0 draws one from the OS")
+    "seed for the randomized allocation order; 0 draws one from the OS") \
+  X(SPAN_PAGES, span_pages, 1, 1, 4, 0, \
+    "least pages per span of a small class: 1 meshes at higher occupancy; 4 meshes four pages per kernel mapping, for heaps that would reach the mapping budget")
 
 enum mesh_option_id {
 #define MESH_OPT_ENUM(E, n, d, lo, hi, rt, doc) MESH_OPT_##E,

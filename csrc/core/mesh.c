@@ -38,6 +38,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -46,22 +47,41 @@
 
 static uint64_t last_pass_ns;
 static unsigned next_cls;
-static uint64_t map_budget;
 static uint32_t cand[MAX_CANDIDATES]; /* (lock) scratch for one class */
 static uint8_t used[MAX_CANDIDATES];
 static uint64_t mesh_rng;
 static struct { uint32_t id; uint8_t bin; } cursor[MESH_NUM_CLASSES]; /* (lock) where each class's sweep goes on */
 
+/* The mapping budget. The kernel refuses any new mapping of the process
+ * past vm.max_map_count, and then it is someone else's mmap (or our own
+ * remap) that fails, so meshing stops well before: at 3/4 of the limit, and
+ * never closer to it than 1/8 of the limit counting the mappings the rest of
+ * the program holds (counted at start-up and before each compaction). */
+static uint64_t map_limit;
+static _Atomic(uint64_t) map_others; /* written without the lock */
+
+/* Counts the mappings that are not the arena's. Call without the lock (a
+ * big /proc/self/maps takes milliseconds to read). */
+static void count_other_mappings(void) {
+  long all = _mesh_os_count_maps();
+  uint64_t ours = mesh_stat_get(arena_mappings);
+  mesh_store_relaxed(&map_others, all > 0 && (uint64_t)all > ours ? (uint64_t)all - ours : 0);
+}
+
 void _mesh_meshing_init(void) {
   mesh_rng = _mesh_random_seed();
-  map_budget = (uint64_t)_mesh_os_max_map_count() / 2;
+  map_limit = (uint64_t)_mesh_os_max_map_count();
   mesh_stat_set(arena_mappings, 1);
   mesh_stat_set(arena_mappings_hwm, 1);
+  count_other_mappings();
 }
 
 static uint64_t budget(void) {
   long opt = mesh_opt(MESH_OPT_MAX_MAPPINGS);
-  return opt > 0 ? (uint64_t)opt : map_budget;
+  if (opt > 0) return (uint64_t)opt;
+  uint64_t share = map_limit / 4 * 3, reserve = mesh_load_relaxed(&map_others) + map_limit / 8;
+  uint64_t room = map_limit > reserve ? map_limit - reserve : 0;
+  return share < room ? share : room;
 }
 
 static unsigned chain_len(const span_t *s) { return 1u + s->naliases; }
@@ -218,12 +238,33 @@ static void sort_by_page(unsigned n) {
  * pause bound. */
 static uint64_t mesh_ns_avg, mesh_ns_peak;
 
-/* Meshes what it can in one class before the deadline; returns pages freed
- * (and sets *out_of_time), or stops at the mapping budget (*stop). */
-static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more) {
-  const size_class_t *sc = &_mesh_classes[cls];
-  unsigned max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
-  unsigned max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
+/* A span that may take part in a mesh of class cls: detached with free
+ * slots (so linked in a partial bin), not empty (nothing to gain), not too
+ * full, chain not at its cap. Reads only the span's record, which stays
+ * valid memory whatever became of the span. */
+static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned max_chain) {
+  span_t *s = mesh_span(id);
+  if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != cls) return false;
+  unsigned live = _mesh_span_live(s);
+  return live && live <= max_live && chain_len(s) < max_chain;
+}
+
+/* (lock) The batch: candidates of one class that a step collected and
+ * sorted but did not get through before its deadline. The next step of
+ * the same class goes on with them instead of collecting new ones past
+ * them, so what a sweep meshes does not depend on how long each mesh took
+ * (a loaded machine makes more, shorter steps, not a worse result). The
+ * lock is dropped between steps, so every span is checked again before it
+ * is used. */
+static struct {
+  unsigned cls, n, next; /* cand[0..n), sources from next on */
+  bool open;
+} batch;
+
+/* Collects up to MAX_CANDIDATES candidates of cls into cand[] and returns
+ * how many; advances the class's sweep cursor (sets *more if the sweep is
+ * not complete). */
+static unsigned collect(unsigned cls, unsigned max_live, unsigned max_chain, uint64_t deadline, bool *more) {
   /* Candidates are taken from where the last pass of this class stopped, so
    * successive passes sweep every partial span instead of re-reading the
    * heads of the bins (where freshly meshed, denser spans are filed). */
@@ -232,14 +273,12 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
    * often destinations of the last pass, so chains keep growing */
   /* (at most MAX_CANDIDATES spans looked at: a bin of spans too full to
    * mesh must not turn this into a walk of the whole bin) */
+  /* (never the span the sweep goes on from: meshing it would end the sweep) */
   unsigned looked = 0;
   for (unsigned hb = 0; hb < MESH_OCC_BINS && n < MAX_CANDIDATES / 4; hb++)
     for (uint32_t h = _mesh_partial_head(cls, hb); h && n < MAX_CANDIDATES / 4 && looked++ < MAX_CANDIDATES;
-         h = mesh_span(h)->next) {
-      span_t *s = mesh_span(h);
-      unsigned live = _mesh_span_live(s);
-      if (live && live <= max_live && chain_len(s) < max_chain) cand[n++] = h;
-    }
+         h = mesh_span(h)->next)
+      if (h != cursor[cls].id && is_candidate(h, cls, max_live, max_chain)) cand[n++] = h;
   unsigned from_heads = n;
   uint32_t id = cursor[cls].id;
   unsigned b = cursor[cls].bin;
@@ -259,58 +298,80 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     /* long runs of spans too full to mesh: the walk itself must respect the
      * pause bound (the cursor keeps the place for the next step) */
     if ((walked & 255) == 255 && _mesh_os_now_ns() >= deadline) break;
-    span_t *s = mesh_span(id);
-    unsigned live = _mesh_span_live(s);
     bool dup = false;
     for (unsigned k = 0; k < from_heads && !dup; k++) dup = cand[k] == id;
-    if (!dup && live && live <= max_live && chain_len(s) < max_chain) cand[n++] = id; /* empty: nothing to gain */
-    id = s->next;
+    if (!dup && is_candidate(id, cls, max_live, max_chain)) cand[n++] = id;
+    id = mesh_span(id)->next;
   }
   cursor[cls].id = id; /* MESH_NIL: the sweep of this class is complete */
   cursor[cls].bin = (uint8_t)(id ? b : 0);
   if (id) *more = true;
-  if (n < 2 || _mesh_os_now_ns() >= deadline) {
-    if (n >= 2) *out_of_time = true;
-    return 0;
+  return n;
+}
+
+/* Kernel mappings added if src's chain were meshed onto dst. */
+static int alias_cost(uint32_t src_id, uint32_t dst_id) {
+  const span_t *src = mesh_span(src_id);
+  uint32_t dst_page = mesh_span(dst_id)->page;
+  int cost = 0;
+  uint32_t v = src_id;
+  for (unsigned i = 0; i < chain_len(src); i++, v = mesh_span(v)->alias_next)
+    cost += _mesh_arena_map_delta(mesh_span(v)->page, src->npages, dst_page);
+  return cost;
+}
+
+/* Meshes what it can in one class before the deadline; returns pages freed
+ * (and sets *out_of_time), or stops at the mapping budget (*stop). */
+static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more) {
+  const size_class_t *sc = &_mesh_classes[cls];
+  unsigned max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
+  unsigned max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
+  if (!batch.open || batch.cls != cls) {
+    batch.open = false;
+    unsigned n = collect(cls, max_live, max_chain, deadline, more);
+    if (n < 2) return 0; /* (past the deadline, the loop below stops at once and keeps the batch) */
+    /* Split by address: the lower half is meshed, in address order, onto
+     * the upper half. Walking sources in order lets consecutive sources land
+     * on consecutive destinations (adjacent_partner), which the kernel maps
+     * with one VMA; the partners themselves are still probed at random. */
+    sort_by_page(n);
+    for (unsigned i = 0; i < n; i++) used[i] = 0;
+    batch.cls = cls;
+    batch.n = n;
+    batch.next = 0;
+    batch.open = true;
   }
-  /* Split by address: the lower half is meshed, in address order, onto
-   * the upper half. Walking sources in order lets consecutive sources land
-   * on consecutive destinations (adjacent_partner), which the kernel maps
-   * with one VMA; the partners themselves are still probed at random. */
-  sort_by_page(n);
-  if (_mesh_os_now_ns() >= deadline) {
-    *out_of_time = true;
-    return 0;
-  }
-  for (unsigned i = 0; i < n; i++) used[i] = 0;
-  unsigned half = n / 2, nr = n - half, probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
+  unsigned n = batch.n, half = n / 2, nr = n - half, probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
   size_t freed = 0;
-  for (unsigned i = 0; i < half; i++) {
+  unsigned i = batch.next;
+  for (; i < half; i++) {
     if (_mesh_os_now_ns() >= deadline) { /* a vDSO read: ~20 ns against ~60 us per mesh */
       *out_of_time = true;
       break;
     }
+    if (!is_candidate(cand[i], cls, max_live, max_chain)) continue;
     span_t *l = mesh_span(cand[i]);
+    /* Of the partners tried (the one that would continue a neighbour's
+     * mapping first, then random probes), take the pair and direction that
+     * adds the fewest kernel mappings: an alias in the middle of an
+     * identity-mapped run splits it (+2), one next to another alias may
+     * cost +1 or 0, one continuing a neighbour's run merges (<= 0). The
+     * mapping budget, not the copying, is what limits meshing in a big
+     * heap. Ties keep l as the source (sources walk in address order). */
     int pick = -1;
-    bool l_is_src = false;
+    bool l_is_src = true;
+    int best = INT_MAX;
     int adj = adjacent_partner(l, half, n);
-    if (adj >= 0 && disjoint(l, mesh_span(cand[adj])) &&
-        chain_len(l) + chain_len(mesh_span(cand[adj])) <= max_chain) {
-      pick = adj;
-      l_is_src = true; /* l's pages become the alias that continues the run */
-    }
     unsigned start = mesh_rand_below(&mesh_rng, nr);
-    for (unsigned k = 0; pick < 0 && k < probes && k < nr; k++) {
-      unsigned j = half + (start + k) % nr;
-      if (used[j]) continue;
+    for (unsigned k = 0; best > 0 && k <= probes && k <= nr; k++) {
+      int j = k == 0 ? adj : (int)(half + (start + k - 1) % nr);
+      if (j < 0 || (k > 0 && j == adj) || used[j]) continue;
       span_t *r = mesh_span(cand[j]);
-      if (disjoint(l, r) && chain_len(l) + chain_len(r) <= max_chain) {
-        pick = (int)j;
-        /* Sources always come from the lower half, walked in order, so the
-         * next source can continue this alias's mapping. Copying the fuller
-         * span costs at most max_occupancy_pct of a span. */
-        l_is_src = true;
-      }
+      if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain || !is_candidate(cand[j], cls, max_live, max_chain))
+        continue;
+      int fwd = alias_cost(cand[i], cand[j]), back = alias_cost(cand[j], cand[i]);
+      if (fwd < best) best = fwd, pick = j, l_is_src = true;
+      if (back < best) best = back, pick = j, l_is_src = false;
     }
     if (pick < 0) continue;
     /* a mesh that would likely end past the deadline waits for the next
@@ -341,9 +402,13 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     if (*stop) break;
     if (_mesh_os_now_ns() >= deadline) {
       *out_of_time = true;
+      i++;
       break;
     }
   }
+  batch.next = i;
+  if (i >= half || *stop) batch.open = false; /* the batch is done */
+  if (batch.open || cursor[cls].id) *more = true; /* the rest of the batch or of the sweep */
   return freed;
 }
 
@@ -442,6 +507,7 @@ size_t mesh_compact(void) {
   size_t total = 0;
   bool stop = false;
   uint64_t budget = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
+  count_other_mappings(); /* the program may have mapped much since start-up */
   /* Class by class: whole sweeps of the class's partial spans, each made of
    * steps that hold the lock for at most the pause bound, repeated while a
    * sweep still pays (the spans it filled may mesh again, growing chains).
@@ -451,6 +517,7 @@ size_t mesh_compact(void) {
     size_t first = 0;
     _mesh_lock();
     cursor[c].id = MESH_NIL; /* a fresh sweep */
+    batch.open = false;
     _mesh_unlock();
     for (unsigned sweeps = 0; sweeps < COMPACT_MAX_SWEEPS && !stop; sweeps++) {
       size_t sweep = 0;

@@ -172,3 +172,17 @@ long _mesh_os_max_map_count(void) {
   for (ssize_t i = 0; i < n && buf[i] >= '0' && buf[i] <= '9'; i++) v = v * 10 + (buf[i] - '0');
   return v > 0 ? v : 65530;
 }
+
+/* The process's kernel mappings now (lines of /proc/self/maps), or -1.
+ * Read in pieces on the stack: no malloc, so callable under the lock. */
+long _mesh_os_count_maps(void) {
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  char buf[4096];
+  long lines = 0;
+  ssize_t n;
+  while ((n = _mesh_os_read(fd, buf, sizeof buf)) > 0)
+    for (ssize_t i = 0; i < n; i++) lines += buf[i] == '\n';
+  close(fd);
+  return n < 0 ? -1 : lines;
+}

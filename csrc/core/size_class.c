@@ -1,9 +1,12 @@
 /* size_class.c - the size-class table and the size -> class lookups.
  *
  * Classes: 16..512 in 16-byte steps (32 classes), then 4 per doubling up to
- * 16 KiB (20 classes). Each class's span is the number of pages that holds
- * 8..256 objects with the least tail waste (ties: fewer pages), so that
- * memory lost to span tails stays under ~2 %. The tables are filled once by
+ * 16 KiB (20 classes). Each class's span is the fewest pages, from those
+ * that hold MESH_SPAN_MIN_OBJECTS (or the span_pages option, if more),
+ * whose tail waste is at most 1/40 of the span; where none of the next four
+ * sizes is, the one of them with the least waste. Small spans mesh best
+ * (types.h); the waste rule keeps memory lost to span tails under ~2.5 %.
+ * The tables are filled once by
  * init before any allocation; the fast path indexes them without a branch
  * on the class boundaries.
  */
@@ -21,22 +24,23 @@ static uint32_t class_size(unsigned c) {
 }
 
 void _mesh_size_classes_init(void) {
+  uint32_t least = (uint32_t)mesh_opt(MESH_OPT_SPAN_PAGES); /* options are read first */
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
     uint32_t size = class_size(c);
-    /* Spans of up to MESH_SPAN_TARGET_PAGES pages, as many objects as fit
-     * (at most 256), least tail waste; big classes need more pages for 8. */
-    uint32_t min_pages = (uint32_t)((size * MESH_SPAN_MIN_OBJECTS + MESH_PAGE_SIZE - 1) / MESH_PAGE_SIZE);
-    uint32_t max_pages = min_pages > MESH_SPAN_TARGET_PAGES ? min_pages : MESH_SPAN_TARGET_PAGES;
-    uint32_t best_pages = min_pages;
-    uint64_t best_waste = ~0ull;
-    for (uint32_t p = min_pages; p <= max_pages; p++) {
-      uint64_t bytes = (uint64_t)p * MESH_PAGE_SIZE;
-      uint64_t n = bytes / size;
-      if (n > MESH_SPAN_MAX_OBJECTS) break;
+    uint32_t first = (uint32_t)((size * MESH_SPAN_MIN_OBJECTS + MESH_PAGE_SIZE - 1) / MESH_PAGE_SIZE);
+    uint32_t most = (uint32_t)((size * MESH_SPAN_MAX_OBJECTS + MESH_PAGE_SIZE - 1) / MESH_PAGE_SIZE);
+    if (first < least) first = least < most ? least : most;
+    uint32_t best_pages = 0;
+    uint64_t best_waste = 0;
+    for (uint32_t p = first; p < first + 4; p++) {
+      uint64_t bytes = (uint64_t)p * MESH_PAGE_SIZE, n = bytes / size;
+      if (n > MESH_SPAN_MAX_OBJECTS) n = MESH_SPAN_MAX_OBJECTS;
       uint64_t waste = bytes - n * size;
-      /* prefer more pages (one kernel mapping covers more when meshed)
-       * unless the tail waste ratio gets worse */
-      if (best_waste == ~0ull || waste * best_pages <= best_waste * p) best_waste = waste, best_pages = p;
+      if (waste * 40 <= bytes) { /* good enough: the smallest such span */
+        best_pages = p;
+        break;
+      }
+      if (!best_pages || waste * best_pages < best_waste * p) best_waste = waste, best_pages = p;
     }
     size_class_t *sc = &_mesh_classes[c];
     sc->size = size;
