@@ -68,8 +68,8 @@ PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
     # timed Python code: pyperf calibrates the loop count. Full scale: 9
     # processes of 2 values rather than 6 of 3 -- the values of one process
     # fall in the same phase of this shared VM's speed (which flips by up to
-    # 2x every 0.3-10 s, perf/README.md "Stability"), so more, shorter
-    # processes sample more phases for about the same time.
+    # 1.8x, in phases of 0.3 s to several seconds, perf/README.md
+    # "Stability"), so more, shorter processes sample more phases.
     "speed": {"full": {"processes": 9, "values": 2},
               "fast": {"processes": 2, "values": 2, "min_time": 0.05},
               "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
