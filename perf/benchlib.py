@@ -65,8 +65,12 @@ SCALES = {"full": 1.0, "fast": 0.2, "smoke": 0.01}
 # pyperf Runner defaults per kind of benchmark and scale (command-line
 # options such as -p still override them).
 PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
-    # timed Python code: pyperf calibrates the loop count
-    "speed": {"full": {"processes": 6},
+    # timed Python code: pyperf calibrates the loop count. Full scale: 9
+    # processes of 2 values rather than 6 of 3 -- the values of one process
+    # fall in the same phase of this shared VM's speed (which flips by up to
+    # 1.8x, in phases of 0.3 s to several seconds, perf/README.md
+    # "Stability"), so more, shorter processes sample more phases.
+    "speed": {"full": {"processes": 9, "values": 2},
               "fast": {"processes": 2, "values": 2, "min_time": 0.05},
               "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
     # one fresh process per value, no warm-up: memory is a property of the run
@@ -74,7 +78,7 @@ PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
                "fast": {"processes": 2, "values": 1, "warmups": 0, "loops": 1},
                "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
     # a command timed from outside (start-up)
-    "command": {"full": {"processes": 6},
+    "command": {"full": {"processes": 9, "values": 2},
                 "fast": {"processes": 2, "values": 3},
                 "smoke": {"processes": 1, "values": 1, "warmups": 0, "loops": 1}},
     # an expensive set-up (a big heap) then a few timed operations

@@ -23,9 +23,18 @@ fails otherwise, so a result can never silently measure the default
 allocator. Before the benchmarks, a preflight run of each configuration
 checks the same thing, so a broken set-up fails in seconds.
 
-Benchmarks run one at a time, every configuration in turn, rotating which
-configuration goes first, so a noisy minute on a shared machine spreads over
-all of them. A benchmark's result replaces the benchmark of the same name in
+Benchmarks run one at a time. A benchmark's pyperf worker processes are
+split into rounds (``--rounds``, default 3 at full scale): in each round every
+configuration runs its share of the processes, the order rotating from round
+to round, and appends them to its result. The first round calibrates the loop
+count of each configuration; later rounds reuse it (``--loops``), so all of a
+configuration's values time the same number of iterations. On a shared
+machine whose speed changes by up to 2x from one second to the next (see
+perf/README.md, "Stability"), this spreads each configuration's values over
+the whole time the benchmark runs, instead of one burst of a few seconds per
+configuration: every configuration sees the same mix of fast and slow
+phases, and pyperf's standard deviation includes that mix instead of hiding
+it. A benchmark's result replaces the benchmark of the same name in
 ``<output-dir>/<config>.json`` (other benchmarks in the file are kept). For
 each fragmentation benchmark (value: settled PSS) the runner adds derived
 benchmarks ``NAME.peak``, ``NAME.after_free`` and ``NAME.live`` (bytes) from
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +70,9 @@ DEFAULT_CONFIGS = ("pymalloc", "malloc", "meshalloc", "preload")
 # fragmentation metadata that become benchmarks of their own
 DERIVED = ("peak", "after_free", "live")
 TIMEOUTS = {"full": 1800, "fast": 300, "smoke": 180}
+# default --rounds per scale: how many slices a benchmark's worker processes
+# are cut into, the configurations interleaved slice by slice
+ROUNDS = {"full": 3, "fast": 2, "smoke": 1}
 MIB = 1 << 20
 
 
@@ -88,6 +101,33 @@ def load_manifest() -> List[Tuple[str, str]]:
 
 def script_of(name: str) -> Path:
     return PERF_DIR / ("bm_" + name) / "run_benchmark.py"
+
+
+def kind_of(name: str) -> str:
+    """The benchlib.PROFILES kind a script asks for (``make_runner("speed"``)."""
+    m = re.search(r'make_runner\(\s*"(\w+)"', script_of(name).read_text())
+    if not m or m.group(1) not in benchlib.PROFILES:
+        raise ValueError("%s: no benchlib.make_runner(KIND) call with a known kind" % script_of(name))
+    return m.group(1)
+
+
+def split_processes(total: int, rounds: int) -> List[int]:
+    """``total`` worker processes over at most ``rounds`` rounds, as evenly as
+    possible, earlier rounds taking the remainder (no empty round)."""
+    rounds = max(1, min(rounds, total))
+    return [total // rounds + (1 if r < total % rounds else 0) for r in range(rounds)]
+
+
+def calibrated_loops(path: Path) -> Optional[int]:
+    """The loop count of the value runs in a pyperf JSON file (None: none yet)."""
+    import pyperf
+    if not path.exists():
+        return None
+    for bench in pyperf.BenchmarkSuite.load(str(path)).get_benchmarks():
+        for run in bench.get_runs():
+            if run.values:
+                return int(run.get_metadata()["loops"])
+    return None
 
 
 def select(manifest: List[Tuple[str, str]], spec: Optional[str]) -> List[Tuple[str, str]]:
@@ -327,12 +367,7 @@ def preflight(python: str, cfg: Config) -> str:
 
 
 def pyperf_args(args) -> List[str]:
-    extra = []
-    if args.processes:
-        extra += ["--processes", str(args.processes)]
-    if args.pyperf_args:
-        extra += args.pyperf_args.split()
-    return extra
+    return args.pyperf_args.split() if args.pyperf_args else []
 
 
 def cmd_run(args) -> int:
@@ -356,38 +391,70 @@ def cmd_run(args) -> int:
     for cfg in configs:
         print("  %-10s %s" % (cfg.name, preflight(python, cfg)))
     timeout = args.timeout or TIMEOUTS[scale]
+    rounds = args.rounds or ROUNDS[scale]
+    extra_args = pyperf_args(args)
+    fixed_loops = any(a == "--loops" or a.startswith("--loops=") for a in extra_args)
     failures = []
     for i, (name, group) in enumerate(benches):
-        k = i % len(configs)
-        for cfg in configs[k:] + configs[:k]:
+        total = args.processes or int(benchlib.PROFILES[kind_of(name)][scale]["processes"])  # type: ignore[call-overload]
+        shares = split_processes(total, rounds)
+        failed = set()
+        loops: Dict[str, Optional[int]] = {}
+        took: Dict[str, float] = {}
+        last_out: Dict[str, str] = {}
+        for cfg in configs:
             fresh = out_dir / (".%s.%s.json" % (cfg.name, name))
             if fresh.exists():
                 fresh.unlink()
-            cmd = [python, str(script_of(name)), "--quiet", "--scale", scale, "--alloc-config", cfg.check,
-                   "--output", str(fresh)]
-            inherit = inherit_list(cfg)
-            if inherit:
-                cmd += ["--inherit-environ", ",".join(inherit)]
-            if cfg.lib:
-                cmd += ["--alloc-lib", cfg.lib]
-            cmd += pyperf_args(args)
-            t0 = time.monotonic()
-            rc, out, err, killed = run_guarded(cmd, config_env(cfg), timeout, args.mem_cap * MIB)
-            took = time.monotonic() - t0
-            if rc != 0 or killed:
-                failures.append((name, cfg.name))
-                print("  FAILED %-15s %-10s (%s after %.0f s)\n%s\n%s" % (
-                    name, cfg.name, killed or "exit %d" % rc, took, out.strip()[-2000:], err.strip()[-4000:]),
-                      flush=True)
+            took[cfg.name] = 0.0
+        for r, nproc in enumerate(shares):
+            k = (i + r) % len(configs)
+            for cfg in configs[k:] + configs[:k]:
+                if cfg.name in failed:
+                    continue
+                fresh = out_dir / (".%s.%s.json" % (cfg.name, name))
+                cmd = [python, str(script_of(name)), "--quiet", "--scale", scale, "--alloc-config", cfg.check,
+                       "--append", str(fresh), "--processes", str(nproc)]
+                inherit = inherit_list(cfg)
+                if inherit:
+                    cmd += ["--inherit-environ", ",".join(inherit)]
+                if cfg.lib:
+                    cmd += ["--alloc-lib", cfg.lib]
+                if r > 0 and not fixed_loops:
+                    # the loop count the first round calibrated for this
+                    # configuration (memory and heavy profiles fix it anyway)
+                    if cfg.name not in loops:
+                        loops[cfg.name] = calibrated_loops(fresh)
+                    if loops[cfg.name]:
+                        cmd += ["--loops", str(loops[cfg.name])]
+                cmd += extra_args
+                t0 = time.monotonic()
+                rc, out, err, killed = run_guarded(cmd, config_env(cfg), timeout, args.mem_cap * MIB)
+                took[cfg.name] += time.monotonic() - t0
+                last_out[cfg.name] = out
+                if rc != 0 or killed:
+                    failed.add(cfg.name)
+                    failures.append((name, cfg.name))
+                    print("  FAILED %-15s %-10s (round %d/%d: %s after %.0f s)\n%s\n%s" % (
+                        name, cfg.name, r + 1, len(shares), killed or "exit %d" % rc, took[cfg.name],
+                        out.strip()[-2000:], err.strip()[-4000:]), flush=True)
+        for cfg in configs:
+            if cfg.name in failed:
                 continue
+            fresh = out_dir / (".%s.%s.json" % (cfg.name, name))
+            out = last_out.get(cfg.name, "")
             if not fresh.exists():  # e.g. mesh_pauses outside meshalloc
-                print("  %-15s %-10s %5.1f s  %s" % (name, cfg.name, took, out.strip().splitlines()[-1:]),
+                print("  %-15s %-10s %5.1f s  %s" % (name, cfg.name, took[cfg.name], out.strip().splitlines()[-1:]),
                       flush=True)
                 continue
             written = merge_into(out_dir / ("%s.json" % cfg.name), fresh)
+            import pyperf
+            bench = pyperf.BenchmarkSuite.load(str(fresh)).get_benchmarks()[0]
             fresh.unlink()
-            summary = [ln for ln in out.strip().splitlines() if ln.strip()]
-            print("  %-15s %-10s %5.1f s  %s" % (name, cfg.name, took, summary[-1] if summary else written),
+            summary = "%s: Mean +- std dev: %s +- %s (%d values, %d rounds)" % (
+                bench.get_name(), bench.format_value(bench.mean()), bench.format_value(bench.stdev())
+                if bench.get_nvalue() > 1 else "-", bench.get_nvalue(), len(shares))
+            print("  %-15s %-10s %5.1f s  %s" % (name, cfg.name, took[cfg.name], summary if written else out),
                   flush=True)
     print("perf run: %.0f s; results in %s" % (time.monotonic() - t_start, out_dir))
     for cfg in configs:
@@ -426,6 +493,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     speed.add_argument("--smoke", action="store_true", help="tiny workloads, one value each (tests)")
     r.add_argument("--output-dir", help="where <config>.json go (default: perf/results)")
     r.add_argument("--processes", type=int, help="pyperf worker processes per benchmark (default: per kind)")
+    r.add_argument("--rounds", type=int,
+                   help="split each benchmark's worker processes into this many rounds, the configurations "
+                        "interleaved round by round (default: %s)" % ", ".join("%d %s" % (v, k) for k, v in
+                                                                               ROUNDS.items()))
     r.add_argument("--pyperf-args", help="more pyperf options for every script, one string")
     r.add_argument("--timeout", type=float, help="seconds per benchmark script (default: 1800 full, 300 fast)")
     r.add_argument("--mem-cap", type=int, default=4096,

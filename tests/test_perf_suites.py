@@ -127,6 +127,37 @@ def test_an_extra_library_named_in_configs_runs_once_and_alone(tmp_path):
     assert [c.name for c in both] == ["pymalloc", "fake"]
 
 
+def test_rounds_split_every_benchmarks_processes_without_empty_rounds():
+    _, runner = _perf_package()
+    assert runner.split_processes(9, 3) == [3, 3, 3]
+    assert runner.split_processes(6, 4) == [2, 2, 1, 1]
+    assert runner.split_processes(2, 3) == [1, 1]
+    assert runner.split_processes(1, 1) == [1]
+    for name, group in MANIFEST:
+        kind = runner.kind_of(name)
+        assert kind in benchlib.PROFILES
+        assert (kind == "memory") == (group == "fragmentation" or name == "mesh_pauses"), name
+
+
+def test_gc_cycles_times_only_the_steady_state(monkeypatch):
+    # the pool of kept rings must be full before the first timed iteration
+    # (an empty pool makes the collections ~30 % cheaper), and the
+    # collection cadence must not restart with every call
+    monkeypatch.syspath_prepend(str(PERF))
+    spec = importlib.util.spec_from_file_location("_bm_gc_cycles", PERF / "bm_gc_cycles" / "run_benchmark.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod.benchlib, "_scale_name", "smoke")
+    collects = []
+    monkeypatch.setattr(mod.gc, "collect", lambda *a: collects.append(len(mod._state["pool"])))
+    mod.bench(1)
+    assert len(mod._state["pool"]) == mod.POOL
+    before = len(collects)
+    for _ in range(2 * mod.COLLECT_EVERY):
+        mod.bench(1)
+    assert len(collects) - before == 2
+
+
 def test_recovery_is_peak_minus_settled_over_peak_minus_live():
     rec = benchlib.PssRecorder()
     rec.samples = [[0.0, 1000, "start"], [0.5, 1000 + 500, ""], [1.0, 1000 + 200, "settled"]]
@@ -187,6 +218,22 @@ def test_pyperf_compare_to_reads_the_runner_output(smoke_results, helpers, tmp_p
                      smoke_results / "meshalloc.json", "--table"], timeout=60, cwd=tmp_path, env=helpers.env())
     helpers.assert_ok(r, "pyperf compare_to")
     assert "frag_sparse" in r.stdout and "json_roundtrip" in r.stdout
+
+
+def test_runner_interleaves_rounds_into_one_result_per_configuration(helpers, tmp_path):
+    out = tmp_path / "res"
+    r = helpers.run([sys.executable, "-m", "perf", "run", "--smoke", "--bench", "gc_cycles", "--configs",
+                     "pymalloc,malloc", "--rounds", "2", "--processes", "2", "--output-dir", out],
+                    timeout=240, pss_cap=2 << 30, cwd=REPO, env=helpers.env())
+    helpers.assert_ok(r, "python -m perf run --rounds 2")
+    assert "(2 values, 2 rounds)" in r.stdout, r.describe()
+    for config in ("pymalloc", "malloc"):
+        (bench,) = load(out / ("%s.json" % config)).get_benchmarks()
+        runs = [run for run in bench.get_runs() if run.values]
+        assert len(runs) == 2
+        assert {run.get_metadata()["alloc_config"] for run in runs} == {config}
+        assert len({run.get_metadata()["loops"] for run in runs}) == 1
+    assert not list(out.glob(".*.json"))
 
 
 def test_report_writes_tables_and_plots_from_the_results(smoke_results, helpers, tmp_path):
