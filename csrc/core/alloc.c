@@ -1,10 +1,7 @@
 /* alloc.c - the public entry points: malloc family semantics on top of
  * thread heaps (small) and the global heap (large).
  *
- * Fast paths, no lock and no atomic RMW:
- *   malloc: size -> class (table), pop the thread heap's shuffle vector.
- *   free:   one range compare (is it ours), one page-table load (which
- *           span), one compare (is the span attached to this thread), push.
+ * Fast paths (fast_path.h), no lock and no atomic RMW.
  * Everything else (empty vector, another thread's span, detached spans,
  * large blocks) is out of line. A free of a span attached to another thread
  * or detached is one atomic bit clear; the global lock is taken only when
@@ -15,7 +12,7 @@
  * Anything else is reported with its address (never silently ignored).
  */
 #include "internal.h"
-#include "shuffle_vector.h"
+#include "fast_path.h"
 
 #include <errno.h>
 #include <string.h>
@@ -78,42 +75,12 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
 }
 
 void mesh_free(void *p) {
-  uintptr_t off = (uintptr_t)p - _mesh_arena.base;
-  if (mesh_unlikely(off >= _mesh_arena.size)) {
-    if (p) bad_free(p, "invalid free (pointer not from this heap)");
-    return;
-  }
-  uint64_t pte = mesh_load_relaxed(&_mesh_arena.pagetable[off >> MESH_PAGE_SHIFT]);
-  uint32_t id = (uint32_t)pte;
-  span_t *s = mesh_span(id);
-  thread_heap_t *h = _mesh_tls.heap;
-  if (mesh_likely(mesh_load_relaxed(&s->owner) == h->id)) {
-    uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
-    shuffle_vector_t *sv = &h->sv[s->cls];
-    uint32_t slot = (uint32_t)((voff * sv->recip) >> 32);
-    if (mesh_unlikely(slot * sv->size != voff || slot >= s->nobjects)) {
-      bad_free(p, "invalid free (not the start of a block)");
-      return;
-    }
-    /* a clear shared bit: another thread already freed it (not yet reclaimed) */
-    if (mesh_unlikely(!(mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) ||
-                      !mesh_sv_push(sv, mesh_load_relaxed(&s->att), slot)))
-      bad_free(p, "double free");
-    return;
-  }
-  _mesh_free_nonlocal(p, s, id, pte);
+  if (mesh_unlikely(!mesh_free_inline(p)) && p) bad_free(p, "invalid free (pointer not from this heap)");
 }
 
 /* ---- malloc ---------------------------------------------------------- */
 
-void *mesh_malloc(size_t size) {
-  thread_heap_t *h = _mesh_tls.heap;
-  if (mesh_likely(size <= MESH_SMALL_MAX)) {
-    shuffle_vector_t *sv = &h->sv[mesh_class_of(size)];
-    if (mesh_likely(sv->len != 0)) return mesh_sv_pop(sv);
-  }
-  return _mesh_heap_alloc_slow(size);
-}
+void *mesh_malloc(size_t size) { return mesh_malloc_inline(size); }
 
 /* Size of the live block p, or 0 (after a report when report is set) if p
  * is not a live block start of this heap. */

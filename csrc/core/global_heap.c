@@ -32,7 +32,7 @@ void _mesh_unlock(void) { pthread_mutex_unlock(&_mesh_global_lock); }
 unsigned _mesh_span_live(const span_t *s) {
   unsigned n = 0;
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++)
-    n += (unsigned)__builtin_popcountll(mesh_load_seq_cst(&s->bits[w]) & mesh_bitmap_mask(s, w));
+    n += (unsigned)mesh_popcount64(mesh_load_seq_cst(&s->bits[w]) & mesh_bitmap_mask(s, w));
   return n;
 }
 

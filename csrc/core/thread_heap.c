@@ -208,7 +208,7 @@ void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]) {
     for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
       for (unsigned a = 0; a < h->sv[c].natt; a++)
         for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
-          uint64_t k = (uint64_t)__builtin_popcountll(mesh_load_relaxed(&h->sv[c].local[a][w]));
+          uint64_t k = (uint64_t)mesh_popcount64(mesh_load_relaxed(&h->sv[c].local[a][w]));
           out[c].objects_in_use -= k < out[c].objects_in_use ? k : out[c].objects_in_use; /* a racing vector */
         }
 }
@@ -231,7 +231,7 @@ static int heap_validate(thread_heap_t *h) {
           BAD("class %u attachment %u has local bits past the span\n", c, a);
         if ((l & mesh_load_relaxed(&s->bits[w])) != l)
           BAD("class %u attachment %u: vector slot not marked in the span bitmap\n", c, a);
-        in_local += (unsigned)__builtin_popcountll(l);
+        in_local += (unsigned)mesh_popcount64(l);
       }
     }
     if (in_local != sv->len) BAD("class %u: %u entries but %u local bits\n", c, sv->len, in_local);

@@ -1,7 +1,9 @@
 /* pymodule.c - the CPython face: the `_meshalloc` extension module's glue.
  *
- * This file is Python glue only. It sees the core through mesh.h and nothing
- * else, and it is the one file of the extension that includes Python.h. It
+ * This file is Python glue only. It sees the core through mesh.h, except
+ * that the PyMem hooks inline the core's malloc and free fast paths
+ * (core/fast_path.h) when the extension's own core is the heap, and it is
+ * the one file of the extension that includes Python.h. It
  * may allocate with PyMem (it runs as ordinary Python code); the core below it
  * never calls back into Python.
  *
@@ -36,6 +38,7 @@
 #include <string.h>
 
 #include "mesh.h"
+#include "fast_path.h" /* the hooks' inline fast paths */
 
 /* ---- the backend table ------------------------------------------------ */
 
@@ -366,7 +369,8 @@ static void counts_init(void) {
 
 static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) {
     if (DIVERTING(d)) {
-        void *p = api.malloc(n != 0 ? n : 1);  /* size 0: distinct, non-NULL */
+        size_t m = n != 0 ? n : 1;  /* size 0: distinct, non-NULL */
+        void *p = api_preloaded ? api.malloc(m) : mesh_malloc_inline(m);
         if (p != NULL) {
             hc_bump(d, HC_ALLOCS);
             return p;
@@ -410,13 +414,13 @@ hook_realloc(int d, void *p, size_t n) {
 static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
     if (p == NULL)
         return;
-    if (api.owns(p)) {
+    /* Our own core: one range check decides, and frees, inline. */
+    if (!api_preloaded ? mesh_free_inline(p) : api.owns(p) && (api.free(p), 1)) {
         hc_bump(d, HC_FREES);
-        api.free(p);
-    } else {
-        hc_bump(d, HC_FOREIGN_FREES);
-        saved[d].free(saved[d].ctx, p);
+        return;
     }
+    hc_bump(d, HC_FOREIGN_FREES);
+    saved[d].free(saved[d].ctx, p);
 }
 
 #define MESH_PY_DEFINE_HOOKS(name, d)                                       \
