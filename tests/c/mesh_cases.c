@@ -381,25 +381,33 @@ static int case_pss(uint64_t seed) {
   return 0;
 }
 
+/* A heap of n objects of the given sizes (detached spans), of which a
+ * random keep_pct % stay allocated: the fragmented heap the compaction
+ * cases start from. Returns the objects (freed ones NULL). */
+static obj_t *fragmented_heap(size_t n, const size_t *sizes, size_t nsizes, uint64_t seed, unsigned keep_pct) {
+  set_opt("period_ms", 0);
+  printf("seed=%llu\n", (unsigned long long)seed);
+  obj_t *v = calloc(n, sizeof *v);
+  if (!v) DIE("calloc");
+  alloc_detached(v, n, sizes, nsizes, seed, 1);
+  rng_t r; rng_seed(&r, seed ^ keep_pct);
+  for (size_t i = 0; i < n; i++) {
+    if (rng_below(&r, 100) < keep_pct) continue;
+    mesh_free(v[i].p);
+    v[i].p = NULL;
+  }
+  return v;
+}
+
 /* ---- compaction ends on a heap that barely meshes ---------------------------------- */
 /* 30 % of the objects kept at random in many classes: most span pairs
  * overlap, so each sweep finds only a few meshes. mesh_compact() must still
  * end (it once kept sweeping for minutes, as long as any sweep meshed
  * anything) and keep every object intact. */
 static int case_compact_ends(uint64_t seed) {
-  set_opt("period_ms", 0);
-  printf("seed=%llu\n", (unsigned long long)seed);
   static const size_t sizes[] = {16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256};
   enum { N = 600000 };
-  obj_t *v = calloc(N, sizeof *v);
-  if (!v) DIE("calloc");
-  alloc_detached(v, N, sizes, sizeof sizes / sizeof sizes[0], seed, 1);
-  rng_t r; rng_seed(&r, seed ^ 0x77);
-  for (size_t i = 0; i < N; i++) {
-    if (rng_below(&r, 100) < 30) continue;
-    mesh_free(v[i].p);
-    v[i].p = NULL;
-  }
+  obj_t *v = fragmented_heap(N, sizes, sizeof sizes / sizeof sizes[0], seed, 30);
   double t0 = now_s();
   size_t freed = mesh_compact();
   double t1 = now_s();
@@ -425,19 +433,9 @@ static int case_compact_ends(uint64_t seed) {
  * finished in a later step ended the sweep, so a loaded machine or a short
  * bound compacted a fraction of what it should. */
 static int case_compact_complete(uint64_t seed) {
-  set_opt("period_ms", 0);
-  printf("seed=%llu\n", (unsigned long long)seed);
   static const size_t sizes[] = {32, 64, 64};
   enum { N = 500000 };
-  obj_t *v = calloc(N, sizeof *v);
-  if (!v) DIE("calloc");
-  alloc_detached(v, N, sizes, sizeof sizes / sizeof sizes[0], seed, 1);
-  rng_t r; rng_seed(&r, seed ^ 0x99);
-  for (size_t i = 0; i < N; i++) {
-    if (rng_below(&r, 100) < 8) continue;
-    mesh_free(v[i].p);
-    v[i].p = NULL;
-  }
+  obj_t *v = fragmented_heap(N, sizes, sizeof sizes / sizeof sizes[0], seed, 8);
   mesh_scavenge();
   uint64_t span_pages = stat_get("span_pages");
   size_t freed = mesh_compact();
