@@ -233,10 +233,15 @@ static void sort_by_page(unsigned n) {
     }
 }
 
-/* (lock) Moving average and decaying peak of one mesh's time (protect,
- * copy, remap, punch), used to stop before a mesh that would overrun the
- * pause bound. */
+/* (lock) Moving average and decaying peak of a mesh's time per unit of
+ * work, used to stop before a mesh that would overrun the pause bound. A
+ * mesh protects, remaps and unprotects each virtual span of the source's
+ * chain (a system call each) and copies and punches once, so its time grows
+ * with 1 + chain length: a chain of 100 costs ~50x a pair, and a per-mesh
+ * figure let such meshes overrun the bound. */
 static uint64_t mesh_ns_avg, mesh_ns_peak;
+
+static uint64_t mesh_units(uint32_t src) { return 1u + chain_len(mesh_span(src)); }
 
 /* A span that may take part in a mesh of class cls: detached with free
  * slots (so linked in a partial bin), not empty (nothing to gain), not too
@@ -375,21 +380,24 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     }
     if (pick < 0) continue;
     /* a mesh that would likely end past the deadline waits for the next
-     * step: the recent peak (or twice the average) mesh time must still fit.
-     * The first mesh of a call always runs, so meshing progresses even where
-     * one mesh takes longer than the bound (sanitizers, huge chains). */
-    if (freed && _mesh_os_now_ns() + (2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak) >= deadline) {
+     * step: its work times the recent peak (or twice the average) time per
+     * unit must still fit. The first mesh of a call always runs, so meshing
+     * progresses even where one mesh takes longer than the bound
+     * (sanitizers, huge chains). */
+    uint32_t src = l_is_src ? cand[i] : cand[pick], dst = l_is_src ? cand[pick] : cand[i];
+    uint64_t units = mesh_units(src), per_unit = 2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak;
+    if (freed && _mesh_os_now_ns() + units * per_unit >= deadline) {
       *out_of_time = true;
       break;
     }
     used[pick] = 1;
-    uint32_t src = l_is_src ? cand[i] : cand[pick], dst = l_is_src ? cand[pick] : cand[i];
     _mesh_partial_unlink(src);
     _mesh_partial_unlink(dst);
     uint32_t pages = mesh_span(src)->npages;
     uint64_t m0 = _mesh_os_now_ns();
     bool meshed = mesh_pair(dst, src);
     uint64_t took = _mesh_os_now_ns() - m0;
+    took /= units;
     mesh_ns_avg = (7 * mesh_ns_avg + took) / 8;
     mesh_ns_peak = took > mesh_ns_peak ? took : mesh_ns_peak - mesh_ns_peak / 64;
     if (meshed) {
@@ -431,10 +439,10 @@ static bool can_mesh(void) {
   return _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && _mesh_barrier_ensure();
 }
 
-/* The work of a pass must end a little before the bound: 1/16 of it is left
+/* The work of a pass must end a little before the bound: 1/8 of it is left
  * for what follows the last mesh (filing spans, statistics, the unlock). */
 static uint64_t deadline_after(uint64_t t0, uint64_t budget_ns) {
-  return budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns - budget_ns / 16;
+  return budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns - budget_ns / 8;
 }
 
 size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
