@@ -89,8 +89,8 @@ void _mesh_fill(void *p, int c, size_t n);
     "time bound of one meshing pass, us; leftover work resumes at the next trigger") \
   X(BACKGROUND_MS, background_ms, 0, 0, 86400000, 0, \
     "run a meshing pass every this many ms from a background thread; 0 = no thread (start-up only)") \
-  X(PROBES, probes, 64, 1, 4096, 1, \
-    "partners each candidate span is tried against in the split mesher (the paper's t)") \
+  X(PROBES, probes, 512, 1, 4096, 1, \
+    "partners each candidate span is tried against in the split mesher (the paper's t; 512 = every partner of a batch)") \
   X(MAX_OCCUPANCY_PCT, max_occupancy_pct, 80, 1, 99, 1, \
     "spans fuller than this percentage are not meshing candidates") \
   X(MAX_CHAIN, max_chain, 256, 2, 256, 1, \

@@ -43,7 +43,7 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_CANDIDATES 512
+#define MAX_CANDIDATES 1024
 
 static uint64_t last_pass_ns;
 static unsigned next_cls;
