@@ -314,9 +314,17 @@ static unsigned collect(unsigned cls, unsigned max_live, unsigned max_chain, uin
   return n;
 }
 
+/* Disjoint partners whose mapping cost is compared per source: past a few,
+ * a cheaper one is rarely found, and each costs a walk of both chains. */
+#define PARTNERS_COMPARED 8
+/* Chains longer than this are not walked to price them (a walk is a page
+ * table lookup per virtual span): they are priced at the worst, +2 each. */
+#define PRICED_CHAIN_MAX 8
+
 /* Kernel mappings added if src's chain were meshed onto dst. */
 static int alias_cost(uint32_t src_id, uint32_t dst_id) {
   const span_t *src = mesh_span(src_id);
+  if (chain_len(src) > PRICED_CHAIN_MAX) return 2 * (int)chain_len(src);
   uint32_t dst_page = mesh_span(dst_id)->page;
   int cost = 0;
   uint32_t v = src_id;
@@ -367,13 +375,17 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     bool l_is_src = true;
     int best = INT_MAX;
     int adj = adjacent_partner(l, half, n);
-    unsigned start = mesh_rand_below(&mesh_rng, nr);
-    for (unsigned k = 0; best > 0 && k <= probes && k <= nr; k++) {
+    unsigned start = mesh_rand_below(&mesh_rng, nr), compared = 0;
+    for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= probes && k <= nr; k++) {
+      /* hundreds of probes touch hundreds of span records: the probe loop
+       * itself must respect the pause bound */
+      if ((k & 63) == 63 && _mesh_os_now_ns() >= deadline) break;
       int j = k == 0 ? adj : (int)(half + (start + k - 1) % nr);
       if (j < 0 || (k > 0 && j == adj) || used[j]) continue;
       span_t *r = mesh_span(cand[j]);
       if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain || !is_candidate(cand[j], cls, max_live, max_chain))
         continue;
+      compared++;
       int fwd = alias_cost(cand[i], cand[j]), back = alias_cost(cand[j], cand[i]);
       if (fwd < best) best = fwd, pick = j, l_is_src = true;
       if (back < best) best = back, pick = j, l_is_src = false;
