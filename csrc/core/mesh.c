@@ -342,7 +342,9 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
   if (!batch.open || batch.cls != cls) {
     batch.open = false;
     unsigned n = collect(cls, max_live, max_chain, deadline, more);
-    if (n < 2) return 0; /* (past the deadline, the loop below stops at once and keeps the batch) */
+    if (n < 2) return 0;
+    /* (already past the deadline: the loop below stops at once and the
+     * batch waits, sorted, for the next step) */
     /* Split by address: the lower half is meshed, in address order, onto
      * the upper half. Walking sources in order lets consecutive sources land
      * on consecutive destinations (adjacent_partner), which the kernel maps

@@ -414,8 +414,15 @@ hook_realloc(int d, void *p, size_t n) {
 static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
     if (p == NULL)
         return;
-    /* Our own core: one range check decides, and frees, inline. */
-    if (!api_preloaded ? mesh_free_inline(p) : api.owns(p) && (api.free(p), 1)) {
+    bool ours;
+    if (!api_preloaded) {
+        ours = mesh_free_inline(p);  /* one range check decides, and frees */
+    } else {
+        ours = api.owns(p);
+        if (ours)
+            api.free(p);
+    }
+    if (ours) {
         hc_bump(d, HC_FREES);
         return;
     }
