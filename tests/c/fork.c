@@ -212,7 +212,10 @@ static pthread_mutex_t g_xmu = PTHREAD_MUTEX_INITIALIZER;
 static blk_t g_xq[1024];
 static int g_xn;
 
+static atomic_int g_started;
+
 static void *churn(void *arg) {
+  atomic_fetch_add(&g_started, 1);
   rng_t r; rng_seed(&r, (uint64_t)(uintptr_t)arg);
   blk_t ring[64] = {{0}};
   uint64_t it = 0;
@@ -264,6 +267,11 @@ static void case_threads(void) {
   enum { T = 3, ROUNDS = 24 };
   pthread_t t[T];
   for (int i = 0; i < T; i++) pthread_create(&t[i], NULL, churn, (void *)(uintptr_t)(i + 1));
+  /* Fork only once every thread runs its loop: a thread still starting may
+   * be inside libc's or a sanitizer's own allocator (ASan's thread start
+   * callocs), whose locks a fork child would inherit held. That hangs the
+   * child in code that is not ours; the window is ours to close here. */
+  while (atomic_load(&g_started) < T) usleep(100);
   for (int round = 0; round < ROUNDS; round++) {
     usleep(3000);
     pid_t pid = fork_checked();
