@@ -20,41 +20,68 @@
 #include "internal.h"
 #include "shuffle_vector.h"
 
+/* The fast path proper: a block from the thread heap's shuffle vector, or
+ * NULL when it cannot serve (size beyond the small classes, an empty
+ * vector, a sentinel heap, a slot freed twice) and the caller must take the
+ * slow path, which handles every case again from scratch. h is the calling
+ * thread's heap (_mesh_tls.heap); size must be > 0. Leaves no state behind
+ * on NULL, so a caller can keep its own fast path free of calls. */
+MESH_INLINE void *mesh_malloc_try(thread_heap_t *h, size_t size) {
+  if (mesh_unlikely(size > MESH_SMALL_MAX)) return NULL;
+  shuffle_vector_t *sv = &h->sv[mesh_class_of(size)];
+  MESH_OPAQUE(sv);
+  return mesh_sv_try_pop(sv);
+}
+
 MESH_INLINE void *mesh_malloc_inline(size_t size) {
-  thread_heap_t *h = _mesh_tls.heap; /* a sentinel with empty vectors before the first refill */
-  if (mesh_likely(size <= MESH_SMALL_MAX)) {
-    shuffle_vector_t *sv = &h->sv[mesh_class_of(size)];
-    if (mesh_likely(sv->len != 0)) return mesh_sv_pop(sv);
-  }
+  void *p = mesh_malloc_try(_mesh_tls.heap, size);
+  if (mesh_likely(p != NULL)) return p;
   return _mesh_heap_alloc_slow(size);
 }
 
-/* Frees p if it lies in the arena and returns true; returns false, having
- * touched nothing, if it does not (NULL included). A bad free inside the
- * arena is reported (with its address) and returns true. */
-MESH_INLINE bool mesh_free_inline(void *p) {
+/* mesh_free_in's answers */
+enum { MESH_FREE_NOT_OURS = 0, MESH_FREE_LOCAL = 1, MESH_FREE_OTHER = 2 };
+
+/* Frees p if it lies in the arena. Returns MESH_FREE_NOT_OURS, having
+ * touched nothing, if it does not (NULL included); MESH_FREE_LOCAL if p's
+ * span is attached to h (so h is a real heap, not a sentinel); and
+ * MESH_FREE_OTHER for every other block of ours (another thread's span, a
+ * detached span, a large block). A bad free inside the arena is reported
+ * (with its address) and counts as freed. h is the calling thread's heap. */
+MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
   uintptr_t off = (uintptr_t)p - _mesh_arena.base;
-  if (mesh_unlikely(off >= _mesh_arena.size)) return false;
+  if (mesh_unlikely(off >= _mesh_arena.size)) return MESH_FREE_NOT_OURS;
   uint64_t pte = mesh_load_relaxed(&_mesh_arena.pagetable[off >> MESH_PAGE_SHIFT]);
   uint32_t id = (uint32_t)pte;
   span_t *s = mesh_span(id);
-  thread_heap_t *h = _mesh_tls.heap;
   if (mesh_likely(mesh_load_relaxed(&s->owner) == h->id)) {
     uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
     shuffle_vector_t *sv = &h->sv[s->cls];
+    MESH_OPAQUE(sv);
     uint32_t slot = (uint32_t)((voff * sv->recip) >> 32);
     if (mesh_unlikely(slot * sv->size != voff || slot >= s->nobjects)) {
       _mesh_report_bad_free(p, "invalid free (not the start of a block)");
-      return true;
+      return MESH_FREE_LOCAL;
     }
-    /* a clear shared bit: another thread already freed it (not yet reclaimed) */
-    if (mesh_unlikely(!(mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) ||
-                      !mesh_sv_push(sv, mesh_load_relaxed(&s->att), slot)))
-      _mesh_report_bad_free(p, "double free");
-    return true;
+    /* Free here iff the shared bit is set (a clear one: another thread
+     * already freed it, not yet reclaimed) and the local bit is clear (a
+     * set one: it is already in the vector). */
+    unsigned a = mesh_load_relaxed(&s->att), w = slot >> 6;
+    uint64_t bit = 1ull << (slot & 63);
+    _Atomic uint64_t *local = &sv->att[a].local[w];
+    uint64_t lv = mesh_load_relaxed(local);
+    if (mesh_likely((mesh_load_relaxed(&s->bits[w]) & ~lv & bit) != 0)) {
+      mesh_store_relaxed(local, lv | bit);
+      sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
+      return MESH_FREE_LOCAL;
+    }
+    _mesh_report_bad_free(p, "double free");
+    return MESH_FREE_LOCAL;
   }
   _mesh_free_nonlocal(p, s, id, pte);
-  return true;
+  return MESH_FREE_OTHER;
 }
+
+MESH_INLINE bool mesh_free_inline(void *p) { return mesh_free_in(_mesh_tls.heap, p) != MESH_FREE_NOT_OURS; }
 
 #endif

@@ -74,24 +74,24 @@ void _mesh_file_detached(uint32_t id) {
 /* Detaches attachment a of sv: folds the vector's slots back into the
  * shared bitmap, which is exact from here on. */
 static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
-  uint32_t id = sv->span[a];
+  uint32_t id = sv->att[a].span;
   span_t *s = mesh_span(id);
   mesh_assert(mesh_load_relaxed(&s->owner) == h->id);
   mesh_assert_expensive(_mesh_span_validate(id) == 0);
   (void)h;
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
-    uint64_t local = mesh_load_relaxed(&sv->local[a][w]);
+    uint64_t local = mesh_load_relaxed(&sv->att[a].local[w]);
     if (!local) continue;
     uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~local);
     uint64_t both = local & ~old; /* in the vector AND freed by another thread */
     while (both) {
       unsigned slot = w * 64 + (unsigned)__builtin_ctzll(both);
       both &= both - 1;
-      _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
+      _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
                             "double free (freed again by another thread)");
     }
-    mesh_store_relaxed(&sv->local[a][w], 0);
+    mesh_store_relaxed(&sv->att[a].local[w], 0);
   }
   _mesh_file_detached(id);
 }
@@ -171,9 +171,10 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
     mesh_store_relaxed(&s->att, (uint8_t)a);
     mesh_store_relaxed(&s->state, SPAN_ATTACHED);
     mesh_store_relaxed(&s->owner, h->id);
-    sv->span[a] = id;
-    sv->base[a] = mesh_page_addr(s->page);
-    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) mesh_store_relaxed(&sv->local[a][w], 0);
+    sv->att[a].span = id;
+    sv->att[a].base = mesh_page_addr(s->page);
+    sv->att[a].bits = s->bits;
+    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) mesh_store_relaxed(&sv->att[a].local[w], 0);
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
     sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
     sv->total_bytes += span_bytes;

@@ -27,6 +27,11 @@
 #define mesh_unlikely(x) __builtin_expect(!!(x), 0)
 #define MESH_INLINE static inline __attribute__((always_inline))
 #define MESH_NOINLINE __attribute__((noinline))
+/* Makes the compiler forget what it knows about x's value (no code). On a
+ * pointer into a big struct array it stops GCC from folding every field
+ * access into "base + index * stride + offset" arithmetic of its own: the
+ * fast paths then address fields off the one pointer. */
+#define MESH_OPAQUE(x) __asm__("" : "+r"(x))
 
 /* ---- os.c: the only file that makes system calls -------------------- */
 int _mesh_os_memfd(void);
@@ -293,6 +298,8 @@ void *_mesh_heap_alloc_slow(size_t size);
 /* Takes back the slots other threads freed in h's attachments of sv's class
  * (atomic fetch_or per word) into the shuffle vector; returns how many. */
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv);
+/* The sum of face_counts over every heap ever created (takes the lock). */
+void _mesh_heaps_face_counts(uint64_t out[MESH_FACE_COUNTS]);
 void _mesh_heap_validate_all(int *problems);
 void _mesh_heaps_after_fork_child(void);
 /* Lock held: live small objects and their bytes (walks spans and vectors). */

@@ -12,8 +12,8 @@
  * it frees was itself drawn at random, and reusing it at once keeps the
  * cache line hot (a random swap cost ~2x on allocation-heavy Python code).
  *
- * local[a] mirrors entries: bit i of local[a] is 1 iff slot i of attachment a
- * is in entries. That is how a local double free is caught before the slot
+ * att[a].local mirrors entries: bit i of att[a].local is 1 iff slot i of
+ * attachment a is in entries. That is how a local double free is caught before the slot
  * could be handed out twice, without touching the shared atomic bitmap.
  * Owner thread only; no atomics except the statistics counters.
  */
@@ -26,22 +26,42 @@
 
 MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot);
 
-/* Pops a free slot. The slot's bit in the shared bitmap must still be set
- * (attached-span invariant); a clear bit means another thread freed it
- * while it sat here - a double free - and it is not handed out. */
+/* The fast path's pop: the address of the top entry's slot, taken out of
+ * the vector, or NULL (vector untouched) when the vector is empty or the
+ * top slot's bit in the shared bitmap is clear. A clear bit means another
+ * thread freed that slot while it sat here (a double free: the
+ * attached-span invariant keeps the bit of every slot in the vector set);
+ * mesh_sv_pop, on the slow path, reports it. Checking before taking keeps
+ * every failure a plain "go slow" with nothing to undo. */
+MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
+  uint32_t len = sv->len;
+  if (mesh_unlikely(len == 0)) return NULL;
+  uint16_t e = sv->entries[len - 1];
+  sv_attachment_t *at = &sv->att[e >> 8];
+  unsigned slot = e & 0xFFu, w = slot >> 6;
+  uint64_t bit = 1ull << (slot & 63);
+  if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[w]) & bit))) return NULL;
+  sv->len = (uint16_t)(len - 1);
+  mesh_store_relaxed(&at->local[w], mesh_load_relaxed(&at->local[w]) & ~bit);
+  return (void *)(at->base + (uintptr_t)slot * sv->size);
+}
+
+/* Pops a free slot (len > 0), reporting and skipping a slot another thread
+ * freed while it was free here (see mesh_sv_try_pop). */
 MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
   uint16_t e = sv->entries[--sv->len];
   unsigned a = e >> 8, slot = e & 0xFFu;
-  mesh_store_relaxed(&sv->local[a][slot >> 6], mesh_load_relaxed(&sv->local[a][slot >> 6]) & ~(1ull << (slot & 63)));
-  if (mesh_unlikely(!(mesh_load_relaxed(&mesh_span(sv->span[a])->bits[slot >> 6]) >> (slot & 63) & 1)))
-    return _mesh_sv_pop_freed(sv, a, slot);
-  return (void *)(sv->base[a] + (uintptr_t)slot * sv->size);
+  sv_attachment_t *at = &sv->att[a];
+  uint64_t bit = 1ull << (slot & 63);
+  mesh_store_relaxed(&at->local[slot >> 6], mesh_load_relaxed(&at->local[slot >> 6]) & ~bit);
+  if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[slot >> 6]) & bit))) return _mesh_sv_pop_freed(sv, a, slot);
+  return (void *)(at->base + (uintptr_t)slot * sv->size);
 }
 
 /* Returns false (and changes nothing) if the slot is already free here. */
 MESH_INLINE bool mesh_sv_push(shuffle_vector_t *sv, unsigned a, unsigned slot) {
   uint64_t bit = 1ull << (slot & 63);
-  _Atomic uint64_t *w = &sv->local[a][slot >> 6];
+  _Atomic uint64_t *w = &sv->att[a].local[slot >> 6];
   uint64_t v = mesh_load_relaxed(w);
   if (mesh_unlikely(v & bit)) return false;
   mesh_store_relaxed(w, v | bit);
@@ -51,7 +71,8 @@ MESH_INLINE bool mesh_sv_push(shuffle_vector_t *sv, unsigned a, unsigned slot) {
 
 /* Adds a slot during refill (no shuffle: the caller shuffles once). */
 MESH_INLINE void mesh_sv_append(shuffle_vector_t *sv, unsigned a, unsigned slot) {
-  mesh_store_relaxed(&sv->local[a][slot >> 6], mesh_load_relaxed(&sv->local[a][slot >> 6]) | 1ull << (slot & 63));
+  _Atomic uint64_t *w = &sv->att[a].local[slot >> 6];
+  mesh_store_relaxed(w, mesh_load_relaxed(w) | 1ull << (slot & 63));
   sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
 }
 

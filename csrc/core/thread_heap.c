@@ -91,20 +91,20 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   unsigned got = 0;
   uint32_t from = sv->len;
   for (unsigned a = 0; a < sv->natt; a++) {
-    span_t *s = mesh_span(sv->span[a]);
+    span_t *s = mesh_span(sv->att[a].span);
     for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
       uint64_t mask = mesh_bitmap_mask(s, w);
       if ((mesh_load_relaxed(&s->bits[w]) & mask) == mask) continue; /* nothing freed: skip the RMW */
       uint64_t old = mesh_fetch_or_acq_rel(&s->bits[w], mask);
       uint64_t taken = mask & ~old;
-      uint64_t dup = taken & mesh_load_relaxed(&sv->local[a][w]); /* freed remotely while already free here */
+      uint64_t dup = taken & mesh_load_relaxed(&sv->att[a].local[w]); /* freed remotely while already free here */
       while (dup) {
         unsigned slot = w * 64 + (unsigned)__builtin_ctzll(dup);
         dup &= dup - 1;
-        _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
+        _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
                               "double free (freed again by another thread)");
       }
-      taken &= ~mesh_load_relaxed(&sv->local[a][w]);
+      taken &= ~mesh_load_relaxed(&sv->att[a].local[w]);
       while (taken) {
         unsigned slot = w * 64 + (unsigned)__builtin_ctzll(taken);
         taken &= taken - 1;
@@ -123,7 +123,7 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
 static void *heap_alloc_small(thread_heap_t *h, unsigned cls);
 
 void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot) {
-  _mesh_report_bad_free((void *)(sv->base[a] + (uintptr_t)slot * sv->size),
+  _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
                         "double free (freed by another thread while already free)");
   /* the heap that owns sv (possibly the orphan heap, whose lock is held) */
   thread_heap_t *h = (thread_heap_t *)((char *)(sv - sv->cls) - offsetof(thread_heap_t, sv));
@@ -175,6 +175,14 @@ void *_mesh_heap_alloc_slow(size_t size) {
   return p;
 }
 
+void _mesh_heaps_face_counts(uint64_t out[MESH_FACE_COUNTS]) {
+  for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] = 0;
+  _mesh_lock();
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next)
+    for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] += mesh_load_relaxed(&h->face_counts[k]);
+  _mesh_unlock();
+}
+
 /* Live small objects, counted when asked instead of on every malloc and
  * free: bits set in live small spans, less the slots that sit in some
  * vector (set in an attached span's bitmap but free). Lock held; vectors of
@@ -208,7 +216,7 @@ void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]) {
     for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
       for (unsigned a = 0; a < h->sv[c].natt; a++)
         for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
-          uint64_t k = (uint64_t)mesh_popcount64(mesh_load_relaxed(&h->sv[c].local[a][w]));
+          uint64_t k = (uint64_t)mesh_popcount64(mesh_load_relaxed(&h->sv[c].att[a].local[w]));
           out[c].objects_in_use -= k < out[c].objects_in_use ? k : out[c].objects_in_use; /* a racing vector */
         }
 }
@@ -221,12 +229,13 @@ static int heap_validate(thread_heap_t *h) {
     if (sv->natt > MESH_MAX_ATTACHED || sv->len > MESH_VECTOR_CAPACITY) { BAD("class %u sizes\n", c); continue; }
     unsigned in_local = 0;
     for (unsigned a = 0; a < sv->natt; a++) {
-      span_t *s = mesh_span(sv->span[a]);
+      span_t *s = mesh_span(sv->att[a].span);
       if (mesh_load_relaxed(&s->state) != SPAN_ATTACHED || mesh_load_relaxed(&s->owner) != h->id ||
-          mesh_load_relaxed(&s->att) != a || s->cls != c || sv->base[a] != mesh_page_addr(s->page))
-        BAD("class %u attachment %u (span %u) is inconsistent\n", c, a, sv->span[a]);
+          mesh_load_relaxed(&s->att) != a || s->cls != c || sv->att[a].base != mesh_page_addr(s->page) ||
+          sv->att[a].bits != s->bits)
+        BAD("class %u attachment %u (span %u) is inconsistent\n", c, a, sv->att[a].span);
       for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
-        uint64_t l = mesh_load_relaxed(&sv->local[a][w]);
+        uint64_t l = mesh_load_relaxed(&sv->att[a].local[w]);
         if (w >= mesh_bitmap_words(s) ? l != 0 : (l & ~mesh_bitmap_mask(s, w)) != 0)
           BAD("class %u attachment %u has local bits past the span\n", c, a);
         if ((l & mesh_load_relaxed(&s->bits[w])) != l)
@@ -237,7 +246,7 @@ static int heap_validate(thread_heap_t *h) {
     if (in_local != sv->len) BAD("class %u: %u entries but %u local bits\n", c, sv->len, in_local);
     for (unsigned i = 0; i < sv->len; i++) {
       unsigned a = sv->entries[i] >> 8, slot = sv->entries[i] & 0xFFu;
-      if (a >= sv->natt || !(mesh_load_relaxed(&sv->local[a][slot >> 6]) & (1ull << (slot & 63)))) {
+      if (a >= sv->natt || !(mesh_load_relaxed(&sv->att[a].local[slot >> 6]) & (1ull << (slot & 63)))) {
         BAD("class %u: entry %u (%u/%u) not in the local bitmap\n", c, i, a, slot);
         break;
       }

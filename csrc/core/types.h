@@ -59,6 +59,7 @@
  * every entry is a distinct free slot of an attached span. */
 #define MESH_VECTOR_CAPACITY 256
 #define MESH_MAX_ATTACHED 8
+#define MESH_FACE_COUNTS 8 /* thread_heap_t.face_counts */
 #define MESH_ATTACH_MAX_BYTES (128 * 1024)
 
 /* Occupancy bins for detached partial spans: reuse prefers fuller spans. */
@@ -111,6 +112,22 @@ _Static_assert(sizeof(span_t) == 64, "span record must stay one cache line");
  * or, after meshing, alias) it points into. 0 means "no span here". */
 typedef _Atomic uint64_t pte_t;
 
+/* One span attached to a shuffle vector: what the fast paths need about it
+ * in one cache line, so a pop or a push indexes one array with the entry's
+ * attachment number instead of three. */
+typedef struct sv_attachment_s {
+  uintptr_t base;          /* primary address of the span */
+  _Atomic uint64_t *bits;  /* the span record's shared bitmap (records never move) */
+  /* 1 = slot is in entries[]. Written only by the owner (relaxed load +
+   * store, no RMW); reclaim compares it with the shared bitmap to catch a
+   * remote free of a slot that is already free here. */
+  _Atomic uint64_t local[MESH_BITMAP_WORDS];
+  uint32_t span;           /* span id */
+  uint32_t pad[3];
+} sv_attachment_t;
+
+_Static_assert(sizeof(sv_attachment_t) == 64, "an attachment must stay one cache line");
+
 /* One size class's view in a thread heap. Only the owning thread touches
  * anything but the counters, which stats readers load relaxed. */
 typedef struct shuffle_vector_s {
@@ -119,15 +136,10 @@ typedef struct shuffle_vector_s {
   uint8_t cls;
   uint32_t size;                    /* object size of the class */
   uint64_t recip;                   /* ceil(2^32 / size): offset -> slot without a divide */
-  uintptr_t base[MESH_MAX_ATTACHED];      /* primary address of each attached span */
-  uint32_t span[MESH_MAX_ATTACHED];       /* span id of each attachment */
-  uint16_t total_objects;                 /* sum of nobjects over attachments */
+  uint16_t total_objects;           /* sum of nobjects over attachments */
   uint16_t pad;
-  uint32_t total_bytes;                   /* sum of span bytes over attachments */
-  /* 1 = slot is in entries[]. Written only by the owner (relaxed load +
-   * store, no RMW); read by remote frees to catch a free of a slot that is
-   * already free here. */
-  _Atomic uint64_t local[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS];
+  uint32_t total_bytes;             /* sum of span bytes over attachments */
+  sv_attachment_t att[MESH_MAX_ATTACHED];
   uint16_t entries[MESH_VECTOR_CAPACITY]; /* (attachment << 8) | slot */
 } shuffle_vector_t;
 
@@ -138,6 +150,12 @@ typedef struct thread_heap_s {
   uint64_t rng;                /* per-heap random state (wyrand) */
   struct thread_heap_s *all_next;  /* (lock) every heap ever created, for stats and fork */
   struct thread_heap_s *pool_next; /* (lock) released heaps waiting for a new thread */
+  /* Counters a face keeps on its fast paths (the Python hooks: allocs and
+   * frees per domain), here because the fast path already holds the heap:
+   * no second thread-local access. Written by the owner only (relaxed load
+   * + store); they stay with the heap when its thread exits, so the sum
+   * over every heap ever created is exact. */
+  _Atomic uint64_t face_counts[MESH_FACE_COUNTS];
   shuffle_vector_t sv[MESH_NUM_CLASSES];
 } thread_heap_t;
 

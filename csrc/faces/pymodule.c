@@ -189,7 +189,7 @@ static const char *const domain_macros[NDOMAINS] = {
     "PYMEM_DOMAIN_RAW", "PYMEM_DOMAIN_MEM", "PYMEM_DOMAIN_OBJ"};
 
 static PyMemAllocatorEx saved[NDOMAINS];      /* the wrapped allocators */
-static _Atomic int diverting[NDOMAINS];       /* 1: new blocks from meshalloc */
+static _Atomic int diverting[NDOMAINS];       /* DIVERT_*: new blocks from meshalloc */
 static int hooked[NDOMAINS];                  /* our hook is in place (GIL) */
 
 /* The allocators in place when this module was loaded: a later change by
@@ -212,7 +212,10 @@ static int stats_at_exit;                     /* Py_AtExit registered */
  * them (docs/python.md).
  *
  * The hooks are the allocation fast path, so a count costs no atomic
- * read-modify-write: each thread has its own block of counters
+ * read-modify-write. The fast paths (own core, see "the hook bodies")
+ * count allocs and frees in the calling thread's heap, which the core keeps
+ * for the life of the process (thread_heap_t.face_counts); every other
+ * count goes to a per-thread block: each thread has its own block of counters
  * (_Thread_local, initial-exec: one %fs-relative access) that only that
  * thread writes, with a relaxed load and a relaxed store (a plain mov/add/
  * mov on x86-64, no lock prefix). Readers load the same words relaxed, so
@@ -231,7 +234,8 @@ static int stats_at_exit;                     /* Py_AtExit registered */
  * the other threads' blocks (still mapped: the child has a copy of their
  * stacks) into `counts_retired` and drops them from the list.
  *
- * Lock order: `counts_lock` is a leaf. Nothing that allocates runs under it
+ * Lock order: `counts_lock` is a leaf (the core's lock, taken to sum the
+ * heaps' counts, is taken after it is released). Nothing that allocates runs under it
  * (pthread_setspecific may call malloc, so it runs before the lock), and the
  * reader copies the sums out before it builds Python objects. */
 
@@ -249,6 +253,11 @@ static const char *const hc_names[HC_N] = {
     "allocs", "reallocs", "frees", "foreign_reallocs", "foreign_frees"};
 
 enum { HC_NEW = 0, HC_ACTIVE = 1, HC_OFF = 2 };
+
+/* The hooks' fast paths count allocs and frees in the thread heap instead
+ * (thread_heap_t.face_counts, see "the hook bodies"); this is the index. */
+#define FACE_COUNT(d, what) ((d) * 2 + ((what) == HC_FREES))
+_Static_assert(NDOMAINS * 2 <= MESH_FACE_COUNTS, "face_counts holds allocs and frees per domain");
 
 typedef struct hook_counts_s {
     _Atomic uint64_t n[NDOMAINS][HC_N];  /* written by the owning thread only */
@@ -339,6 +348,14 @@ static void counts_read(uint64_t out[NDOMAINS][HC_N]) {
             for (int k = 0; k < HC_N; k++)
                 out[d][k] += atomic_load_explicit(&c->n[d][k], memory_order_relaxed);
     pthread_mutex_unlock(&counts_lock);
+    if (!api_preloaded) {  /* the hooks' fast paths count in the thread heaps */
+        uint64_t fc[MESH_FACE_COUNTS];
+        _mesh_heaps_face_counts(fc);
+        for (int d = 0; d < NDOMAINS; d++) {
+            out[d][HC_ALLOCS] += fc[FACE_COUNT(d, HC_ALLOCS)];
+            out[d][HC_FREES] += fc[FACE_COUNT(d, HC_FREES)];
+        }
+    }
 }
 
 static void counts_prefork(void) { pthread_mutex_lock(&counts_lock); }
@@ -367,10 +384,32 @@ static void counts_init(void) {
 
 /* ---- the hook bodies --------------------------------------------------- */
 
-static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) {
+/* Each hook is a fast path with no call in it and one out-of-line slow
+ * path that handles every case again from scratch (it is also the only
+ * path when libmesh.so is the backend). The fast path applies when the
+ * domain is diverted to the extension's own core (DIVERT_INLINE): malloc
+ * pops the thread heap's shuffle vector (mesh_malloc_try), free does the
+ * range check and the local push (mesh_free_in), and the allocs/frees
+ * count goes into the thread heap the core code already holds
+ * (thread_heap_t.face_counts) instead of a second thread-local block.
+ * Keeping calls out of the fast path lets the compiler skip the register
+ * saves a call would need: the hooks are a third of the allocator's
+ * instructions on Python code. */
+
+enum { DIVERT_OFF = 0, DIVERT_INLINE = 1, DIVERT_API = 2 };
+
+
+static inline __attribute__((always_inline)) void
+face_count(thread_heap_t *h, int d, int what) {
+    _Atomic uint64_t *v = &h->face_counts[FACE_COUNT(d, what)];
+    atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+static __attribute__((noinline)) void *hook_malloc_slow(int d, size_t n) {
     if (DIVERTING(d)) {
         size_t m = n != 0 ? n : 1;  /* size 0: distinct, non-NULL */
-        void *p = api_preloaded ? api.malloc(m) : mesh_malloc_inline(m);
+        void *p = api_preloaded ? api.malloc(m) : mesh_malloc(m);
         if (p != NULL) {
             hc_bump(d, HC_ALLOCS);
             return p;
@@ -379,6 +418,18 @@ static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) 
          * block is freed through it again by the range check. */
     }
     return saved[d].malloc(saved[d].ctx, n);
+}
+
+static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) {
+    if (mesh_likely(DIVERTING(d) == DIVERT_INLINE && n != 0)) {
+        thread_heap_t *h = _mesh_tls.heap;
+        void *p = mesh_malloc_try(h, n);
+        if (mesh_likely(p != NULL)) {  /* so h is a real heap, not the sentinel */
+            face_count(h, d, HC_ALLOCS);
+            return p;
+        }
+    }
+    return hook_malloc_slow(d, n);
 }
 
 static inline __attribute__((always_inline)) void *
@@ -411,23 +462,35 @@ hook_realloc(int d, void *p, size_t n) {
     return saved[d].realloc(saved[d].ctx, p, n);  /* never migrated */
 }
 
-static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
+static __attribute__((noinline)) void hook_free_slow(int d, void *p) {
     if (p == NULL)
         return;
-    bool ours;
-    if (!api_preloaded) {
-        ours = mesh_free_inline(p);  /* one range check decides, and frees */
-    } else {
-        ours = api.owns(p);
-        if (ours)
-            api.free(p);
-    }
-    if (ours) {
+    if (api.owns(p)) {  /* stays true after uninstall(): ours is freed here */
+        api.free(p);
         hc_bump(d, HC_FREES);
         return;
     }
     hc_bump(d, HC_FOREIGN_FREES);
     saved[d].free(saved[d].ctx, p);
+}
+
+static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
+    if (mesh_likely(!api_preloaded)) {
+        /* One range check decides ours or not (NULL is not ours); ours is
+         * freed at once. Not only while diverting: after uninstall() our
+         * blocks still come back here. */
+        thread_heap_t *h = _mesh_tls.heap;
+        int r = mesh_free_in(h, p);
+        if (mesh_likely(r == MESH_FREE_LOCAL)) {  /* h is a real heap */
+            face_count(h, d, HC_FREES);
+            return;
+        }
+        if (r == MESH_FREE_OTHER) {  /* h may be a sentinel: the thread's own block */
+            hc_bump(d, HC_FREES);
+            return;
+        }
+    }
+    hook_free_slow(d, p);
 }
 
 #define MESH_PY_DEFINE_HOOKS(name, d)                                       \
@@ -597,12 +660,12 @@ static PyObject *py_install(PyObject *self, PyObject *args) {
         if (!(newly & (1u << d)))
             continue;
         if (hooked[d]) {  /* after uninstall(): the hook is still in place */
-            atomic_store(&diverting[d], 1);
+            atomic_store(&diverting[d], api_preloaded ? DIVERT_API : DIVERT_INLINE);
             continue;
         }
         /* The previous allocator, as it is now (the struct is copied). */
         PyMem_GetAllocator((PyMemAllocatorDomain)d, &saved[d]);
-        atomic_store(&diverting[d], 1);
+        atomic_store(&diverting[d], api_preloaded ? DIVERT_API : DIVERT_INLINE);
         atomic_thread_fence(memory_order_seq_cst);  /* saved[] before the hook */
         PyMemAllocatorEx hook = hooks[d];
         hook.ctx = saved[d].ctx;  /* see above: a torn pair stays consistent */
