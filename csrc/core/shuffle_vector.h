@@ -43,7 +43,9 @@ MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
   if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[w]) & bit))) return NULL;
   sv->len = (uint16_t)(len - 1);
   mesh_store_relaxed(&at->local[w], mesh_load_relaxed(&at->local[w]) & ~bit);
-  return (void *)(at->base + (uintptr_t)slot * sv->size);
+  void *p = (void *)(at->base + (uintptr_t)slot * sv->size);
+  if (p == NULL) __builtin_unreachable(); /* spans are never at 0: callers' NULL tests fold away */
+  return p;
 }
 
 /* Pops a free slot (len > 0), reporting and skipping a slot another thread

@@ -24,13 +24,20 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "../core/fast_path.h"
 #include "../core/internal.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
-EXPORT void *malloc(size_t size) { return mesh_malloc(size); }
-EXPORT void free(void *p) { mesh_free(p); }
-EXPORT void cfree(void *p) { mesh_free(p); }
+/* malloc and free inline the core's fast paths: a call to the exported
+ * mesh_malloc/mesh_free would go through the PLT (they are interposable
+ * public symbols). A pointer that is not ours goes to mesh_free, which
+ * reports it. */
+EXPORT void *malloc(size_t size) { return mesh_malloc_inline(size); }
+EXPORT void free(void *p) {
+  if (mesh_unlikely(!mesh_free_inline(p)) && p) mesh_free(p);
+}
+EXPORT void cfree(void *p) { free(p); }
 EXPORT void *calloc(size_t n, size_t size) { return mesh_calloc(n, size); }
 EXPORT void *realloc(void *p, size_t size) { return mesh_realloc(p, size); }
 EXPORT void *reallocarray(void *p, size_t n, size_t size) { return mesh_reallocarray(p, n, size); }
