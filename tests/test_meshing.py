@@ -153,6 +153,18 @@ def test_compaction_frees_the_same_whatever_the_pause_bound(helpers, cbuild, see
 
 
 @pytest.mark.parametrize("seed", [1, SESSION_SEED])
+def test_compaction_packs_sparse_spans_onto_dense_ones_past_where_random_pairs_stall(helpers, cbuild, seed):
+    """3 % of 32-byte objects kept (about 4 live of 128 slots a span): the
+    compacted class is over 55 % occupied. Meshing random pairs stalled
+    near 30 % (two spans of 128 slots at 30 % fit with probability
+    ~1e-5); best fit packs each sparse span onto the densest one it fits."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["pack-sparse", seed])
+    assert "pack-sparse ok" in r.stdout, r.describe()
+    occ = float(re.search(r"occupancy=([0-9.]+)", r.stdout).group(1))
+    assert occ >= 0.55, r.describe()
+
+
+@pytest.mark.parametrize("seed", [1, SESSION_SEED])
 def test_mapping_budget_stops_meshing_below_max_mappings_without_aborting(helpers, cbuild, seed):
     r = run_c(helpers, cbuild, "mesh_cases", ["budget", seed])
     assert "budget ok" in r.stdout, r.describe()
