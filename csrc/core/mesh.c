@@ -227,18 +227,24 @@ static int adjacent_partner(const span_t *l) {
   return -1;
 }
 
-/* Shell sort of cand[0..n) by live count, densest first (no libc qsort:
- * it may malloc); clive[] moves along. */
-static void sort_by_live(unsigned n) {
+/* Shell sort of cand[0..n) by live count, densest first, then by id (no
+ * libc qsort: it may malloc); clive[] moves along. Returns n without the
+ * duplicates (a span collected twice is adjacent to itself once sorted). */
+static unsigned sort_by_live(unsigned n) {
   for (unsigned gap = n / 2; gap; gap /= 2)
     for (unsigned i = gap; i < n; i++) {
       uint32_t t = cand[i];
       uint16_t tl = clive[i];
       unsigned j = i;
-      for (; j >= gap && clive[j - gap] < tl; j -= gap) cand[j] = cand[j - gap], clive[j] = clive[j - gap];
+      for (; j >= gap && (clive[j - gap] < tl || (clive[j - gap] == tl && cand[j - gap] > t)); j -= gap)
+        cand[j] = cand[j - gap], clive[j] = clive[j - gap];
       cand[j] = t;
       clive[j] = tl;
     }
+  unsigned m = 0;
+  for (unsigned i = 0; i < n; i++)
+    if (!m || cand[i] != cand[m - 1]) cand[m] = cand[i], clive[m] = clive[i], m++;
+  return m;
 }
 
 /* (lock) Moving average and decaying peak of a mesh's time per unit of
@@ -292,7 +298,6 @@ static unsigned collect(unsigned cls, unsigned max_live, unsigned max_chain, uin
     for (uint32_t h = _mesh_partial_head(cls, hb); h && n < MAX_CANDIDATES / 4 && looked++ < MAX_CANDIDATES;
          h = mesh_span(h)->next)
       if (h != cursor[cls].id && is_candidate(h, cls, max_live, max_chain)) cand[n++] = h;
-  unsigned from_heads = n;
   uint32_t id = cursor[cls].id;
   unsigned b = cursor[cls].bin;
   span_t *c0 = mesh_span(id);
@@ -311,9 +316,8 @@ static unsigned collect(unsigned cls, unsigned max_live, unsigned max_chain, uin
     /* long runs of spans too full to mesh: the walk itself must respect the
      * pause bound (the cursor keeps the place for the next step) */
     if ((walked & 255) == 255 && _mesh_os_now_ns() >= deadline) break;
-    bool dup = false;
-    for (unsigned k = 0; k < from_heads && !dup; k++) dup = cand[k] == id;
-    if (!dup && is_candidate(id, cls, max_live, max_chain)) cand[n++] = id;
+    /* (a span also taken from the heads is dropped after the sort) */
+    if (is_candidate(id, cls, max_live, max_chain)) cand[n++] = id;
     id = mesh_span(id)->next;
   }
   cursor[cls].id = id; /* MESH_NIL: the sweep of this class is complete */
@@ -341,6 +345,35 @@ static int alias_cost(uint32_t src_id, uint32_t dst_id) {
   return cost;
 }
 
+/* A span with k live objects of n slots fits one with L live at random
+ * with probability about ((n - L) / n)^k. Returns the largest L for which
+ * that is at least 1/FIT_ODDS: denser kept spans are tried last. */
+#define FIT_ODDS 1024
+static unsigned fit_limit(unsigned n, unsigned k) {
+  unsigned lo = 0, hi = n > k ? n - k : 0; /* L = n - k: the last that can fit at all */
+  while (lo < hi) {
+    unsigned mid = (lo + hi + 1) / 2;
+    double f = (double)(n - mid) / n, p = 1.0;
+    for (unsigned e = k; e; e >>= 1, f *= f)
+      if (e & 1) p *= f;
+    if (p * FIT_ODDS >= 1.0) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/* The first position of the kept list (densest first) whose span has at
+ * most live objects. */
+static unsigned kept_past(unsigned live) {
+  unsigned lo = 0, hi = nkept;
+  while (lo < hi) {
+    unsigned mid = (lo + hi) / 2;
+    if (clive[kept[mid]] > live) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /* Meshes what it can in one class before the deadline; returns pages freed
  * (and sets *out_of_time), or stops at the mapping budget (*stop).
  *
@@ -365,7 +398,7 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     /* (already past the deadline: the loop below stops at once and the
      * batch waits, sorted, for the next step) */
     for (unsigned i = 0; i < n; i++) clive[i] = (uint16_t)_mesh_span_live(mesh_span(cand[i]));
-    sort_by_live(n);
+    n = sort_by_live(n);
     nkept = 0;
     batch.cls = cls;
     batch.n = n;
@@ -393,12 +426,20 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     bool l_is_src = true;
     int best = INT_MAX;
     int adj = adjacent_partner(l);
-    unsigned compared = 0, tried = nkept < probes ? nkept : probes;
+    /* The kept list is densest first. Spans with more live objects than l
+     * has free slots cannot take it (from 0 to least: skipped). Those l
+     * would fit only by a fluke if the two bitmaps were random (from least
+     * to likely, fit_limit) are tried last: otherwise the densest kept
+     * spans take every probe of every span and the sparser ones l would
+     * likely fit are never tried. They are still tried, for bitmaps that
+     * are not random (complementary patterns). */
+    unsigned least = kept_past(sc->nobjects - clive[i]), likely = kept_past(fit_limit(sc->nobjects, clive[i]));
+    unsigned compared = 0, tried = nkept - least < probes ? nkept - least : probes;
     for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= tried; k++) {
       /* hundreds of probes touch hundreds of span records: the probe loop
        * itself must respect the pause bound */
       if ((k & 63) == 63 && _mesh_os_now_ns() >= deadline) break;
-      int pos = k == 0 ? adj : (int)k - 1;
+      int pos = k == 0 ? adj : (int)(k - 1 < nkept - likely ? likely + k - 1 : least + (k - 1 - (nkept - likely)));
       if (pos < 0 || (k > 0 && pos == adj)) continue;
       unsigned j = kept[pos];
       span_t *r = mesh_span(cand[j]);
