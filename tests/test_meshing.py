@@ -153,6 +153,31 @@ def test_compaction_frees_the_same_whatever_the_pause_bound(helpers, cbuild, see
 
 
 @pytest.mark.parametrize("seed", [1, SESSION_SEED])
+def test_compaction_packs_sparse_spans_onto_dense_ones_past_where_random_pairs_stall(helpers, cbuild, seed):
+    """3 % of 32-byte objects kept (about 4 live of 128 slots a span): the
+    compacted class is over 55 % occupied. Meshing random pairs stalled
+    near 30 % (two spans of 128 slots at 30 % fit with probability
+    ~1e-5); best fit packs each sparse span onto the densest one it fits."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["pack-sparse", seed])
+    assert "pack-sparse ok" in r.stdout, r.describe()
+    occ = float(re.search(r"occupancy=([0-9.]+)", r.stdout).group(1))
+    assert occ >= 0.55, r.describe()
+
+
+@pytest.mark.parametrize("seed", [1, SESSION_SEED])
+def test_best_fit_tries_likely_partners_before_dense_spans_that_fit_only_by_chance(helpers, cbuild, seed):
+    """64-byte objects, 55 % kept in the first half's spans and 25 % in the
+    second's, 64 probes per span: the dense kept spans must not take every
+    probe of the 25 % spans (a 25 % span fits a 55 % one with probability
+    ~0.45^16), or those never meet each other and almost nothing meshes
+    (about 65 meshed pages when the densest were always tried first; 500-700
+    when the likely ones are tried first)."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["pack-mixed", seed], env_extra={"MESH_PROBES": "64"})
+    assert "pack-mixed ok" in r.stdout, r.describe()
+    assert stat_from(r.stdout, "meshed_pages") >= 300, r.describe()
+
+
+@pytest.mark.parametrize("seed", [1, SESSION_SEED])
 def test_mapping_budget_stops_meshing_below_max_mappings_without_aborting(helpers, cbuild, seed):
     r = run_c(helpers, cbuild, "mesh_cases", ["budget", seed])
     assert "budget ok" in r.stdout, r.describe()

@@ -134,6 +134,21 @@ def test_span_pages_option_sets_the_span_size_of_small_classes(helpers, installe
     assert big and all(got["1"][k] == got["4"][k] >= 8 * k for k in big), got
 
 
+def test_span_tail_waste_up_to_1_28_keeps_spans_at_one_page(helpers, installed):
+    """The span of a class is the fewest pages whose tail waste is at most
+    1/28: 208, 304 and 496 bytes fit one page with 3.1-3.5 % left over
+    (they took 2, 3 and 4 pages under the old 1/40), 416 bytes two pages
+    (3.5 %; 3 before). Fewer slots per span mesh at higher occupancy."""
+    code = ("import json, sys, meshalloc\n"
+            "keep = [b'%d' % i + b'x' * n for n in (160, 260, 370, 450) for i in range(100)]\n"
+            "s = meshalloc.stats()\n"
+            "print(json.dumps({c.object_size: c.span_bytes for c in s.size_classes if c.spans}))\n")
+    r = helpers.run([sys.executable, "-c", code], timeout=60, cwd=installed, env=helpers.env(MESHALLOC="1"))
+    helpers.assert_ok(r, "span sizes")
+    got = {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
+    assert (got[208], got[304], got[416], got[496]) == (4096, 4096, 8192, 4096), got
+
+
 def test_cli_stats_json(helpers, installed):
     """python -m meshalloc stats --json prints JSON with every Stats field;
     under MESHALLOC=1 the CLI's own interpreter is installed."""

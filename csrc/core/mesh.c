@@ -7,14 +7,15 @@
  * punched out of the memfd. No pointer changes: the source's addresses now
  * reach the same objects through an alias mapping.
  *
- * Finding pairs (the paper's split mesher): the candidates of a class
- * (detached PARTIAL spans under max_occupancy_pct, chains not at max_chain)
- * are shuffled and split in two halves; each span of the first half is
- * probed against up to `probes` spans of the second. Before the random
- * probes, the partner that would continue a neighbour's mapping is tried:
- * if the virtual page left of the source maps to memfd page P-1, meshing onto
- * the span at P lets the kernel merge the two VMAs, so one mapping covers
- * many meshed pages (see arena.c). Passes repeat, so chains grow.
+ * Finding pairs (best fit, not the paper's random split): a batch of
+ * candidates of a class (detached PARTIAL spans under max_occupancy_pct,
+ * chains not at max_chain) is sorted densest first and placed span by span:
+ * each is meshed onto the densest span already kept whose bitmap it does not
+ * overlap (up to `probes` tried), or kept itself. Before those, the partner
+ * that would continue a neighbour's mapping is tried: if the virtual page
+ * left of the source maps to memfd page P-1, meshing onto the span at P lets
+ * the kernel merge the two VMAs, so one mapping covers many meshed pages
+ * (see arena.c). Sweeps repeat, so chains grow.
  *
  * One mesh, under the global lock, with the source's bits only ever being
  * cleared (by racing frees) and the destination's never set by anyone else:
@@ -48,8 +49,13 @@
 static uint64_t last_pass_ns;
 static unsigned next_cls;
 static uint32_t cand[MAX_CANDIDATES]; /* (lock) scratch for one class */
-static uint8_t used[MAX_CANDIDATES];
-static uint64_t mesh_rng;
+/* (lock) The best-fit state of the open batch (see mesh_class): clive[i]
+ * is cand[i]'s live count when it was last looked at (a hint: racing
+ * frees only lower it); kept[0..nkept) are positions in cand[] of the
+ * spans that stay physical, densest first. */
+static uint16_t clive[MAX_CANDIDATES];
+static uint16_t kept[MAX_CANDIDATES];
+static unsigned nkept;
 static struct { uint32_t id; uint8_t bin; } cursor[MESH_NUM_CLASSES]; /* (lock) where each class's sweep goes on */
 
 /* The mapping budget. The kernel refuses any new mapping of the process
@@ -69,7 +75,6 @@ static void count_other_mappings(void) {
 }
 
 void _mesh_meshing_init(void) {
-  mesh_rng = _mesh_random_seed();
   map_limit = (uint64_t)_mesh_os_max_map_count();
   mesh_stat_set(arena_mappings, 1);
   mesh_stat_set(arena_mappings_hwm, 1);
@@ -202,9 +207,9 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
   return true;
 }
 
-/* Candidate index of the span whose physical pages would continue the
- * mapping left or right of span l, or -1. */
-static int adjacent_partner(const span_t *l, unsigned half, unsigned ncand) {
+/* Position in kept[0..nkept) of the span whose physical pages would
+ * continue the mapping left or right of span l, or -1. */
+static int adjacent_partner(const span_t *l) {
   uint32_t want[2] = {MESH_NIL, MESH_NIL};
   if (l->page > 0) want[0] = _mesh_arena_phys_of(l->page - 1) + 1;
   if (l->page + l->npages < _mesh_arena.npages) {
@@ -216,21 +221,30 @@ static int adjacent_partner(const span_t *l, unsigned half, unsigned ncand) {
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[want[k]]);
     uint32_t id = (uint32_t)e;
     if (!id || (uint32_t)(e >> 32) != want[k] || mesh_span(id)->page != want[k]) continue;
-    for (unsigned j = half; j < ncand; j++) /* short list; only when a neighbour is meshed */
-      if (cand[j] == id) return used[j] ? -1 : (int)j;
+    for (unsigned j = 0; j < nkept; j++) /* short list; only when a neighbour is meshed */
+      if (cand[kept[j]] == id) return (int)j;
   }
   return -1;
 }
 
-/* Shell sort of cand[0..n) by first page (no libc qsort: it may malloc). */
-static void sort_by_page(unsigned n) {
+/* Shell sort of cand[0..n) by live count, densest first, then by id (no
+ * libc qsort: it may malloc); clive[] moves along. Returns n without the
+ * duplicates (a span collected twice is adjacent to itself once sorted). */
+static unsigned sort_by_live(unsigned n) {
   for (unsigned gap = n / 2; gap; gap /= 2)
     for (unsigned i = gap; i < n; i++) {
-      uint32_t t = cand[i], tp = mesh_span(t)->page;
+      uint32_t t = cand[i];
+      uint16_t tl = clive[i];
       unsigned j = i;
-      for (; j >= gap && mesh_span(cand[j - gap])->page > tp; j -= gap) cand[j] = cand[j - gap];
+      for (; j >= gap && (clive[j - gap] < tl || (clive[j - gap] == tl && cand[j - gap] > t)); j -= gap)
+        cand[j] = cand[j - gap], clive[j] = clive[j - gap];
       cand[j] = t;
+      clive[j] = tl;
     }
+  unsigned m = 0;
+  for (unsigned i = 0; i < n; i++)
+    if (!m || cand[i] != cand[m - 1]) cand[m] = cand[i], clive[m] = clive[i], m++;
+  return m;
 }
 
 /* (lock) Moving average and decaying peak of a mesh's time per unit of
@@ -284,7 +298,6 @@ static unsigned collect(unsigned cls, unsigned max_live, unsigned max_chain, uin
     for (uint32_t h = _mesh_partial_head(cls, hb); h && n < MAX_CANDIDATES / 4 && looked++ < MAX_CANDIDATES;
          h = mesh_span(h)->next)
       if (h != cursor[cls].id && is_candidate(h, cls, max_live, max_chain)) cand[n++] = h;
-  unsigned from_heads = n;
   uint32_t id = cursor[cls].id;
   unsigned b = cursor[cls].bin;
   span_t *c0 = mesh_span(id);
@@ -303,9 +316,8 @@ static unsigned collect(unsigned cls, unsigned max_live, unsigned max_chain, uin
     /* long runs of spans too full to mesh: the walk itself must respect the
      * pause bound (the cursor keeps the place for the next step) */
     if ((walked & 255) == 255 && _mesh_os_now_ns() >= deadline) break;
-    bool dup = false;
-    for (unsigned k = 0; k < from_heads && !dup; k++) dup = cand[k] == id;
-    if (!dup && is_candidate(id, cls, max_live, max_chain)) cand[n++] = id;
+    /* (a span also taken from the heads is dropped after the sort) */
+    if (is_candidate(id, cls, max_live, max_chain)) cand[n++] = id;
     id = mesh_span(id)->next;
   }
   cursor[cls].id = id; /* MESH_NIL: the sweep of this class is complete */
@@ -333,8 +345,48 @@ static int alias_cost(uint32_t src_id, uint32_t dst_id) {
   return cost;
 }
 
+/* A span with k live objects of n slots fits one with L live at random
+ * with probability about ((n - L) / n)^k. Returns the largest L for which
+ * that is at least 1/FIT_ODDS: denser kept spans are tried last. */
+#define FIT_ODDS 1024
+static unsigned fit_limit(unsigned n, unsigned k) {
+  unsigned lo = 0, hi = n > k ? n - k : 0; /* L = n - k: the last that can fit at all */
+  while (lo < hi) {
+    unsigned mid = (lo + hi + 1) / 2;
+    double f = (double)(n - mid) / n, p = 1.0;
+    for (unsigned e = k; e; e >>= 1, f *= f)
+      if (e & 1) p *= f;
+    if (p * FIT_ODDS >= 1.0) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+/* The first position of the kept list (densest first) whose span has at
+ * most live objects. */
+static unsigned kept_past(unsigned live) {
+  unsigned lo = 0, hi = nkept;
+  while (lo < hi) {
+    unsigned mid = (lo + hi) / 2;
+    if (clive[kept[mid]] > live) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /* Meshes what it can in one class before the deadline; returns pages freed
- * (and sets *out_of_time), or stops at the mapping budget (*stop). */
+ * (and sets *out_of_time), or stops at the mapping budget (*stop).
+ *
+ * Best fit: the batch is sorted densest first and placed span by span;
+ * each span is meshed onto the densest span already kept (placed and still
+ * physical) whose bitmap it does not overlap, or is kept itself. Pairing
+ * spans at random (the paper's split mesher) doubles occupancy per round
+ * and stalls where random pairs stop fitting: with 128 slots a span, at
+ * ~30 %. Filling the densest span first leaves the sparse ones free to
+ * fill the next: a sparse span with k live objects fits a span at
+ * occupancy q with probability ~(1 - q)^k, so the few survivors of a
+ * fragmented class can be packed far past the point where two spans of
+ * equal occupancy mesh. */
 static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more) {
   const size_class_t *sc = &_mesh_classes[cls];
   unsigned max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
@@ -345,66 +397,77 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     if (n < 2) return 0;
     /* (already past the deadline: the loop below stops at once and the
      * batch waits, sorted, for the next step) */
-    /* Split by address: the lower half is meshed, in address order, onto
-     * the upper half. Walking sources in order lets consecutive sources land
-     * on consecutive destinations (adjacent_partner), which the kernel maps
-     * with one VMA; the partners themselves are still probed at random. */
-    sort_by_page(n);
-    for (unsigned i = 0; i < n; i++) used[i] = 0;
+    for (unsigned i = 0; i < n; i++) clive[i] = (uint16_t)_mesh_span_live(mesh_span(cand[i]));
+    n = sort_by_live(n);
+    nkept = 0;
     batch.cls = cls;
     batch.n = n;
     batch.next = 0;
     batch.open = true;
   }
-  unsigned n = batch.n, half = n / 2, nr = n - half, probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
+  unsigned n = batch.n, probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
   size_t freed = 0;
   unsigned i = batch.next;
-  for (; i < half; i++) {
+  for (; i < n; i++) {
     if (_mesh_os_now_ns() >= deadline) { /* a vDSO read: ~20 ns against ~60 us per mesh */
       *out_of_time = true;
       break;
     }
     if (!is_candidate(cand[i], cls, max_live, max_chain)) continue;
     span_t *l = mesh_span(cand[i]);
-    /* Of the partners tried (the one that would continue a neighbour's
-     * mapping first, then random probes), take the pair and direction that
-     * adds the fewest kernel mappings: an alias in the middle of an
-     * identity-mapped run splits it (+2), one next to another alias may
-     * cost +1 or 0, one continuing a neighbour's run merges (<= 0). The
-     * mapping budget, not the copying, is what limits meshing in a big
-     * heap. Ties keep l as the source (sources walk in address order). */
+    /* Partners are tried densest first (after the one that would continue
+     * a neighbour's mapping); of the first few disjoint ones, the pair and
+     * direction that adds the fewest kernel mappings is taken: an alias in
+     * the middle of an identity-mapped run splits it (+2), one next to
+     * another alias may cost +1 or 0, one continuing a neighbour's run
+     * merges (<= 0). Ties go to the densest. The mapping budget, not the
+     * copying, is what limits meshing in a big heap. */
     int pick = -1;
     bool l_is_src = true;
     int best = INT_MAX;
-    int adj = adjacent_partner(l, half, n);
-    unsigned start = mesh_rand_below(&mesh_rng, nr), compared = 0;
-    for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= probes && k <= nr; k++) {
+    int adj = adjacent_partner(l);
+    /* The kept list is densest first. Spans with more live objects than l
+     * has free slots cannot take it (from 0 to least: skipped). Those l
+     * would fit only by a fluke if the two bitmaps were random (from least
+     * to likely, fit_limit) are tried last: otherwise the densest kept
+     * spans take every probe of every span and the sparser ones l would
+     * likely fit are never tried. They are still tried, for bitmaps that
+     * are not random (complementary patterns). */
+    unsigned least = kept_past(sc->nobjects - clive[i]), likely = kept_past(fit_limit(sc->nobjects, clive[i]));
+    unsigned compared = 0, tried = nkept - least < probes ? nkept - least : probes;
+    for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= tried; k++) {
       /* hundreds of probes touch hundreds of span records: the probe loop
        * itself must respect the pause bound */
       if ((k & 63) == 63 && _mesh_os_now_ns() >= deadline) break;
-      int j = k == 0 ? adj : (int)(half + (start + k - 1) % nr);
-      if (j < 0 || (k > 0 && j == adj) || used[j]) continue;
+      int pos = k == 0 ? adj : (int)(k - 1 < nkept - likely ? likely + k - 1 : least + (k - 1 - (nkept - likely)));
+      if (pos < 0 || (k > 0 && pos == adj)) continue;
+      unsigned j = kept[pos];
       span_t *r = mesh_span(cand[j]);
-      if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain || !is_candidate(cand[j], cls, max_live, max_chain))
+      /* (a kept span is filled past max_live: that bound is for choosing
+       * candidates, and a sparse span may still fit a dense one) */
+      if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain || !is_candidate(cand[j], cls, sc->nobjects, max_chain))
         continue;
       compared++;
       int fwd = alias_cost(cand[i], cand[j]), back = alias_cost(cand[j], cand[i]);
-      if (fwd < best) best = fwd, pick = j, l_is_src = true;
-      if (back < best) best = back, pick = j, l_is_src = false;
+      if (fwd < best) best = fwd, pick = pos, l_is_src = true;
+      if (back < best) best = back, pick = pos, l_is_src = false;
     }
-    if (pick < 0) continue;
+    if (pick < 0) {
+      kept[nkept++] = (uint16_t)i; /* no older span is sparser: the order holds */
+      continue;
+    }
+    unsigned j = kept[pick];
     /* a mesh that would likely end past the deadline waits for the next
      * step: its work times the recent peak (or twice the average) time per
      * unit must still fit. The first mesh of a call always runs, so meshing
      * progresses even where one mesh takes longer than the bound
      * (sanitizers, huge chains). */
-    uint32_t src = l_is_src ? cand[i] : cand[pick], dst = l_is_src ? cand[pick] : cand[i];
+    uint32_t src = l_is_src ? cand[i] : cand[j], dst = l_is_src ? cand[j] : cand[i];
     uint64_t units = mesh_units(src), per_unit = 2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak;
     if (freed && _mesh_os_now_ns() + units * per_unit >= deadline) {
       *out_of_time = true;
       break;
     }
-    used[pick] = 1;
     _mesh_partial_unlink(src);
     _mesh_partial_unlink(dst);
     uint32_t pages = mesh_span(src)->npages;
@@ -416,6 +479,17 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     mesh_ns_peak = took > mesh_ns_peak ? took : mesh_ns_peak - mesh_ns_peak / 64;
     if (meshed) {
       freed += pages;
+      /* the survivor takes the kept place, moved up to its new density */
+      unsigned sv = l_is_src ? j : i, live = (unsigned)clive[i] + clive[j];
+      clive[sv] = (uint16_t)live;
+      unsigned pos = (unsigned)pick;
+      if (live >= sc->nobjects) { /* full: no longer a partner */
+        nkept--;
+        for (unsigned q = pos; q < nkept; q++) kept[q] = kept[q + 1];
+      } else {
+        for (; pos > 0 && clive[kept[pos - 1]] < live; pos--) kept[pos] = kept[pos - 1];
+        kept[pos] = (uint16_t)sv;
+      }
     } else {
       _mesh_file_detached(src);
       *stop = true;
@@ -429,7 +503,7 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     }
   }
   batch.next = i;
-  if (i >= half || *stop) batch.open = false; /* the batch is done */
+  if (i >= n || *stop) batch.open = false; /* the batch is done */
   if (batch.open || cursor[cls].id) *more = true; /* the rest of the batch or of the sweep */
   return freed;
 }

@@ -3,9 +3,14 @@
  * Classes: 16..512 in 16-byte steps (32 classes), then 4 per doubling up to
  * 16 KiB (20 classes). Each class's span is the fewest pages, from those
  * that hold MESH_SPAN_MIN_OBJECTS (or the span_pages option, if more),
- * whose tail waste is at most 1/40 of the span; where none of the next four
+ * whose tail waste is at most 1/28 of the span; where none of the next four
  * sizes is, the one of them with the least waste. Small spans mesh best
- * (types.h); the waste rule keeps memory lost to span tails under ~2.5 %.
+ * (types.h); the waste rule keeps memory lost to span tails under ~3.6 %.
+ * It was 1/40 (2.5 %): 1/28 gives 208, 304 and 496 bytes one page instead
+ * of 2, 3 and 4 (19, 13 and 8 slots instead of 39, 40 and 33) and 416
+ * bytes 2 pages instead of 3, for 2-3 points more tail in those classes;
+ * their spans then mesh at the occupancy the one-page classes reach
+ * (frag_bands: 45 % -> 60-70 %, docs/meshing.md).
  * The tables are filled once by
  * init before any allocation; the fast path indexes them without a branch
  * on the class boundaries.
@@ -36,7 +41,7 @@ void _mesh_size_classes_init(void) {
       uint64_t bytes = (uint64_t)p * MESH_PAGE_SIZE, n = bytes / size;
       if (n > MESH_SPAN_MAX_OBJECTS) n = MESH_SPAN_MAX_OBJECTS;
       uint64_t waste = bytes - n * size;
-      if (waste * 40 <= bytes) { /* good enough: the smallest such span */
+      if (waste * 28 <= bytes) { /* good enough: the smallest such span */
         best_pages = p;
         break;
       }
