@@ -59,6 +59,22 @@ def test_complementary_spans_mesh_and_objects_stay_usable_through_aliases(helper
     assert f"chain ok size={size} k=2" in r.stdout, r.describe()
 
 
+@pytest.mark.parametrize("size", [16, 256])
+def test_split_mesher_meshes_complementary_spans_too(helpers, cbuild, size):
+    """The paper's split mesher (option mesher=1) finds the same pair."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["pair", size], env_extra={"MESH_MESHER": "1"})
+    assert f"chain ok size={size} k=2" in r.stdout, r.describe()
+
+
+@pytest.mark.parametrize("k", [3, 8])
+def test_split_mesher_grows_chains_over_repeated_sweeps(helpers, cbuild, k):
+    """Under the split mesher a span meshes at most once per batch, so a
+    chain of k grows over several sweeps of one compaction."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["chain", k], env_extra={"MESH_MESHER": "1"})
+    assert f"chain ok size=64 k={k}" in r.stdout, r.describe()
+    assert stat_from(r.stdout, "mesh_count") == k - 1
+
+
 @pytest.mark.parametrize("k", [3, 8])
 def test_chain_of_spans_meshes_onto_one_physical_page(helpers, cbuild, k):
     """k spans, each keeping a disjoint 1/k of the slots, end up as one
@@ -162,6 +178,19 @@ def test_compaction_packs_sparse_spans_onto_dense_ones_past_where_random_pairs_s
     assert "pack-sparse ok" in r.stdout, r.describe()
     occ = float(re.search(r"occupancy=([0-9.]+)", r.stdout).group(1))
     assert occ >= 0.55, r.describe()
+
+
+def test_best_fit_packs_denser_than_the_papers_split_mesher(helpers, cbuild):
+    """Same heap, same seed: the default best fit leaves the sparse class
+    much fuller than random halves with random probes (mesher=1)."""
+    occ = {}
+    for mesher in ("0", "1"):
+        r = run_c(helpers, cbuild, "mesh_cases", ["pack-sparse", 5], env_extra={"MESH_MESHER": mesher})
+        m = re.search(r"occupancy=([0-9.]+)", r.stdout)
+        assert m, r.describe()
+        occ[mesher] = float(m.group(1))
+    assert occ["1"] > 0.1, occ  # the split mesher does mesh
+    assert occ["0"] >= occ["1"] + 0.15, occ
 
 
 @pytest.mark.parametrize("seed", [1, SESSION_SEED])

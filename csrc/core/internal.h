@@ -94,8 +94,10 @@ void _mesh_fill(void *p, int c, size_t n);
     "time bound of one meshing pass, us; leftover work resumes at the next trigger") \
   X(BACKGROUND_MS, background_ms, 0, 0, 86400000, 0, \
     "run a meshing pass every this many ms from a background thread; 0 = no thread (start-up only)") \
+  X(MESHER, mesher, 0, 0, 1, 1, \
+    "how partners are found: 0 = best fit (each span onto the densest kept span it fits), 1 = the paper's split mesher (random halves, random probes)") \
   X(PROBES, probes, 512, 1, 4096, 1, \
-    "partners each candidate span is tried against in the split mesher (the paper's t; 512 = every partner of a batch)") \
+    "partners each candidate span is tried against (the paper's t; 512 = about every partner of a batch)") \
   X(MAX_OCCUPANCY_PCT, max_occupancy_pct, 80, 1, 99, 1, \
     "spans fuller than this percentage are not meshing candidates") \
   X(MAX_CHAIN, max_chain, 256, 2, 256, 1, \
@@ -108,6 +110,9 @@ void _mesh_fill(void *p, int c, size_t n);
     "seed for the randomized allocation order; 0 draws one from the OS") \
   X(SPAN_PAGES, span_pages, 1, 1, 4, 0, \
     "least pages per span of a small class: 1 meshes at higher occupancy; 4 meshes four pages per kernel mapping, for heaps that would reach the mapping budget")
+
+/* values of the mesher option */
+enum { MESH_MESHER_BEST = 0, MESH_MESHER_SPLIT = 1 };
 
 enum mesh_option_id {
 #define MESH_OPT_ENUM(E, n, d, lo, hi, rt, doc) MESH_OPT_##E,

@@ -56,6 +56,7 @@ static uint32_t cand[MAX_CANDIDATES]; /* (lock) scratch for one class */
 static uint16_t clive[MAX_CANDIDATES];
 static uint16_t kept[MAX_CANDIDATES];
 static unsigned nkept;
+static uint64_t mesh_rng; /* (lock) the split mesher's random halves and probe starts */
 static struct { uint32_t id; uint8_t bin; } cursor[MESH_NUM_CLASSES]; /* (lock) where each class's sweep goes on */
 
 /* The mapping budget. The kernel refuses any new mapping of the process
@@ -75,6 +76,7 @@ static void count_other_mappings(void) {
 }
 
 void _mesh_meshing_init(void) {
+  mesh_rng = _mesh_random_seed();
   map_limit = (uint64_t)_mesh_os_max_map_count();
   mesh_stat_set(arena_mappings, 1);
   mesh_stat_set(arena_mappings_hwm, 1);
@@ -276,8 +278,8 @@ static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned 
  * lock is dropped between steps, so every span is checked again before it
  * is used. */
 static struct {
-  unsigned cls, n, next; /* cand[0..n), sources from next on */
-  bool open;
+  unsigned cls, n, next; /* sources cand[next..n) (split: the partners are kept[], not sources) */
+  bool open, split;      /* split: the batch was set up by the split mesher */
 } batch;
 
 /* Collects up to MAX_CANDIDATES candidates of cls into cand[] and returns
@@ -400,11 +402,26 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     for (unsigned i = 0; i < n; i++) clive[i] = (uint16_t)_mesh_span_live(mesh_span(cand[i]));
     n = sort_by_live(n);
     nkept = 0;
+    batch.split = mesh_opt(MESH_OPT_MESHER) == MESH_MESHER_SPLIT;
+    if (batch.split) {
+      /* the paper's split mesher: random halves, the first half meshed
+       * onto the second, each span in at most one mesh per batch */
+      for (unsigned i = n; i > 1; i--) {
+        unsigned j = mesh_rand_below(&mesh_rng, i);
+        uint32_t t = cand[i - 1];
+        uint16_t tl = clive[i - 1];
+        cand[i - 1] = cand[j], clive[i - 1] = clive[j];
+        cand[j] = t, clive[j] = tl;
+      }
+      for (unsigned i = n / 2; i < n; i++) kept[nkept++] = (uint16_t)i;
+      n /= 2;
+    }
     batch.cls = cls;
     batch.n = n;
     batch.next = 0;
     batch.open = true;
   }
+  bool split = batch.split;
   unsigned n = batch.n, probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
   size_t freed = 0;
   unsigned i = batch.next;
@@ -433,13 +450,19 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
      * spans take every probe of every span and the sparser ones l would
      * likely fit are never tried. They are still tried, for bitmaps that
      * are not random (complementary patterns). */
-    unsigned least = kept_past(sc->nobjects - clive[i]), likely = kept_past(fit_limit(sc->nobjects, clive[i]));
+    unsigned least = 0, likely = 0, start = 0;
+    if (split) /* partners in random order */
+      start = nkept ? mesh_rand_below(&mesh_rng, nkept) : 0;
+    else
+      least = kept_past(sc->nobjects - clive[i]), likely = kept_past(fit_limit(sc->nobjects, clive[i]));
     unsigned compared = 0, tried = nkept - least < probes ? nkept - least : probes;
     for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= tried; k++) {
       /* hundreds of probes touch hundreds of span records: the probe loop
        * itself must respect the pause bound */
       if ((k & 63) == 63 && _mesh_os_now_ns() >= deadline) break;
-      int pos = k == 0 ? adj : (int)(k - 1 < nkept - likely ? likely + k - 1 : least + (k - 1 - (nkept - likely)));
+      int pos = k == 0 ? adj
+                : split  ? (int)((start + k - 1) % nkept)
+                         : (int)(k - 1 < nkept - likely ? likely + k - 1 : least + (k - 1 - (nkept - likely)));
       if (pos < 0 || (k > 0 && pos == adj)) continue;
       unsigned j = kept[pos];
       span_t *r = mesh_span(cand[j]);
@@ -453,7 +476,7 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
       if (back < best) best = back, pick = pos, l_is_src = false;
     }
     if (pick < 0) {
-      kept[nkept++] = (uint16_t)i; /* no older span is sparser: the order holds */
+      if (!split) kept[nkept++] = (uint16_t)i; /* no older span is sparser: the order holds */
       continue;
     }
     unsigned j = kept[pick];
@@ -483,7 +506,7 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
       unsigned sv = l_is_src ? j : i, live = (unsigned)clive[i] + clive[j];
       clive[sv] = (uint16_t)live;
       unsigned pos = (unsigned)pick;
-      if (live >= sc->nobjects) { /* full: no longer a partner */
+      if (split || live >= sc->nobjects) { /* meshed once (split) or full: no longer a partner */
         nkept--;
         for (unsigned q = pos; q < nkept; q++) kept[q] = kept[q + 1];
       } else {
