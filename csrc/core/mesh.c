@@ -389,7 +389,8 @@ static unsigned kept_past(unsigned live) {
  * occupancy q with probability ~(1 - q)^k, so the few survivors of a
  * fragmented class can be packed far past the point where two spans of
  * equal occupancy mesh. */
-static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more) {
+static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more,
+                         bool *step_meshed) {
   const size_class_t *sc = &_mesh_classes[cls];
   unsigned max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
   unsigned max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
@@ -482,15 +483,19 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     unsigned j = kept[pick];
     /* a mesh that would likely end past the deadline waits for the next
      * step: its work times the recent peak (or twice the average) time per
-     * unit must still fit. The first mesh of a call always runs, so meshing
+     * unit must still fit. The first mesh of a step always runs, so meshing
      * progresses even where one mesh takes longer than the bound
-     * (sanitizers, huge chains). */
+     * (sanitizers, huge chains). Of the step, not of this class: a pass
+     * reaching a class just before its deadline used to run that class's
+     * first mesh unchecked, whatever its chain length (pauses over the
+     * bound). */
     uint32_t src = l_is_src ? cand[i] : cand[j], dst = l_is_src ? cand[j] : cand[i];
     uint64_t units = mesh_units(src), per_unit = 2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak;
-    if (freed && _mesh_os_now_ns() + units * per_unit >= deadline) {
+    if (*step_meshed && _mesh_os_now_ns() + units * per_unit >= deadline) {
       *out_of_time = true;
       break;
     }
+    *step_meshed = true;
     _mesh_partial_unlink(src);
     _mesh_partial_unlink(dst);
     uint32_t pages = mesh_span(src)->npages;
@@ -562,10 +567,10 @@ size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
   uint64_t t0 = _mesh_os_now_ns();
   uint64_t deadline = deadline_after(t0, budget_ns);
   size_t freed = 0;
-  bool out_of_time = false, stop = false, unswept = false;
+  bool out_of_time = false, stop = false, unswept = false, step_meshed = false;
   for (unsigned k = 0; k < MESH_NUM_CLASSES && !out_of_time && !stop; k++) {
     unsigned c = (next_cls + k) % MESH_NUM_CLASSES;
-    freed += mesh_class(c, deadline, &out_of_time, &stop, &unswept);
+    freed += mesh_class(c, deadline, &out_of_time, &stop, &unswept, &step_meshed);
     if (!out_of_time && _mesh_os_now_ns() >= deadline) out_of_time = true;
     if (out_of_time) next_cls = c; /* resume where the budget ran out */
   }
@@ -649,9 +654,9 @@ size_t mesh_compact(void) {
           break;
         }
         uint64_t t0 = _mesh_os_now_ns();
-        bool out_of_time = false;
+        bool out_of_time = false, step_meshed = false;
         unswept = false;
-        sweep += mesh_class(c, deadline_after(t0, budget), &out_of_time, &stop, &unswept);
+        sweep += mesh_class(c, deadline_after(t0, budget), &out_of_time, &stop, &unswept, &step_meshed);
         pause_done(t0);
         _mesh_unlock();
       }
