@@ -13,8 +13,9 @@
  * cache line hot (a random swap cost ~2x on allocation-heavy Python code).
  *
  * att[a].local mirrors entries: bit i of att[a].local is 1 iff slot i of
- * attachment a is in entries. That is how a local double free is caught before the slot
- * could be handed out twice, without touching the shared atomic bitmap.
+ * attachment a is in entries. That is how a local double free is caught
+ * (mesh_free_in, fast_path.h) before the slot could be handed out twice,
+ * without touching the shared atomic bitmap.
  * Owner thread only; no atomics except the statistics counters.
  */
 #ifndef MESH_SHUFFLE_VECTOR_H
@@ -58,17 +59,6 @@ MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
   mesh_store_relaxed(&at->local[slot >> 6], mesh_load_relaxed(&at->local[slot >> 6]) & ~bit);
   if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[slot >> 6]) & bit))) return _mesh_sv_pop_freed(sv, a, slot);
   return (void *)(at->base + (uintptr_t)slot * sv->size);
-}
-
-/* Returns false (and changes nothing) if the slot is already free here. */
-MESH_INLINE bool mesh_sv_push(shuffle_vector_t *sv, unsigned a, unsigned slot) {
-  uint64_t bit = 1ull << (slot & 63);
-  _Atomic uint64_t *w = &sv->att[a].local[slot >> 6];
-  uint64_t v = mesh_load_relaxed(w);
-  if (mesh_unlikely(v & bit)) return false;
-  mesh_store_relaxed(w, v | bit);
-  sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
-  return true;
 }
 
 /* Adds a slot during refill (no shuffle: the caller shuffles once). */

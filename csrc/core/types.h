@@ -139,9 +139,12 @@ typedef struct shuffle_vector_s {
   uint16_t total_objects;           /* sum of nobjects over attachments */
   uint16_t pad;
   uint32_t total_bytes;             /* sum of span bytes over attachments */
-  sv_attachment_t att[MESH_MAX_ATTACHED];
+  _Alignas(64) sv_attachment_t att[MESH_MAX_ATTACHED]; /* each on its own cache line */
   uint16_t entries[MESH_VECTOR_CAPACITY]; /* (attachment << 8) | slot */
 } shuffle_vector_t;
+
+_Static_assert(offsetof(shuffle_vector_t, att) % 64 == 0 && sizeof(shuffle_vector_t) % 64 == 0,
+               "attachment records must start on cache lines");
 
 typedef struct thread_heap_s {
   uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels */
