@@ -25,7 +25,7 @@
 
 #include "internal.h"
 
-MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot);
+MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv);
 
 /* The fast path's pop: the address of the top entry's slot, taken out of
  * the vector, or NULL (vector untouched) when the vector is empty or the
@@ -52,13 +52,8 @@ MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
 /* Pops a free slot (len > 0), reporting and skipping a slot another thread
  * freed while it was free here (see mesh_sv_try_pop). */
 MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
-  uint16_t e = sv->entries[--sv->len];
-  unsigned a = e >> 8, slot = e & 0xFFu;
-  sv_attachment_t *at = &sv->att[a];
-  uint64_t bit = 1ull << (slot & 63);
-  mesh_store_relaxed(&at->local[slot >> 6], mesh_load_relaxed(&at->local[slot >> 6]) & ~bit);
-  if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[slot >> 6]) & bit))) return _mesh_sv_pop_freed(sv, a, slot);
-  return (void *)(at->base + (uintptr_t)slot * sv->size);
+  void *p = mesh_sv_try_pop(sv);
+  return mesh_likely(p != NULL) ? p : _mesh_sv_pop_freed(sv);
 }
 
 /* Adds a slot during refill (no shuffle: the caller shuffles once). */

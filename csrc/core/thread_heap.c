@@ -117,12 +117,17 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   return got;
 }
 
-/* Out of line from mesh_sv_pop: the popped slot had been freed by another
- * thread while it was free here. Report it and pop another (the slot stays
- * free: its bit is clear, so reclaim will offer it again, once). */
+/* Out of line from mesh_sv_pop: the top slot had been freed by another
+ * thread while it was free here. Take it out of the vector, report it and
+ * pop another (the slot stays free: its bit is clear, so reclaim will offer
+ * it again, once). */
 static void *heap_alloc_small(thread_heap_t *h, unsigned cls);
 
-void *_mesh_sv_pop_freed(shuffle_vector_t *sv, unsigned a, unsigned slot) {
+void *_mesh_sv_pop_freed(shuffle_vector_t *sv) {
+  uint16_t e = sv->entries[--sv->len];
+  unsigned a = e >> 8, slot = e & 0xFFu;
+  _Atomic uint64_t *local = &sv->att[a].local[slot >> 6];
+  mesh_store_relaxed(local, mesh_load_relaxed(local) & ~(1ull << (slot & 63)));
   _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
                         "double free (freed by another thread while already free)");
   /* the heap that owns sv (possibly the orphan heap, whose lock is held) */
