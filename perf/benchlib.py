@@ -319,6 +319,11 @@ def settle(actual: Dict[str, object]) -> Dict[str, object]:
         import meshalloc
         r = meshalloc.compact()
         out = {"compact_pages_freed": int(r.pages_freed), "compact_pause_s": float(r.pause_seconds)}
+        # what limits meshing in a big heap: the kernel mappings it used
+        st = meshalloc_stats()
+        for k in ("mesh_count", "mesh_adjacent", "arena_mappings", "mesh_budget_stops"):
+            if k in st:
+                out[k] = int(st[k])
     out["settle_s"] = time.perf_counter() - t0
     return out
 
