@@ -207,6 +207,23 @@ def test_best_fit_tries_likely_partners_before_dense_spans_that_fit_only_by_chan
 
 
 @pytest.mark.parametrize("seed", [1, SESSION_SEED])
+def test_meshes_of_neighbouring_spans_continue_one_kernel_mapping(helpers, cbuild, seed):
+    """Blocks of 16 neighbouring one-page spans, even blocks keeping the even
+    slots and odd blocks the odd ones (2 600 spans, more than one batch):
+    about half the spans mesh, and the aliases form runs, so the mappings
+    added are a small fraction of the meshes (two per mesh if each alias
+    stood alone)."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["runs", seed])
+    assert "runs ok" in r.stdout, r.describe()
+    m = re.search(r"spans=(\d+) kept=\d+ meshes=(\d+) adjacent=(\d+) mappings_added=(-?\d+)", r.stdout)
+    assert m, r.describe()
+    spans, meshes, adjacent, added = map(int, m.groups())
+    assert meshes >= 0.95 * (spans // 2), r.describe()
+    assert adjacent >= meshes // 2, r.describe()
+    assert added <= meshes // 4, r.describe()
+
+
+@pytest.mark.parametrize("seed", [1, SESSION_SEED])
 def test_mapping_budget_stops_meshing_below_max_mappings_without_aborting(helpers, cbuild, seed):
     r = run_c(helpers, cbuild, "mesh_cases", ["budget", seed])
     assert "budget ok" in r.stdout, r.describe()

@@ -209,9 +209,22 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
   return true;
 }
 
-/* Position in kept[0..nkept) of the span whose physical pages would
- * continue the mapping left or right of span l, or -1. */
-static int adjacent_partner(const span_t *l) {
+/* A span that may take part in a mesh of class cls: detached with free
+ * slots (so linked in a partial bin), not empty (nothing to gain), not too
+ * full, chain not at its cap. Reads only the span's record, which stays
+ * valid memory whatever became of the span. */
+static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned max_chain) {
+  span_t *s = mesh_span(id);
+  if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != cls) return false;
+  unsigned live = _mesh_span_live(s);
+  return live && live <= max_live && chain_len(s) < max_chain;
+}
+
+/* The span whose physical pages would continue the mapping left or right
+ * of span l, if it could be l's partner: a detached partial span of the
+ * class, in this batch or not (the spans next to a meshed neighbour's
+ * partner are rarely among the 1024 a batch holds). MESH_NIL if none. */
+static uint32_t adjacent_partner(const span_t *l, unsigned cls, unsigned max_chain) {
   uint32_t want[2] = {MESH_NIL, MESH_NIL};
   if (l->page > 0) want[0] = _mesh_arena_phys_of(l->page - 1) + 1;
   if (l->page + l->npages < _mesh_arena.npages) {
@@ -223,9 +236,23 @@ static int adjacent_partner(const span_t *l) {
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[want[k]]);
     uint32_t id = (uint32_t)e;
     if (!id || (uint32_t)(e >> 32) != want[k] || mesh_span(id)->page != want[k]) continue;
-    for (unsigned j = 0; j < nkept; j++) /* short list; only when a neighbour is meshed */
-      if (cand[kept[j]] == id) return (int)j;
+    /* (not the span the sweep goes on from: meshing it would end the sweep) */
+    if (id != cursor[cls].id && is_candidate(id, cls, mesh_span(id)->nobjects, max_chain)) return id;
   }
+  return MESH_NIL;
+}
+
+/* Position of span id in cand[0..n), or -1. */
+static int cand_pos(uint32_t id, unsigned n) {
+  for (unsigned q = 0; q < n; q++)
+    if (cand[q] == id) return (int)q;
+  return -1;
+}
+
+/* Position of cand[] index j in kept[0..nkept), or -1. */
+static int kept_pos(unsigned j) {
+  for (unsigned q = 0; q < nkept; q++)
+    if (kept[q] == j) return (int)q;
   return -1;
 }
 
@@ -259,17 +286,6 @@ static uint64_t mesh_ns_avg, mesh_ns_peak;
 
 static uint64_t mesh_units(uint32_t src) { return 1u + chain_len(mesh_span(src)); }
 
-/* A span that may take part in a mesh of class cls: detached with free
- * slots (so linked in a partial bin), not empty (nothing to gain), not too
- * full, chain not at its cap. Reads only the span's record, which stays
- * valid memory whatever became of the span. */
-static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned max_chain) {
-  span_t *s = mesh_span(id);
-  if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != cls) return false;
-  unsigned live = _mesh_span_live(s);
-  return live && live <= max_live && chain_len(s) < max_chain;
-}
-
 /* (lock) The batch: candidates of one class that a step collected and
  * sorted but did not get through before its deadline. The next step of
  * the same class goes on with them instead of collecting new ones past
@@ -279,6 +295,7 @@ static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned 
  * is used. */
 static struct {
   unsigned cls, n, next; /* sources cand[next..n) (split: the partners are kept[], not sources) */
+  unsigned total;        /* spans in cand[] */
   bool open, split;      /* split: the batch was set up by the split mesher */
 } batch;
 
@@ -402,6 +419,7 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
      * batch waits, sorted, for the next step) */
     for (unsigned i = 0; i < n; i++) clive[i] = (uint16_t)_mesh_span_live(mesh_span(cand[i]));
     n = sort_by_live(n);
+    batch.total = n;
     nkept = 0;
     batch.split = mesh_opt(MESH_OPT_MESHER) == MESH_MESHER_SPLIT;
     if (batch.split) {
@@ -440,10 +458,20 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
      * another alias may cost +1 or 0, one continuing a neighbour's run
      * merges (<= 0). Ties go to the densest. The mapping budget, not the
      * copying, is what limits meshing in a big heap. */
-    int pick = -1;
+    int pick = -1; /* the partner's position in kept[], if kept */
+    uint32_t partner = MESH_NIL;
     bool l_is_src = true;
     int best = INT_MAX;
-    int adj = adjacent_partner(l);
+    /* The partner that continues a neighbour's mapping may be outside the
+     * kept list (in no batch, or a source still to come): it is tried
+     * anyway, except by the split mesher, whose partners are its half. */
+    uint32_t adj_id = adjacent_partner(l, cls, max_chain);
+    int adj = -1, adj_cand = -1;
+    if (adj_id) {
+      adj_cand = cand_pos(adj_id, batch.total);
+      adj = adj_cand >= 0 ? kept_pos((unsigned)adj_cand) : -1;
+      if (adj < 0 && (split || (adj_cand >= 0 && (unsigned)adj_cand <= i))) adj_id = MESH_NIL;
+    }
     /* The kept list is densest first. Spans with more live objects than l
      * has free slots cannot take it (from 0 to least: skipped). Those l
      * would fit only by a fluke if the two bitmaps were random (from least
@@ -457,30 +485,31 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     else
       least = kept_past(sc->nobjects - clive[i]), likely = kept_past(fit_limit(sc->nobjects, clive[i]));
     unsigned compared = 0, tried = nkept - least < probes ? nkept - least : probes;
-    for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= tried; k++) {
+    for (unsigned k = adj_id ? 0 : 1; best > 0 && compared < PARTNERS_COMPARED && k <= tried; k++) {
       /* hundreds of probes touch hundreds of span records: the probe loop
        * itself must respect the pause bound */
       if ((k & 63) == 63 && _mesh_os_now_ns() >= deadline) break;
       int pos = k == 0 ? adj
                 : split  ? (int)((start + k - 1) % nkept)
                          : (int)(k - 1 < nkept - likely ? likely + k - 1 : least + (k - 1 - (nkept - likely)));
-      if (pos < 0 || (k > 0 && pos == adj)) continue;
-      unsigned j = kept[pos];
-      span_t *r = mesh_span(cand[j]);
+      if (k > 0 && (pos < 0 || pos == adj)) continue;
+      uint32_t r_id = k == 0 ? adj_id : cand[kept[pos]];
+      span_t *r = mesh_span(r_id);
       /* (a kept span is filled past max_live: that bound is for choosing
        * candidates, and a sparse span may still fit a dense one) */
-      if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain || !is_candidate(cand[j], cls, sc->nobjects, max_chain))
+      if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain || !is_candidate(r_id, cls, sc->nobjects, max_chain))
         continue;
       compared++;
-      int fwd = alias_cost(cand[i], cand[j]), back = alias_cost(cand[j], cand[i]);
-      if (fwd < best) best = fwd, pick = pos, l_is_src = true;
-      if (back < best) best = back, pick = pos, l_is_src = false;
+      int fwd = alias_cost(cand[i], r_id), back = alias_cost(r_id, cand[i]);
+      if (fwd < best) best = fwd, pick = pos, partner = r_id, l_is_src = true;
+      if (back < best) best = back, pick = pos, partner = r_id, l_is_src = false;
     }
-    if (pick < 0) {
+    if (!partner) {
       if (!split) kept[nkept++] = (uint16_t)i; /* no older span is sparser: the order holds */
       continue;
     }
-    unsigned j = kept[pick];
+    int j = pick >= 0 ? kept[pick] : -1; /* the partner's place in cand[], if kept */
+    unsigned partner_live = j >= 0 ? clive[j] : _mesh_span_live(mesh_span(partner));
     /* a mesh that would likely end past the deadline waits for the next
      * step: its work times the recent peak (or twice the average) time per
      * unit must still fit. The first mesh of a step always runs, so meshing
@@ -489,7 +518,7 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
      * reaching a class just before its deadline used to run that class's
      * first mesh unchecked, whatever its chain length (pauses over the
      * bound). */
-    uint32_t src = l_is_src ? cand[i] : cand[j], dst = l_is_src ? cand[j] : cand[i];
+    uint32_t src = l_is_src ? cand[i] : partner, dst = l_is_src ? partner : cand[i];
     uint64_t units = mesh_units(src), per_unit = 2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak;
     if (*step_meshed && _mesh_os_now_ns() + units * per_unit >= deadline) {
       *out_of_time = true;
@@ -507,16 +536,26 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     mesh_ns_peak = took > mesh_ns_peak ? took : mesh_ns_peak - mesh_ns_peak / 64;
     if (meshed) {
       freed += pages;
-      /* the survivor takes the kept place, moved up to its new density */
-      unsigned sv = l_is_src ? j : i, live = (unsigned)clive[i] + clive[j];
-      clive[sv] = (uint16_t)live;
-      unsigned pos = (unsigned)pick;
-      if (split || live >= sc->nobjects) { /* meshed once (split) or full: no longer a partner */
-        nkept--;
-        for (unsigned q = pos; q < nkept; q++) kept[q] = kept[q + 1];
-      } else {
+      unsigned live = (unsigned)clive[i] + partner_live;
+      if (j >= 0) {
+        /* the survivor takes the kept place, moved up to its new density */
+        unsigned sv = l_is_src ? (unsigned)j : i;
+        clive[sv] = (uint16_t)live;
+        unsigned pos = (unsigned)pick;
+        if (split || live >= sc->nobjects) { /* meshed once (split) or full: no longer a partner */
+          nkept--;
+          for (unsigned q = pos; q < nkept; q++) kept[q] = kept[q + 1];
+        } else {
+          for (; pos > 0 && clive[kept[pos - 1]] < live; pos--) kept[pos] = kept[pos - 1];
+          kept[pos] = (uint16_t)sv;
+        }
+      } else if (l_is_src) {
+        if (adj_cand >= 0) clive[adj_cand] = (uint16_t)live; /* a source still to come */
+      } else if (live < sc->nobjects) { /* l survives: kept, at its density */
+        clive[i] = (uint16_t)live;
+        unsigned pos = nkept++;
         for (; pos > 0 && clive[kept[pos - 1]] < live; pos--) kept[pos] = kept[pos - 1];
-        kept[pos] = (uint16_t)sv;
+        kept[pos] = (uint16_t)i;
       }
     } else {
       _mesh_file_detached(src);

@@ -22,6 +22,8 @@
  *                   in mesh_budget_stops), arena_mappings never passes it and
  *                   always equals the kernel's count, nothing aborts; raising
  *                   the budget lets meshing continue
+ *   runs SEED       blocks of neighbouring spans that mesh only with the
+ *                   other parity's: meshes continue each other's mappings
  *   segv-after-mesh       a real NULL write in a process that has meshed
  *                         dies with SIGSEGV
  *   handler-after-mesh    a SIGSEGV handler installed after meshing started
@@ -490,6 +492,57 @@ static int case_pack(const char *name, size_t size, unsigned keep_pct, unsigned 
   return 0;
 }
 
+/* ---- runs of neighbouring spans share one mapping ------------------------------------ */
+/* 64-byte objects (one-page spans) in blocks of RUN neighbouring spans; the
+ * spans of even blocks keep the even slots, those of odd blocks the odd
+ * ones, so a span meshes only with a span of the other parity. With over
+ * 2 000 candidates (a batch holds 1 024), a block's partners are often in
+ * another batch. Each mesh should continue its neighbour's run (source
+ * t+1 onto the page after source t's destination), so one kernel mapping
+ * covers many meshed pages instead of two per mesh. */
+static int case_runs(uint64_t seed) {
+  enum { SIZE = 64, SPANS = 2600, RUN = 16 };
+  set_opt("period_ms", 0);
+  if (!mesh_meshing_available()) DIE("meshing not available (no memfd?)");
+  printf("seed=%llu\n", (unsigned long long)seed);
+  size_t per = PAGE / SIZE, n = per * (SPANS + 8);
+  obj_t *all = calloc(n, sizeof *all);
+  if (!all) DIE("calloc");
+  const size_t size = SIZE;
+  alloc_detached(all, n, &size, 1, seed, g_tag);
+  g_tag += n;
+  qsort(all, n, sizeof *all, cmp_obj);
+  size_t full = 0, kept = 0;
+  for (size_t i = 0; i < n;) {
+    size_t j = i;
+    while (j < n && span_of(all[j].p) == span_of(all[i].p)) j++;
+    bool whole = j - i == per;
+    unsigned parity = (unsigned)(full / RUN) & 1u;
+    for (size_t q = i; q < j; q++) {
+      if (whole && slot_of(all[q].p, SIZE) % 2 == parity) {
+        kept++;
+        continue;
+      }
+      mesh_free(all[q].p);
+      all[q].p = NULL;
+    }
+    full += whole;
+    i = j;
+  }
+  uint64_t maps0 = stat_get("arena_mappings");
+  mesh_compact();
+  uint64_t meshes = stat_get("mesh_count"), maps = stat_get("arena_mappings");
+  printf("runs: spans=%zu kept=%zu meshes=%llu adjacent=%llu mappings_added=%lld\n", full, kept,
+         (unsigned long long)meshes, (unsigned long long)stat_get("mesh_adjacent"), (long long)(maps - maps0));
+  verify_all(all, n, "after compaction");
+  CHECK(mesh_check_heap() == 0, "heap inconsistent");
+  check_mappings("after compaction");
+  free_all_and_check_unaliased(all, n);
+  if (g_fail) return 1;
+  printf("runs ok\n");
+  return 0;
+}
+
 /* ---- mapping budget --------------------------------------------------------------- */
 static int case_budget(uint64_t seed) {
   set_opt("period_ms", 0);
@@ -869,6 +922,7 @@ int main(int argc, char **argv) {
   if (!strcmp(c, "chain")) return case_chain(64, arg ? (int)arg : 3);
   if (!strcmp(c, "pss")) return case_pss(arg);
   if (!strcmp(c, "budget")) return case_budget(arg);
+  if (!strcmp(c, "runs")) return case_runs(arg);
   if (!strcmp(c, "compact-ends")) return case_compact_ends(arg);
   if (!strcmp(c, "compact-complete")) return case_compact_complete(arg);
   if (!strcmp(c, "pack-sparse")) return case_pack(c, 32, 3, 3, arg);
