@@ -220,11 +220,11 @@ static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned 
   return live && live <= max_live && chain_len(s) < max_chain;
 }
 
-/* The span whose physical pages would continue the mapping left or right
- * of span l, if it could be l's partner: a detached partial span of the
+/* The spans whose physical pages would continue the mapping left and right
+ * of span l, where they could be l's partner: detached partial spans of the
  * class, in this batch or not (the spans next to a meshed neighbour's
- * partner are rarely among the 1024 a batch holds). MESH_NIL if none. */
-static uint32_t adjacent_partner(const span_t *l, unsigned cls, unsigned max_chain) {
+ * partner are rarely among the 1024 a batch holds). MESH_NIL where none. */
+static void adjacent_partners(const span_t *l, unsigned cls, unsigned max_chain, uint32_t out[2]) {
   uint32_t want[2] = {MESH_NIL, MESH_NIL};
   if (l->page > 0) want[0] = _mesh_arena_phys_of(l->page - 1) + 1;
   if (l->page + l->npages < _mesh_arena.npages) {
@@ -232,14 +232,14 @@ static uint32_t adjacent_partner(const span_t *l, unsigned cls, unsigned max_cha
     if (p >= l->npages) want[1] = p - l->npages;
   }
   for (int k = 0; k < 2; k++) {
-    if (!want[k] || want[k] >= _mesh_arena_top() || want[k] == l->page) continue;
+    out[k] = MESH_NIL;
+    if (!want[k] || want[k] >= _mesh_arena_top() || want[k] == l->page || (k == 1 && want[1] == want[0])) continue;
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[want[k]]);
     uint32_t id = (uint32_t)e;
     if (!id || (uint32_t)(e >> 32) != want[k] || mesh_span(id)->page != want[k]) continue;
     /* (not the span the sweep goes on from: meshing it would end the sweep) */
-    if (id != cursor[cls].id && is_candidate(id, cls, mesh_span(id)->nobjects, max_chain)) return id;
+    if (id != cursor[cls].id && is_candidate(id, cls, mesh_span(id)->nobjects, max_chain)) out[k] = id;
   }
-  return MESH_NIL;
 }
 
 /* Position of span id in cand[0..n), or -1. */
@@ -462,16 +462,20 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     uint32_t partner = MESH_NIL;
     bool l_is_src = true;
     int best = INT_MAX;
-    /* The partner that continues a neighbour's mapping may be outside the
-     * kept list (in no batch, or a source still to come): it is tried
-     * anyway, except by the split mesher, whose partners are its half. */
-    uint32_t adj_id = adjacent_partner(l, cls, max_chain);
-    int adj = -1, adj_cand = -1;
-    if (adj_id) {
-      adj_cand = cand_pos(adj_id, batch.total);
-      adj = adj_cand >= 0 ? kept_pos((unsigned)adj_cand) : -1;
-      if (adj < 0 && (split || (adj_cand >= 0 && (unsigned)adj_cand <= i))) adj_id = MESH_NIL;
+    /* The partners that continue a neighbour's mapping may be outside the
+     * kept list (in no batch, or sources still to come): they are tried
+     * anyway, except by the split mesher, whose partners are its half.
+     * adj[a]: position in kept[], or -1; adj_cand[a]: place in cand[]. */
+    uint32_t adj_id[2];
+    int adj[2] = {-1, -1}, adj_cand[2] = {-1, -1};
+    adjacent_partners(l, cls, max_chain, adj_id);
+    for (int a = 0; a < 2; a++) {
+      if (!adj_id[a]) continue;
+      adj_cand[a] = cand_pos(adj_id[a], batch.total);
+      adj[a] = adj_cand[a] >= 0 ? kept_pos((unsigned)adj_cand[a]) : -1;
+      if (adj[a] < 0 && (split || (adj_cand[a] >= 0 && (unsigned)adj_cand[a] <= i))) adj_id[a] = MESH_NIL;
     }
+    int pick_adj = -1; /* which of them the partner is */
     /* The kept list is densest first. Spans with more live objects than l
      * has free slots cannot take it (from 0 to least: skipped). Those l
      * would fit only by a fluke if the two bitmaps were random (from least
@@ -485,15 +489,18 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     else
       least = kept_past(sc->nobjects - clive[i]), likely = kept_past(fit_limit(sc->nobjects, clive[i]));
     unsigned compared = 0, tried = nkept - least < probes ? nkept - least : probes;
-    for (unsigned k = adj_id ? 0 : 1; best > 0 && compared < PARTNERS_COMPARED && k <= tried; k++) {
+    /* k = 0, 1: the neighbours' continuations; k - 1 = 1..tried: probes */
+    for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= tried + 1; k++) {
       /* hundreds of probes touch hundreds of span records: the probe loop
        * itself must respect the pause bound */
       if ((k & 63) == 63 && _mesh_os_now_ns() >= deadline) break;
-      int pos = k == 0 ? adj
-                : split  ? (int)((start + k - 1) % nkept)
-                         : (int)(k - 1 < nkept - likely ? likely + k - 1 : least + (k - 1 - (nkept - likely)));
-      if (k > 0 && (pos < 0 || pos == adj)) continue;
-      uint32_t r_id = k == 0 ? adj_id : cand[kept[pos]];
+      if (k < 2 && !adj_id[k]) continue;
+      unsigned p = k - 2; /* probe number, from 0 */
+      int pos = k < 2  ? adj[k]
+                : split ? (int)((start + p) % nkept)
+                        : (int)(p < nkept - likely ? likely + p : least + (p - (nkept - likely)));
+      if (k >= 2 && (pos < 0 || pos == adj[0] || pos == adj[1])) continue;
+      uint32_t r_id = k < 2 ? adj_id[k] : cand[kept[pos]];
       span_t *r = mesh_span(r_id);
       /* (a kept span is filled past max_live: that bound is for choosing
        * candidates, and a sparse span may still fit a dense one) */
@@ -501,8 +508,9 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
         continue;
       compared++;
       int fwd = alias_cost(cand[i], r_id), back = alias_cost(r_id, cand[i]);
-      if (fwd < best) best = fwd, pick = pos, partner = r_id, l_is_src = true;
-      if (back < best) best = back, pick = pos, partner = r_id, l_is_src = false;
+      int which = k < 2 ? (int)k : -1;
+      if (fwd < best) best = fwd, pick = pos, partner = r_id, l_is_src = true, pick_adj = which;
+      if (back < best) best = back, pick = pos, partner = r_id, l_is_src = false, pick_adj = which;
     }
     if (!partner) {
       if (!split) kept[nkept++] = (uint16_t)i; /* no older span is sparser: the order holds */
@@ -550,7 +558,8 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
           kept[pos] = (uint16_t)sv;
         }
       } else if (l_is_src) {
-        if (adj_cand >= 0) clive[adj_cand] = (uint16_t)live; /* a source still to come */
+        if (pick_adj >= 0 && adj_cand[pick_adj] >= 0) /* a source still to come */
+          clive[adj_cand[pick_adj]] = (uint16_t)live;
       } else if (live < sc->nobjects) { /* l survives: kept, at its density */
         clive[i] = (uint16_t)live;
         unsigned pos = nkept++;
