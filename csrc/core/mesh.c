@@ -220,6 +220,17 @@ static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned 
   return live && live <= max_live && chain_len(s) < max_chain;
 }
 
+/* The span starting at page pg, if it is physical (its virtual pages map
+ * to its own memfd pages) and a candidate of cls; else MESH_NIL. Never the
+ * span the sweep goes on from: meshing it would end the sweep. */
+static uint32_t physical_candidate_at(uint32_t pg, unsigned cls, unsigned max_chain) {
+  if (!pg || pg >= _mesh_arena_top()) return MESH_NIL;
+  uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+  uint32_t id = (uint32_t)e;
+  if (!id || (uint32_t)(e >> 32) != pg || mesh_span(id)->page != pg || id == cursor[cls].id) return MESH_NIL;
+  return is_candidate(id, cls, mesh_span(id)->nobjects, max_chain) ? id : MESH_NIL;
+}
+
 /* The spans whose physical pages would continue the mapping left and right
  * of span l, where they could be l's partner: detached partial spans of the
  * class, in this batch or not (the spans next to a meshed neighbour's
@@ -231,15 +242,9 @@ static void adjacent_partners(const span_t *l, unsigned cls, unsigned max_chain,
     uint32_t p = _mesh_arena_phys_of(l->page + l->npages);
     if (p >= l->npages) want[1] = p - l->npages;
   }
-  for (int k = 0; k < 2; k++) {
-    out[k] = MESH_NIL;
-    if (!want[k] || want[k] >= _mesh_arena_top() || want[k] == l->page || (k == 1 && want[1] == want[0])) continue;
-    uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[want[k]]);
-    uint32_t id = (uint32_t)e;
-    if (!id || (uint32_t)(e >> 32) != want[k] || mesh_span(id)->page != want[k]) continue;
-    /* (not the span the sweep goes on from: meshing it would end the sweep) */
-    if (id != cursor[cls].id && is_candidate(id, cls, mesh_span(id)->nobjects, max_chain)) out[k] = id;
-  }
+  for (int k = 0; k < 2; k++)
+    out[k] = want[k] == l->page || (k == 1 && want[1] == want[0]) ? MESH_NIL
+                                                                   : physical_candidate_at(want[k], cls, max_chain);
 }
 
 /* Position of span id in cand[0..n), or -1. */
@@ -285,6 +290,27 @@ static unsigned sort_by_live(unsigned n) {
 static uint64_t mesh_ns_avg, mesh_ns_peak;
 
 static uint64_t mesh_units(uint32_t src) { return 1u + chain_len(mesh_span(src)); }
+
+/* Whether meshing src now would likely end past the deadline: its work
+ * times the recent peak (or twice the average) time per unit. */
+static bool predicted_past(uint32_t src, uint64_t deadline) {
+  uint64_t per_unit = 2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak;
+  return _mesh_os_now_ns() + mesh_units(src) * per_unit >= deadline;
+}
+
+/* Unlinks both spans, meshes src onto dst (mesh_pair) and times it. The
+ * caller files them again. */
+static bool mesh_timed(uint32_t dst, uint32_t src) {
+  uint64_t units = mesh_units(src);
+  _mesh_partial_unlink(src);
+  _mesh_partial_unlink(dst);
+  uint64_t m0 = _mesh_os_now_ns();
+  bool meshed = mesh_pair(dst, src);
+  uint64_t took = (_mesh_os_now_ns() - m0) / units;
+  mesh_ns_avg = (7 * mesh_ns_avg + took) / 8;
+  mesh_ns_peak = took > mesh_ns_peak ? took : mesh_ns_peak - mesh_ns_peak / 64;
+  return meshed;
+}
 
 /* (lock) The batch: candidates of one class that a step collected and
  * sorted but did not get through before its deadline. The next step of
@@ -391,6 +417,67 @@ static unsigned kept_past(unsigned live) {
     else hi = mid;
   }
   return lo;
+}
+
+/* (lock) Span id, met outside the probe order (a neighbour's partner),
+ * now has live objects, or left the partners (gone: meshed away). Keeps
+ * clive[] and the density order of kept[] true if it is in the batch. */
+static void batch_update(uint32_t id, unsigned live, bool gone, unsigned nobjects) {
+  int q = cand_pos(id, batch.total);
+  if (q < 0) return;
+  clive[q] = (uint16_t)live;
+  int p = kept_pos((unsigned)q);
+  if (p < 0) return;
+  nkept--;
+  for (unsigned r = (unsigned)p; r < nkept; r++) kept[r] = kept[r + 1];
+  if (gone || live >= nobjects || batch.split) return;
+  unsigned pos = nkept++;
+  for (; pos > 0 && clive[kept[pos - 1]] < live; pos--) kept[pos] = kept[pos - 1];
+  kept[pos] = (uint16_t)q;
+}
+
+/* After src was meshed onto dst: meshes the spans next to src onto the
+ * spans next to dst, both ways, while they fit and each adds no mapping,
+ * so the run of aliases grows inside one kernel mapping. Neighbours are
+ * tried before their best fit would be: a span's best-fit partner is
+ * rarely next to its neighbour's, and a heap of tens of thousands of
+ * spans reaches the mapping budget long before it runs out of fits.
+ * Returns pages freed; stops at the deadline or the budget. */
+static size_t extend_run(uint32_t src, uint32_t dst, unsigned cls, unsigned max_chain, uint64_t deadline,
+                         bool *out_of_time, bool *stop) {
+  size_t freed = 0;
+  uint32_t n = mesh_span(dst)->npages;
+  unsigned nobjects = mesh_span(dst)->nobjects;
+  for (int dir = -1; dir <= 1; dir += 2) {
+    uint32_t vs = mesh_span(src)->page, pd = mesh_span(dst)->page;
+    for (;;) {
+      if (dir < 0 && (vs < n || pd < n)) break;
+      vs = dir < 0 ? vs - n : vs + n;
+      pd = dir < 0 ? pd - n : pd + n;
+      uint32_t s2 = physical_candidate_at(vs, cls, max_chain), d2 = physical_candidate_at(pd, cls, max_chain);
+      if (!s2 || !d2 || s2 == d2) break;
+      span_t *a = mesh_span(s2), *b = mesh_span(d2);
+      if (a->npages != n || b->npages != n || !disjoint(a, b) || chain_len(a) + chain_len(b) > max_chain ||
+          alias_cost(s2, d2) > 0)
+        break;
+      if (predicted_past(s2, deadline)) {
+        *out_of_time = true;
+        return freed;
+      }
+      unsigned live = _mesh_span_live(a) + _mesh_span_live(b);
+      if (!mesh_timed(d2, s2)) {
+        _mesh_file_detached(s2);
+        _mesh_file_detached(d2);
+        *stop = true;
+        return freed;
+      }
+      _mesh_file_detached(d2);
+      freed += n;
+      batch_update(s2, 0, true, nobjects);
+      batch_update(d2, live, false, nobjects);
+    }
+  }
+  return freed;
 }
 
 /* Meshes what it can in one class before the deadline; returns pages freed
@@ -527,21 +614,13 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
      * first mesh unchecked, whatever its chain length (pauses over the
      * bound). */
     uint32_t src = l_is_src ? cand[i] : partner, dst = l_is_src ? partner : cand[i];
-    uint64_t units = mesh_units(src), per_unit = 2 * mesh_ns_avg > mesh_ns_peak ? 2 * mesh_ns_avg : mesh_ns_peak;
-    if (*step_meshed && _mesh_os_now_ns() + units * per_unit >= deadline) {
+    if (*step_meshed && predicted_past(src, deadline)) {
       *out_of_time = true;
       break;
     }
     *step_meshed = true;
-    _mesh_partial_unlink(src);
-    _mesh_partial_unlink(dst);
     uint32_t pages = mesh_span(src)->npages;
-    uint64_t m0 = _mesh_os_now_ns();
-    bool meshed = mesh_pair(dst, src);
-    uint64_t took = _mesh_os_now_ns() - m0;
-    took /= units;
-    mesh_ns_avg = (7 * mesh_ns_avg + took) / 8;
-    mesh_ns_peak = took > mesh_ns_peak ? took : mesh_ns_peak - mesh_ns_peak / 64;
+    bool meshed = mesh_timed(dst, src);
     if (meshed) {
       freed += pages;
       unsigned live = (unsigned)clive[i] + partner_live;
@@ -571,8 +650,9 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
       *stop = true;
     }
     _mesh_file_detached(dst);
+    if (meshed && !split) freed += extend_run(src, dst, cls, max_chain, deadline, out_of_time, stop);
     if (*stop) break;
-    if (_mesh_os_now_ns() >= deadline) {
+    if (*out_of_time || _mesh_os_now_ns() >= deadline) {
       *out_of_time = true;
       i++;
       break;
