@@ -72,7 +72,7 @@ MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
     uint64_t lv = mesh_load_relaxed(local);
     if (mesh_likely((mesh_load_relaxed(&s->bits[w]) & ~lv & bit) != 0)) {
       mesh_store_relaxed(local, lv | bit);
-      sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
+      sv->entries[sv->len++] = mesh_sv_entry(a, (uint32_t)voff);
       return MESH_FREE_LOCAL;
     }
     _mesh_report_bad_free(p, "double free");

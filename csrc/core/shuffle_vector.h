@@ -2,7 +2,8 @@
  * thread heap (the paper's ShuffleVector).
  *
  * entries[0..len) holds the free slots of the class's attached spans, each
- * as (attachment << 8 | slot): malloc pops the last entry, a local free
+ * as its byte offset in the span | the attachment's index (offsets are
+ * multiples of 16, indexes below 16): malloc pops the last entry, a local free
  * pushes, and every refill (new span, or slots other threads freed) puts the
  * new entries in random order (mesh_sv_shuffle: by default each span from a
  * random slot). Random placement is what makes two spans' occupancy bitmaps
@@ -27,6 +28,19 @@
 
 MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv);
 
+/* Entries hold the byte offset rather than the slot number so that the
+ * address a pop returns is one add away from the entry, and the entry a
+ * free pushes needs no divide: the slot number (for the bitmaps) is worked
+ * out beside, off the path the next malloc waits on. */
+_Static_assert(MESH_MAX_ATTACHED <= 16, "attachment indexes live in an entry's low 4 bits");
+MESH_INLINE uint32_t mesh_sv_entry(unsigned a, uint32_t off) { return off | a; }
+MESH_INLINE unsigned mesh_sv_entry_att(uint32_t e) { return e & 15u; }
+MESH_INLINE uint32_t mesh_sv_entry_off(uint32_t e) { return e & ~15u; }
+/* slot number of a byte offset that is a multiple of the size */
+MESH_INLINE unsigned mesh_sv_slot(const shuffle_vector_t *sv, uint32_t off) {
+  return (unsigned)(((uint64_t)off * sv->recip) >> 32);
+}
+
 /* The fast path's pop: the address of the top entry's slot, taken out of
  * the vector, or NULL (vector untouched) when the vector is empty or the
  * top slot's bit in the shared bitmap is clear. A clear bit means another
@@ -37,14 +51,14 @@ MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv);
 MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
   uint32_t len = sv->len;
   if (mesh_unlikely(len == 0)) return NULL;
-  uint16_t e = sv->entries[len - 1];
-  sv_attachment_t *at = &sv->att[e >> 8];
-  unsigned slot = e & 0xFFu, w = slot >> 6;
+  uint32_t e = sv->entries[len - 1], off = mesh_sv_entry_off(e);
+  sv_attachment_t *at = &sv->att[mesh_sv_entry_att(e)];
+  unsigned slot = mesh_sv_slot(sv, off), w = slot >> 6;
   uint64_t bit = 1ull << (slot & 63);
   if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[w]) & bit))) return NULL;
   sv->len = (uint16_t)(len - 1);
   mesh_store_relaxed(&at->local[w], mesh_load_relaxed(&at->local[w]) & ~bit);
-  void *p = (void *)(at->base + (uintptr_t)slot * sv->size);
+  void *p = (void *)(at->base + off);
   if (p == NULL) __builtin_unreachable(); /* spans are never at 0: callers' NULL tests fold away */
   return p;
 }
@@ -60,7 +74,7 @@ MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
 MESH_INLINE void mesh_sv_append(shuffle_vector_t *sv, unsigned a, unsigned slot) {
   _Atomic uint64_t *w = &sv->att[a].local[slot >> 6];
   mesh_store_relaxed(w, mesh_load_relaxed(w) | 1ull << (slot & 63));
-  sv->entries[sv->len++] = (uint16_t)(a << 8 | slot);
+  sv->entries[sv->len++] = mesh_sv_entry(a, slot * sv->size);
 }
 
 /* Allocation order modes (the shuffle option). */
@@ -84,11 +98,11 @@ enum { MESH_ORDER_ADDRESS = 0, MESH_ORDER_ROTATED = 1, MESH_ORDER_OBJECTS = 2 };
  * (keep every k-th object) a random phase per span, so two spans' patterns
  * interleave instead of coinciding as they would in address order. */
 MESH_INLINE void mesh_sv_shuffle(thread_heap_t *h, shuffle_vector_t *sv, uint32_t from) {
-  uint16_t *e = sv->entries;
+  uint32_t *e = sv->entries;
   if (h->shuffle == MESH_ORDER_OBJECTS) {
     for (uint32_t i = sv->len; i > from + 1; i--) {
       uint32_t j = from + mesh_rand_below(&h->rng, i - from);
-      uint16_t t = e[i - 1];
+      uint32_t t = e[i - 1];
       e[i - 1] = e[j];
       e[j] = t;
     }
@@ -96,17 +110,18 @@ MESH_INLINE void mesh_sv_shuffle(thread_heap_t *h, shuffle_vector_t *sv, uint32_
   }
   if (h->shuffle == MESH_ORDER_ADDRESS) {
     for (uint32_t i = from, j = sv->len; i + 1 < j; i++, j--) {
-      uint16_t t = e[i];
+      uint32_t t = e[i];
       e[i] = e[j - 1];
       e[j - 1] = t;
     }
     return;
   }
   /* one run of entries per attachment */
-  uint16_t start[MESH_MAX_ATTACHED + 1], order[MESH_MAX_ATTACHED], out[MESH_VECTOR_CAPACITY];
+  uint16_t start[MESH_MAX_ATTACHED + 1], order[MESH_MAX_ATTACHED];
+  uint32_t out[MESH_VECTOR_CAPACITY];
   uint32_t nruns = 0;
   for (uint32_t i = from; i < sv->len; i++)
-    if (i == from || e[i] >> 8 != e[i - 1] >> 8) start[nruns++] = (uint16_t)i;
+    if (i == from || mesh_sv_entry_att(e[i]) != mesh_sv_entry_att(e[i - 1])) start[nruns++] = (uint16_t)i;
   start[nruns] = (uint16_t)sv->len;
   for (uint32_t r = 0; r < nruns; r++) order[r] = (uint16_t)r;
   for (uint32_t r = nruns; r > 1; r--) {
@@ -119,7 +134,7 @@ MESH_INLINE void mesh_sv_shuffle(thread_heap_t *h, shuffle_vector_t *sv, uint32_
    * is written as x[rot-1..0] then x[m-1..rot] */
   uint32_t k = 0;
   for (uint32_t r = 0; r < nruns; r++) {
-    const uint16_t *x = e + start[order[r]];
+    const uint32_t *x = e + start[order[r]];
     uint32_t m = (uint32_t)start[order[r] + 1] - start[order[r]];
     uint32_t rot = m > 1 ? mesh_rand_below(&h->rng, m) : 0;
     for (uint32_t i = rot; i > 0; i--) out[k++] = x[i - 1];

@@ -124,8 +124,8 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
 static void *heap_alloc_small(thread_heap_t *h, unsigned cls);
 
 void *_mesh_sv_pop_freed(shuffle_vector_t *sv) {
-  uint16_t e = sv->entries[--sv->len];
-  unsigned a = e >> 8, slot = e & 0xFFu;
+  uint32_t e = sv->entries[--sv->len];
+  unsigned a = mesh_sv_entry_att(e), slot = mesh_sv_slot(sv, mesh_sv_entry_off(e));
   _Atomic uint64_t *local = &sv->att[a].local[slot >> 6];
   mesh_store_relaxed(local, mesh_load_relaxed(local) & ~(1ull << (slot & 63)));
   _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
@@ -250,8 +250,9 @@ static int heap_validate(thread_heap_t *h) {
     }
     if (in_local != sv->len) BAD("class %u: %u entries but %u local bits\n", c, sv->len, in_local);
     for (unsigned i = 0; i < sv->len; i++) {
-      unsigned a = sv->entries[i] >> 8, slot = sv->entries[i] & 0xFFu;
-      if (a >= sv->natt || !(mesh_load_relaxed(&sv->att[a].local[slot >> 6]) & (1ull << (slot & 63)))) {
+      uint32_t e = sv->entries[i], off = mesh_sv_entry_off(e);
+      unsigned a = mesh_sv_entry_att(e), slot = mesh_sv_slot(sv, off);
+      if (a >= sv->natt || off != slot * sv->size || !(mesh_load_relaxed(&sv->att[a].local[slot >> 6]) & (1ull << (slot & 63)))) {
         BAD("class %u: entry %u (%u/%u) not in the local bitmap\n", c, i, a, slot);
         break;
       }

@@ -140,7 +140,7 @@ typedef struct shuffle_vector_s {
   uint16_t pad;
   uint32_t total_bytes;             /* sum of span bytes over attachments */
   _Alignas(64) sv_attachment_t att[MESH_MAX_ATTACHED]; /* each on its own cache line */
-  uint16_t entries[MESH_VECTOR_CAPACITY]; /* (attachment << 8) | slot */
+  uint32_t entries[MESH_VECTOR_CAPACITY]; /* slot's byte offset in its span | attachment (shuffle_vector.h) */
 } shuffle_vector_t;
 
 _Static_assert(offsetof(shuffle_vector_t, att) % 64 == 0 && sizeof(shuffle_vector_t) % 64 == 0,
