@@ -421,7 +421,9 @@ static __attribute__((noinline)) void *hook_malloc_slow(int d, size_t n) {
 }
 
 static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) {
-    if (mesh_likely(DIVERTING(d) == DIVERT_INLINE && n != 0)) {
+    /* (n == 0 needs no test: its class is the 16-byte one, which is what
+     * the slow path's "size 0 -> 1" gives too) */
+    if (mesh_likely(DIVERTING(d) == DIVERT_INLINE)) {
         thread_heap_t *h = _mesh_tls.heap;
         void *p = mesh_malloc_try(h, n);
         if (mesh_likely(p != NULL)) {  /* so h is a real heap, not the sentinel */
