@@ -319,11 +319,6 @@ def settle(actual: Dict[str, object]) -> Dict[str, object]:
         import meshalloc
         r = meshalloc.compact()
         out = {"compact_pages_freed": int(r.pages_freed), "compact_pause_s": float(r.pause_seconds)}
-        # what limits meshing in a big heap: the kernel mappings it used
-        st = meshalloc_stats()
-        for k in ("mesh_count", "mesh_adjacent", "arena_mappings", "mesh_budget_stops"):
-            if k in st:
-                out[k] = int(st[k])
     out["settle_s"] = time.perf_counter() - t0
     return out
 
@@ -469,6 +464,14 @@ def frag_result(rec: PssRecorder, base: int, peak: int, after_free: int, settled
     out["recovery"] = round((peak - settled) / denom, 4) if denom > 0 else 0.0
     if extra:
         out.update(extra)
+    if "compact_pages_freed" in out:
+        # meshalloc compacted: what limits meshing in a big heap is the kernel
+        # mappings it used. Read only now, after the settled PSS: the first
+        # stats() call imports and allocates (1.6 MiB of PSS on frag_sparse).
+        st = meshalloc_stats()
+        for k in ("mesh_count", "mesh_adjacent", "arena_mappings", "mesh_budget_stops"):
+            if k in st:
+                out[k] = int(st[k])
     return out
 
 
