@@ -114,7 +114,8 @@ def mesh_counter(name: str) -> int:
 # ---- driver -----------------------------------------------------------------
 
 def build_fragmenter() -> str:
-    if not FRAGMENTER.exists() or FRAGMENTER.stat().st_mtime < FRAGMENTER_SRC.stat().st_mtime:
+    newest = max(FRAGMENTER_SRC.stat().st_mtime, (HERE.parent / "cbench.h").stat().st_mtime)
+    if not FRAGMENTER.exists() or FRAGMENTER.stat().st_mtime < newest:
         FRAGMENTER.parent.mkdir(parents=True, exist_ok=True)
         cmd = [os.environ.get("CC", "cc"), "-std=c11", "-O2", "-g", "-D_GNU_SOURCE", "-Wall", "-Wextra",
                "-o", str(FRAGMENTER), str(FRAGMENTER_SRC)]

@@ -25,24 +25,12 @@
 #include <string.h>
 #include <sys/mman.h>
 
-static long pss_kb(void) {
-  FILE *f = fopen("/proc/self/smaps_rollup", "r");
-  if (!f) return -1;
-  char line[256];
-  long v = -1;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "Pss: %ld kB", &v) == 1) break;
-  fclose(f);
-  return v;
-}
+#include "../cbench.h"
+
+static long pss_kb(void) { return cb_pss_kb(); }
 
 static uint64_t rng;
-static uint64_t next_rand(void) { /* splitmix64 */
-  uint64_t z = (rng += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+static uint64_t next_rand(void) { return cb_splitmix(&rng); }
 
 static void *map(size_t bytes) {
   void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);

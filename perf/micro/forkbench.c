@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../cbench.h"
 #include "mesh.h"
 
 extern char **environ;
@@ -60,16 +61,7 @@ static double median(const double *v, int n) {
   return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
 }
 
-static long pss_kb(void) { /* /proc/self/smaps_rollup "Pss:" in KiB, -1 if unavailable */
-  FILE *f = fopen("/proc/self/smaps_rollup", "r");
-  if (!f) return -1;
-  char line[256];
-  long v = -1;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "Pss: %ld kB", &v) == 1) break;
-  fclose(f);
-  return v;
-}
+static long pss_kb(void) { return cb_pss_kb(); } /* KiB, -1 if unavailable */
 
 static uint64_t rng = 0x2545F4914F6CDD1Dull;
 static uint64_t next_rand(void) { /* xorshift64*, deterministic */
