@@ -344,6 +344,19 @@ static void free_all_and_check_unaliased(obj_t *v, size_t n) {
   check_mappings("end");
 }
 
+/* The end of a compaction case: every survivor intact, the heap and the
+ * mapping count consistent, then everything freed (which must undo every
+ * alias). Prints "NAME ok" and returns 0, or returns 1 after a failure. */
+static int compacted_heap_ok(obj_t *v, size_t n, const char *name) {
+  verify_all(v, n, "after compaction");
+  CHECK(mesh_check_heap() == 0, "heap inconsistent");
+  check_mappings("after compaction");
+  free_all_and_check_unaliased(v, n);
+  if (g_fail) return 1;
+  printf("%s ok\n", name);
+  return 0;
+}
+
 /* ---- pss ---------------------------------------------------------------------------- */
 static int case_pss(uint64_t seed) {
   set_opt("period_ms", 0);
@@ -485,13 +498,7 @@ static int case_pack(const char *name, size_t size, unsigned keep_pct, unsigned 
   printf("%s: occupancy=%.3f span_pages=%llu meshed_pages=%llu mappings=%llu\n", name, occ,
          (unsigned long long)stat_get("span_pages"), (unsigned long long)stat_get("meshed_pages"),
          (unsigned long long)stat_get("arena_mappings"));
-  verify_all(v, N, "after compaction");
-  CHECK(mesh_check_heap() == 0, "heap inconsistent");
-  check_mappings("after compaction");
-  free_all_and_check_unaliased(v, N);
-  if (g_fail) return 1;
-  printf("%s ok\n", name);
-  return 0;
+  return compacted_heap_ok(v, N, name);
 }
 
 /* ---- runs of neighbouring spans share one mapping ------------------------------------ */
@@ -536,13 +543,7 @@ static int case_runs(uint64_t seed) {
   uint64_t meshes = stat_get("mesh_count"), maps = stat_get("arena_mappings");
   printf("runs: spans=%zu kept=%zu meshes=%llu adjacent=%llu mappings_added=%lld\n", full, kept,
          (unsigned long long)meshes, (unsigned long long)stat_get("mesh_adjacent"), (long long)(maps - maps0));
-  verify_all(all, n, "after compaction");
-  CHECK(mesh_check_heap() == 0, "heap inconsistent");
-  check_mappings("after compaction");
-  free_all_and_check_unaliased(all, n);
-  if (g_fail) return 1;
-  printf("runs ok\n");
-  return 0;
+  return compacted_heap_ok(all, n, "runs");
 }
 
 /* 64-byte objects, a random 6 % kept: spans fit many partners, and the
@@ -559,13 +560,7 @@ static int case_runs_random(uint64_t seed) {
   uint64_t meshes = stat_get("mesh_count"), maps = stat_get("arena_mappings");
   printf("runs-random: meshes=%llu adjacent=%llu mappings_added=%lld\n", (unsigned long long)meshes,
          (unsigned long long)stat_get("mesh_adjacent"), (long long)(maps - maps0));
-  verify_all(v, N, "after compaction");
-  CHECK(mesh_check_heap() == 0, "heap inconsistent");
-  check_mappings("after compaction");
-  free_all_and_check_unaliased(v, N);
-  if (g_fail) return 1;
-  printf("runs-random ok\n");
-  return 0;
+  return compacted_heap_ok(v, N, "runs-random");
 }
 
 /* ---- mapping budget --------------------------------------------------------------- */
