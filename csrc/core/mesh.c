@@ -576,7 +576,7 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
     else
       least = kept_past(sc->nobjects - clive[i]), likely = kept_past(fit_limit(sc->nobjects, clive[i]));
     unsigned compared = 0, tried = nkept - least < probes ? nkept - least : probes;
-    /* k = 0, 1: the neighbours' continuations; k - 1 = 1..tried: probes */
+    /* k = 0, 1: the neighbours' continuations; k = 2..tried + 1: the probes, p = k - 2 */
     for (unsigned k = 0; best > 0 && compared < PARTNERS_COMPARED && k <= tried + 1; k++) {
       /* hundreds of probes touch hundreds of span records: the probe loop
        * itself must respect the pause bound */
