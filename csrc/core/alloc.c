@@ -21,13 +21,57 @@
 
 static MESH_NOINLINE void bad_free(const void *p, const char *what) { _mesh_report_bad_free(p, what); }
 
+/* The states a block can be freed from (a bit per enum span_state). */
+#define FREEABLE_STATES (1u << SPAN_ATTACHED | 1u << SPAN_PARTIAL | 1u << SPAN_FULL | 1u << SPAN_ALIAS)
+
+/* Clears slot bit (word w) of the span that holds p's objects now: a span
+ * meshed away forwards to the span that now holds them. Returns that span
+ * with *old the word before the clear, or NULL after reporting a double
+ * free. Out of line from _mesh_free_nonlocal, which has done the common
+ * case itself (span not an alias, bit set) and calls this otherwise: the
+ * loop starts over, so a clear that found the bit already clear is simply
+ * repeated (clearing a clear bit changes nothing). */
+static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, unsigned w, uint64_t bit,
+                                        uint64_t *old) {
+  for (;;) {
+    while (mesh_load_seq_cst(&s->state) == SPAN_ALIAS) {
+      *id = mesh_load_seq_cst(&s->mesh_dst);
+      s = mesh_span(*id);
+    }
+    *old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
+    if (*old & bit) return s;
+    /* Bit already clear: a double free, unless a mesh moved the bitmap to
+     * its destination between our state check and the clear (mesh.c). */
+    if (mesh_load_seq_cst(&s->state) != SPAN_ALIAS) {
+      bad_free(p, "double free");
+      return NULL;
+    }
+  }
+}
+
+/* After a free cleared word w of detached span s from old: moves the span
+ * to the partial bins if it was full, or frees it if it is now empty.
+ * Called only when the word was full or is now empty (cheap tests), which
+ * this refines: the word full and the span not already partial; every
+ * other word empty too. */
+static MESH_NOINLINE void after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit,
+                                      unsigned nobjects) {
+  bool was_full_word = old == mesh_bitmap_mask_n(nobjects, w) && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
+  bool maybe_empty = (old & ~bit) == 0;
+  if (maybe_empty) {
+    for (unsigned i = 0; i < mesh_bitmap_words_n(nobjects); i++)
+      if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
+  }
+  if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
+}
+
 void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   uint8_t st = mesh_load_relaxed(&s->state);
-  if (st == SPAN_LARGE) {
+  if (mesh_unlikely(st == SPAN_LARGE)) {
     _mesh_large_free(s, id, p, pte);
     return;
   }
-  if (id == MESH_NIL || (st != SPAN_ATTACHED && st != SPAN_PARTIAL && st != SPAN_FULL && st != SPAN_ALIAS)) {
+  if (mesh_unlikely(id == MESH_NIL || st > SPAN_ALIAS || !(FREEABLE_STATES >> st & 1u))) {
     bad_free(p, id == MESH_NIL ? "invalid free (not an allocated block)" : "double free or invalid free");
     return;
   }
@@ -36,7 +80,7 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   uintptr_t voff = (uintptr_t)p - mesh_page_addr((uint32_t)(pte >> 32));
   const size_class_t *sc = &_mesh_classes[s->cls];
   uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
-  if (slot * sc->size != voff || slot >= s->nobjects) {
+  if (mesh_unlikely(slot * sc->size != voff || slot >= s->nobjects)) {
     bad_free(p, "invalid free (not the start of a block)");
     return;
   }
@@ -45,33 +89,17 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   /* Once the bit is clear this free no longer keeps the span alive and the
    * record may be released and reused under us: everything needed below is
    * read before, or comes from the immutable class table. */
-  unsigned nwords = mesh_bitmap_words_n(sc->nobjects);
-  uint64_t mask = mesh_bitmap_mask_n(sc->nobjects, w);
+  unsigned nobjects = sc->nobjects;
   uint64_t old;
-  for (;;) {
-    /* a span meshed away forwards to the span that now holds its objects */
-    while (mesh_load_seq_cst(&s->state) == SPAN_ALIAS) {
-      id = mesh_load_seq_cst(&s->mesh_dst);
-      s = mesh_span(id);
-    }
-    old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
-    if (old & bit) break;
-    /* Bit already clear: a double free, unless a mesh moved the bitmap to
-     * its destination between our state check and the clear (mesh.c). */
-    if (mesh_load_seq_cst(&s->state) != SPAN_ALIAS) {
-      bad_free(p, "double free");
-      return;
-    }
+  if (mesh_unlikely(mesh_load_seq_cst(&s->state) == SPAN_ALIAS ||
+                    !((old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit)) & bit))) {
+    s = clear_slow(p, s, &id, w, bit, &old);
+    if (!s) return;
   }
   /* Attached to some thread heap: its owner takes the slot back. */
   if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
-  bool was_full_word = old == mask && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
-  bool maybe_empty = (old & ~bit) == 0;
-  if (maybe_empty) {
-    for (unsigned i = 0; i < nwords; i++)
-      if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
-  }
-  if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
+  if (mesh_unlikely((old & ~bit) == 0 || old == mesh_bitmap_mask_n(nobjects, w)))
+    after_clear(s, id, w, old, bit, nobjects);
 }
 
 void mesh_free(void *p) {
