@@ -261,6 +261,20 @@ static int kept_pos(unsigned j) {
   return -1;
 }
 
+/* Takes kept[pos] out of the kept list. */
+static void kept_remove(unsigned pos) {
+  nkept--;
+  for (unsigned r = pos; r < nkept; r++) kept[r] = kept[r + 1];
+}
+
+/* Puts cand[] index q into the kept list at its density (clive[q]),
+ * after the spans at least as dense: the list stays densest first. */
+static void kept_insert(unsigned q) {
+  unsigned pos = nkept++;
+  for (; pos > 0 && clive[kept[pos - 1]] < clive[q]; pos--) kept[pos] = kept[pos - 1];
+  kept[pos] = (uint16_t)q;
+}
+
 /* Shell sort of cand[0..n) by live count, densest first, then by id (no
  * libc qsort: it may malloc); clive[] moves along. Returns n without the
  * duplicates (a span collected twice is adjacent to itself once sorted). */
@@ -428,12 +442,8 @@ static void batch_update(uint32_t id, unsigned live, bool gone, unsigned nobject
   clive[q] = (uint16_t)live;
   int p = kept_pos((unsigned)q);
   if (p < 0) return;
-  nkept--;
-  for (unsigned r = (unsigned)p; r < nkept; r++) kept[r] = kept[r + 1];
-  if (gone || live >= nobjects || batch.split) return;
-  unsigned pos = nkept++;
-  for (; pos > 0 && clive[kept[pos - 1]] < live; pos--) kept[pos] = kept[pos - 1];
-  kept[pos] = (uint16_t)q;
+  kept_remove((unsigned)p);
+  if (!gone && live < nobjects && !batch.split) kept_insert((unsigned)q);
 }
 
 /* After src was meshed onto dst: meshes the spans next to src onto the
@@ -625,25 +635,18 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
       freed += pages;
       unsigned live = (unsigned)clive[i] + partner_live;
       if (j >= 0) {
-        /* the survivor takes the kept place, moved up to its new density */
+        /* the survivor takes the kept place, at its new density; meshed
+         * once (split) or full, it is no longer a partner */
         unsigned sv = l_is_src ? (unsigned)j : i;
         clive[sv] = (uint16_t)live;
-        unsigned pos = (unsigned)pick;
-        if (split || live >= sc->nobjects) { /* meshed once (split) or full: no longer a partner */
-          nkept--;
-          for (unsigned q = pos; q < nkept; q++) kept[q] = kept[q + 1];
-        } else {
-          for (; pos > 0 && clive[kept[pos - 1]] < live; pos--) kept[pos] = kept[pos - 1];
-          kept[pos] = (uint16_t)sv;
-        }
+        kept_remove((unsigned)pick);
+        if (!split && live < sc->nobjects) kept_insert(sv);
       } else if (l_is_src) {
         if (pick_adj >= 0 && adj_cand[pick_adj] >= 0) /* a source still to come */
           clive[adj_cand[pick_adj]] = (uint16_t)live;
       } else if (live < sc->nobjects) { /* l survives: kept, at its density */
         clive[i] = (uint16_t)live;
-        unsigned pos = nkept++;
-        for (; pos > 0 && clive[kept[pos - 1]] < live; pos--) kept[pos] = kept[pos - 1];
-        kept[pos] = (uint16_t)i;
+        kept_insert(i);
       }
     } else {
       _mesh_file_detached(src);

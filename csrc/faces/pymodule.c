@@ -398,6 +398,9 @@ static void counts_init(void) {
 
 enum { DIVERT_OFF = 0, DIVERT_INLINE = 1, DIVERT_API = 2 };
 
+/* The diverting[] value of a domain turned on: the inline fast paths serve
+ * it unless a preloaded libmesh.so is the heap (then only its API does). */
+static int divert_on(void) { return api_preloaded ? DIVERT_API : DIVERT_INLINE; }
 
 static inline __attribute__((always_inline)) void
 face_count(thread_heap_t *h, int d, int what) {
@@ -662,12 +665,12 @@ static PyObject *py_install(PyObject *self, PyObject *args) {
         if (!(newly & (1u << d)))
             continue;
         if (hooked[d]) {  /* after uninstall(): the hook is still in place */
-            atomic_store(&diverting[d], api_preloaded ? DIVERT_API : DIVERT_INLINE);
+            atomic_store(&diverting[d], divert_on());
             continue;
         }
         /* The previous allocator, as it is now (the struct is copied). */
         PyMem_GetAllocator((PyMemAllocatorDomain)d, &saved[d]);
-        atomic_store(&diverting[d], api_preloaded ? DIVERT_API : DIVERT_INLINE);
+        atomic_store(&diverting[d], divert_on());
         atomic_thread_fence(memory_order_seq_cst);  /* saved[] before the hook */
         PyMemAllocatorEx hook = hooks[d];
         hook.ctx = saved[d].ctx;  /* see above: a torn pair stays consistent */
