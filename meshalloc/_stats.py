@@ -37,6 +37,9 @@ CORE_FIELDS: Tuple[str, ...] = (
     "mesh_passes",
     "mesh_pause_ns_total",
     "mesh_pause_ns_max",
+    "mesh_pause_cpu_ns_max",
+    "mesh_pause_over_bound",
+    "mesh_pause_cpu_over_bound",
     "mesh_pause_lt_100us",
     "mesh_pause_lt_500us",
     "mesh_pause_lt_1ms",
@@ -187,6 +190,9 @@ class Stats:
     mesh_passes: int = 0
     mesh_pause_ns_total: int = 0
     mesh_pause_ns_max: int = 0
+    mesh_pause_cpu_ns_max: int = 0
+    mesh_pause_over_bound: int = 0
+    mesh_pause_cpu_over_bound: int = 0
     mesh_pause_lt_100us: int = 0
     mesh_pause_lt_500us: int = 0
     mesh_pause_lt_1ms: int = 0

@@ -143,6 +143,16 @@ def test_pss_drops_by_the_pages_meshing_reports(helpers, cbuild, seed):
     assert "pss ok" in r.stdout, r.describe()
 
 
+def test_pauses_preempted_by_another_process_count_on_the_wall_clock_not_in_cpu_time(helpers, cbuild):
+    """A meshing pass that the scheduler interrupts lasts longer on the wall
+    clock than the work it did: the stats keep both (mesh_pause_ns_max and
+    mesh_pause_cpu_ns_max, and the over-bound counts), so a pause over the
+    bound can be told apart from a pass that did too much."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["pause-clocks", SESSION_SEED], timeout=120,
+              env_extra={"MESH_MAX_PAUSE_US": "200"})
+    assert "pause-clocks ok" in r.stdout, r.describe()
+
+
 @pytest.mark.parametrize("seed", [1, SESSION_SEED])
 def test_compaction_ends_on_a_heap_that_barely_meshes(helpers, cbuild, seed):
     # a short pause bound: every step runs out of time, as a big heap's do

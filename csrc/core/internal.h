@@ -50,6 +50,7 @@ int _mesh_os_write_all(int fd, const void *buf, size_t len);
 int _mesh_os_pwrite_all(int fd, const void *buf, size_t len, size_t off);
 uint64_t _mesh_os_random(void);
 uint64_t _mesh_os_now_ns(void);
+uint64_t _mesh_os_thread_cpu_ns(void);
 const char *_mesh_os_getenv(const char *name); /* NULL in secure-execution mode */
 bool _mesh_os_secure(void);
 size_t _mesh_os_as_limit(void);                /* RLIMIT_AS, SIZE_MAX if none */
@@ -138,6 +139,9 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(mesh_passes, "meshing passes run (each one bounded pause)") \
   X(mesh_pause_ns_total, "time spent in meshing passes, ns") \
   X(mesh_pause_ns_max, "longest meshing pass, ns") \
+  X(mesh_pause_cpu_ns_max, "longest meshing pass in the meshing thread's CPU time, ns (wall clock less time it was not running)") \
+  X(mesh_pause_over_bound, "meshing passes whose wall-clock time exceeded max_pause_us") \
+  X(mesh_pause_cpu_over_bound, "meshing passes whose CPU time exceeded max_pause_us") \
   X(mesh_pause_lt_100us, "meshing passes shorter than 100 us") \
   X(mesh_pause_lt_500us, "meshing passes of 100-500 us") \
   X(mesh_pause_lt_1ms, "meshing passes of 0.5-1 ms") \

@@ -120,7 +120,7 @@ void mesh_stats_print(int fd) {
                 "In use MB:          %s\n"
                 "Committed MB:       %s\n"
                 "Mappings:           %llu (meshed KiB per added mapping: %llu)\n"
-                "Mesh passes:        %llu (max pause %llu us)\n"
+                "Mesh passes:        %llu (max pause %llu us, max CPU time %llu us)\n"
                 "Meshing:            %s\n",
                 (unsigned long long)v[MESH_CTR_mesh_count], total,
                 (unsigned long long)v[MESH_CTR_meshed_pages_hwm], hwm,
@@ -130,5 +130,6 @@ void mesh_stats_print(int fd) {
                 (unsigned long long)v[MESH_CTR_arena_mappings],
                 (unsigned long long)(d[MESH_DER_meshed_bytes_per_mapping] >> 10),
                 (unsigned long long)v[MESH_CTR_mesh_passes], (unsigned long long)(v[MESH_CTR_mesh_pause_ns_max] / 1000),
+                (unsigned long long)(v[MESH_CTR_mesh_pause_cpu_ns_max] / 1000),
                 d[MESH_DER_meshing_available] ? "available (memfd arena)" : "off (anonymous arena)");
 }

@@ -26,6 +26,10 @@
  *                   other parity's: meshes continue each other's mappings
  *   runs-random SEED  6 % of 64-byte objects kept at random: most meshes
  *                   extend a run (neighbours meshed onto neighbours)
+ *   pause-clocks SEED  compaction in short passes while a busy process
+ *                   shares the CPU: passes it preempted count over the bound
+ *                   in wall-clock time, not in CPU time (cpu max <= wall
+ *                   max, cpu over-bound count <= wall over-bound count)
  *   segv-after-mesh       a real NULL write in a process that has meshed
  *                         dies with SIGSEGV
  *   handler-after-mesh    a SIGSEGV handler installed after meshing started
@@ -48,6 +52,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -57,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -437,6 +443,49 @@ static int case_compact_ends(uint64_t seed) {
   for (size_t i = 0; i < N; i++) if (v[i].p) mesh_free(v[i].p);
   if (g_fail) return 1;
   printf("compact-ends ok\n");
+  return 0;
+}
+
+/* ---- pauses in wall-clock and CPU time ------------------------------------------- */
+/* Pins itself and a spinning child to one CPU, so the scheduler must
+ * switch between them, and compacts a fragmented heap in passes of
+ * MESH_MAX_PAUSE_US (the test sets a short one). A pass the spinner
+ * preempts lasts a time slice or more on the wall clock but not in the
+ * thread's CPU time, and the stats must say which is which. */
+static int case_pause_clocks(uint64_t seed) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(sched_getcpu() >= 0 ? sched_getcpu() : 0, &one);
+  if (sched_setaffinity(0, sizeof one, &one) != 0) DIE("sched_setaffinity");
+  pid_t spinner = fork();
+  if (spinner < 0) DIE("fork");
+  if (spinner == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
+    for (;;) __asm__ volatile("" ::: "memory");
+  }
+  static const size_t sizes[] = {32, 64, 64};
+  enum { N = 400000 };
+  obj_t *v = fragmented_heap(N, sizes, sizeof sizes / sizeof sizes[0], seed, 8);
+  size_t freed = mesh_compact();
+  kill(spinner, SIGKILL);
+  waitpid(spinner, NULL, 0);
+  uint64_t passes = stat_get("mesh_passes"), wall = stat_get("mesh_pause_ns_max"),
+           cpu = stat_get("mesh_pause_cpu_ns_max"), over = stat_get("mesh_pause_over_bound"),
+           cpu_over = stat_get("mesh_pause_cpu_over_bound");
+  printf("pause-clocks: freed=%zu passes=%llu wall_max_us=%llu cpu_max_us=%llu over=%llu cpu_over=%llu\n", freed,
+         (unsigned long long)passes, (unsigned long long)wall / 1000, (unsigned long long)cpu / 1000,
+         (unsigned long long)over, (unsigned long long)cpu_over);
+  CHECK(freed > 0 && passes > 10, "compaction did not run in many passes");
+  CHECK(cpu > 0 && cpu <= wall, "the longest pass's CPU time (%llu ns) must be in (0, wall %llu ns]",
+        (unsigned long long)cpu, (unsigned long long)wall);
+  CHECK(cpu_over <= over, "%llu passes over the bound in CPU time but %llu on the wall clock",
+        (unsigned long long)cpu_over, (unsigned long long)over);
+  CHECK(over > cpu_over, "no pass was preempted by the spinner (over %llu, cpu_over %llu)", (unsigned long long)over,
+        (unsigned long long)cpu_over);
+  verify_all(v, N, "after compaction");
+  free_all_and_check_unaliased(v, N);
+  if (g_fail) return 1;
+  printf("pause-clocks ok\n");
   return 0;
 }
 
@@ -946,6 +995,7 @@ int main(int argc, char **argv) {
   if (!strcmp(c, "runs-random")) return case_runs_random(arg);
   if (!strcmp(c, "compact-ends")) return case_compact_ends(arg);
   if (!strcmp(c, "compact-complete")) return case_compact_complete(arg);
+  if (!strcmp(c, "pause-clocks")) return case_pause_clocks(arg);
   if (!strcmp(c, "pack-sparse")) return case_pack(c, 32, 3, 3, arg);
   if (!strcmp(c, "pack-mixed")) return case_pack(c, 64, 55, 25, arg);
   if (!strcmp(c, "segv-after-mesh")) return case_segv_after_mesh();
