@@ -27,8 +27,13 @@
  * thread's heap (_mesh_tls.heap); size must be > 0. Leaves no state behind
  * on NULL, so a caller can keep its own fast path free of calls. */
 MESH_INLINE void *mesh_malloc_try(thread_heap_t *h, size_t size) {
-  if (mesh_unlikely(size > MESH_SMALL_MAX)) return NULL;
-  shuffle_vector_t *sv = &h->sv[mesh_class_of(size)];
+  shuffle_vector_t *sv;
+  if (mesh_likely(size <= 1024))
+    sv = (shuffle_vector_t *)((char *)h->sv + _mesh_sv_offset_by_16[(size + 15) >> 4]);
+  else if (size <= MESH_SMALL_MAX)
+    sv = &h->sv[_mesh_class_by_128[(size + 127) >> 7]];
+  else
+    return NULL;
   MESH_OPAQUE(sv);
   return mesh_sv_try_pop(sv);
 }

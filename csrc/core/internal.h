@@ -193,6 +193,10 @@ extern _Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
 /* ---- size_class.c --------------------------------------------------- */
 extern size_class_t _mesh_classes[MESH_NUM_CLASSES];
 extern uint8_t _mesh_class_by_16[1024 / 16 + 1];     /* sizes 0..1024 */
+/* the same classes as byte offsets into thread_heap_t.sv: the malloc fast
+ * path's vector is one load and one add away from the size (0 before init,
+ * like the class table: the sentinel heap's first vector, which is empty) */
+extern uint32_t _mesh_sv_offset_by_16[1024 / 16 + 1];
 extern uint8_t _mesh_class_by_128[MESH_SMALL_MAX / 128 + 1]; /* sizes 1025..16384 */
 void _mesh_size_classes_init(void);
 MESH_INLINE unsigned mesh_class_of(size_t size) {

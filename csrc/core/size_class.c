@@ -19,6 +19,7 @@
 
 size_class_t _mesh_classes[MESH_NUM_CLASSES];
 uint8_t _mesh_class_by_16[1024 / 16 + 1];
+uint32_t _mesh_sv_offset_by_16[1024 / 16 + 1];
 uint8_t _mesh_class_by_128[MESH_SMALL_MAX / 128 + 1];
 
 static uint32_t class_size(unsigned c) {
@@ -59,6 +60,7 @@ void _mesh_size_classes_init(void) {
     size_t sz = i ? i * 16u : 1;
     while (_mesh_classes[c].size < sz) c++;
     _mesh_class_by_16[i] = (uint8_t)c;
+    _mesh_sv_offset_by_16[i] = c * (uint32_t)sizeof(shuffle_vector_t);
   }
   c = 0;
   for (unsigned i = 0; i <= MESH_SMALL_MAX / 128; i++) {
