@@ -61,7 +61,7 @@ MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
   span_t *s = mesh_span(id);
   if (mesh_likely(mesh_load_relaxed(&s->owner) == h->id)) {
     uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
-    shuffle_vector_t *sv = &h->sv[s->cls];
+    shuffle_vector_t *sv = (shuffle_vector_t *)((char *)h->sv + _mesh_sv_offset_of_class[s->cls]);
     MESH_OPAQUE(sv);
     uint32_t slot = (uint32_t)((voff * sv->recip) >> 32);
     if (mesh_unlikely(slot * sv->size != voff || slot >= s->nobjects)) {

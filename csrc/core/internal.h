@@ -197,6 +197,7 @@ extern uint8_t _mesh_class_by_16[1024 / 16 + 1];     /* sizes 0..1024 */
  * path's vector is one load and one add away from the size (0 before init,
  * like the class table: the sentinel heap's first vector, which is empty) */
 extern uint32_t _mesh_sv_offset_by_16[1024 / 16 + 1];
+extern uint32_t _mesh_sv_offset_of_class[MESH_NUM_CLASSES]; /* for the free fast path */
 extern uint8_t _mesh_class_by_128[MESH_SMALL_MAX / 128 + 1]; /* sizes 1025..16384 */
 void _mesh_size_classes_init(void);
 MESH_INLINE unsigned mesh_class_of(size_t size) {

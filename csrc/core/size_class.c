@@ -20,6 +20,7 @@
 size_class_t _mesh_classes[MESH_NUM_CLASSES];
 uint8_t _mesh_class_by_16[1024 / 16 + 1];
 uint32_t _mesh_sv_offset_by_16[1024 / 16 + 1];
+uint32_t _mesh_sv_offset_of_class[MESH_NUM_CLASSES];
 uint8_t _mesh_class_by_128[MESH_SMALL_MAX / 128 + 1];
 
 static uint32_t class_size(unsigned c) {
@@ -54,6 +55,7 @@ void _mesh_size_classes_init(void) {
     uint64_t n = (uint64_t)best_pages * MESH_PAGE_SIZE / size;
     sc->nobjects = (uint16_t)(n > MESH_SPAN_MAX_OBJECTS ? MESH_SPAN_MAX_OBJECTS : n);
     sc->recip = ((1ull << 32) + size - 1) / size;
+    _mesh_sv_offset_of_class[c] = c * (uint32_t)sizeof(shuffle_vector_t);
   }
   unsigned c = 0;
   for (unsigned i = 0; i <= 1024 / 16; i++) {
