@@ -5,7 +5,7 @@
  * as its byte offset in the span | the attachment's index (offsets are
  * multiples of 16, indexes below 16): malloc pops the last entry, a local free
  * pushes, and every refill (new span, or slots other threads freed) puts the
- * new entries in random order (mesh_sv_shuffle: by default each span from a
+ * new entries in random order (mesh_sv_fill: by default each span from a
  * random slot). Random placement is what makes two spans' occupancy bitmaps
  * likely to be disjoint (meshable): every object lands in a place drawn at
  * random when its span was filled. A local free is
@@ -70,18 +70,35 @@ MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
   return mesh_likely(p != NULL) ? p : _mesh_sv_pop_freed(sv);
 }
 
-/* Adds a slot during refill (no shuffle: the caller shuffles once). */
-MESH_INLINE void mesh_sv_append(shuffle_vector_t *sv, unsigned a, unsigned slot) {
-  _Atomic uint64_t *w = &sv->att[a].local[slot >> 6];
-  mesh_store_relaxed(w, mesh_load_relaxed(w) | 1ull << (slot & 63));
-  sv->entries[sv->len++] = mesh_sv_entry(a, slot * sv->size);
-}
-
 /* Allocation order modes (the shuffle option). */
 enum { MESH_ORDER_ADDRESS = 0, MESH_ORDER_ROTATED = 1, MESH_ORDER_OBJECTS = 2 };
 
-/* Puts entries[from..len) (appended by a refill in ascending slot order,
- * attachment by attachment) in the order they will be popped.
+/* The free slots one reclaim gathered from the class's attachments: per
+ * attachment a bitmap (bit i = slot i, already marked in the local bitmap)
+ * and how many bits it holds. */
+typedef struct {
+  uint64_t bits[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS];
+  uint16_t count[MESH_MAX_ATTACHED];
+} sv_gathered_t;
+
+/* Writes attachment a's gathered slots (m of them) into entries[k..k+m),
+ * in ascending slot order from position first downwards, wrapping from k
+ * to k+m-1. Pops take the last entry, so they see the slots in ascending
+ * order starting from the one written at k+m-1. */
+MESH_INLINE void mesh_sv_write_run(shuffle_vector_t *sv, unsigned a, const uint64_t *bits, uint32_t k, uint32_t m,
+                                   uint32_t first) {
+  uint32_t *e = sv->entries, p = first, size = sv->size;
+  for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
+    for (uint64_t t = bits[w]; t; t &= t - 1) {
+      unsigned slot = w * 64 + (unsigned)__builtin_ctzll(t);
+      e[p] = mesh_sv_entry(a, slot * size);
+      p = p == k ? k + m - 1 : p - 1;
+    }
+  }
+}
+
+/* Appends the gathered slots to entries[len..) in the order they will be
+ * popped.
  *
  * ROTATED (default): each span's slots pop in address order from a slot
  * drawn at random, wrapping round to its lowest; the spans come in random
@@ -96,51 +113,41 @@ enum { MESH_ORDER_ADDRESS = 0, MESH_ORDER_ROTATED = 1, MESH_ORDER_OBJECTS = 2 };
  * what it needs: survivors of random frees are spread at random whatever the
  * order, and a random start per span gives survivors of periodic patterns
  * (keep every k-th object) a random phase per span, so two spans' patterns
- * interleave instead of coinciding as they would in address order. */
-MESH_INLINE void mesh_sv_shuffle(thread_heap_t *h, shuffle_vector_t *sv, uint32_t from) {
-  uint32_t *e = sv->entries;
+ * interleave instead of coinciding as they would in address order.
+ *
+ * The entries are written where they belong (no append-then-permute pass):
+ * a reclaim is the allocator's commonest slow path. */
+MESH_INLINE void mesh_sv_fill(thread_heap_t *h, shuffle_vector_t *sv, const sv_gathered_t *g) {
+  uint8_t order[MESH_MAX_ATTACHED];
+  unsigned n = 0;
+  for (unsigned a = 0; a < sv->natt; a++)
+    if (g->count[a]) order[n++] = (uint8_t)a;
+  if (h->shuffle == MESH_ORDER_ROTATED)
+    for (unsigned r = n; r > 1; r--) { /* random span order */
+      unsigned j = mesh_rand_below(&h->rng, r);
+      uint8_t t = order[r - 1];
+      order[r - 1] = order[j];
+      order[j] = t;
+    }
+  uint32_t from = sv->len, k = from;
+  for (unsigned r = 0; r < n; r++) {
+    /* ADDRESS pops attachment 0 first: it is written last */
+    unsigned a = h->shuffle == MESH_ORDER_ADDRESS ? order[n - 1 - r] : order[r];
+    uint32_t m = g->count[a];
+    uint32_t rot = h->shuffle == MESH_ORDER_ROTATED && m > 1 ? mesh_rand_below(&h->rng, m) : 0;
+    mesh_sv_write_run(sv, a, g->bits[a], k, m, rot ? k + rot - 1 : k + m - 1);
+    k += m;
+  }
+  sv->len = (uint16_t)k;
   if (h->shuffle == MESH_ORDER_OBJECTS) {
-    for (uint32_t i = sv->len; i > from + 1; i--) {
+    uint32_t *e = sv->entries;
+    for (uint32_t i = k; i > from + 1; i--) {
       uint32_t j = from + mesh_rand_below(&h->rng, i - from);
       uint32_t t = e[i - 1];
       e[i - 1] = e[j];
       e[j] = t;
     }
-    return;
   }
-  if (h->shuffle == MESH_ORDER_ADDRESS) {
-    for (uint32_t i = from, j = sv->len; i + 1 < j; i++, j--) {
-      uint32_t t = e[i];
-      e[i] = e[j - 1];
-      e[j - 1] = t;
-    }
-    return;
-  }
-  /* one run of entries per attachment */
-  uint16_t start[MESH_MAX_ATTACHED + 1], order[MESH_MAX_ATTACHED];
-  uint32_t out[MESH_VECTOR_CAPACITY];
-  uint32_t nruns = 0;
-  for (uint32_t i = from; i < sv->len; i++)
-    if (i == from || mesh_sv_entry_att(e[i]) != mesh_sv_entry_att(e[i - 1])) start[nruns++] = (uint16_t)i;
-  start[nruns] = (uint16_t)sv->len;
-  for (uint32_t r = 0; r < nruns; r++) order[r] = (uint16_t)r;
-  for (uint32_t r = nruns; r > 1; r--) {
-    uint32_t j = mesh_rand_below(&h->rng, r);
-    uint16_t t = order[r - 1];
-    order[r - 1] = order[j];
-    order[j] = t;
-  }
-  /* pops take the last entry, so a run x[0..m) rotated to start at x[rot]
-   * is written as x[rot-1..0] then x[m-1..rot] */
-  uint32_t k = 0;
-  for (uint32_t r = 0; r < nruns; r++) {
-    const uint32_t *x = e + start[order[r]];
-    uint32_t m = (uint32_t)start[order[r] + 1] - start[order[r]];
-    uint32_t rot = m > 1 ? mesh_rand_below(&h->rng, m) : 0;
-    for (uint32_t i = rot; i > 0; i--) out[k++] = x[i - 1];
-    for (uint32_t i = m; i > rot; i--) out[k++] = x[i - 1];
-  }
-  memcpy(e + from, out, k * sizeof out[0]);
 }
 
 #endif

@@ -88,32 +88,35 @@ void _mesh_thread_heaps_init(void) {
 }
 
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
+  sv_gathered_t g;
   unsigned got = 0;
-  uint32_t from = sv->len;
   for (unsigned a = 0; a < sv->natt; a++) {
     span_t *s = mesh_span(sv->att[a].span);
-    for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
+    unsigned n = 0;
+    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
+      g.bits[a][w] = 0;
+      if (w >= mesh_bitmap_words(s)) continue;
       uint64_t mask = mesh_bitmap_mask(s, w);
       if ((mesh_load_relaxed(&s->bits[w]) & mask) == mask) continue; /* nothing freed: skip the RMW */
       uint64_t old = mesh_fetch_or_acq_rel(&s->bits[w], mask);
+      uint64_t local = mesh_load_relaxed(&sv->att[a].local[w]);
       uint64_t taken = mask & ~old;
-      uint64_t dup = taken & mesh_load_relaxed(&sv->att[a].local[w]); /* freed remotely while already free here */
+      uint64_t dup = taken & local; /* freed remotely while already free here */
       while (dup) {
         unsigned slot = w * 64 + (unsigned)__builtin_ctzll(dup);
         dup &= dup - 1;
         _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
                               "double free (freed again by another thread)");
       }
-      taken &= ~mesh_load_relaxed(&sv->att[a].local[w]);
-      while (taken) {
-        unsigned slot = w * 64 + (unsigned)__builtin_ctzll(taken);
-        taken &= taken - 1;
-        mesh_sv_append(sv, a, slot);
-        got++;
-      }
+      taken &= ~local;
+      mesh_store_relaxed(&sv->att[a].local[w], local | taken);
+      g.bits[a][w] = taken;
+      n += (unsigned)mesh_popcount64(taken);
     }
+    g.count[a] = (uint16_t)n;
+    got += n;
   }
-  if (got) mesh_sv_shuffle(h, sv, from);
+  if (got) mesh_sv_fill(h, sv, &g);
   return got;
 }
 
