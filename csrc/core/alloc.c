@@ -27,10 +27,8 @@ static MESH_NOINLINE void bad_free(const void *p, const char *what) { _mesh_repo
 /* Clears slot bit (word w) of the span that holds p's objects now: a span
  * meshed away forwards to the span that now holds them. Returns that span
  * with *old the word before the clear, or NULL after reporting a double
- * free. Out of line from _mesh_free_nonlocal, which has done the common
- * case itself (span not an alias, bit set) and calls this otherwise: the
- * loop starts over, so a clear that found the bit already clear is simply
- * repeated (clearing a clear bit changes nothing). */
+ * free. A clear the fast try made and found the bit already clear is
+ * simply repeated (clearing a clear bit changes nothing). */
 static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, unsigned w, uint64_t bit,
                                         uint64_t *old) {
   for (;;) {
@@ -51,11 +49,10 @@ static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, 
 
 /* After a free cleared word w of detached span s from old: moves the span
  * to the partial bins if it was full, or frees it if it is now empty.
- * Called only when the word was full or is now empty (cheap tests), which
- * this refines: the word full and the span not already partial; every
- * other word empty too. */
-static MESH_NOINLINE void after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit,
-                                      unsigned nobjects) {
+ * Called only when the word was full or is now empty (cheap tests,
+ * mesh_after_shared_clear), which this refines: the word full and the span
+ * not already partial; every other word empty too. */
+void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects) {
   bool was_full_word = old == mesh_bitmap_mask_n(nobjects, w) && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
   bool maybe_empty = (old & ~bit) == 0;
   if (maybe_empty) {
@@ -65,6 +62,10 @@ static MESH_NOINLINE void after_clear(span_t *s, uint32_t id, unsigned w, uint64
   if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
 }
 
+/* Every free into a span not attached to the caller that
+ * mesh_free_shared_try (fast_path.h) did not do: large blocks, spans meshed
+ * away (the bit is cleared in the span that holds the objects now), double
+ * and invalid frees. Starts from scratch: the fast try changed nothing. */
 void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   uint8_t st = mesh_load_relaxed(&s->state);
   if (mesh_unlikely(st == SPAN_LARGE)) {
@@ -91,15 +92,8 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
    * read before, or comes from the immutable class table. */
   unsigned nobjects = sc->nobjects;
   uint64_t old;
-  if (mesh_unlikely(mesh_load_seq_cst(&s->state) == SPAN_ALIAS ||
-                    !((old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit)) & bit))) {
-    s = clear_slow(p, s, &id, w, bit, &old);
-    if (!s) return;
-  }
-  /* Attached to some thread heap: its owner takes the slot back. */
-  if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
-  if (mesh_unlikely((old & ~bit) == 0 || old == mesh_bitmap_mask_n(nobjects, w)))
-    after_clear(s, id, w, old, bit, nobjects);
+  s = clear_slow(p, s, &id, w, bit, &old);
+  if (s) mesh_after_shared_clear(s, id, w, old, bit, nobjects);
 }
 
 void mesh_free(void *p) {

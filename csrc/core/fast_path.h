@@ -44,6 +44,31 @@ MESH_INLINE void *mesh_malloc_inline(size_t size) {
   return _mesh_heap_alloc_slow(size);
 }
 
+/* The common free into a span the caller does not hold: attached to
+ * another thread, or detached and not meshed away. One atomic bit clear
+ * (the span's other frees may race with it); see alloc.c and global_heap.c
+ * for what follows when a detached span was full or becomes empty. Returns
+ * false having changed nothing (a clear of a clear bit changes nothing) in
+ * every other case: a large block, a span meshed away, a bad pointer, a
+ * double free; _mesh_free_nonlocal then does it from scratch. off is p's
+ * offset in the arena, pte its page-table entry. */
+MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uint64_t pte) {
+  _Static_assert(SPAN_PARTIAL == SPAN_ATTACHED + 1 && SPAN_FULL == SPAN_ATTACHED + 2, "the states of small spans");
+  uint8_t st = mesh_load_seq_cst(&s->state);
+  if (mesh_unlikely((uint8_t)(st - SPAN_ATTACHED) > 2)) return false;
+  const size_class_t *sc = &_mesh_classes[s->cls];
+  uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
+  uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
+  if (mesh_unlikely(slot * sc->size != voff || slot >= s->nobjects)) return false;
+  unsigned w = slot >> 6, nobjects = sc->nobjects;
+  uint64_t bit = 1ull << (slot & 63);
+  uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
+  if (mesh_unlikely(!(old & bit))) return false;
+  /* the bit is clear: from here the record may be reused (alloc.c) */
+  mesh_after_shared_clear(s, id, w, old, bit, nobjects);
+  return true;
+}
+
 /* mesh_free_in's answers */
 enum { MESH_FREE_NOT_OURS = 0, MESH_FREE_LOCAL = 1, MESH_FREE_OTHER = 2 };
 
@@ -83,6 +108,7 @@ MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
     _mesh_report_bad_free(p, "double free");
     return MESH_FREE_LOCAL;
   }
+  if (mesh_likely(mesh_free_shared_try(off, s, id, pte))) return MESH_FREE_OTHER;
   _mesh_free_nonlocal(p, s, id, pte);
   return MESH_FREE_OTHER;
 }
