@@ -546,11 +546,13 @@ def compact() -> "CompactResult":
 # fragmentation is as high as it will get: a good moment to mesh. The
 # callback is cheap when it has nothing to do. It runs mesh_compact() only
 # when both
-#   * at least `period_ms` (the core's meshing rate limit option) passed since
-#     the last one ended (period_ms = 0 or mesh = 0 turn it off), and
-#   * at least 20 times the last compaction's duration passed, so that
-#     meshing after collections costs at most ~5 % of the wall-clock time.
-_GC_DUTY = 20.0
+#   * at least the core's wait between periodic passes passed since the last
+#     one ended: `period_ms` (period_ms = 0 or mesh = 0 turn it off),
+#     doubled `mesh_pace_level` times while the program takes the pages
+#     meshing frees straight back (docs/meshing.md, "Pacing"), and
+#   * at least 50 times the last compaction's duration passed, so that
+#     meshing after collections costs at most ~2 % of the wall-clock time.
+_GC_DUTY = 50.0
 _gc_registered = False
 _gc_last_end = -1e18
 _gc_last_pause = 0.0
@@ -571,7 +573,8 @@ def _gc_callback(phase: str, info: "Dict[str, int]") -> None:
         period = ext.get_option("period_ms") / 1000.0
         if period <= 0 or not ext.get_option("mesh"):
             return
-        if now - _gc_last_end < max(period, _GC_DUTY * _gc_last_pause):
+        wait = period * (1 << ext.stat("mesh_pace_level"))
+        if now - _gc_last_end < max(wait, _GC_DUTY * _gc_last_pause):
             return
         _pages, _returned, seconds = ext.compact()
         _gc_last_pause = seconds

@@ -49,6 +49,8 @@ CORE_FIELDS: Tuple[str, ...] = (
     "mesh_bytes_copied",
     "mesh_adjacent",
     "mesh_budget_stops",
+    "mesh_pace_level",
+    "mesh_paced",
     "mesh_barrier_waits",
     "mesh_efault_retries",
     "spans_alloc_count",
@@ -62,6 +64,7 @@ CORE_FIELDS: Tuple[str, ...] = (
     "dirty_pages",
     "arena_top_pages",
     "pages_punched",
+    "fresh_pages_total",
     "punch_calls",
     "thread_heaps_created",
     "thread_heaps_live",
@@ -202,6 +205,8 @@ class Stats:
     mesh_bytes_copied: int = 0
     mesh_adjacent: int = 0
     mesh_budget_stops: int = 0
+    mesh_pace_level: int = 0
+    mesh_paced: int = 0
     mesh_barrier_waits: int = 0
     mesh_efault_retries: int = 0
     spans_alloc_count: int = 0
@@ -215,6 +220,7 @@ class Stats:
     dirty_pages: int = 0
     arena_top_pages: int = 0
     pages_punched: int = 0
+    fresh_pages_total: int = 0
     punch_calls: int = 0
     thread_heaps_created: int = 0
     thread_heaps_live: int = 0

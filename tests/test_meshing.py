@@ -143,6 +143,15 @@ def test_pss_drops_by_the_pages_meshing_reports(helpers, cbuild, seed):
     assert "pss ok" in r.stdout, r.describe()
 
 
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_meshing_is_paced_while_the_program_takes_the_freed_pages_straight_back(helpers, cbuild, config):
+    """A pass meshes; the program then takes more clean pages for new spans
+    than the pass freed: the wait before the next periodic pass doubles
+    (mesh_pace_level 1). Once a pass's pages stay free it is back to 0."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["pacing", SESSION_SEED], config=config, timeout=120)
+    assert "pacing ok" in r.stdout, r.describe()
+
+
 def test_pauses_preempted_by_another_process_count_on_the_wall_clock_not_in_cpu_time(helpers, cbuild):
     """A meshing pass that the scheduler interrupts lasts longer on the wall
     clock than the work it did: the stats keep both (mesh_pause_ns_max and

@@ -287,6 +287,7 @@ uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *cle
     mesh_stat_set(arena_top_pages, top);
     *clean = true;
   }
+  if (*clean) mesh_stat_add(fresh_pages_total, npages); /* demand for new memory (mesh.c, pacing) */
   span_t *s = mesh_span(id);
   s->page = start;
   s->npages = npages;

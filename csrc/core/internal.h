@@ -151,6 +151,8 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(mesh_bytes_copied, "bytes of live objects copied by meshing") \
   X(mesh_adjacent, "meshes whose alias continued a neighbour's mapping (no new VMA)") \
   X(mesh_budget_stops, "times meshing stopped because the mapping budget was reached") \
+  X(mesh_pace_level, "periodic meshing waits period_ms << this: raised while the program takes the pages meshing freed straight back") \
+  X(mesh_paced, "times pacing lengthened the wait between periodic passes") \
   X(mesh_barrier_waits, "writes that faulted on a span being meshed and waited for it") \
   X(mesh_efault_retries, "system calls retried after EFAULT on a span being meshed (libmesh.so)") \
   X(spans_alloc_count, "span records created (the original's MH Alloc Count)") \
@@ -164,6 +166,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(dirty_pages, "free arena pages not yet returned to the OS") \
   X(arena_top_pages, "arena pages ever used (high-water mark of the bump pointer)") \
   X(pages_punched, "free pages returned to the OS, summed") \
+  X(fresh_pages_total, "pages of new spans carved from clean memory (never used, or returned to the OS), summed") \
   X(punch_calls, "fallocate(PUNCH_HOLE)/madvise calls made to return pages") \
   X(thread_heaps_created, "thread heaps created") \
   X(thread_heaps_live, "thread heaps attached to running threads") \

@@ -49,15 +49,17 @@ MESH_INLINE unsigned mesh_sv_slot(const shuffle_vector_t *sv, uint32_t off) {
  * mesh_sv_pop, on the slow path, reports it. Checking before taking keeps
  * every failure a plain "go slow" with nothing to undo. */
 MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
-  uint32_t len = sv->len;
+  uint16_t len = sv->len;
   if (mesh_unlikely(len == 0)) return NULL;
-  uint32_t e = sv->entries[len - 1], off = mesh_sv_entry_off(e);
+  len--;
+  uint32_t e = sv->entries[len], off = mesh_sv_entry_off(e);
   sv_attachment_t *at = &sv->att[mesh_sv_entry_att(e)];
   unsigned slot = mesh_sv_slot(sv, off), w = slot >> 6;
   uint64_t bit = 1ull << (slot & 63);
   if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[w]) & bit))) return NULL;
-  sv->len = (uint16_t)(len - 1);
-  mesh_store_relaxed(&at->local[w], mesh_load_relaxed(&at->local[w]) & ~bit);
+  sv->len = len;
+  /* the slot's local bit is set (it is in the vector): flipping clears it */
+  mesh_store_relaxed(&at->local[w], mesh_load_relaxed(&at->local[w]) ^ bit);
   void *p = (void *)(at->base + off);
   if (p == NULL) __builtin_unreachable(); /* spans are never at 0: callers' NULL tests fold away */
   return p;

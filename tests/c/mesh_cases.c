@@ -26,6 +26,10 @@
  *                   other parity's: meshes continue each other's mappings
  *   runs-random SEED  6 % of 64-byte objects kept at random: most meshes
  *                   extend a run (neighbours meshed onto neighbours)
+ *   pacing SEED     a pass meshes, the program then takes the freed pages
+ *                   back as new spans: the wait before the next pass
+ *                   doubles (mesh_pace_level 1); a pass whose pages stay
+ *                   free brings it back to 0
  *   pause-clocks SEED  compaction in short passes while a busy process
  *                   shares the CPU: passes it preempted count over the bound
  *                   in wall-clock time, not in CPU time (cpu max <= wall
@@ -444,6 +448,74 @@ static int case_compact_ends(uint64_t seed) {
   if (g_fail) return 1;
   printf("compact-ends ok\n");
   return 0;
+}
+
+/* ---- pacing --------------------------------------------------------------------------- */
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+}
+
+/* A new thread's first allocation refills its heap, and a refill is a
+ * meshing trigger: a pass runs if the wait since the last one elapsed. */
+static void *one_alloc(void *arg) {
+  *(void **)arg = mesh_malloc(64);
+  return NULL;
+}
+static void trigger_pass(void) {
+  void *p = NULL;
+  pthread_t t;
+  if (pthread_create(&t, NULL, one_alloc, &p) != 0) DIE("pthread_create");
+  pthread_join(t, NULL);
+  mesh_free(p);
+}
+
+/* Periodic passes driven by hand (period_ms switched between 0, no passes,
+ * and 1 ms, a pass at the next trigger after a few ms of sleep):
+ *   1. a fragmented heap (10 % of 64-byte objects kept); a pass meshes;
+ *   2. free pages returned to the OS, then 128-byte objects allocated: new
+ *      spans on clean pages, more than the pass freed (the program takes
+ *      back what meshing freed); at the next trigger pacing must lengthen
+ *      the wait (mesh_pace_level 1, mesh_paced 1);
+ *   3. 90 % of the new objects freed, no allocation; a pass meshes them
+ *      and, at the trigger after it, its pages are still free: level 0. */
+static int case_pacing(uint64_t seed) {
+  enum { N = 30000 };
+  static const size_t small[] = {64}, big[] = {128};
+  obj_t *v = fragmented_heap(2 * N, small, 1, seed, 10); /* period_ms 0 */
+  obj_t *b = v + N;                                       /* step 2's objects */
+  for (size_t i = N; i < 2 * (size_t)N; i++) if (v[i].p) { mesh_free(v[i].p); v[i].p = NULL; }
+  set_opt("period_ms", 1);
+  sleep_ms(2);
+  trigger_pass();
+  uint64_t f1 = stat_get("meshed_pages_total");
+  set_opt("period_ms", 0);
+  mesh_scavenge();
+  uint64_t fresh0 = stat_get("fresh_pages_total");
+  alloc_detached(b, N, big, 1, seed + 1, 2 * N + 1);
+  uint64_t taken = stat_get("fresh_pages_total") - fresh0;
+  set_opt("period_ms", 1);
+  sleep_ms(3);
+  trigger_pass();
+  uint64_t level1 = stat_get("mesh_pace_level"), paced1 = stat_get("mesh_paced");
+  printf("pacing: step 1 meshed %llu pages; step 2 took %llu clean pages; level %llu, paced %llu\n",
+         (unsigned long long)f1, (unsigned long long)taken, (unsigned long long)level1, (unsigned long long)paced1);
+  CHECK(f1 > 0 && taken >= f1, "the case did not set up what it tests");
+  CHECK(level1 == 1 && paced1 == 1, "meshing whose pages were taken straight back was not paced");
+  set_opt("period_ms", 0);
+  for (size_t i = 0; i < N; i++) if (i % 10) { mesh_free(b[i].p); b[i].p = NULL; }
+  uint64_t f2 = stat_get("meshed_pages_total");
+  set_opt("period_ms", 1);
+  for (int k = 0; k < 4 && (stat_get("mesh_pace_level") != 0 || stat_get("meshed_pages_total") == f2); k++) {
+    sleep_ms(5); /* past the lengthened wait */
+    trigger_pass();
+  }
+  printf("pacing: step 3 meshed %llu pages; level %llu\n", (unsigned long long)(stat_get("meshed_pages_total") - f2),
+         (unsigned long long)stat_get("mesh_pace_level"));
+  CHECK(stat_get("meshed_pages_total") > f2, "no pass meshed after the churn stopped");
+  CHECK(stat_get("mesh_pace_level") == 0, "the level stayed up after the churn stopped");
+  set_opt("period_ms", 0);
+  return compacted_heap_ok(v, 2 * (size_t)N, "pacing");
 }
 
 /* ---- pauses in wall-clock and CPU time ------------------------------------------- */
@@ -996,6 +1068,7 @@ int main(int argc, char **argv) {
   if (!strcmp(c, "compact-ends")) return case_compact_ends(arg);
   if (!strcmp(c, "compact-complete")) return case_compact_complete(arg);
   if (!strcmp(c, "pause-clocks")) return case_pause_clocks(arg);
+  if (!strcmp(c, "pacing")) return case_pacing(arg);
   if (!strcmp(c, "pack-sparse")) return case_pack(c, 32, 3, 3, arg);
   if (!strcmp(c, "pack-mixed")) return case_pack(c, 64, 55, 25, arg);
   if (!strcmp(c, "segv-after-mesh")) return case_segv_after_mesh();
