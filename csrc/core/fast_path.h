@@ -6,13 +6,17 @@
  * and one range check decides "ours, free it" (the hook used to call
  * mesh_owns and then mesh_free, which checked the range again).
  *
- *   malloc: size -> class (table), pop the thread heap's shuffle vector.
+ *   malloc: size -> vector (a table of offsets), pop the thread heap's
+ *           shuffle vector.
  *   free:   one range compare (is it ours), one page-table load (which
  *           span), one compare (is the span attached to this thread), push.
  *
- * No lock, no atomic read-modify-write. Everything else (an empty vector,
- * another thread's span, a detached span, a large block, a bad free) is out
- * of line in alloc.c and thread_heap.c. Owner-thread data only.
+ * No lock, no atomic read-modify-write, owner-thread data only, with one
+ * exception: a free into a span the thread does not hold (another
+ * thread's, or detached: a quarter of Python's frees) is one atomic bit
+ * clear, also in line (mesh_free_shared_try). Everything else (an empty
+ * vector, a large block, a span meshed away, a bad free, a detached span
+ * changing bins) is out of line in alloc.c and thread_heap.c.
  */
 #ifndef MESH_FAST_PATH_H
 #define MESH_FAST_PATH_H
