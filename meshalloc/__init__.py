@@ -66,6 +66,7 @@ if TYPE_CHECKING:
         def installed_domains(self) -> int: ...
         def allocators(self) -> Dict[str, Dict[str, object]]: ...
         def in_subinterpreter(self) -> bool: ...
+        def stat(self, name: str, /) -> int: ...
         def set_install_error(self, cls: type, /) -> None: ...
 
 __version__ = "0.1.0"
@@ -573,7 +574,11 @@ def _gc_callback(phase: str, info: "Dict[str, int]") -> None:
         period = ext.get_option("period_ms") / 1000.0
         if period <= 0 or not ext.get_option("mesh"):
             return
-        wait = period * (1 << ext.stat("mesh_pace_level"))
+        try:
+            level = ext.stat("mesh_pace_level")
+        except KeyError:  # a preloaded libmesh.so from before pacing
+            level = 0
+        wait = period * (1 << level)
         if now - _gc_last_end < max(wait, _GC_DUTY * _gc_last_pause):
             return
         _pages, _returned, seconds = ext.compact()

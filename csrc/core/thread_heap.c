@@ -27,7 +27,10 @@ pthread_mutex_t _mesh_orphan_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_key_t heap_key;
 static thread_heap_t *all_heaps;   /* (lock) */
 static thread_heap_t *heap_pool;   /* (lock) released heaps */
-static thread_heap_t *orphan_heap; /* (orphan lock) */
+/* Created on first use, under the orphan lock (most processes never need
+ * it: a heap is 83 KiB); read by the validators and fork under the global
+ * lock, hence atomic. */
+static thread_heap_t *_Atomic orphan_heap;
 static uint32_t next_heap_id = 1;  /* (lock) */
 
 static size_t heap_bytes(void) {
@@ -81,10 +84,19 @@ static void thread_exit(void *arg) {
 void _mesh_thread_heaps_init(void) {
   if (pthread_key_create(&heap_key, thread_exit) != 0)
     _mesh_warning("pthread_key_create failed: thread heaps are not returned at thread exit");
+}
+
+/* The orphan heap, created the first time a thread needs it. Orphan lock
+ * held (taken before the global lock, the lock order). */
+static thread_heap_t *orphan_heap_get(void) {
+  thread_heap_t *h = mesh_load_relaxed(&orphan_heap);
+  if (h) return h;
   _mesh_lock();
-  orphan_heap = heap_new();
+  h = heap_new();
+  if (h) mesh_stat_sub(thread_heaps_live, 1); /* not a thread */
+  mesh_store_release(&orphan_heap, h);
   _mesh_unlock();
-  if (orphan_heap) mesh_stat_sub(thread_heaps_live, 1); /* not a thread */
+  return h;
 }
 
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
@@ -172,12 +184,13 @@ void *_mesh_heap_alloc_slow(size_t size) {
   thread_heap_t *h = _mesh_tls.heap;
   if (h == &_mesh_empty_heap && _mesh_tls.state == MESH_TLS_NONE) h = heap_create_for_thread();
   if (h && h != &_mesh_empty_heap) return heap_alloc_small(h, cls);
-  if (!orphan_heap) {
-    errno = ENOMEM;
-    return NULL;
-  }
   pthread_mutex_lock(&_mesh_orphan_lock);
-  void *p = heap_alloc_small(orphan_heap, cls);
+  thread_heap_t *o = orphan_heap_get();
+  void *p = NULL;
+  if (o)
+    p = heap_alloc_small(o, cls);
+  else
+    errno = ENOMEM;
   pthread_mutex_unlock(&_mesh_orphan_lock);
   mesh_stat_add(orphan_allocs, 1);
   return p;
@@ -268,7 +281,7 @@ static int heap_validate(thread_heap_t *h) {
 /* Lock held; other threads should be quiet (their vectors are read racily). */
 void _mesh_heap_validate_all(int *problems) {
   for (thread_heap_t *h = all_heaps; h; h = h->all_next)
-    if (h->live || h == orphan_heap) *problems += heap_validate(h);
+    if (h->live || h == mesh_load_acquire(&orphan_heap)) *problems += heap_validate(h);
 }
 
 /* In a fork child only the forking thread survives: every other thread
@@ -279,7 +292,7 @@ void _mesh_heaps_after_fork_child(void) {
   pthread_mutex_init(&_mesh_orphan_lock, NULL);
   thread_heap_t *mine = _mesh_tls.heap;
   for (thread_heap_t *h = all_heaps; h; h = h->all_next) {
-    if (!h->live || h == mine || h == orphan_heap) continue;
+    if (!h->live || h == mine || h == mesh_load_acquire(&orphan_heap)) continue;
     heap_retire(h);
   }
   /* keys survive fork; the current thread keeps its heap */

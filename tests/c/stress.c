@@ -268,8 +268,8 @@ int main(int argc, char **argv) {
 
   int problems = mesh_check_heap();
   long failures = atomic_load(&g_failures);
-  printf("remote frees: %ld, storm threads finished: %ld\n",
-         atomic_load(&g_remote_frees), atomic_load(&g_storm_done));
+  printf("remote frees: %ld, storm threads finished: %ld, allocations after a thread's heap was gone: %llu\n",
+         atomic_load(&g_remote_frees), atomic_load(&g_storm_done), (unsigned long long)stat_get("orphan_allocs"));
   if (problems) printf("mesh_check_heap() = %d\n", problems);
   if (failures) printf("%ld corruptions detected\n", failures);
   if (atomic_load(&g_storm_done) != g_storm) { printf("storm incomplete\n"); failures++; }

@@ -126,6 +126,19 @@ def basic():
     gc.collect()
     if meshalloc.get_option("period_ms") > 0 and meshalloc.get_option("mesh"):
         assert meshalloc._gc_compactions == n + 1, "a full collection meshes"
+        # within the wait between passes (period_ms << mesh_pace_level): not again
+        period = meshalloc.get_option("period_ms")
+        meshalloc.set_option("period_ms", 600000)
+        gc.collect()
+        assert meshalloc._gc_compactions == n + 1, "compacted again within the wait"
+        meshalloc.set_option("period_ms", period)
+    ext = meshalloc._ext
+    assert ext.stat("mesh_pace_level") == meshalloc.stats().mesh_pace_level
+    try:
+        ext.stat("no_such_field")
+        raise AssertionError("stat() of an unknown field")
+    except KeyError:
+        pass
     gc.collect(0)
     del new, mine
     print("OK basic")
