@@ -68,6 +68,7 @@ CORE_FIELDS: Tuple[str, ...] = (
     "punch_calls",
     "thread_heaps_created",
     "thread_heaps_live",
+    "thread_heap_bytes",
     "fork_count",
     "fork_copy_bytes_last",
     "fork_copy_ns_last",
@@ -224,6 +225,7 @@ class Stats:
     punch_calls: int = 0
     thread_heaps_created: int = 0
     thread_heaps_live: int = 0
+    thread_heap_bytes: int = 0
     fork_count: int = 0
     fork_copy_bytes_last: int = 0
     fork_copy_ns_last: int = 0

@@ -148,6 +148,7 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
   uint32_t span_bytes = sc->npages * (uint32_t)MESH_PAGE_SIZE;
   unsigned want = sc->nobjects < 64 ? sc->nobjects : 64; /* free slots worth a lock */
   _mesh_lock();
+  _mesh_heap_sv_prepare(sv, cls);
   for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a);
   sv->natt = 0;
   sv->total_objects = 0;

@@ -170,6 +170,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(punch_calls, "fallocate(PUNCH_HOLE)/madvise calls made to return pages") \
   X(thread_heaps_created, "thread heaps created") \
   X(thread_heaps_live, "thread heaps attached to running threads") \
+  X(thread_heap_bytes, "bytes of thread heaps in use: a header per heap and a shuffle vector per size class it has used") \
   X(fork_count, "forks whose child copied the heap") \
   X(fork_copy_bytes_last, "bytes the last fork child copied into its own memfd") \
   X(fork_copy_ns_last, "time the last fork child spent copying the heap, ns") \
@@ -315,6 +316,8 @@ void *_mesh_heap_alloc_slow(size_t size);
 /* Takes back the slots other threads freed in h's attachments of sv's class
  * (atomic fetch_or per word) into the shuffle vector; returns how many. */
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv);
+/* (lock) Sets up class cls's vector in its heap on first use. */
+void _mesh_heap_sv_prepare(shuffle_vector_t *sv, unsigned cls);
 /* The sum of face_counts over every heap ever created (takes the lock). */
 void _mesh_heaps_face_counts(uint64_t out[MESH_FACE_COUNTS]);
 void _mesh_heap_validate_all(int *problems);

@@ -72,7 +72,7 @@ static void stats_fill(uint64_t v[STATS_TOTAL]) {
     }
     d[MESH_DER_metadata_bytes] = (uint64_t)v[MESH_CTR_arena_top_pages] * sizeof(pte_t) +
                                  (uint64_t)(v[MESH_CTR_spans_hwm] + 64) * sizeof(span_t) +
-                                 (uint64_t)v[MESH_CTR_thread_heaps_created] * sizeof(thread_heap_t);
+                                 v[MESH_CTR_thread_heap_bytes];
   }
   d[MESH_DER_small_bytes_in_use] = sb;
   d[MESH_DER_small_objects_in_use] = so;

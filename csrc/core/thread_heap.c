@@ -48,19 +48,24 @@ static thread_heap_t *heap_new(void) {
     h->id = next_heap_id++;
     h->all_next = all_heaps;
     all_heaps = h;
-    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
-      shuffle_vector_t *sv = &h->sv[c];
-      sv->cls = (uint8_t)c;
-      sv->size = _mesh_classes[c].size;
-      sv->recip = _mesh_classes[c].recip;
-    }
+    /* the vectors are set up by their first refill (_mesh_heap_sv_prepare):
+     * the pages of classes a thread never uses are never touched */
     mesh_stat_add(thread_heaps_created, 1);
+    mesh_stat_add(thread_heap_bytes, offsetof(thread_heap_t, sv));
   }
   h->rng = _mesh_random_seed();
   h->shuffle = (uint16_t)mesh_opt(MESH_OPT_SHUFFLE);
   h->live = 1;
   mesh_stat_add(thread_heaps_live, 1);
   return h;
+}
+
+void _mesh_heap_sv_prepare(shuffle_vector_t *sv, unsigned cls) {
+  if (sv->size) return;
+  sv->cls = (uint8_t)cls;
+  sv->size = _mesh_classes[cls].size;
+  sv->recip = _mesh_classes[cls].recip;
+  mesh_stat_add(thread_heap_bytes, sizeof *sv);
 }
 
 /* Lock held. */
