@@ -843,14 +843,20 @@ PyDoc_STRVAR(stat_doc,
 "cheaper than stats() for code that needs one figure, e.g. the\n"
 "after-collection compaction reading mesh_pace_level.");
 
-static PyObject *py_stat(PyObject *self, PyObject *arg) {
-    (void)self;
+/* The str argument of a by-name lookup as UTF-8, or NULL with TypeError
+ * (what: "option", "stats field") set. */
+static const char *name_arg(PyObject *arg, const char *what) {
     if (!PyUnicode_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "stats field name must be str, not %.100s",
+        PyErr_Format(PyExc_TypeError, "%s name must be str, not %.100s", what,
                      Py_TYPE(arg)->tp_name);
         return NULL;
     }
-    const char *name = PyUnicode_AsUTF8(arg);
+    return PyUnicode_AsUTF8(arg);
+}
+
+static PyObject *py_stat(PyObject *self, PyObject *arg) {
+    (void)self;
+    const char *name = name_arg(arg, "stats field");
     if (name == NULL)
         return NULL;
     int i = stats_index(name);
@@ -1047,12 +1053,7 @@ PyDoc_STRVAR(get_option_doc,
 
 static PyObject *py_get_option(PyObject *self, PyObject *arg) {
     (void)self;
-    if (!PyUnicode_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "option name must be str, not %.100s",
-                     Py_TYPE(arg)->tp_name);
-        return NULL;
-    }
-    const char *name = PyUnicode_AsUTF8(arg);
+    const char *name = name_arg(arg, "option");
     if (name == NULL)
         return NULL;
     errno = 0;
