@@ -683,6 +683,7 @@ static pause_start_t pause_begin(void) { return (pause_start_t){_mesh_os_now_ns(
 static void pause_done(pause_start_t t0) {
   uint64_t cpu = _mesh_os_thread_cpu_ns() - t0.cpu;
   uint64_t ns = _mesh_os_now_ns() - t0.wall;
+  if (cpu > ns) cpu = ns; /* read inside the wall-clock interval; also a failed read (0) */
   uint64_t bound = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
   last_pass_ns = t0.wall + ns;
   mesh_stat_add(mesh_passes, 1);
