@@ -81,7 +81,10 @@ MESH_API const char *mesh_option_doc(int i);
 /* ---- statistics -------------------------------------------------------
  * Stats are a table of named 64-bit counters. mesh_stats_read fills out[]
  * (up to n entries) with a consistent-enough snapshot and returns the number
- * of fields. Names are stable; docs/options.md lists them. */
+ * of fields. Names are stable; docs/options.md lists them. The counters
+ * come first and cost a load each; the derived fields after them (bytes in
+ * use, metadata...) walk the heap, and are computed only when n reaches
+ * them. */
 MESH_API int    mesh_stats_count(void);
 MESH_API const char *mesh_stats_name(int i);
 MESH_API const char *mesh_stats_doc(int i);

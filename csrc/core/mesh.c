@@ -603,7 +603,8 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
       span_t *r = mesh_span(r_id);
       /* (a kept span is filled past max_live: that bound is for choosing
        * candidates, and a sparse span may still fit a dense one) */
-      if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain || !is_candidate(r_id, cls, sc->nobjects, max_chain))
+      if (!disjoint(l, r) || chain_len(l) + chain_len(r) > max_chain ||
+          (k >= 2 && !is_candidate(r_id, cls, sc->nobjects, max_chain))) /* the neighbours' are, by their finding */
         continue;
       compared++;
       int fwd = alias_cost(cand[i], r_id), back = alias_cost(r_id, cand[i]);

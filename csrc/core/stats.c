@@ -59,9 +59,14 @@ int mesh_class_stats(mesh_class_stats_t *out, int n) {
   return MESH_NUM_CLASSES;
 }
 
-static void stats_fill(uint64_t v[STATS_TOTAL]) {
+/* The counters, and the derived fields if asked: those walk every span
+ * and vector under the lock (bytes in use), so a reader of counters only
+ * does not pay for them. */
+static void stats_fill(uint64_t v[STATS_TOTAL], bool derived) {
   for (int i = 0; i < MESH_CTR_COUNT; i++) v[i] = mesh_load_relaxed(&_mesh_counters[i]);
   uint64_t *d = v + MESH_CTR_COUNT;
+  for (int i = 0; i < MESH_DER_COUNT; i++) d[i] = 0;
+  if (!derived) return;
   uint64_t sb = 0, so = 0;
   if (mesh_load_acquire(&_mesh_init_state) == 2) {
     mesh_class_stats_t cs[MESH_NUM_CLASSES];
@@ -87,7 +92,7 @@ static void stats_fill(uint64_t v[STATS_TOTAL]) {
 
 int mesh_stats_read(uint64_t *out, int n) {
   uint64_t v[STATS_TOTAL];
-  stats_fill(v);
+  stats_fill(v, n > MESH_CTR_COUNT);
   for (int i = 0; i < n && i < STATS_TOTAL; i++) out[i] = v[i];
   return STATS_TOTAL;
 }
@@ -100,7 +105,7 @@ static void fmt_mb(char *buf, size_t n, uint64_t pages) {
 
 void mesh_stats_print(int fd) {
   uint64_t v[STATS_TOTAL];
-  stats_fill(v);
+  stats_fill(v, true);
   const uint64_t *d = v + MESH_CTR_COUNT;
   char total[32], hwm[32], inuse[32], committed[32];
   /* The original printed meshes x one page as "Meshed MB (total)"; here it
