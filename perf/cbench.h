@@ -1,5 +1,5 @@
-/* cbench.h - what the C benchmarks share: PSS read from smaps_rollup, and
- * the splitmix64 step. Header-only: each benchmark is one source file built
+/* cbench.h - what the C benchmarks share: PSS read from smaps_rollup, the
+ * splitmix64 step, and one meshalloc stats field by name. Header-only: each benchmark is one source file built
  * on its own (perf/micro/Makefile, perf/frag/frag.py).
  */
 #ifndef MESH_PERF_CBENCH_H
@@ -7,6 +7,7 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 /* This process's PSS in KiB ("Pss:" of /proc/self/smaps_rollup; never RSS,
  * which counts a meshed page once per mapping), or -1 if unavailable. */
@@ -28,6 +29,17 @@ static inline uint64_t cb_splitmix(uint64_t *state) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
+}
+
+/* The meshalloc stats field called name, through mesh_stats_read and
+ * mesh_stats_name (linked, or found with dlsym by a program that must not
+ * depend on libmesh.so), or -1 if there is none. */
+static inline long long cb_mesh_stat(int (*read)(uint64_t *, int), const char *(*name_of)(int), const char *name) {
+  uint64_t v[256];
+  int n = read(v, 256);
+  for (int i = 0; i < n && i < 256; i++)
+    if (name_of(i) && !strcmp(name_of(i), name)) return (long long)v[i];
+  return -1;
 }
 
 #endif

@@ -47,11 +47,7 @@ static long long mesh_counter(const char *name) {
   const char *(*nm)(int) = (const char *(*)(int))dlsym(RTLD_DEFAULT, "mesh_stats_name");
   int (*rd)(uint64_t *, int) = (int (*)(uint64_t *, int))dlsym(RTLD_DEFAULT, "mesh_stats_read");
   if (!count || !nm || !rd) return -1;
-  uint64_t v[256];
-  int n = rd(v, 256);
-  for (int i = 0; i < n && i < 256; i++)
-    if (nm(i) && !strcmp(nm(i), name)) return (long long)v[i];
-  return -1;
+  return cb_mesh_stat(rd, nm, name);
 }
 
 int main(int argc, char **argv) {

@@ -50,13 +50,7 @@ static size_t block_size(void) {
   return 16u * (1u + (unsigned)((r >> 8) % steps));
 }
 
-static long long mesh_counter(const char *name) {
-  uint64_t v[256];
-  int n = mesh_stats_read(v, 256);
-  for (int i = 0; i < n && i < 256; i++)
-    if (mesh_stats_name(i) && !strcmp(mesh_stats_name(i), name)) return (long long)v[i];
-  return -1;
-}
+static long long mesh_counter(const char *name) { return cb_mesh_stat(mesh_stats_read, mesh_stats_name, name); }
 
 static double now_s(void) {
   struct timespec ts;
