@@ -80,8 +80,8 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
    * every span of a meshed chain, which all share the class geometry. */
   uintptr_t voff = (uintptr_t)p - mesh_page_addr((uint32_t)(pte >> 32));
   const size_class_t *sc = &_mesh_classes[s->cls];
-  uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
-  if (mesh_unlikely(slot * sc->size != voff || slot >= s->nobjects)) {
+  uint32_t slot = mesh_slot_at(voff, sc->size, sc->recip, s->nobjects);
+  if (mesh_unlikely(slot == MESH_NO_SLOT)) {
     bad_free(p, "invalid free (not the start of a block)");
     return;
   }
@@ -124,10 +124,8 @@ static size_t block_size(const void *p, bool report) {
     return (size_t)s->npages << MESH_PAGE_SHIFT;
   if (id != MESH_NIL && (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL)) {
     const size_class_t *sc = &_mesh_classes[s->cls];
-    uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
-    if (slot * sc->size == voff && slot < s->nobjects &&
-        (mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1))
-      return sc->size;
+    uint32_t slot = mesh_slot_at(voff, sc->size, sc->recip, s->nobjects);
+    if (slot != MESH_NO_SLOT && (mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1)) return sc->size;
   }
   if (report) bad_free(p, "invalid pointer (not a live block)");
   return 0;

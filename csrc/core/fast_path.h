@@ -62,8 +62,8 @@ MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uin
   if (mesh_unlikely((uint8_t)(st - SPAN_ATTACHED) > 2)) return false;
   const size_class_t *sc = &_mesh_classes[s->cls];
   uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
-  uint32_t slot = (uint32_t)((voff * sc->recip) >> 32);
-  if (mesh_unlikely(slot * sc->size != voff || slot >= s->nobjects)) return false;
+  uint32_t slot = mesh_slot_at(voff, sc->size, sc->recip, s->nobjects);
+  if (mesh_unlikely(slot == MESH_NO_SLOT)) return false;
   unsigned w = slot >> 6, nobjects = sc->nobjects;
   uint64_t bit = 1ull << (slot & 63);
   uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
@@ -92,8 +92,8 @@ MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
     uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
     shuffle_vector_t *sv = (shuffle_vector_t *)((char *)h->sv + _mesh_sv_offset_of_class[s->cls]);
     MESH_OPAQUE(sv);
-    uint32_t slot = (uint32_t)((voff * sv->recip) >> 32);
-    if (mesh_unlikely(slot * sv->size != voff || slot >= s->nobjects)) {
+    uint32_t slot = mesh_slot_at(voff, sv->size, sv->recip, s->nobjects);
+    if (mesh_unlikely(slot == MESH_NO_SLOT)) {
       _mesh_report_bad_free(p, "invalid free (not the start of a block)");
       return MESH_FREE_LOCAL;
     }

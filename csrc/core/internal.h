@@ -276,6 +276,15 @@ MESH_INLINE uint64_t mesh_bitmap_mask_n(unsigned nobjects, unsigned w) {
   unsigned rest = nobjects - w * 64u;
   return rest >= 64 ? ~0ull : ((1ull << rest) - 1);
 }
+/* The slot whose start is byte offset voff of a span of nobjects slots of
+ * size bytes (recip = ceil(2^32 / size): a multiply, not a divide), or
+ * MESH_NO_SLOT if voff is not a slot's start: inside a block, or in the
+ * span's tail. */
+#define MESH_NO_SLOT UINT32_MAX
+MESH_INLINE uint32_t mesh_slot_at(uintptr_t voff, uint32_t size, uint64_t recip, unsigned nobjects) {
+  uint32_t slot = (uint32_t)((voff * recip) >> 32);
+  return mesh_likely(slot * size == voff && slot < nobjects) ? slot : MESH_NO_SLOT;
+}
 MESH_INLINE unsigned mesh_bitmap_words(const span_t *s) { return mesh_bitmap_words_n(s->nobjects); }
 MESH_INLINE uint64_t mesh_bitmap_mask(const span_t *s, unsigned w) { return mesh_bitmap_mask_n(s->nobjects, w); }
 
