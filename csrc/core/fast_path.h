@@ -6,8 +6,8 @@
  * and one range check decides "ours, free it" (the hook used to call
  * mesh_owns and then mesh_free, which checked the range again).
  *
- *   malloc: size -> vector (a table of offsets), pop the thread heap's
- *           shuffle vector.
+ *   malloc: size -> class -> vector (computed: no static table), pop the
+ *           thread heap's shuffle vector.
  *   free:   one range compare (is it ours), one page-table load (which
  *           span), one compare (is the span attached to this thread), push.
  *
@@ -32,12 +32,9 @@
  * on NULL, so a caller can keep its own fast path free of calls. */
 MESH_INLINE void *mesh_malloc_try(thread_heap_t *h, size_t size) {
   shuffle_vector_t *sv;
-  if (mesh_likely(size <= 1024))
-    sv = (shuffle_vector_t *)((char *)h->sv + _mesh_sv_offset_by_16[(size + 15) >> 4]);
-  else if (size <= MESH_SMALL_MAX)
-    sv = &h->sv[_mesh_class_by_128[(size + 127) >> 7]];
-  else
-    return NULL;
+  /* size 0 wraps round and takes the slow path, which serves it as 16 */
+  if (mesh_unlikely(size - 1 >= MESH_SMALL_MAX)) return NULL;
+  sv = &h->sv[mesh_class_of(size)];
   MESH_OPAQUE(sv);
   return mesh_sv_try_pop(sv);
 }
@@ -90,7 +87,7 @@ MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
   span_t *s = mesh_span(id);
   if (mesh_likely(mesh_load_relaxed(&s->owner) == h->id)) {
     uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
-    shuffle_vector_t *sv = (shuffle_vector_t *)((char *)h->sv + _mesh_sv_offset_of_class[s->cls]);
+    shuffle_vector_t *sv = &h->sv[s->cls];
     MESH_OPAQUE(sv);
     uint32_t slot = mesh_slot_at(voff, sv->size, sv->recip, s->nobjects);
     if (mesh_unlikely(slot == MESH_NO_SLOT)) {

@@ -12,16 +12,14 @@
  * their spans then mesh at the occupancy the one-page classes reach
  * (frag_bands: 45 % -> 60-70 %, docs/meshing.md).
  * The tables are filled once by
- * init before any allocation; the fast path indexes them without a branch
- * on the class boundaries.
+ * init before any allocation. Up to 512 bytes the class is computed
+ * (mesh_class_of, internal.h); above, one byte of a table laid out in load
+ * zones (types.h) gives it.
  */
 #include "internal.h"
 
 size_class_t _mesh_classes[MESH_NUM_CLASSES];
-uint8_t _mesh_class_by_16[1024 / 16 + 1];
-uint32_t _mesh_sv_offset_by_16[1024 / 16 + 1];
-uint32_t _mesh_sv_offset_of_class[MESH_NUM_CLASSES];
-uint8_t _mesh_class_by_128[MESH_SMALL_MAX / 128 + 1];
+_Alignas(64) uint8_t _mesh_class_by_128[(MESH_SMALL_MAX / 128 / 32 + 1) * 64];
 
 static uint32_t class_size(unsigned c) {
   if (c < 32) return 16u * (c + 1);
@@ -55,20 +53,19 @@ void _mesh_size_classes_init(void) {
     uint64_t n = (uint64_t)best_pages * MESH_PAGE_SIZE / size;
     sc->nobjects = (uint16_t)(n > MESH_SPAN_MAX_OBJECTS ? MESH_SPAN_MAX_OBJECTS : n);
     sc->recip = ((1ull << 32) + size - 1) / size;
-    _mesh_sv_offset_of_class[c] = c * (uint32_t)sizeof(shuffle_vector_t);
   }
   unsigned c = 0;
-  for (unsigned i = 0; i <= 1024 / 16; i++) {
-    size_t sz = i ? i * 16u : 1;
-    while (_mesh_classes[c].size < sz) c++;
-    _mesh_class_by_16[i] = (uint8_t)c;
-    _mesh_sv_offset_by_16[i] = c * (uint32_t)sizeof(shuffle_vector_t);
-  }
-  c = 0;
   for (unsigned i = 0; i <= MESH_SMALL_MAX / 128; i++) {
-    size_t sz = i ? i * 128u : 1;
-    while (_mesh_classes[c].size < sz) c++;
-    _mesh_class_by_128[i] = (uint8_t)c;
+    while (_mesh_classes[c].size < i * 128u) c++;
+    _mesh_class_by_128[MESH_CLASS_BY_128_SLOT(i)] = (uint8_t)c;
+  }
+  /* mesh_class_of computes what this table defines: the smallest class that
+   * holds the size. Both ends of every class are checked (a mapping that is
+   * monotonic and right at every boundary is right everywhere). */
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+    size_t lo = c ? _mesh_classes[c - 1].size + 1 : 1, hi = _mesh_classes[c].size;
+    if (mesh_class_of(lo) != c || mesh_class_of(hi) != c)
+      _mesh_fatal("size classes: mesh_class_of disagrees with the class table at class %u", c);
   }
 }
 

@@ -205,7 +205,7 @@ void _mesh_heaps_face_counts(uint64_t out[MESH_FACE_COUNTS]) {
   for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] = 0;
   _mesh_lock();
   for (thread_heap_t *h = all_heaps; h; h = h->all_next)
-    for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] += mesh_load_relaxed(&h->face_counts[k]);
+    for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] += mesh_load_relaxed(mesh_face_count(h, k));
   _mesh_unlock();
 }
 

@@ -59,7 +59,7 @@
  * every entry is a distinct free slot of an attached span. */
 #define MESH_VECTOR_CAPACITY 256
 #define MESH_MAX_ATTACHED 8
-#define MESH_FACE_COUNTS 8 /* thread_heap_t.face_counts */
+#define MESH_FACE_COUNTS 8 /* thread_heap_t.face_counts_0/1, see mesh_face_count() */
 #define MESH_ATTACH_MAX_BYTES (128 * 1024)
 
 /* Occupancy bins for detached partial spans: reuse prefers fuller spans. */
@@ -131,12 +131,12 @@ _Static_assert(sizeof(sv_attachment_t) == 64, "an attachment must stay one cache
 /* One size class's view in a thread heap. Only the owning thread touches
  * anything but the counters, which stats readers load relaxed. */
 typedef struct shuffle_vector_s {
-  uint16_t len;                     /* entries[0..len) are free slots, random order */
+  uint32_t size;                    /* object size of the class */
   uint8_t natt;                     /* attached spans */
   uint8_t cls;
-  uint32_t size;                    /* object size of the class */
-  uint64_t recip;                   /* ceil(2^32 / size): offset -> slot without a divide */
   uint16_t total_objects;           /* sum of nobjects over attachments */
+  uint64_t recip;                   /* ceil(2^32 / size): offset -> slot without a divide */
+  uint16_t len;                     /* entries[0..len) are free slots, random order (store zone) */
   uint16_t pad;
   uint32_t total_bytes;             /* sum of span bytes over attachments */
   _Alignas(64) sv_attachment_t att[MESH_MAX_ATTACHED]; /* each on its own cache line */
@@ -146,40 +146,99 @@ typedef struct shuffle_vector_s {
 _Static_assert(offsetof(shuffle_vector_t, att) % 64 == 0 && sizeof(shuffle_vector_t) % 64 == 0,
                "attachment records must start on cache lines");
 
+/* Counters a face keeps on its fast paths (the Python hooks: allocs and
+ * frees per domain), in the thread heap because the fast path already holds
+ * it: no second thread-local access. Written by the owner only (relaxed load
+ * + store); they stay with the heap when its thread exits, so the sum over
+ * every heap ever created is exact. Four per cache line, in the line's store
+ * zone (see "Store and load zones" below); mesh_face_count() indexes them. */
+#define MESH_FACE_COUNTS_PER_LINE 4
+
 typedef struct thread_heap_s {
-  uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels */
+  /* line 0 */
+  struct thread_heap_s *all_next;  /* (lock) every heap ever created, for stats and fork */
+  struct thread_heap_s *pool_next; /* (lock) released heaps waiting for a new thread */
+  _Atomic uint64_t face_counts_0[MESH_FACE_COUNTS_PER_LINE]; /* counts 0..3 (store zone) */
+  uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels (load zone) */
   uint16_t live;               /* 1 while registered to a running thread */
   uint16_t shuffle;            /* allocation order mode (the shuffle option at creation) */
   uint64_t rng;                /* per-heap random state (wyrand) */
-  struct thread_heap_s *all_next;  /* (lock) every heap ever created, for stats and fork */
-  struct thread_heap_s *pool_next; /* (lock) released heaps waiting for a new thread */
-  /* Counters a face keeps on its fast paths (the Python hooks: allocs and
-   * frees per domain), here because the fast path already holds the heap:
-   * no second thread-local access. Written by the owner only (relaxed load
-   * + store); they stay with the heap when its thread exits, so the sum
-   * over every heap ever created is exact. */
-  _Atomic uint64_t face_counts[MESH_FACE_COUNTS];
+  /* line 1 */
+  _Alignas(64) uint64_t unused[2];
+  _Atomic uint64_t face_counts_1[MESH_FACE_COUNTS_PER_LINE]; /* counts 4..7 (store zone) */
   shuffle_vector_t sv[MESH_NUM_CLASSES];
 } thread_heap_t;
 
+/* Store and load zones.
+ *
+ * A load whose address has the same low 12 bits as an older store still in
+ * flight (a "4K alias": same offset in another page), and overlaps its
+ * bytes, can be held back or replayed on x86 until the store resolves. On
+ * the AMD EPYC this project is measured on, one such pair in the
+ * malloc/free loop cost ~11 ns a pair (11 -> 22 ns), in the processes whose
+ * physical pages happened to line up for it: a few sizes in one process in
+ * four (perf/micro bench a; the offsets differ per process and per class
+ * since static data, TLS and the heap come from separate mappings).
+ *
+ * So every structure the fast paths touch splits its cache lines the same
+ * way: the fields the fast paths store to lie at line offsets [16, 48)
+ * (the store zone), the other fields they load at [0, 16) or [48, 64) (the
+ * load zones). A fast-path store can then never alias a fast-path load of
+ * another structure, wherever the mappings land. Loads of a field the fast
+ * path itself stored (sv->len, att->local) are true dependencies and stay
+ * where they are. Two exceptions placed at random anyway: page-table
+ * entries (8 bytes anywhere) and span bitmaps (32 bytes from offset 0), and
+ * the entries[] array, whose stores and loads hit the same slot. Static
+ * data is kept off the fast paths (no lookup tables: the class and its
+ * vector are computed), the arena description is aligned and zoned, and
+ * the thread-local block is line aligned with the heap pointer first. */
+#define MESH_ZONE_START(T, f) (offsetof(T, f) % 64)
+#define MESH_ZONE_END(T, f) (MESH_ZONE_START(T, f) + sizeof(((T *)0)->f))
+#define MESH_IN_LOAD_ZONE(T, f) (MESH_ZONE_END(T, f) <= 16 || MESH_ZONE_START(T, f) >= 48)
+#define MESH_IN_STORE_ZONE(T, f) (MESH_ZONE_START(T, f) >= 16 && MESH_ZONE_END(T, f) <= 48)
+_Static_assert(MESH_IN_STORE_ZONE(shuffle_vector_t, len) && MESH_IN_LOAD_ZONE(shuffle_vector_t, size) &&
+                   MESH_IN_LOAD_ZONE(shuffle_vector_t, recip),
+               "vector header zones");
+_Static_assert(MESH_IN_STORE_ZONE(sv_attachment_t, local) && MESH_IN_LOAD_ZONE(sv_attachment_t, base) &&
+                   MESH_IN_LOAD_ZONE(sv_attachment_t, bits),
+               "attachment zones");
+_Static_assert(MESH_IN_LOAD_ZONE(span_t, owner) && MESH_IN_LOAD_ZONE(span_t, nobjects) &&
+                   MESH_IN_LOAD_ZONE(span_t, cls) && MESH_IN_LOAD_ZONE(span_t, state) && MESH_IN_LOAD_ZONE(span_t, att),
+               "span record zones (bits excepted)");
+_Static_assert(MESH_IN_LOAD_ZONE(thread_heap_t, id) && MESH_IN_STORE_ZONE(thread_heap_t, face_counts_0) &&
+                   MESH_IN_STORE_ZONE(thread_heap_t, face_counts_1) && offsetof(thread_heap_t, face_counts_1) == 80 &&
+                   MESH_FACE_COUNTS == 2 * MESH_FACE_COUNTS_PER_LINE,
+               "thread heap header zones");
+
+/* One line per class: the free path of a span the thread does not hold
+ * reads size, recip and nobjects, so they sit in a load zone (above). */
 typedef struct size_class_s {
+  _Alignas(64) uint64_t recip; /* ceil(2^32 / size) */
   uint32_t size;
-  uint32_t npages;   /* pages per span */
   uint16_t nobjects; /* slots per span */
-  uint64_t recip;
+  uint32_t npages;   /* pages per span */
 } size_class_t;
+
+_Static_assert(MESH_IN_LOAD_ZONE(size_class_t, recip) && MESH_IN_LOAD_ZONE(size_class_t, size) &&
+                   MESH_IN_LOAD_ZONE(size_class_t, nobjects) && sizeof(size_class_t) == 64,
+               "size class zones");
 
 /* Process-wide arena description; written once at init (and by fork in the
  * child), read everywhere without a lock. */
 typedef struct arena_s {
-  uintptr_t base;    /* first byte of the arena, 0 before init */
-  size_t size;       /* reserved bytes */
+  _Alignas(64) uintptr_t base; /* first byte of the arena, 0 before init (load zone) */
+  size_t size;       /* reserved bytes (load zone) */
   uint32_t npages;   /* size / page */
   int fd;            /* memfd, or -1 in the anonymous fallback */
-  bool meshable;     /* memfd-backed: aliases possible */
-  pte_t *pagetable;  /* npages entries */
-  span_t *spans;     /* record array, index = span id */
   uint32_t max_spans;
+  bool meshable;     /* memfd-backed: aliases possible */
+  _Alignas(16) char store_zone[16]; /* keeps the free path's loads out of it */
+  pte_t *pagetable;  /* npages entries (load zone) */
+  span_t *spans;     /* record array, index = span id (load zone) */
 } arena_t;
+
+_Static_assert(MESH_IN_LOAD_ZONE(arena_t, base) && MESH_IN_LOAD_ZONE(arena_t, size) &&
+                   MESH_IN_LOAD_ZONE(arena_t, pagetable) && MESH_IN_LOAD_ZONE(arena_t, spans) && _Alignof(arena_t) == 64,
+               "arena description zones");
 
 #endif

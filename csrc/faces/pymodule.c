@@ -214,7 +214,7 @@ static int stats_at_exit;                     /* Py_AtExit registered */
  * The hooks are the allocation fast path, so a count costs no atomic
  * read-modify-write. The fast paths (own core, see "the hook bodies")
  * count allocs and frees in the calling thread's heap, which the core keeps
- * for the life of the process (thread_heap_t.face_counts); every other
+ * for the life of the process (mesh_face_count()); every other
  * count goes to a per-thread block: each thread has its own block of counters
  * (_Thread_local, initial-exec: one %fs-relative access) that only that
  * thread writes, with a relaxed load and a relaxed store (a plain mov/add/
@@ -255,7 +255,7 @@ static const char *const hc_names[HC_N] = {
 enum { HC_NEW = 0, HC_ACTIVE = 1, HC_OFF = 2 };
 
 /* The hooks' fast paths count allocs and frees in the thread heap instead
- * (thread_heap_t.face_counts, see "the hook bodies"); this is the index. */
+ * (mesh_face_count(), see "the hook bodies"); this is the index. */
 #define FACE_COUNT(d, what) ((d) * 2 + ((what) == HC_FREES))
 _Static_assert(NDOMAINS * 2 <= MESH_FACE_COUNTS, "face_counts holds allocs and frees per domain");
 
@@ -391,7 +391,7 @@ static void counts_init(void) {
  * pops the thread heap's shuffle vector (mesh_malloc_try), free does the
  * range check and the local push (mesh_free_in), and the allocs/frees
  * count goes into the thread heap the core code already holds
- * (thread_heap_t.face_counts) instead of a second thread-local block.
+ * (mesh_face_count()) instead of a second thread-local block.
  * Keeping calls out of the fast path lets the compiler skip the register
  * saves a call would need: the hooks are a third of the allocator's
  * instructions on Python code. */
@@ -404,7 +404,7 @@ static int divert_on(void) { return api_preloaded ? DIVERT_API : DIVERT_INLINE; 
 
 static inline __attribute__((always_inline)) void
 face_count(thread_heap_t *h, int d, int what) {
-    _Atomic uint64_t *v = &h->face_counts[FACE_COUNT(d, what)];
+    _Atomic uint64_t *v = mesh_face_count(h, FACE_COUNT(d, what));
     atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + 1,
                           memory_order_relaxed);
 }
