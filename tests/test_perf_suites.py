@@ -253,3 +253,30 @@ def test_report_writes_tables_and_plots_from_the_results(smoke_results, helpers,
     if not plots:
         assert (tmp_path / "img" / "pss_frag_sparse.png").stat().st_size > 1000
         assert (tmp_path / "img" / "speed_ratios.png").is_file()
+
+
+def test_micro_bench_pools_the_rounds_of_every_process_and_names_the_worst(cbuilder, helpers, tmp_path):
+    # perf/micro/bench.c against the release core: with --procs 3 each section
+    # runs in three processes and its table and JSON hold all their rounds
+    import subprocess
+    cc, flags = helpers.configs["release"]
+    bench = tmp_path / "bench"
+    cmd = [cc, *flags, "-I%s" % (REPO / "csrc"), "-I%s" % (REPO / "csrc" / "core"), str(PERF / "micro" / "bench.c"),
+           *map(str, cbuilder.core("release")), "-o", str(bench), "-pthread", "-lm"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    for procs in (1, 3):
+        out = tmp_path / ("micro%d.json" % procs)
+        r = helpers.run([bench, "--tests", "a", "--rounds", "2", "--procs", str(procs), "--target-ms", "1",
+                         "--json", out], timeout=120, pss_cap=1 << 30, cwd=tmp_path, env=helpers.env())
+        helpers.assert_ok(r, "bench --procs %d" % procs)
+        assert ("worst proc" in r.stdout) == (procs > 1), r.stdout
+        doc = json.loads(out.read_text())
+        assert doc["meta"]["procs"] == procs and doc["meta"]["rounds"] == 2
+        assert len(doc["results"]) == 10
+        for res in doc["results"]:
+            assert len(res["rounds"]["glibc"]) == len(res["rounds"]["mesh"]) == 2 * procs
+            assert res["paired_ratio_min"] <= res["paired_ratio_median"] <= res["paired_ratio_max"]
+    r = helpers.run([bench, "--rounds", "100", "--procs", "3"], timeout=30, pss_cap=1 << 30, cwd=tmp_path,
+                    env=helpers.env())
+    assert r.returncode == 2 and "usage" in r.stderr, r.describe()

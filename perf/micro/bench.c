@@ -31,6 +31,12 @@
  * itself with --section), so heap state one section leaves behind (glibc's
  * fragmented bins, meshalloc's partial spans and dirty pages) never biases
  * the next; the sections send their results back over a pipe.
+ *
+ * --procs P runs each section in P processes one after another and pools
+ * their rounds. One process is one draw of the address layout (ASLR, and
+ * the physical pages behind it), and layout alone can move one size's time
+ * by 2x on some CPUs (docs/design.md, "Store and load zones"); "worst proc"
+ * is then the highest (for d: lowest) paired median of a single process.
  */
 #include <errno.h>
 #include <gnu/libc-version.h>
@@ -38,6 +44,7 @@
 #include <sched.h>
 #include <spawn.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -327,18 +334,21 @@ static double ops_per_unit(int t, size_t size) {
 }
 
 /* ---- driver ---------------------------------------------------------------- */
-#define MAX_ROUNDS 101
+#define MAX_ROUNDS 256 /* rounds x procs */
 typedef struct {
   int test;
   size_t size;
   long n;
+  int nrounds;               /* rounds in v (pooled over processes) */
   double v[NCFG][MAX_ROUNDS]; /* ns per pair (a,b,c) or Mpairs/s (d) */
   double med[NCFG];
   double ratio;              /* mesh/glibc of the medians */
   double pr_min, pr_med, pr_max; /* paired per-round ratios */
+  double pr_worst_proc;      /* worst paired median of one process */
 } result_t;
 
 static int rounds = 7;
+static int procs = 1;
 static double target_ms = 25;
 static uint64_t seed_arg = 42;
 extern char **environ;
@@ -361,36 +371,57 @@ static long calibrate(int t, size_t size) {
   }
 }
 
-static void run_item(result_t *r) {
-  r->n = calibrate(r->test, r->size);
-  for (int c = 0; c < NCFG; c++) measure(r->test, c, r->size, r->n); /* warm-up, not recorded */
+/* Medians and paired ratios of r's nrounds rounds. */
+static void summarize(result_t *r) {
   double pr[MAX_ROUNDS];
-  for (int k = 0; k < rounds; k++) {
-    for (int i = 0; i < NCFG; i++) {
-      int c = k % 2 ? NCFG - 1 - i : i;
-      r->v[c][k] = to_value(r->test, r->size, measure(r->test, c, r->size, r->n), r->n);
-    }
-    pr[k] = r->v[CFG_MESH][k] / r->v[CFG_GLIBC][k];
-  }
-  for (int c = 0; c < NCFG; c++) r->med[c] = median(r->v[c], rounds);
+  int m = r->nrounds;
+  for (int k = 0; k < m; k++) pr[k] = r->v[CFG_MESH][k] / r->v[CFG_GLIBC][k];
+  for (int c = 0; c < NCFG; c++) r->med[c] = median(r->v[c], m);
   r->ratio = r->med[CFG_MESH] / r->med[CFG_GLIBC];
-  r->pr_med = median(pr, rounds);
+  r->pr_med = median(pr, m);
   r->pr_min = r->pr_max = pr[0];
-  for (int k = 1; k < rounds; k++) {
+  for (int k = 1; k < m; k++) {
     if (pr[k] < r->pr_min) r->pr_min = pr[k];
     if (pr[k] > r->pr_max) r->pr_max = pr[k];
   }
 }
 
+static void run_item(result_t *r) {
+  r->n = calibrate(r->test, r->size);
+  for (int c = 0; c < NCFG; c++) measure(r->test, c, r->size, r->n); /* warm-up, not recorded */
+  for (int k = 0; k < rounds; k++) {
+    for (int i = 0; i < NCFG; i++) {
+      int c = k % 2 ? NCFG - 1 - i : i;
+      r->v[c][k] = to_value(r->test, r->size, measure(r->test, c, r->size, r->n), r->n);
+    }
+  }
+  r->nrounds = rounds;
+  summarize(r);
+  r->pr_worst_proc = r->pr_med;
+}
+
+/* Adds the rounds of one more process's run of the same item to r. */
+static void pool_item(result_t *r, const result_t *more) {
+  for (int k = 0; k < more->nrounds && r->nrounds < MAX_ROUNDS; k++, r->nrounds++)
+    for (int c = 0; c < NCFG; c++) r->v[c][r->nrounds] = more->v[c][k];
+  bool worse = r->test == T_RING ? more->pr_med < r->pr_worst_proc : more->pr_med > r->pr_worst_proc;
+  if (worse) r->pr_worst_proc = more->pr_med;
+  summarize(r);
+}
+
 static void print_header(int t) {
   printf("\n%s\n", TEST_TITLE[t]);
-  printf("  %-6s %10s %10s %11s %8s  %s\n", "size", "glibc", "mesh", "mesh/glibc", "paired", "min..max");
+  printf("  %-6s %10s %10s %11s %8s  %-13s%s\n", "size", "glibc", "mesh", "mesh/glibc", "paired", "min..max",
+         procs > 1 ? " worst proc" : "");
 }
 
 static void print_row(const result_t *r) {
-  char b[32];
-  printf("  %-6s %10.2f %10.2f %11.3f %8.3f  %.3f..%.3f\n", size_label(r->size, b, sizeof b), r->med[CFG_GLIBC],
-         r->med[CFG_MESH], r->ratio, r->pr_med, r->pr_min, r->pr_max);
+  char b[32], mm[32];
+  snprintf(mm, sizeof mm, "%.3f..%.3f", r->pr_min, r->pr_max);
+  printf("  %-6s %10.2f %10.2f %11.3f %8.3f  %-13s", size_label(r->size, b, sizeof b), r->med[CFG_GLIBC],
+         r->med[CFG_MESH], r->ratio, r->pr_med, mm);
+  if (procs > 1) printf(" %10.3f", r->pr_worst_proc);
+  printf("\n");
   fflush(stdout);
 }
 
@@ -412,14 +443,14 @@ static void write_json(const char *path, result_t *res, int nres, double load0, 
   }
   fprintf(f, "{\n  \"benchmark\": \"meshalloc-micro\",\n");
   fprintf(f, "  \"meta\": {\"glibc\": \"%s\", \"mesh_version\": \"%s\", \"meshing_available\": %d, "
-             "\"nproc\": %ld, \"rounds\": %d, \"target_ms\": %g, \"seed\": %llu, "
+             "\"nproc\": %ld, \"rounds\": %d, \"procs\": %d, \"target_ms\": %g, \"seed\": %llu, "
              "\"loadavg_start\": %.2f, \"loadavg_end\": %.2f,\n"
              "           \"units\": {\"a\": \"ns/pair\", \"b\": \"ns/pair/thread\", \"c\": \"ns/pair\", "
              "\"d\": \"Mpairs/s\", \"e\": \"ns/realloc\"},\n"
              "           \"ratio\": \"mesh/glibc of the medians (a,b,c: time, lower is better for mesh; "
              "d: throughput, higher is better for mesh; e: time)\"},\n",
           gnu_get_libc_version(), mesh_version(), mesh_meshing_available(), sysconf(_SC_NPROCESSORS_ONLN), rounds,
-          target_ms, (unsigned long long)seed, load0, load1);
+          procs, target_ms, (unsigned long long)seed, load0, load1);
   fprintf(f, "  \"results\": [\n");
   for (int i = 0; i < nres; i++) {
     result_t *r = &res[i];
@@ -431,7 +462,7 @@ static void write_json(const char *path, result_t *res, int nres, double load0, 
             r->pr_med, r->pr_min, r->pr_max);
     for (int c = 0; c < NCFG; c++) {
       fprintf(f, "%s\"%s\": [", c ? ", " : "", CFG_NAME[c]);
-      for (int k = 0; k < rounds; k++) fprintf(f, "%s%.4f", k ? ", " : "", r->v[c][k]);
+      for (int k = 0; k < r->nrounds; k++) fprintf(f, "%s%.4f", k ? ", " : "", r->v[c][k]);
       fprintf(f, "]");
     }
     fprintf(f, "}}%s\n", i + 1 < nres ? "," : "");
@@ -441,9 +472,9 @@ static void write_json(const char *path, result_t *res, int nres, double load0, 
 }
 
 /* Runs section t in this process: prints its table, returns its results. */
-static int run_section(int t, result_t *res) {
+static int run_section(int t, result_t *res, bool quiet) {
   int nres = 0;
-  print_header(t);
+  if (!quiet) print_header(t);
   const size_t *sizes = t == T_RING ? RING_SIZES : t == T_GROW ? GROW_LIMITS : SIZES;
   size_t ns = t == T_RING ? NRING : t == T_GROW ? NGROW : NSIZES;
   for (size_t i = 0; i < ns + (t == T_BATCH); i++) {
@@ -451,7 +482,7 @@ static int run_section(int t, result_t *res) {
     r->test = t;
     r->size = i < ns ? sizes[i] : SIZE_MIXED;
     run_item(r);
-    print_row(r);
+    if (!quiet) print_row(r);
   }
   return nres;
 }
@@ -471,7 +502,7 @@ static int spawn_section(int t, result_t *res) {
   snprintf(tbuf, sizeof tbuf, "%g", target_ms);
   snprintf(sbuf, sizeof sbuf, "%llu", (unsigned long long)seed_arg);
   char *args[] = {self, "--section", (char *)TEST_KEY[t], "--result-fd", fdbuf, "--rounds", rbuf,
-                  "--target-ms", tbuf, "--seed", sbuf, NULL};
+                  "--target-ms", tbuf, "--seed", sbuf, procs > 1 ? "--quiet" : NULL, NULL};
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addclose(&fa, pfd[0]);
@@ -496,14 +527,16 @@ static int spawn_section(int t, result_t *res) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: bench [--rounds N] [--target-ms MS] [--tests abcde] [--seed S] [--json FILE]\n"
-          "  glibc malloc vs mesh_malloc side by side; medians of N interleaved rounds (default 7)\n");
+          "usage: bench [--rounds N] [--procs P] [--target-ms MS] [--tests abcde] [--seed S] [--json FILE]\n"
+          "  glibc malloc vs mesh_malloc side by side; medians of N interleaved rounds (default 7),\n"
+          "  each section in P processes one after another (default 1), their rounds pooled\n");
   exit(2);
 }
 
 int main(int argc, char **argv) {
   const char *json = NULL, *tests = "abcde", *section = NULL;
   int result_fd = -1;
+  bool quiet = false;
   uint64_t seed = 42;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
@@ -513,10 +546,12 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
     else if (!strcmp(argv[i], "--section") && i + 1 < argc) section = argv[++i];
     else if (!strcmp(argv[i], "--result-fd") && i + 1 < argc) result_fd = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--procs") && i + 1 < argc) procs = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--quiet")) quiet = true;
     else usage();
   }
   seed_arg = seed;
-  if (rounds < 1 || rounds > MAX_ROUNDS || target_ms <= 0) usage();
+  if (rounds < 1 || procs < 1 || rounds * procs > MAX_ROUNDS || target_ms <= 0) usage();
   rng_state = seed;
   make_mixed();
   for (int p = 0; p < NPERMS; p++) {
@@ -537,7 +572,7 @@ int main(int argc, char **argv) {
     int t = 0;
     while (t < NTESTS && strcmp(TEST_KEY[t], section) != 0) t++;
     if (t == NTESTS) usage();
-    int n = run_section(t, res);
+    int n = run_section(t, res, quiet);
     if (result_fd >= 0) {
       const char *p = (const char *)res;
       size_t left = (size_t)n * sizeof(result_t);
@@ -552,10 +587,10 @@ int main(int argc, char **argv) {
   }
 
   double load0 = loadavg1();
-  printf("meshalloc micro: glibc %s vs mesh %s (meshing %s), %ld CPUs, %d rounds, ~%g ms per run, "
+  printf("meshalloc micro: glibc %s vs mesh %s (meshing %s), %ld CPUs, %d rounds x %d process%s, ~%g ms per run, "
          "loadavg %.2f\n",
          gnu_get_libc_version(), mesh_version(), mesh_meshing_available() ? "available" : "unavailable",
-         sysconf(_SC_NPROCESSORS_ONLN), rounds, target_ms, load0);
+         sysconf(_SC_NPROCESSORS_ONLN), rounds, procs, procs > 1 ? "es" : "", target_ms, load0);
   printf("values are medians of the rounds; mesh/glibc = ratio of those medians (a-c, e: time, < 1 means\n"
          "mesh faster; d: throughput, > 1 means mesh faster); paired = median, min..max of the per-round\n"
          "mesh/glibc ratios (each round runs both allocators back to back, so this cancels slow drifts)\n");
@@ -563,7 +598,17 @@ int main(int argc, char **argv) {
   int nres = 0;
   for (int t = 0; t < NTESTS; t++) {
     if (!strchr(tests, TEST_KEY[t][0])) continue;
-    nres += spawn_section(t, res + nres);
+    int n = spawn_section(t, res + nres);
+    for (int p = 1; p < procs; p++) {
+      result_t more[NSIZES + 1];
+      int m = spawn_section(t, more);
+      for (int i = 0; i < n && i < m; i++) pool_item(&res[nres + i], &more[i]);
+    }
+    if (procs > 1) {
+      print_header(t);
+      for (int i = 0; i < n; i++) print_row(&res[nres + i]);
+    }
+    nres += n;
   }
   double load1 = loadavg1();
   printf("\nloadavg at end %.2f\n", load1);
