@@ -186,12 +186,14 @@ typedef struct thread_heap_s {
  * load zones). A fast-path store can then never alias a fast-path load of
  * another structure, wherever the mappings land. Loads of a field the fast
  * path itself stored (sv->len, att->local) are true dependencies and stay
- * where they are. Two exceptions placed at random anyway: page-table
- * entries (8 bytes anywhere) and span bitmaps (32 bytes from offset 0), and
- * the entries[] array, whose stores and loads hit the same slot. Static
- * data is kept off the fast paths (no lookup tables: the class and its
- * vector are computed), the arena description is aligned and zoned, and
- * the thread-local block is line aligned with the heap pointer first. */
+ * where they are. Exceptions, placed where they fall: page-table entries
+ * (8 bytes anywhere), span bitmaps (32 bytes from offset 0) and the
+ * entries[] array (4-byte slots anywhere; its loads read what its stores
+ * wrote). Static data: the class is computed up to 1 KiB and read from a
+ * zoned table above (internal.h), the arena description and the size-class
+ * records are line aligned and zoned, and the thread-local block is line
+ * aligned with the heap pointer first (internal.h). docs/design.md, "Store
+ * and load zones", has the measurements. */
 #define MESH_ZONE_START(T, f) (offsetof(T, f) % 64)
 #define MESH_ZONE_END(T, f) (MESH_ZONE_START(T, f) + sizeof(((T *)0)->f))
 #define MESH_IN_LOAD_ZONE(T, f) (MESH_ZONE_END(T, f) <= 16 || MESH_ZONE_START(T, f) >= 48)
@@ -232,7 +234,7 @@ typedef struct arena_s {
   int fd;            /* memfd, or -1 in the anonymous fallback */
   uint32_t max_spans;
   bool meshable;     /* memfd-backed: aliases possible */
-  _Alignas(16) char store_zone[16]; /* keeps the free path's loads out of it */
+  _Alignas(16) char zone_pad[16]; /* the store zone: nothing the free path loads */
   pte_t *pagetable;  /* npages entries (load zone) */
   span_t *spans;     /* record array, index = span id (load zone) */
 } arena_t;
