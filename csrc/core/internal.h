@@ -325,12 +325,14 @@ MESH_INLINE _Atomic uint64_t *mesh_face_count(thread_heap_t *h, unsigned k) {
 }
 
 /* ---- thread_heap.c -------------------------------------------------- */
-/* Line aligned with heap first: the pointer every fast path loads sits in
- * a load zone whatever the thread-local block's address (types.h). */
+/* Line aligned, the heap pointer every fast path loads in a load slot
+ * whatever the thread-local block's address (types.h, "Store and load
+ * zones"). */
 struct mesh_tls_s {
-  _Alignas(64) thread_heap_t *heap; /* never NULL: a sentinel until the first allocation */
-  int state;                        /* MESH_TLS_* */
+  _Alignas(64) int state; /* MESH_TLS_* */
+  thread_heap_t *heap;    /* never NULL: a sentinel until the first allocation */
 };
+_Static_assert(MESH_IN_LOAD_SLOT(struct mesh_tls_s, heap), "the thread-local heap pointer's zone");
 enum { MESH_TLS_NONE = 0, MESH_TLS_CREATING, MESH_TLS_LIVE, MESH_TLS_DEAD };
 extern __thread struct mesh_tls_s _mesh_tls __attribute__((tls_model("initial-exec")));
 extern thread_heap_t _mesh_empty_heap;

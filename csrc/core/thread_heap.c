@@ -19,8 +19,8 @@
 
 #include <errno.h>
 
-__thread struct mesh_tls_s _mesh_tls __attribute__((tls_model("initial-exec"))) = {&_mesh_empty_heap,
-                                                                                    MESH_TLS_NONE};
+__thread struct mesh_tls_s _mesh_tls __attribute__((tls_model("initial-exec"))) = {.heap = &_mesh_empty_heap,
+                                                                                    .state = MESH_TLS_NONE};
 thread_heap_t _mesh_empty_heap = {.id = MESH_OWNER_SENTINEL};
 pthread_mutex_t _mesh_orphan_lock = PTHREAD_MUTEX_INITIALIZER;
 

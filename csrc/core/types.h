@@ -93,15 +93,16 @@ typedef struct span_s {
     uint32_t prev;      /* (lock) back link in a bin */
     _Atomic uint32_t mesh_dst; /* SPAN_ALIAS: the span whose physical pages back this one */
   };
+  _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
+  uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
+  uint8_t naliases;     /* (lock) alias records in the chain (virtual spans backed by this one, minus 1) */
+  uint8_t pad;          /* keeps the record at 64 bytes */
+  uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
+  /* the free path's loads: the last 8 bytes (see "Store and load zones") */
   _Atomic uint32_t owner; /* thread heap id while attached, MESH_OWNER_NONE otherwise */
   uint16_t nobjects;    /* (lock) slots in the span (1 for large) */
   uint8_t cls;          /* (lock) size class, MESH_CLASS_LARGE for large */
   _Atomic uint8_t state;/* (lock) enum span_state; read racily only as a hint */
-  _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
-  uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
-  uint8_t pad;          /* keeps the record at 64 bytes */
-  uint8_t naliases;     /* (lock) alias records in the chain (virtual spans backed by this one, minus 1) */
-  uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
 } span_t;
 
 
@@ -116,14 +117,15 @@ typedef _Atomic uint64_t pte_t;
  * in one cache line, so a pop or a push indexes one array with the entry's
  * attachment number instead of three. */
 typedef struct sv_attachment_s {
-  uintptr_t base;          /* primary address of the span */
+  uint32_t span;           /* span id */
+  uint32_t pad0;
   _Atomic uint64_t *bits;  /* the span record's shared bitmap (records never move) */
   /* 1 = slot is in entries[]. Written only by the owner (relaxed load +
    * store, no RMW); reclaim compares it with the shared bitmap to catch a
    * remote free of a slot that is already free here. */
   _Atomic uint64_t local[MESH_BITMAP_WORDS];
-  uint32_t span;           /* span id */
-  uint32_t pad[3];
+  uint64_t pad1;
+  uintptr_t base;          /* primary address of the span */
 } sv_attachment_t;
 
 _Static_assert(sizeof(sv_attachment_t) == 64, "an attachment must stay one cache line");
@@ -131,14 +133,15 @@ _Static_assert(sizeof(sv_attachment_t) == 64, "an attachment must stay one cache
 /* One size class's view in a thread heap. Only the owning thread touches
  * anything but the counters, which stats readers load relaxed. */
 typedef struct shuffle_vector_s {
-  uint32_t size;                    /* object size of the class */
+  uint32_t total_bytes;             /* sum of span bytes over attachments */
   uint8_t natt;                     /* attached spans */
   uint8_t cls;
   uint16_t total_objects;           /* sum of nobjects over attachments */
   uint64_t recip;                   /* ceil(2^32 / size): offset -> slot without a divide */
   uint16_t len;                     /* entries[0..len) are free slots, random order (store zone) */
-  uint16_t pad;
-  uint32_t total_bytes;             /* sum of span bytes over attachments */
+  uint8_t pad[38];
+  uint32_t size;                    /* object size of the class */
+  uint32_t pad1;
   _Alignas(64) sv_attachment_t att[MESH_MAX_ATTACHED]; /* each on its own cache line */
   uint32_t entries[MESH_VECTOR_CAPACITY]; /* slot's byte offset in its span | attachment (shuffle_vector.h) */
 } shuffle_vector_t;
@@ -159,10 +162,10 @@ typedef struct thread_heap_s {
   struct thread_heap_s *all_next;  /* (lock) every heap ever created, for stats and fork */
   struct thread_heap_s *pool_next; /* (lock) released heaps waiting for a new thread */
   _Atomic uint64_t face_counts_0[MESH_FACE_COUNTS_PER_LINE]; /* counts 0..3 (store zone) */
-  uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels (load zone) */
+  uint64_t rng;                /* per-heap random state (wyrand) */
+  uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels (load slot) */
   uint16_t live;               /* 1 while registered to a running thread */
   uint16_t shuffle;            /* allocation order mode (the shuffle option at creation) */
-  uint64_t rng;                /* per-heap random state (wyrand) */
   /* line 1 */
   _Alignas(64) uint64_t unused[2];
   _Atomic uint64_t face_counts_1[MESH_FACE_COUNTS_PER_LINE]; /* counts 4..7 (store zone) */
@@ -183,8 +186,9 @@ typedef struct thread_heap_s {
  * So every structure the fast paths touch splits its cache lines the same
  * way: the fields the fast paths store to lie at line offsets [16, 48)
  * (the store zone), the other fields they load at [0, 16) or [48, 64) (the
- * load zones). A fast-path store can then never alias a fast-path load of
- * another structure, wherever the mappings land. Loads of a field the fast
+ * load zones), where they fit in a load slot (MESH_IN_LOAD_SLOT, below). A
+ * fast-path store can then never alias a fast-path load of another
+ * structure, wherever the mappings land. Loads of a field the fast
  * path itself stored (sv->len, att->local) are true dependencies and stay
  * where they are. Exceptions, placed where they fall: page-table entries
  * (8 bytes anywhere), span bitmaps (32 bytes from offset 0) and the
@@ -198,16 +202,23 @@ typedef struct thread_heap_s {
 #define MESH_ZONE_END(T, f) (MESH_ZONE_START(T, f) + sizeof(((T *)0)->f))
 #define MESH_IN_LOAD_ZONE(T, f) (MESH_ZONE_END(T, f) <= 16 || MESH_ZONE_START(T, f) >= 48)
 #define MESH_IN_STORE_ZONE(T, f) (MESH_ZONE_START(T, f) >= 16 && MESH_ZONE_END(T, f) <= 48)
-_Static_assert(MESH_IN_STORE_ZONE(shuffle_vector_t, len) && MESH_IN_LOAD_ZONE(shuffle_vector_t, size) &&
-                   MESH_IN_LOAD_ZONE(shuffle_vector_t, recip),
+/* A load slot is the second half of a 16-byte granule in a load zone: bytes
+ * 8-15 or 56-63. Blocks start on 16 bytes, and the first store to a new
+ * block (a header, a reference count) is most often its first 8 bytes, so
+ * it cannot alias a load slot either. */
+#define MESH_IN_LOAD_SLOT(T, f)                                         \
+  ((MESH_ZONE_START(T, f) >= 8 && MESH_ZONE_END(T, f) <= 16) ||         \
+   (MESH_ZONE_START(T, f) >= 56 && MESH_ZONE_END(T, f) <= 64))
+_Static_assert(MESH_IN_STORE_ZONE(shuffle_vector_t, len) && MESH_IN_LOAD_SLOT(shuffle_vector_t, size) &&
+                   MESH_IN_LOAD_SLOT(shuffle_vector_t, recip),
                "vector header zones");
-_Static_assert(MESH_IN_STORE_ZONE(sv_attachment_t, local) && MESH_IN_LOAD_ZONE(sv_attachment_t, base) &&
-                   MESH_IN_LOAD_ZONE(sv_attachment_t, bits),
+_Static_assert(MESH_IN_STORE_ZONE(sv_attachment_t, local) && MESH_IN_LOAD_SLOT(sv_attachment_t, base) &&
+                   MESH_IN_LOAD_SLOT(sv_attachment_t, bits),
                "attachment zones");
-_Static_assert(MESH_IN_LOAD_ZONE(span_t, owner) && MESH_IN_LOAD_ZONE(span_t, nobjects) &&
-                   MESH_IN_LOAD_ZONE(span_t, cls) && MESH_IN_LOAD_ZONE(span_t, state) && MESH_IN_LOAD_ZONE(span_t, att),
+_Static_assert(MESH_IN_LOAD_SLOT(span_t, owner) && MESH_IN_LOAD_SLOT(span_t, nobjects) &&
+                   MESH_IN_LOAD_SLOT(span_t, cls) && MESH_IN_LOAD_SLOT(span_t, state) && MESH_IN_LOAD_ZONE(span_t, att),
                "span record zones (bits excepted)");
-_Static_assert(MESH_IN_LOAD_ZONE(thread_heap_t, id) && MESH_IN_STORE_ZONE(thread_heap_t, face_counts_0) &&
+_Static_assert(MESH_IN_LOAD_SLOT(thread_heap_t, id) && MESH_IN_STORE_ZONE(thread_heap_t, face_counts_0) &&
                    MESH_IN_STORE_ZONE(thread_heap_t, face_counts_1) && offsetof(thread_heap_t, face_counts_1) == 80 &&
                    MESH_FACE_COUNTS == 2 * MESH_FACE_COUNTS_PER_LINE,
                "thread heap header zones");
@@ -215,32 +226,38 @@ _Static_assert(MESH_IN_LOAD_ZONE(thread_heap_t, id) && MESH_IN_STORE_ZONE(thread
 /* One line per class: the free path of a span the thread does not hold
  * reads size, recip and nobjects, so they sit in a load zone (above). */
 typedef struct size_class_s {
-  _Alignas(64) uint64_t recip; /* ceil(2^32 / size) */
+  _Alignas(64) uint32_t npages; /* pages per span */
+  uint64_t recip;    /* ceil(2^32 / size) */
+  uint8_t pad[40];
   uint32_t size;
   uint16_t nobjects; /* slots per span */
-  uint32_t npages;   /* pages per span */
 } size_class_t;
 
-_Static_assert(MESH_IN_LOAD_ZONE(size_class_t, recip) && MESH_IN_LOAD_ZONE(size_class_t, size) &&
-                   MESH_IN_LOAD_ZONE(size_class_t, nobjects) && sizeof(size_class_t) == 64,
+_Static_assert(MESH_IN_LOAD_SLOT(size_class_t, recip) && MESH_IN_LOAD_SLOT(size_class_t, size) &&
+                   MESH_IN_LOAD_SLOT(size_class_t, nobjects) && sizeof(size_class_t) == 64,
                "size class zones");
 
 /* Process-wide arena description; written once at init (and by fork in the
  * child), read everywhere without a lock. */
 typedef struct arena_s {
-  _Alignas(64) uintptr_t base; /* first byte of the arena, 0 before init (load zone) */
-  size_t size;       /* reserved bytes (load zone) */
-  uint32_t npages;   /* size / page */
+  /* line 0 */
+  _Alignas(64) uint32_t npages; /* size / page */
   int fd;            /* memfd, or -1 in the anonymous fallback */
+  uintptr_t base;    /* first byte of the arena, 0 before init (load slot) */
   uint32_t max_spans;
   bool meshable;     /* memfd-backed: aliases possible */
-  _Alignas(16) char zone_pad[16]; /* the store zone: nothing the free path loads */
-  pte_t *pagetable;  /* npages entries (load zone) */
-  span_t *spans;     /* record array, index = span id (load zone) */
+  uint8_t pad0[35];
+  size_t size;       /* reserved bytes (load slot) */
+  /* line 1 */
+  uint64_t pad1;
+  pte_t *pagetable;  /* npages entries (load slot) */
+  uint8_t pad2[40];
+  span_t *spans;     /* record array, index = span id (load slot) */
 } arena_t;
 
-_Static_assert(MESH_IN_LOAD_ZONE(arena_t, base) && MESH_IN_LOAD_ZONE(arena_t, size) &&
-                   MESH_IN_LOAD_ZONE(arena_t, pagetable) && MESH_IN_LOAD_ZONE(arena_t, spans) && _Alignof(arena_t) == 64,
+_Static_assert(MESH_IN_LOAD_SLOT(arena_t, base) && MESH_IN_LOAD_SLOT(arena_t, size) &&
+                   MESH_IN_LOAD_SLOT(arena_t, pagetable) && MESH_IN_LOAD_SLOT(arena_t, spans) && _Alignof(arena_t) == 64 &&
+                   sizeof(arena_t) == 128,
                "arena description zones");
 
 #endif
