@@ -177,6 +177,9 @@ static thread_heap_t *heap_create_for_thread(void) {
   }
   /* may allocate (keys past the first block): that goes to the orphan heap */
   pthread_setspecific(heap_key, h);
+  /* types.h, "Store and load zones": holds if the loader honours the TLS
+   * block's alignment (only speed depends on it) */
+  mesh_assert((uintptr_t)&_mesh_tls.heap % 64 == offsetof(struct mesh_tls_s, heap));
   _mesh_tls.heap = h;
   _mesh_tls.state = MESH_TLS_LIVE;
   return h;
