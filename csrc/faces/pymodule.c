@@ -424,8 +424,8 @@ static __attribute__((noinline)) void *hook_malloc_slow(int d, size_t n) {
 }
 
 static inline __attribute__((always_inline)) void *hook_malloc(int d, size_t n) {
-    /* (n == 0 needs no test: its class is the 16-byte one, which is what
-     * the slow path's "size 0 -> 1" gives too) */
+    /* (n == 0 needs no test: mesh_malloc_try leaves it to the slow path,
+     * which serves it as 1) */
     if (mesh_likely(DIVERTING(d) == DIVERT_INLINE)) {
         thread_heap_t *h = _mesh_tls.heap;
         void *p = mesh_malloc_try(h, n);
