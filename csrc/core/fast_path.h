@@ -6,7 +6,8 @@
  * and one range check decides "ours, free it" (the hook used to call
  * mesh_owns and then mesh_free, which checked the range again).
  *
- *   malloc: size -> class -> vector (computed: no static table), pop the
+ *   malloc: size -> class -> vector (computed up to 1 KiB, one byte of a
+ *           zoned table above: types.h, "Store and load zones"), pop the
  *           thread heap's shuffle vector.
  *   free:   one range compare (is it ours), one page-table load (which
  *           span), one compare (is the span attached to this thread), push.

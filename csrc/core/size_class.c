@@ -11,10 +11,10 @@
  * bytes 2 pages instead of 3, for 2-3 points more tail in those classes;
  * their spans then mesh at the occupancy the one-page classes reach
  * (frag_bands: 45 % -> 60-70 %, docs/meshing.md).
- * The tables are filled once by
- * init before any allocation. Up to 512 bytes the class is computed
- * (mesh_class_of, internal.h); above, one byte of a table laid out in load
- * zones (types.h) gives it.
+ * The class records and the class table are filled once by init before any
+ * allocation. Up to 1 KiB the class of a size is computed (mesh_class_of,
+ * internal.h); above, one byte of a table laid out in load zones (types.h)
+ * gives it.
  */
 #include "internal.h"
 
@@ -59,13 +59,13 @@ void _mesh_size_classes_init(void) {
     while (_mesh_classes[c].size < i * 128u) c++;
     _mesh_class_by_128[MESH_CLASS_BY_128_SLOT(i)] = (uint8_t)c;
   }
-  /* mesh_class_of computes what this table defines: the smallest class that
-   * holds the size. Both ends of every class are checked (a mapping that is
-   * monotonic and right at every boundary is right everywhere). */
-  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
-    size_t lo = c ? _mesh_classes[c - 1].size + 1 : 1, hi = _mesh_classes[c].size;
-    if (mesh_class_of(lo) != c || mesh_class_of(hi) != c)
-      _mesh_fatal("size classes: mesh_class_of disagrees with the class table at class %u", c);
+  /* mesh_class_of must give the smallest class that holds the size. Each of
+   * its pieces is monotonic in the size, so being right at both ends of
+   * every class makes it right everywhere: checked once here. */
+  for (unsigned k = 0; k < MESH_NUM_CLASSES; k++) {
+    size_t lo = k ? _mesh_classes[k - 1].size + 1 : 1, hi = _mesh_classes[k].size;
+    if (mesh_class_of(lo) != k || mesh_class_of(hi) != k)
+      _mesh_fatal("size classes: mesh_class_of disagrees with the class table at class %u", k);
   }
 }
 
