@@ -277,6 +277,10 @@ def test_micro_bench_pools_the_rounds_of_every_process_and_names_the_worst(cbuil
         for res in doc["results"]:
             assert len(res["rounds"]["glibc"]) == len(res["rounds"]["mesh"]) == 2 * procs
             assert res["paired_ratio_min"] <= res["paired_ratio_median"] <= res["paired_ratio_max"]
+            # the worst process's median lies within the pooled range
+            assert res["paired_ratio_min"] <= res["paired_ratio_worst_proc"] <= res["paired_ratio_max"]
+            if procs == 1:
+                assert res["paired_ratio_worst_proc"] == res["paired_ratio_median"]
     r = helpers.run([bench, "--rounds", "100", "--procs", "3"], timeout=30, pss_cap=1 << 30, cwd=tmp_path,
                     env=helpers.env())
     assert r.returncode == 2 and "usage" in r.stderr, r.describe()

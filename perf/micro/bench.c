@@ -457,9 +457,9 @@ static void write_json(const char *path, result_t *res, int nres, double load0, 
     char b[32];
     fprintf(f, "    {\"test\": \"%s\", \"size\": \"%s\", \"n\": %ld, \"glibc\": %.4f, \"mesh\": %.4f, "
                "\"ratio\": %.4f, \"paired_ratio_median\": %.4f, \"paired_ratio_min\": %.4f, "
-               "\"paired_ratio_max\": %.4f, \"rounds\": {",
+               "\"paired_ratio_max\": %.4f, \"paired_ratio_worst_proc\": %.4f, \"rounds\": {",
             TEST_KEY[r->test], size_label(r->size, b, sizeof b), r->n, r->med[CFG_GLIBC], r->med[CFG_MESH], r->ratio,
-            r->pr_med, r->pr_min, r->pr_max);
+            r->pr_med, r->pr_min, r->pr_max, r->pr_worst_proc);
     for (int c = 0; c < NCFG; c++) {
       fprintf(f, "%s\"%s\": [", c ? ", " : "", CFG_NAME[c]);
       for (int k = 0; k < r->nrounds; k++) fprintf(f, "%s%.4f", k ? ", " : "", r->v[c][k]);
