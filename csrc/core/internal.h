@@ -36,6 +36,9 @@
 /* ---- os.c: the only file that makes system calls -------------------- */
 int _mesh_os_memfd(void);
 void *_mesh_os_reserve(size_t size, int fd);
+/* The same, followed by guard bytes of PROT_NONE address space (never
+ * touched, never backed) that nothing else can be mapped into. */
+void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd);
 int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off);
 int _mesh_os_punch(int fd, void *addr, size_t off, size_t len);
 void *_mesh_os_alloc(size_t size);

@@ -48,6 +48,23 @@ void *_mesh_os_reserve(size_t size, int fd) {
   return p == MAP_FAILED ? NULL : p;
 }
 
+void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd) {
+  char *r = mmap(NULL, size + guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (r == MAP_FAILED) return NULL;
+  void *p;
+  if (fd >= 0)
+    p = mmap(r, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
+  else
+    p = mmap(r, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    munmap(r, size + guard);
+    errno = e;
+    return NULL;
+  }
+  return r;
+}
+
 int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off) {
   /* Same flags as the reservation, or the kernel will not merge neighbours.
    * The raw system call, not libc's mmap: remapping a span onto identical
