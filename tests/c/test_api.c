@@ -700,6 +700,34 @@ static bool check_meshing_available(void) {
   return avail == 1;
 }
 
+/* The arena is reserved with a PROT_NONE guard right above it (arena.c,
+ * ARENA_GUARD: keeps its first spans from mirroring the lines of the mapping
+ * above at a power-of-two distance). From the mapping that holds a fresh
+ * block, over the arena's contiguous read-write mappings, the next mapping
+ * must be that guard. */
+static bool check_arena_guard(void) {
+  enum { MAXV = 4096 };
+  static uintptr_t lo[MAXV], hi[MAXV];
+  static char prot[MAXV][5];
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) return false;
+  char line[512];
+  int n = 0;
+  while (n < MAXV && fgets(line, sizeof line, f))
+    if (sscanf(line, "%lx-%lx %4s", &lo[n], &hi[n], prot[n]) == 3) n++;
+  fclose(f);
+  void *p = mesh_malloc(64);
+  uintptr_t a = (uintptr_t)p;
+  mesh_free(p);
+  int i = 0;
+  while (i < n && !(lo[i] <= a && a < hi[i])) i++;
+  if (i == n) return false;
+  while (i + 1 < n && lo[i + 1] == hi[i] && strncmp(prot[i + 1], "rw", 2) == 0) i++;
+  if (i + 1 == n || lo[i + 1] != hi[i]) return false;
+  printf("info arena_guard %s %lu KiB\n", prot[i + 1], (unsigned long)((hi[i + 1] - lo[i + 1]) >> 10));
+  return strcmp(prot[i + 1], "---p") == 0 && hi[i + 1] - lo[i + 1] >= ((uintptr_t)32 << 20);
+}
+
 int main(int argc, char **argv) {
   uint64_t seed = argc > 1 ? parse_u64(argv[1], 1) : 1;
   printf("info seed %llu\n", (unsigned long long)seed);
@@ -732,6 +760,7 @@ int main(int argc, char **argv) {
   CHECK("scavenge", check_scavenge());
   CHECK("options-table", check_options());
   CHECK("stats-table", check_stats());
+  CHECK("arena-guard-above", check_arena_guard());
 
   printf("%d passed, %d failed\n", n_passed, n_failed);
   return n_failed == 0 ? 0 : 1;
