@@ -51,12 +51,9 @@ void *_mesh_os_reserve(size_t size, int fd) {
 void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd) {
   char *r = mmap(NULL, size + guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) return NULL;
-  void *p;
-  if (fd >= 0)
-    p = mmap(r, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd, 0);
-  else
-    p = mmap(r, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) {
+  /* the memfd over the front, or the anonymous front made usable */
+  int rc = fd >= 0 ? _mesh_os_map_fixed(r, size, fd, 0) : mprotect(r, size, PROT_READ | PROT_WRITE);
+  if (rc != 0) {
     int e = errno;
     munmap(r, size + guard);
     errno = e;
