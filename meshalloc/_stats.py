@@ -51,6 +51,19 @@ CORE_FIELDS: Tuple[str, ...] = (
     "mesh_budget_stops",
     "mesh_pace_level",
     "mesh_paced",
+    "passes_triggered",
+    "meshes_triggered",
+    "pages_triggered",
+    "pass_ns_triggered",
+    "passes_thread",
+    "meshes_thread",
+    "pages_thread",
+    "pass_ns_thread",
+    "passes_compact",
+    "meshes_compact",
+    "pages_compact",
+    "pass_ns_compact",
+    "mesher_thread_starts",
     "mesh_barrier_waits",
     "mesh_efault_retries",
     "spans_alloc_count",
@@ -64,6 +77,7 @@ CORE_FIELDS: Tuple[str, ...] = (
     "dirty_pages",
     "arena_top_pages",
     "pages_punched",
+    "pages_decayed",
     "fresh_pages_total",
     "punch_calls",
     "thread_heaps_created",
@@ -208,6 +222,19 @@ class Stats:
     mesh_budget_stops: int = 0
     mesh_pace_level: int = 0
     mesh_paced: int = 0
+    passes_triggered: int = 0
+    meshes_triggered: int = 0
+    pages_triggered: int = 0
+    pass_ns_triggered: int = 0
+    passes_thread: int = 0
+    meshes_thread: int = 0
+    pages_thread: int = 0
+    pass_ns_thread: int = 0
+    passes_compact: int = 0
+    meshes_compact: int = 0
+    pages_compact: int = 0
+    pass_ns_compact: int = 0
+    mesher_thread_starts: int = 0
     mesh_barrier_waits: int = 0
     mesh_efault_retries: int = 0
     spans_alloc_count: int = 0
@@ -221,6 +248,7 @@ class Stats:
     dirty_pages: int = 0
     arena_top_pages: int = 0
     pages_punched: int = 0
+    pages_decayed: int = 0
     fresh_pages_total: int = 0
     punch_calls: int = 0
     thread_heaps_created: int = 0

@@ -248,6 +248,17 @@ static uint32_t run_find(bool d, uint32_t npages, uint32_t align_pages) {
   return MESH_NIL;
 }
 
+/* Decay. dirty_low_mark is the fewest dirty pages since the epoch began:
+ * that many pages went unused through the whole epoch, so the program did
+ * not need them (_mesh_arena_decay returns them). Kept exact by note_dirty
+ * wherever dirty pages are taken or punched. */
+static uint64_t dirty_low_mark; /* (lock) */
+
+static void note_dirty(void) {
+  uint64_t d = mesh_stat_get(dirty_pages);
+  if (d < dirty_low_mark) dirty_low_mark = d;
+}
+
 uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *clean) {
   uint32_t id = _mesh_span_record_new();
   if (!id) return MESH_NIL;
@@ -283,6 +294,7 @@ uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *cle
       }
     }
     if (run) _mesh_span_record_free(run);
+    if (dirty) note_dirty(); /* after the head and tail went back */
     *clean = !dirty;
   } else {
     uint32_t gap = align_gap(top, align_pages);
@@ -350,10 +362,19 @@ static size_t scavenge_to(uint64_t target) {
     punched += len;
     run_insert(id, false);
   }
+  note_dirty();
   return punched;
 }
 
 size_t _mesh_arena_scavenge(void) { return scavenge_to(0); }
+
+uint64_t _mesh_arena_decay(void) {
+  uint64_t d = mesh_stat_get(dirty_pages), unused = dirty_low_mark < d ? dirty_low_mark : d;
+  uint64_t before = mesh_stat_get(pages_punched);
+  if (unused) scavenge_to(d - unused);
+  dirty_low_mark = mesh_stat_get(dirty_pages);
+  return mesh_stat_get(pages_punched) - before;
+}
 
 /* Over max_dirty_mb, return pages down to half of it: the hysteresis keeps
  * a workload cycling around the threshold from punching and re-faulting
@@ -445,6 +466,7 @@ void _mesh_arena_forget_dirty(void) {
     mesh_stat_sub(dirty_pages, mesh_span(id)->npages);
     run_insert(id, false);
   }
+  note_dirty();
 }
 
 /* One span's invariants (debug builds check it at every transition). */

@@ -32,6 +32,7 @@ static bool fork_active; /* the prepare handler ran with an initialised heap */
 static void prepare(void) {
   fork_active = mesh_load_acquire(&_mesh_init_state) == 2;
   if (!fork_active) return;
+  _mesh_mesher_before_fork(); /* before the locks: it may be in a pass */
   fork_pipe[0] = fork_pipe[1] = -1;
   if (_mesh_arena.meshable && _mesh_os_pipe(fork_pipe) != 0)
     _mesh_warning("fork: pipe failed (errno %d); the parent will not wait for the child's heap copy", errno);
@@ -49,6 +50,7 @@ static void parent(void) {
   }
   _mesh_unlock();
   pthread_mutex_unlock(&_mesh_orphan_lock);
+  _mesh_mesher_after_fork(false);
 }
 
 /* After the whole arena was mapped onto the child's memfd: map every alias
@@ -170,6 +172,7 @@ static void child(void) {
     _mesh_os_close(fork_pipe[1]);
   }
   _mesh_heaps_after_fork_child();
+  _mesh_mesher_after_fork(true);
 }
 
 void _mesh_fork_register(void) {

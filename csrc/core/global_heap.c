@@ -180,7 +180,7 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
     sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
     sv->total_bytes += span_bytes;
   }
-  _mesh_maybe_mesh();
+  _mesh_maybe_mesh(false);
 #if MESH_DEBUG >= 3
   /* the whole heap, now and then: cheap enough for the debug test runs */
   static unsigned refills;
@@ -203,7 +203,7 @@ void _mesh_global_free_transition(span_t *s, uint32_t id) {
       partial_link(id, live);
     }
   }
-  _mesh_maybe_mesh();
+  _mesh_maybe_mesh(true);
   _mesh_unlock();
 }
 
@@ -257,7 +257,9 @@ void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte) {
   mesh_stat_add(large_free_count, 1);
   mesh_stat_sub(large_bytes_in_use, (uint64_t)s->npages << MESH_PAGE_SHIFT);
   _mesh_arena_free_span(id);
+  _mesh_maybe_mesh(true);
   _mesh_unlock();
+  mesh_mesher_poll();
 }
 
 bool _mesh_large_resize(const void *p, size_t size) {

@@ -23,12 +23,13 @@ void _mesh_init_slow(void) {
         _mesh_warning("cannot reserve any arena: every allocation will fail with ENOMEM");
       _mesh_thread_heaps_init();
       if (_mesh_arena.meshable) _mesh_meshing_init();
+      _mesh_triggers_init();
       mesh_store_release(&_mesh_init_state, 2);
     }
     pthread_mutex_unlock(&init_lock);
   }
   if (mesh_load_relaxed(&fork_registered) == 0 && mesh_exchange_acq_rel(&fork_registered, 1) == 0) {
     _mesh_fork_register();
-    _mesh_background_start(); /* pthread_create may allocate: init is done */
+    _mesh_mesher_start_background(); /* pthread_create may allocate: init is done */
   }
 }

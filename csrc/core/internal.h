@@ -54,6 +54,7 @@ int _mesh_os_pwrite_all(int fd, const void *buf, size_t len, size_t off);
 uint64_t _mesh_os_random(void);
 uint64_t _mesh_os_now_ns(void);
 uint64_t _mesh_os_thread_cpu_ns(void);
+uint64_t _mesh_os_process_cpu_ns(void); /* every thread of the process */
 const char *_mesh_os_getenv(const char *name); /* NULL in secure-execution mode */
 bool _mesh_os_secure(void);
 size_t _mesh_os_as_limit(void);                /* RLIMIT_AS, SIZE_MAX if none */
@@ -97,7 +98,11 @@ void _mesh_fill(void *p, int c, size_t n);
   X(MAX_PAUSE_US, max_pause_us, 2000, 50, 10000000, 1, \
     "time bound of one meshing pass, us; leftover work resumes at the next trigger") \
   X(BACKGROUND_MS, background_ms, 0, 0, 86400000, 0, \
-    "run a meshing pass every this many ms from a background thread; 0 = no thread (start-up only)") \
+    "keep the meshing thread for the life of the process, a pass at least every this many ms; 0 = the thread runs only while there is work (start-up only)") \
+  X(MESHER_THREAD, mesher_thread, 1, 0, 1, 1, \
+    "1 = a meshing thread starts when much was freed and exits when the work is done, so an idle program is compacted; 0 = passes run only inside malloc and free") \
+  X(DIRTY_DECAY_MS, dirty_decay_ms, 1000, 0, 86400000, 1, \
+    "free pages the program did not reuse for this long (one to two periods) are returned to the OS, ms; 0 = keep up to max_dirty_mb") \
   X(MESHER, mesher, 0, 0, 1, 1, \
     "how partners are found: 0 = best fit (each span onto the densest kept span it fits), 1 = the paper's split mesher (random halves, random probes)") \
   X(PROBES, probes, 512, 1, 4096, 1, \
@@ -156,6 +161,19 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(mesh_budget_stops, "times meshing stopped because the mapping budget was reached") \
   X(mesh_pace_level, "periodic meshing waits period_ms << this: raised while the program takes the pages meshing freed straight back") \
   X(mesh_paced, "times pacing lengthened the wait between periodic passes") \
+  X(passes_triggered, "meshing passes run inside malloc and free (period_ms)") \
+  X(meshes_triggered, "meshes done by those passes") \
+  X(pages_triggered, "pages freed by those passes") \
+  X(pass_ns_triggered, "time spent in those passes, ns") \
+  X(passes_thread, "meshing passes run by the meshing thread") \
+  X(meshes_thread, "meshes done by the meshing thread") \
+  X(pages_thread, "pages freed by the meshing thread") \
+  X(pass_ns_thread, "time the meshing thread spent in passes, ns") \
+  X(passes_compact, "steps of explicit compactions (mesh_compact, meshalloc.compact)") \
+  X(meshes_compact, "meshes done by explicit compactions") \
+  X(pages_compact, "pages freed by explicit compactions") \
+  X(pass_ns_compact, "time spent in steps of explicit compactions, ns") \
+  X(mesher_thread_starts, "times the meshing thread was started (it exits when its work is done)") \
   X(mesh_barrier_waits, "writes that faulted on a span being meshed and waited for it") \
   X(mesh_efault_retries, "system calls retried after EFAULT on a span being meshed (libmesh.so)") \
   X(spans_alloc_count, "span records created (the original's MH Alloc Count)") \
@@ -169,6 +187,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(dirty_pages, "free arena pages not yet returned to the OS") \
   X(arena_top_pages, "arena pages ever used (high-water mark of the bump pointer)") \
   X(pages_punched, "free pages returned to the OS, summed") \
+  X(pages_decayed, "free pages returned because they went unused for dirty_decay_ms (part of pages_punched)") \
   X(fresh_pages_total, "pages of new spans carved from clean memory (never used, or returned to the OS), summed") \
   X(punch_calls, "fallocate(PUNCH_HOLE)/madvise calls made to return pages") \
   X(thread_heaps_created, "thread heaps created") \
@@ -248,6 +267,9 @@ void _mesh_arena_free_span(uint32_t id);
 bool _mesh_arena_grow_span(uint32_t id, uint32_t extra);
 void _mesh_arena_shrink_span(uint32_t id, uint32_t keep);
 size_t _mesh_arena_scavenge(void);
+/* Ends a decay epoch: returns the pages that stayed dirty all through it
+ * (how many); the next epoch starts from the dirty pages now. */
+uint64_t _mesh_arena_decay(void);
 void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
 int _mesh_arena_validate(void);
 int _mesh_span_validate(uint32_t id); /* lock held */
@@ -381,12 +403,30 @@ int _mesh_barrier_user_sigaction(const struct sigaction *act, struct sigaction *
 void _mesh_barrier_after_fork_child(void);
 
 /* ---- mesh.c --------------------------------------------------------- */
+/* Who ran a pass; each kind has its own stats (passes_*, meshes_*, ...). */
+enum mesh_pass_kind { MESH_PASS_triggered, MESH_PASS_thread, MESH_PASS_compact };
 void _mesh_meshing_init(void);
-void _mesh_background_start(void); /* after init, outside every lock */
-/* Lock held: runs a bounded pass when the period has elapsed. */
-void _mesh_maybe_mesh(void);
 /* Lock held: one pass bounded by budget_ns; returns physical pages freed. */
-size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more); /* *more: stopped by the deadline */
+size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more); /* *more: work left */
+uint64_t _mesh_last_pass_ns(void); /* lock held: when the last pass or step ended */
+void _mesh_count_other_mappings(void); /* without the lock: refresh the mapping budget */
+
+/* ---- trigger.c ------------------------------------------------------ */
+void _mesh_triggers_init(void);
+/* Lock held: counts the event and runs a bounded pass when one is due;
+ * span_freed: a free made a detached span partial or empty. */
+void _mesh_maybe_mesh(bool span_freed);
+extern _Atomic bool _mesh_mesher_wanted;
+void _mesh_mesher_poll_slow(void);
+/* Outside every lock, where a malloc or free has finished its work:
+ * starts the meshing thread if a trigger asked for it. */
+MESH_INLINE void mesh_mesher_poll(void) {
+  if (mesh_unlikely(mesh_load_relaxed(&_mesh_mesher_wanted))) _mesh_mesher_poll_slow();
+}
+void _mesh_mesher_start_background(void); /* after init, outside every lock */
+bool _mesh_mesher_running(void);
+void _mesh_mesher_before_fork(void);
+void _mesh_mesher_after_fork(bool child);
 
 /* ---- fork.c --------------------------------------------------------- */
 void _mesh_fork_register(void);

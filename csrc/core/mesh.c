@@ -34,17 +34,15 @@
  *
  * Budget: mappings are counted exactly (arena.c) and meshing stops, never
  * aborts, before max_mappings. Pauses: a pass stops at max_pause_us and the
- * next trigger resumes with the next size class. Pacing: the wait between
- * periodic passes grows while the program takes the pages meshing freed
- * straight back (see _mesh_maybe_mesh).
+ * next one resumes with the size class where it stopped. When passes run
+ * (inside malloc and free, on the meshing thread; pacing) is trigger.c's
+ * business: this file runs a pass when asked, and mesh_compact.
  */
 #include "internal.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <pthread.h>
 #include <string.h>
-#include <time.h>
 
 #define MAX_CANDIDATES 1024
 
@@ -71,7 +69,7 @@ static _Atomic(uint64_t) map_others; /* written without the lock */
 
 /* Counts the mappings that are not the arena's. Call without the lock (a
  * big /proc/self/maps takes milliseconds to read). */
-static void count_other_mappings(void) {
+void _mesh_count_other_mappings(void) {
   long all = _mesh_os_count_maps();
   uint64_t ours = mesh_stat_get(arena_mappings);
   mesh_store_relaxed(&map_others, all > 0 && (uint64_t)all > ours ? (uint64_t)all - ours : 0);
@@ -82,7 +80,7 @@ void _mesh_meshing_init(void) {
   map_limit = (uint64_t)_mesh_os_max_map_count();
   mesh_stat_set(arena_mappings, 1);
   mesh_stat_set(arena_mappings_hwm, 1);
-  count_other_mappings();
+  _mesh_count_other_mappings();
 }
 
 static uint64_t budget(void) {
@@ -673,19 +671,26 @@ static size_t mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, boo
 /* A pause's start: wall clock (what the program waits) and the thread's
  * CPU time (what the pass itself spent; the difference is time the thread
  * was not running, preempted or its vCPU descheduled, which no deadline in
- * user space can prevent: docs/meshing.md, "Pause bound"). */
+ * user space can prevent: docs/meshing.md, "Pause bound"), and the
+ * counters the pause's work is measured by. */
 typedef struct {
-  uint64_t wall, cpu;
+  uint64_t wall, cpu, meshes, pages;
 } pause_start_t;
 
-static pause_start_t pause_begin(void) { return (pause_start_t){_mesh_os_now_ns(), _mesh_os_thread_cpu_ns()}; }
+static pause_start_t pause_begin(void) {
+  return (pause_start_t){_mesh_os_now_ns(), _mesh_os_thread_cpu_ns(), mesh_stat_get(mesh_count),
+                         mesh_stat_get(meshed_pages_total)};
+}
 
-/* Records one pause (a pass, or one step of a compaction) in the stats. */
-static void pause_done(pause_start_t t0) {
+/* Records one pause (a pass, or one step of a compaction) in the stats:
+ * the totals, the histogram, and the work and time of its kind (who ran
+ * it), so the three kinds can be compared per pass and per second. */
+static void pause_done(pause_start_t t0, enum mesh_pass_kind kind) {
   uint64_t cpu = _mesh_os_thread_cpu_ns() - t0.cpu;
   uint64_t ns = _mesh_os_now_ns() - t0.wall;
   if (cpu > ns) cpu = ns; /* read inside the wall-clock interval; also a failed read (0) */
   uint64_t bound = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
+  uint64_t meshes = mesh_stat_get(mesh_count) - t0.meshes, pages = mesh_stat_get(meshed_pages_total) - t0.pages;
   last_pass_ns = t0.wall + ns;
   mesh_stat_add(mesh_passes, 1);
   mesh_stat_add(mesh_pause_ns_total, ns);
@@ -699,7 +704,22 @@ static void pause_done(pause_start_t t0) {
   else if (ns < 2000000) mesh_stat_add(mesh_pause_lt_2ms, 1);
   else if (ns < 5000000) mesh_stat_add(mesh_pause_lt_5ms, 1);
   else mesh_stat_add(mesh_pause_ge_5ms, 1);
+  switch (kind) {
+#define MESH_PASS_KIND_STATS(k)       \
+  case MESH_PASS_##k:                 \
+    mesh_stat_add(passes_##k, 1);     \
+    mesh_stat_add(meshes_##k, meshes); \
+    mesh_stat_add(pages_##k, pages);  \
+    mesh_stat_add(pass_ns_##k, ns);   \
+    break;
+    MESH_PASS_KIND_STATS(triggered)
+    MESH_PASS_KIND_STATS(thread)
+    MESH_PASS_KIND_STATS(compact)
+#undef MESH_PASS_KIND_STATS
+  }
 }
+
+uint64_t _mesh_last_pass_ns(void) { return last_pass_ns; }
 
 static bool can_mesh(void) {
   return _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && _mesh_barrier_ensure();
@@ -715,7 +735,7 @@ static uint64_t deadline_after(uint64_t t0, uint64_t budget_ns) {
   return budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns - budget_ns / 4;
 }
 
-size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
+size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more) {
   *more = false;
   if (!can_mesh()) return 0;
   pause_start_t t0 = pause_begin();
@@ -729,94 +749,8 @@ size_t _mesh_mesh_pass(uint64_t budget_ns, bool *more) {
     if (out_of_time) next_cls = c; /* resume where the budget ran out */
   }
   *more = (out_of_time || unswept) && !stop; /* work left; a budget stop ends it */
-  pause_done(t0);
+  pause_done(t0, kind);
   return freed;
-}
-
-/* Pacing. Meshing pays for itself only if the pages it frees stay free: a
- * program that keeps allocating (a steady churn) fills the holes meshing
- * would fold away, and takes the freed pages straight back as new spans,
- * so each mesh costs a copy, system calls and page faults for nothing
- * (perf/churn/churn.py: twice the page faults, 45 ms of passes and 0.05 s
- * more kernel time in a 2.6 s run, for the same final PSS). So at each periodic pass the pages meshing
- * freed since the previous one are compared with the clean pages new spans
- * took meanwhile: if the program took back half or more, the wait before
- * the next pass doubles (up to PACE_MAX_LEVEL doublings: 6.4 s at the
- * default period); a pass whose pages stayed free brings the wait back to
- * period_ms. Explicit mesh_compact() and the background thread's passes
- * (background_ms: a fixed rate the user chose) are not paced; Python's
- * after-collection compaction follows the same wait (meshalloc/__init__.py).
- * All under the global lock. */
-#define PACE_MAX_LEVEL 6
-static uint64_t pace_meshed_mark; /* meshed_pages_total before the last pass */
-static uint64_t pace_fresh_mark;  /* fresh_pages_total after it */
-
-/* Judges the meshing done since the marks (passes and compactions): true
- * if there was some, the level then updated and the marks moved on. */
-static bool pace_judge(void) {
-  uint64_t meshed = mesh_stat_get(meshed_pages_total), fresh = mesh_stat_get(fresh_pages_total);
-  uint64_t freed = meshed - pace_meshed_mark, taken = fresh - pace_fresh_mark;
-  if (freed == 0) return false;
-  uint64_t level = mesh_stat_get(mesh_pace_level);
-  if (2 * taken >= freed) {
-    if (level < PACE_MAX_LEVEL) {
-      mesh_stat_set(mesh_pace_level, level + 1);
-      mesh_stat_add(mesh_paced, 1);
-    }
-  } else {
-    mesh_stat_set(mesh_pace_level, 0);
-  }
-  pace_meshed_mark = meshed;
-  pace_fresh_mark = fresh;
-  return true;
-}
-
-static uint64_t pass_wait_ns(long period_ms) {
-  return ((uint64_t)period_ms * 1000000u) << mesh_stat_get(mesh_pace_level);
-}
-
-void _mesh_maybe_mesh(void) {
-  long period = mesh_opt(MESH_OPT_PERIOD_MS);
-  if (period <= 0 || !_mesh_arena.meshable) return;
-  uint64_t now = _mesh_os_now_ns();
-  if (now - last_pass_ns < pass_wait_ns(period)) return;
-  /* a wait just lengthened counts from the last pass too */
-  if (pace_judge() && now - last_pass_ns < pass_wait_ns(period)) return;
-  last_pass_ns = now;
-  pace_meshed_mark = mesh_stat_get(meshed_pages_total);
-  bool more;
-  _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u, &more);
-  pace_fresh_mark = mesh_stat_get(fresh_pages_total);
-}
-
-/* The optional background thread: a bounded pass every background_ms, so
- * an idle program (no frees, no refills) is compacted too. It never
- * allocates. It is not restarted in fork children (frees still trigger). */
-static void *background_main(void *arg) {
-  (void)arg;
-  for (;;) {
-    long ms = mesh_opt(MESH_OPT_BACKGROUND_MS);
-    if (ms <= 0) ms = 1000;
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-    _mesh_lock();
-    bool more;
-    _mesh_mesh_pass((uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u, &more);
-    _mesh_unlock();
-  }
-  return NULL;
-}
-
-void _mesh_background_start(void) {
-  if (mesh_opt(MESH_OPT_BACKGROUND_MS) <= 0 || !_mesh_arena.meshable) return;
-  pthread_attr_t attr;
-  pthread_t t;
-  pthread_attr_init(&attr);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&attr, 64 * 1024);
-  if (pthread_create(&t, &attr, background_main, NULL) != 0)
-    _mesh_warning("cannot start the background meshing thread (errno %d); meshing runs on frees", errno);
-  pthread_attr_destroy(&attr);
 }
 
 /* Sweeps that free less than 1/COMPACT_DIMINISHING of a class's first
@@ -831,7 +765,7 @@ size_t mesh_compact(void) {
   size_t total = 0;
   bool stop = false;
   uint64_t budget = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
-  count_other_mappings(); /* the program may have mapped much since start-up */
+  _mesh_count_other_mappings(); /* the program may have mapped much since start-up */
   /* Class by class: whole sweeps of the class's partial spans, each made of
    * steps that hold the lock for at most the pause bound, repeated while a
    * sweep still pays (the spans it filled may mesh again, growing chains).
@@ -857,7 +791,7 @@ size_t mesh_compact(void) {
         bool out_of_time = false, step_meshed = false;
         unswept = false;
         sweep += mesh_class(c, deadline_after(t0.wall, budget), &out_of_time, &stop, &unswept, &step_meshed);
-        pause_done(t0);
+        pause_done(t0, MESH_PASS_compact);
         _mesh_unlock();
       }
       total += sweep;

@@ -152,6 +152,12 @@ uint64_t _mesh_os_thread_cpu_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t _mesh_os_process_cpu_ns(void) {
+  struct timespec ts;
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 bool _mesh_os_secure(void) { return getauxval(AT_SECURE) != 0; }
 
 const char *_mesh_os_getenv(const char *name) {

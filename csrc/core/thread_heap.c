@@ -187,6 +187,8 @@ static thread_heap_t *heap_create_for_thread(void) {
 
 void *_mesh_heap_alloc_slow(size_t size) {
   mesh_ensure_init();
+  /* before anything changes: pthread_create may call malloc */
+  mesh_mesher_poll();
   if (size > MESH_SMALL_MAX) return _mesh_large_alloc(size, 0, false);
   unsigned cls = mesh_class_of(size);
   thread_heap_t *h = _mesh_tls.heap;

@@ -1,0 +1,442 @@
+/* trigger.c - when meshing runs, and when unused free pages go back to the OS.
+ *
+ * mesh.c knows how to mesh within a bound (a pass); this file decides when:
+ *
+ *   - inline: a free that makes a detached span partial or empty, and every
+ *     refill of a thread heap, call _mesh_maybe_mesh with the lock held; it
+ *     runs a pass when the wait since the last one (period_ms, lengthened by
+ *     pacing) has elapsed, unless the mesher thread is running;
+ *   - the mesher thread, on demand: started when an inline pass ran out of
+ *     time with work left, or when many spans became partial or empty since
+ *     the last pass (a program that frees most of its heap and then idles
+ *     triggers nothing more). It runs passes back to back with a gap as long
+ *     as the pass (at most half of one CPU) while they find work, then at the
+ *     periodic rate, and exits once a whole sweep of every class meshes
+ *     nothing, the program has gone quiet and the dirty pages have decayed.
+ *     An idle process therefore has no thread of ours;
+ *   - with background_ms, the same thread runs for the life of the process,
+ *     a pass at least every background_ms.
+ *
+ * Pacing (see _mesh_maybe_mesh) holds every periodic pass, inline or on the
+ * thread, while the program takes the pages meshing freed straight back.
+ *
+ * Decay: free pages the program did not reuse during a whole dirty_decay_ms
+ * epoch (the fewest dirty pages seen in it, arena.c) are returned at the
+ * epoch's end, by whichever of the inline triggers or the thread gets there.
+ *
+ * The thread is created outside every lock, at a point where the calling
+ * malloc or free has finished its work (_mesh_mesher_poll): pthread_create
+ * may itself call malloc. It blocks every signal, so no handler of the
+ * program ever runs on it while it holds the global lock or waits in a
+ * mesh. fork stops it (the prepare handler joins it, so a forking program
+ * never has our thread running at the fork and CPython 3.12+ has no reason
+ * to warn); parent and child start a new one on their next trigger.
+ *
+ * Locking: pacing, the decay epoch and the activity counters are under the
+ * global lock. thread_lock guards the thread's life (creation, stop, exit,
+ * join) and is taken before the global lock, never while holding it.
+ */
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+/* ---- pacing ---------------------------------------------------------- */
+
+/* Meshing pays for itself only if the pages it frees stay free: a program
+ * that keeps allocating (a steady churn) fills the holes meshing would fold
+ * away, and takes the freed pages straight back as new spans, so each mesh
+ * costs a copy, system calls and page faults for nothing. So at each
+ * periodic pass the pages meshing freed since the previous one are compared
+ * with the clean pages new spans took meanwhile: if the program took back
+ * half or more, the wait before the next pass doubles (up to PACE_MAX_LEVEL
+ * doublings: 6.4 s at the default period); a pass whose pages stayed free
+ * brings the wait back to period_ms. Explicit mesh_compact() is not paced.
+ * All under the global lock. */
+#define PACE_MAX_LEVEL 6
+static uint64_t pace_meshed_mark; /* meshed_pages_total before the last pass */
+static uint64_t pace_fresh_mark;  /* fresh_pages_total after it */
+
+/* Judges the meshing done since the marks (passes and compactions): true
+ * if there was some, the level then updated and the marks moved on. */
+static bool pace_judge(void) {
+  uint64_t meshed = mesh_stat_get(meshed_pages_total), fresh = mesh_stat_get(fresh_pages_total);
+  uint64_t freed = meshed - pace_meshed_mark, taken = fresh - pace_fresh_mark;
+  if (freed == 0) return false;
+  uint64_t level = mesh_stat_get(mesh_pace_level);
+  if (2 * taken >= freed) {
+    if (level < PACE_MAX_LEVEL) {
+      mesh_stat_set(mesh_pace_level, level + 1);
+      mesh_stat_add(mesh_paced, 1);
+    }
+  } else {
+    mesh_stat_set(mesh_pace_level, 0);
+  }
+  pace_meshed_mark = meshed;
+  pace_fresh_mark = fresh;
+  return true;
+}
+
+static uint64_t pass_wait_ns(long period_ms) {
+  return ((uint64_t)period_ms * 1000000u) << mesh_stat_get(mesh_pace_level);
+}
+
+static uint64_t pause_budget_ns(void) { return (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u; }
+
+/* A periodic pass (inline or on the thread) with the pacing marks around it. */
+static size_t paced_pass(enum mesh_pass_kind kind, bool *more) {
+  pace_meshed_mark = mesh_stat_get(meshed_pages_total);
+  size_t freed = _mesh_mesh_pass(pause_budget_ns(), kind, more);
+  pace_fresh_mark = mesh_stat_get(fresh_pages_total);
+  return freed;
+}
+
+/* ---- decay ----------------------------------------------------------- */
+
+static uint64_t decay_epoch_ns; /* (lock) when the current decay epoch began */
+
+/* Ends the decay epoch if dirty_decay_ms has passed: the pages that stayed
+ * dirty all through it go back to the OS. Lock held. */
+static void decay_tick(uint64_t now) {
+  long ms = mesh_opt(MESH_OPT_DIRTY_DECAY_MS);
+  if (ms <= 0 || now - decay_epoch_ns < (uint64_t)ms * 1000000u) return;
+  decay_epoch_ns = now;
+  mesh_stat_add(pages_decayed, _mesh_arena_decay());
+}
+
+/* Nanoseconds until the decay epoch ends, if dirty pages wait for it; 0 if
+ * none do (or decay is off). */
+static uint64_t decay_wait_ns(uint64_t now) {
+  long ms = mesh_opt(MESH_OPT_DIRTY_DECAY_MS);
+  if (ms <= 0 || mesh_stat_get(dirty_pages) == 0) return 0;
+  uint64_t end = decay_epoch_ns + (uint64_t)ms * 1000000u;
+  return end > now ? end - now : 1;
+}
+
+/* ---- the mesher thread ----------------------------------------------- */
+
+/* Spans that became partial or empty since the last pass, past which a
+ * pass that is not yet due is handed to the thread: enough freeing to be
+ * worth a look even if the program never triggers again. */
+#define THREAD_WAKE_FREES 64
+/* Least gap between back-to-back passes of the thread, ns. Back to back
+ * means a gap as long as the pass (at most half of one CPU), and only while
+ * the program is quiet: each mesh's mprotect, mmap and punch interrupt every
+ * CPU that runs the program (TLB shootdowns, a VM exit each on a virtual
+ * machine), and the program then faults on the pages remapped under it.
+ * Measured on the 2-CPU VM, a loop deleting 900 k of 1 M dict entries took
+ * 3.3 s instead of 1.9 s with the thread meshing beside it, whatever the
+ * gap (1x to 32x the pass): ~29 us of the program's time per mesh. So while
+ * the program calls the allocator's slow paths (a trigger event since the
+ * last turn) the thread keeps to the periodic rate, as inline passes do,
+ * and while its threads run without calling them (more than 1/BUSY_SHARE
+ * of one CPU since the last turn) the gap is BUSY_GAP times the pass. */
+#define THREAD_MIN_GAP_NS 200000u
+#define BUSY_GAP 8
+#define BUSY_SHARE 4
+/* The thread leaves once its work is done and the program has made no
+ * allocator call that triggers a pass for this long: a busy program keeps
+ * it (it sleeps between passes) instead of starting one after another. */
+#define QUIET_NS 250000000u
+/* Sweeps that free less than 1/THREAD_DIMINISHING of the first sweep of a
+ * streak stop the back-to-back passes (as in mesh_compact). */
+#define THREAD_DIMINISHING 16
+#define THREAD_WINDOW 8
+
+static pthread_mutex_t thread_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t thread_cond = PTHREAD_COND_INITIALIZER; /* (thread_lock) stop and exit */
+static pthread_t thread_id;                                    /* (thread_lock) */
+static bool thread_alive;    /* (thread_lock) created and not yet out of its loop */
+static bool thread_joinable; /* (thread_lock) created and not yet joined */
+static bool thread_stop;     /* (thread_lock) fork asks it to leave */
+static bool thread_failed;   /* (thread_lock) pthread_create refused once: warned */
+static bool thread_restart;  /* (thread_lock) fork stopped it: start again after */
+static uint64_t thread_not_before; /* (thread_lock) no start before this time (after a fork) */
+#define RESTART_DELAY_NS 20000000u
+/* The thread runs the periodic passes (inline passes stand aside). Set at
+ * creation, cleared under the global lock when it decides to exit. */
+static _Atomic bool thread_active;
+/* A trigger asked for the thread; read on the way out of malloc/free. */
+_Atomic bool _mesh_mesher_wanted;
+
+/* (lock) Activity since the thread's last look, and the span frees since
+ * the last pass. */
+static uint64_t trigger_events, frees_since_pass;
+
+/* (lock, thread only) The thread's view of its sweeps. */
+static struct {
+  uint64_t events_seen;
+  uint64_t sweep_freed;  /* pages freed since the current sweep of every class began */
+  uint64_t streak_first; /* pages of the first sweep of the streak of back-to-back sweeps */
+  unsigned idle_sweeps;  /* whole sweeps in a row that meshed nothing */
+  bool backlog;          /* the last pass ran out of time with work left */
+  bool recount;          /* count the program's mappings before the next turn */
+  uint64_t active_ns;    /* the last turn that saw trigger events */
+  uint64_t cpu_wall, cpu_others; /* program_busy's last reading */
+  bool busy;             /* and its verdict */
+  unsigned win_passes;   /* back-to-back passes in the current window */
+  uint64_t win_pages;    /* pages they freed */
+  uint64_t last_judge;   /* when pacing last judged the thread's passes */
+} th;
+
+/* Whether the program's other threads ran more than 1/BUSY_SHARE of a CPU
+ * (the thread's own CPU time taken out), judged over windows of at least
+ * BUSY_WINDOW_NS: the kernel adds up other threads' CPU time at scheduler
+ * ticks, so a shorter window reads noise. */
+#define BUSY_WINDOW_NS 20000000u
+static bool program_busy(uint64_t now) {
+  uint64_t dw = now - th.cpu_wall;
+  if (dw < BUSY_WINDOW_NS) return th.busy;
+  uint64_t others = _mesh_os_process_cpu_ns() - _mesh_os_thread_cpu_ns();
+  uint64_t dc = others - th.cpu_others;
+  th.cpu_wall = now;
+  th.cpu_others = others;
+  th.busy = dc * BUSY_SHARE > dw;
+  return th.busy;
+}
+
+static void want_thread(void) {
+  if (!mesh_opt(MESH_OPT_MESHER_THREAD) || mesh_load_relaxed(&thread_active)) return;
+  mesh_store_relaxed(&_mesh_mesher_wanted, true);
+}
+
+/* One turn of the thread, under the global lock: runs a pass if one is due,
+ * decays dirty pages, and says how long to wait before the next turn.
+ * Returns false when the thread should exit. */
+static bool thread_turn(uint64_t *wait_ns) {
+  uint64_t now = _mesh_os_now_ns();
+  long period = mesh_opt(MESH_OPT_PERIOD_MS), bg = mesh_opt(MESH_OPT_BACKGROUND_MS);
+  bool keep = bg > 0; /* background_ms: the thread lives as long as the process */
+  bool meshing = _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && (period > 0 || bg > 0);
+  bool active = trigger_events != th.events_seen;
+  th.events_seen = trigger_events;
+  if (active) th.active_ns = now;
+  bool quiet = now - th.active_ns >= QUIET_NS;
+  decay_tick(now);
+  if (!keep && !mesh_opt(MESH_OPT_MESHER_THREAD)) return false;
+  uint64_t wait = period > 0 ? pass_wait_ns(period) : UINT64_MAX;
+  if (bg > 0 && (uint64_t)bg * 1000000u < wait) wait = (uint64_t)bg * 1000000u;
+  bool due = th.backlog || now - _mesh_last_pass_ns() >= wait;
+  if (meshing && due) {
+    /* pacing judges the thread's passes at the periodic rate, not at each
+     * back-to-back pass, so its window is the same as for inline passes */
+    if (period > 0 && now - th.last_judge >= (uint64_t)period * 1000000u) {
+      th.last_judge = now;
+      if (pace_judge() && mesh_stat_get(mesh_pace_level) > 0) th.backlog = false;
+    }
+    bool more;
+    uint64_t t0 = _mesh_os_now_ns();
+    size_t freed = paced_pass(MESH_PASS_thread, &more);
+    uint64_t took = _mesh_os_now_ns() - t0;
+    frees_since_pass = 0;
+    th.sweep_freed += freed;
+    th.win_pages += freed;
+    if (more) {
+      /* inside a sweep: back to back while the last THREAD_WINDOW passes
+       * freed something (a stretch of spans that fit nothing is crossed
+       * at the periodic rate, not at half a CPU); a productive pass at the
+       * periodic rate starts a new run */
+      if (!th.backlog) th.backlog = freed > 0, th.win_passes = 0, th.win_pages = 0;
+      else if (++th.win_passes == THREAD_WINDOW) th.backlog = th.win_pages > 0, th.win_passes = 0, th.win_pages = 0;
+    } else { /* every class's sweep ended with this pass */
+      th.recount = true;
+      th.backlog = false;
+      uint64_t got = th.sweep_freed;
+      th.sweep_freed = 0;
+      if (got == 0) {
+        th.idle_sweeps++;
+        th.streak_first = 0;
+      } else {
+        th.idle_sweeps = 0;
+        if (!th.streak_first) th.streak_first = got;
+        /* sweeps that still pay go on back to back: the survivors they
+         * filled may fit each other again (chains grow) */
+        if (got * THREAD_DIMINISHING >= th.streak_first) th.backlog = true;
+        else th.streak_first = 0;
+      }
+    }
+    if (mesh_stat_get(mesh_pace_level) > 0) th.backlog = false; /* the program takes the pages back */
+    if (th.backlog) {
+      uint64_t gap = program_busy(now) ? BUSY_GAP * took : took;
+      /* while the program is calling the allocator (freeing much of its
+       * heap, typically), the passes keep to the periodic rate */
+      if (active && period > 0 && gap < (uint64_t)period * 1000000u) gap = (uint64_t)period * 1000000u;
+      *wait_ns = gap > THREAD_MIN_GAP_NS ? gap : THREAD_MIN_GAP_NS;
+      return true;
+    }
+  }
+  bool done = !meshing || th.idle_sweeps > 0;
+  uint64_t decay = decay_wait_ns(now);
+  if (!keep && done && quiet && !decay) return false;
+  /* the next pass is due a wait after the last one; a sweep that found
+   * nothing makes the wait longer each time while the program is busy (up
+   * to 64 periods): idle sweeps cost scans for nothing */
+  uint64_t next = UINT64_MAX;
+  if (meshing && wait != UINT64_MAX) {
+    unsigned backoff = keep ? 0 : th.idle_sweeps < PACE_MAX_LEVEL ? th.idle_sweeps : PACE_MAX_LEVEL;
+    uint64_t since = _mesh_os_now_ns() - _mesh_last_pass_ns();
+    next = wait << backoff;
+    next = next > since ? next - since : 1;
+  }
+  if (decay && decay < next) next = decay;
+  if (next == UINT64_MAX) next = 1000000000u; /* nothing to time: look again in a second */
+  *wait_ns = next;
+  return true;
+}
+
+static void *thread_main(void *arg) {
+  (void)arg;
+  uint64_t wait_ns = 0;
+  for (;;) {
+    pthread_mutex_lock(&thread_lock);
+    if (wait_ns && !thread_stop) {
+      struct timespec ts;
+      clock_gettime(CLOCK_MONOTONIC, &ts);
+      uint64_t t = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + wait_ns;
+      ts.tv_sec = (time_t)(t / 1000000000u);
+      ts.tv_nsec = (long)(t % 1000000000u);
+      while (!thread_stop && pthread_cond_timedwait(&thread_cond, &thread_lock, &ts) != ETIMEDOUT) {
+      }
+    }
+    bool stop = thread_stop;
+    pthread_mutex_unlock(&thread_lock);
+    if (stop) break;
+    /* the mapping budget counts the program's own mappings, read (outside
+     * the lock: a big maps file takes milliseconds) as each sweep starts */
+    if (th.recount) _mesh_count_other_mappings(), th.recount = false;
+    _mesh_lock();
+    bool go_on = thread_turn(&wait_ns);
+    if (!go_on) mesh_store_relaxed(&thread_active, false);
+    _mesh_unlock();
+    if (!go_on) break;
+  }
+  pthread_mutex_lock(&thread_lock);
+  thread_alive = false;
+  pthread_cond_broadcast(&thread_cond);
+  pthread_mutex_unlock(&thread_lock);
+  return NULL;
+}
+
+void _mesh_mesher_poll_slow(void) {
+  if (pthread_mutex_trylock(&thread_lock) != 0) return; /* someone is at it (or fork) */
+  if (thread_not_before && _mesh_os_now_ns() < thread_not_before) { /* wanted stays set */
+    pthread_mutex_unlock(&thread_lock);
+    return;
+  }
+  if (!mesh_exchange_acq_rel(&_mesh_mesher_wanted, false) || thread_alive || thread_failed ||
+      mesh_load_acquire(&_mesh_init_state) != 2) {
+    pthread_mutex_unlock(&thread_lock);
+    return;
+  }
+  if (thread_joinable) pthread_join(thread_id, NULL); /* it has left its loop: at once */
+  thread_joinable = false;
+  /* before pthread_create, which may call malloc: its triggers must see
+   * the thread as running, not ask for another */
+  mesh_store_relaxed(&thread_active, true);
+  thread_alive = true;
+  thread_stop = false;
+  th.backlog = true; /* a first pass at once: the trigger found work */
+  th.idle_sweeps = 0;
+  th.streak_first = 0;
+  th.win_passes = 0;
+  th.win_pages = 0;
+  th.recount = true;
+  th.active_ns = th.cpu_wall = _mesh_os_now_ns();
+  th.cpu_others = _mesh_os_process_cpu_ns(); /* (the thread's own CPU time starts at 0) */
+  th.busy = true; /* until a window says otherwise */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old); /* the thread inherits it: no handler runs there */
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 64 * 1024);
+  int rc = pthread_create(&thread_id, &attr, thread_main, NULL);
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (rc == 0) {
+    thread_joinable = true;
+    mesh_stat_add(mesher_thread_starts, 1);
+  } else {
+    thread_alive = false;
+    thread_failed = true;
+    mesh_store_relaxed(&thread_active, false);
+    _mesh_warning("cannot start the meshing thread (error %d); meshing runs inside malloc and free only", rc);
+  }
+  pthread_mutex_unlock(&thread_lock);
+}
+
+void _mesh_mesher_start_background(void) {
+  if (mesh_opt(MESH_OPT_BACKGROUND_MS) <= 0) return;
+  mesh_store_relaxed(&_mesh_mesher_wanted, true);
+  _mesh_mesher_poll_slow();
+}
+
+bool _mesh_mesher_running(void) { return mesh_load_relaxed(&thread_active); }
+
+/* fork: stop the thread before the allocator's locks are taken (it may be
+ * in a pass, which ends within the pause bound) and keep thread_lock until
+ * after the fork, so that no new one starts in between. */
+void _mesh_mesher_before_fork(void) {
+  pthread_mutex_lock(&thread_lock);
+  thread_restart = false;
+  if (thread_alive) {
+    thread_stop = true;
+    pthread_cond_broadcast(&thread_cond);
+    while (thread_alive) pthread_cond_wait(&thread_cond, &thread_lock);
+    thread_restart = true;
+  }
+  if (thread_joinable) pthread_join(thread_id, NULL);
+  thread_joinable = false;
+  thread_stop = false;
+  mesh_store_relaxed(&thread_active, false);
+}
+
+void _mesh_mesher_after_fork(bool child) {
+  bool again = thread_restart || mesh_opt(MESH_OPT_BACKGROUND_MS) > 0;
+  thread_restart = false;
+  /* not at once: CPython 3.12+ counts the process's threads right after
+   * fork returns (to warn about forking with threads), and the malloc of
+   * that very check could start it */
+  thread_not_before = _mesh_os_now_ns() + RESTART_DELAY_NS;
+  if (again) mesh_store_relaxed(&_mesh_mesher_wanted, true);
+  if (child) {
+    /* no thread here; the lock was held across fork by this thread */
+    pthread_mutex_init(&thread_lock, NULL);
+    pthread_cond_init(&thread_cond, NULL);
+    thread_alive = false;
+  } else {
+    pthread_mutex_unlock(&thread_lock);
+  }
+}
+
+/* ---- the inline trigger ---------------------------------------------- */
+
+void _mesh_maybe_mesh(bool span_freed) {
+  trigger_events++;
+  if (span_freed) frees_since_pass++;
+  uint64_t now = _mesh_os_now_ns();
+  decay_tick(now);
+  if (mesh_load_relaxed(&thread_active)) return; /* the thread runs the passes */
+  if (decay_wait_ns(now) && span_freed) want_thread(); /* someone must decay them if the program stops */
+  long period = mesh_opt(MESH_OPT_PERIOD_MS);
+  if (period <= 0 || !_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH)) return;
+  uint64_t last = _mesh_last_pass_ns();
+  if (now - last < pass_wait_ns(period) ||
+      /* a wait just lengthened counts from the last pass too */
+      (pace_judge() && now - last < pass_wait_ns(period))) {
+    /* not due: if much was freed, the thread runs the pass when it is,
+     * whether or not the program calls malloc or free again */
+    if (frees_since_pass >= THREAD_WAKE_FREES) want_thread();
+    return;
+  }
+  bool more;
+  size_t freed = paced_pass(MESH_PASS_triggered, &more);
+  frees_since_pass = 0;
+  /* out of time with work left: the thread goes on with it, off the
+   * program's path, instead of one pass per period */
+  if (more && freed > 0 && mesh_stat_get(mesh_pace_level) == 0) want_thread();
+}
+
+void _mesh_triggers_init(void) { decay_epoch_ns = _mesh_os_now_ns(); }
