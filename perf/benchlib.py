@@ -307,10 +307,34 @@ def meshalloc_stats() -> Dict[str, int]:
     return dict(s.to_dict() if hasattr(s, "to_dict") else s)
 
 
+# The idle period after a fragmentation workload's frees, seconds (full
+# scale; shorter at the small scales): what a program gets with no API call.
+IDLE_S = 3.0
+
+
 def settle(actual: Dict[str, object]) -> Dict[str, object]:
-    """The 'after compaction' step: gc.collect(), then meshalloc.compact()
-    when meshalloc is the allocator; nothing else otherwise (no malloc_trim:
-    the default allocators are measured as a program would see them)."""
+    """The 'settled' step: what the program gets with no API call. The
+    workload goes on lightly for IDLE_S seconds (a few small allocations
+    every 100 ms, as a service between requests does), so that whatever the
+    allocator does by itself (meshalloc's meshing thread, inline passes,
+    decay of free pages) has happened. No gc.collect(), no compact(): the
+    explicit figure is taken after it (:func:`compact_step`)."""
+    idle = IDLE_S * min(1.0, max(0.1, SCALES[_scale_name]))
+    t0 = time.perf_counter()
+    keep: List[object] = []
+    while time.perf_counter() - t0 < idle:
+        time.sleep(0.1)
+        keep.append(["idle-%d" % i for i in range(10)])
+        if len(keep) > 5:
+            keep.pop(0)
+    return {"idle_s": round(idle, 3)}
+
+
+def compact_step(actual: Dict[str, object]) -> Dict[str, object]:
+    """The 'compacted' step, after the settled PSS was read: gc.collect(),
+    then meshalloc.compact() when meshalloc is the allocator; nothing else
+    otherwise (no malloc_trim: the default allocators are measured as a
+    program would see them)."""
     import gc
     t0 = time.perf_counter()
     gc.collect()
@@ -319,7 +343,7 @@ def settle(actual: Dict[str, object]) -> Dict[str, object]:
         import meshalloc
         r = meshalloc.compact()
         out = {"compact_pages_freed": int(r.pages_freed), "compact_pause_s": float(r.pause_seconds)}
-    out["settle_s"] = time.perf_counter() - t0
+    out["compact_s"] = time.perf_counter() - t0
     return out
 
 
@@ -360,6 +384,9 @@ class Context:
 
     def settle(self) -> Dict[str, object]:
         return settle(self.actual)
+
+    def compact(self) -> Dict[str, object]:
+        return compact_step(self.actual)
 
 
 def make_runner(kind: str, description: str = "") -> Context:
@@ -452,24 +479,37 @@ def _never_called(loops):  # pragma: no cover - only workers run benchmarks
     raise AssertionError("the manager process does not run benchmarks")
 
 
+# meshalloc's passes by who ran them (stats fields <what>_<kind>)
+PASS_KINDS = ("triggered", "thread", "compact")
+PASS_FIELDS = ("passes", "meshes", "pages", "pass_ns")
+
+
 def frag_result(rec: PssRecorder, base: int, peak: int, after_free: int, settled: int, live: int,
-                extra: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+                extra: Optional[Dict[str, object]] = None, ctx: "Optional[Context]" = None) -> Dict[str, object]:
     """The dict a fragmentation workload returns: PSS above the process's
-    baseline at the peak, after the frees and after settling, the live bytes,
-    and recovery = (peak - settled) / (peak - live)."""
+    baseline at the peak, after the frees, settled (after an idle period,
+    no API call: the headline) and compacted (then gc.collect() and, under
+    meshalloc, compact(): taken here, after the settled figure), the live
+    bytes, and recovery = (peak - settled) / (peak - live)."""
     peak = max(peak, rec.peak - base)
     out: Dict[str, object] = {"base": base, "peak": peak, "after_free": after_free, "settled": settled,
-                              "live": live, "pss_series": rec.series_json(base)}
-    denom = peak - live
-    out["recovery"] = round((peak - settled) / denom, 4) if denom > 0 else 0.0
+                              "live": live}
     if extra:
         out.update(extra)
+    if ctx is not None:
+        out.update(ctx.compact())
+        out["compacted"] = rec.mark("compacted") - base
+    out["pss_series"] = rec.series_json(base)
+    denom = peak - live
+    out["recovery"] = round((peak - settled) / denom, 4) if denom > 0 else 0.0
     if "compact_pages_freed" in out:
-        # meshalloc compacted: what limits meshing in a big heap is the kernel
-        # mappings it used. Read only now, after the settled PSS: the first
-        # stats() call imports and allocates (1.6 MiB of PSS on frag_sparse).
+        # meshalloc: what limits meshing in a big heap is the kernel mappings
+        # it used; and who meshed (inline passes, the meshing thread,
+        # compact()). Read only now, after the PSS figures: the first stats()
+        # call imports and allocates (1.6 MiB of PSS on frag_sparse).
         st = meshalloc_stats()
-        for k in ("mesh_count", "mesh_adjacent", "arena_mappings", "mesh_budget_stops"):
+        for k in ("mesh_count", "mesh_adjacent", "arena_mappings", "mesh_budget_stops", "mesher_thread_starts") + \
+                tuple("%s_%s" % (f, kind) for kind in PASS_KINDS for f in PASS_FIELDS):
             if k in st:
                 out[k] = int(st[k])
     return out

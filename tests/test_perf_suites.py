@@ -89,10 +89,11 @@ def test_benchmark_runs_once_in_smoke_mode_and_records_its_configuration(name, h
     if name.startswith("frag_"):
         m = md[0]
         assert bench.get_unit() == "byte"
-        for key in ("peak", "after_free", "settled", "live", "recovery", "base"):
+        for key in ("peak", "after_free", "settled", "compacted", "live", "recovery", "base"):
             assert "frag_" + key in m, key
         series = json.loads(m["frag_pss_series"])
-        assert len(series) >= 4 and series[-1][2] == "settled"
+        # settled (no API call) comes first, then the explicit compaction
+        assert len(series) >= 5 and [s[2] for s in series[-2:]] == ["settled", "compacted"]
         assert m["frag_peak"] >= m["frag_settled"] > 0
 
 

@@ -197,8 +197,15 @@ static bool program_busy(uint64_t now) {
   return th.busy;
 }
 
-static void want_thread(void) {
+/* A thread that left is not asked back for this long, except for work a
+ * pass could not finish: a program with light steady activity would
+ * otherwise start one for each few span frees. */
+#define THREAD_REST_NS 1000000000u
+static uint64_t thread_left_ns; /* (lock) when the last thread decided to leave */
+
+static void want_thread(bool backlog) {
   if (!mesh_opt(MESH_OPT_MESHER_THREAD) || mesh_load_relaxed(&thread_active)) return;
+  if (!backlog && thread_left_ns && _mesh_os_now_ns() - thread_left_ns < THREAD_REST_NS) return;
   mesh_store_relaxed(&_mesh_mesher_wanted, true);
 }
 
@@ -269,7 +276,9 @@ static bool thread_turn(uint64_t *wait_ns) {
   }
   bool done = !meshing || th.idle_sweeps > 0;
   uint64_t decay = decay_wait_ns(now);
-  if (!keep && done && quiet && !decay) return false;
+  /* done, and the program quiet, or busy but two whole sweeps found
+   * nothing: a program with a little steady activity is not kept a thread */
+  if (!keep && done && (quiet || th.idle_sweeps >= 2) && !decay) return false;
   /* the next pass is due a wait after the last one; a sweep that found
    * nothing makes the wait longer each time while the program is busy (up
    * to 64 periods): idle sweeps cost scans for nothing */
@@ -308,7 +317,7 @@ static void *thread_main(void *arg) {
     if (th.recount) _mesh_count_other_mappings(), th.recount = false;
     _mesh_lock();
     bool go_on = thread_turn(&wait_ns);
-    if (!go_on) mesh_store_relaxed(&thread_active, false);
+    if (!go_on) mesh_store_relaxed(&thread_active, false), thread_left_ns = _mesh_os_now_ns();
     _mesh_unlock();
     if (!go_on) break;
   }
@@ -419,7 +428,7 @@ void _mesh_maybe_mesh(bool span_freed) {
   uint64_t now = _mesh_os_now_ns();
   decay_tick(now);
   if (mesh_load_relaxed(&thread_active)) return; /* the thread runs the passes */
-  if (decay_wait_ns(now) && span_freed) want_thread(); /* someone must decay them if the program stops */
+  if (decay_wait_ns(now) && span_freed) want_thread(false); /* someone must decay them if the program stops */
   long period = mesh_opt(MESH_OPT_PERIOD_MS);
   if (period <= 0 || !_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH)) return;
   uint64_t last = _mesh_last_pass_ns();
@@ -428,7 +437,7 @@ void _mesh_maybe_mesh(bool span_freed) {
       (pace_judge() && now - last < pass_wait_ns(period))) {
     /* not due: if much was freed, the thread runs the pass when it is,
      * whether or not the program calls malloc or free again */
-    if (frees_since_pass >= THREAD_WAKE_FREES) want_thread();
+    if (frees_since_pass >= THREAD_WAKE_FREES) want_thread(false);
     return;
   }
   bool more;
@@ -436,7 +445,7 @@ void _mesh_maybe_mesh(bool span_freed) {
   frees_since_pass = 0;
   /* out of time with work left: the thread goes on with it, off the
    * program's path, instead of one pass per period */
-  if (more && freed > 0 && mesh_stat_get(mesh_pace_level) == 0) want_thread();
+  if (more && freed > 0 && mesh_stat_get(mesh_pace_level) == 0) want_thread(true);
 }
 
 void _mesh_triggers_init(void) { decay_epoch_ns = _mesh_os_now_ns(); }

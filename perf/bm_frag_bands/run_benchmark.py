@@ -54,7 +54,7 @@ def workload(ctx):
     settled = rec.mark("settled") - base
     live = benchlib.live_size([kept])
     return benchlib.frag_result(rec, base, peak, after_free, settled, live,
-                                {"strings": total, "kept": len(kept), **info})
+                                {"strings": total, "kept": len(kept), **info}, ctx=ctx)
 
 
 if __name__ == "__main__":

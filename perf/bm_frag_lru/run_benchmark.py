@@ -73,7 +73,7 @@ def workload(ctx):
     settled = rec.mark("settled") - base
     live = benchlib.live_size([cache])  # OrderedDict.__sizeof__ includes its node table
     return benchlib.frag_result(rec, base, peak, after_free, settled, live,
-                                {"entries": len(cache), "hits": hits, "evictions": evictions, **info})
+                                {"entries": len(cache), "hits": hits, "evictions": evictions, **info}, ctx=ctx)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def workload(ctx):
     live = benchlib.live_size([kept])
     assert all(x is not None for x in kept)
     return benchlib.frag_result(rec, base, peak, after_free, settled, live,
-                                {"objects": n, "kept": len(kept), **info})
+                                {"objects": n, "kept": len(kept), **info}, ctx=ctx)
 
 
 if __name__ == "__main__":
