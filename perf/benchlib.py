@@ -312,7 +312,7 @@ def meshalloc_stats() -> Dict[str, int]:
 IDLE_S = 3.0
 
 
-def settle(actual: Dict[str, object]) -> Dict[str, object]:
+def settle() -> Dict[str, object]:
     """The 'settled' step: what the program gets with no API call. The
     workload goes on lightly for IDLE_S seconds (a few small allocations
     every 100 ms, as a service between requests does), so that whatever the
@@ -383,7 +383,7 @@ class Context:
         return bool(self.runner.args.worker)
 
     def settle(self) -> Dict[str, object]:
-        return settle(self.actual)
+        return settle()
 
     def compact(self) -> Dict[str, object]:
         return compact_step(self.actual)

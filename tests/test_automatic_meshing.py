@@ -45,12 +45,7 @@ def test_fork_stops_the_meshing_thread_and_both_processes_go_on(helpers, cbuild,
 PY_CHILD = textwrap.dedent("""
     import json, os, random, sys, time
     import meshalloc
-
-    def pss():
-        with open("/proc/self/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
+    from meshalloc._stats import read_pss as pss
 
     def threads():
         with open("/proc/self/status") as f:

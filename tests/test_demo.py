@@ -24,7 +24,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 
 def test_demo_runs_from_the_repository_root_as_the_readme_says(helpers):
-    """The README runs ``pip install . && python -m meshalloc demo`` in the
+    """The README runs ``pip install ".[test]" && python -m meshalloc demo`` in the
     checkout, where the unbuilt source tree comes first on sys.path."""
     probe = helpers.run([sys.executable, "-c", "import meshalloc.demo"], timeout=60, cwd="/", env=helpers.env())
     if probe.returncode != 0:

@@ -424,7 +424,6 @@ MESH_INLINE void mesh_mesher_poll(void) {
   if (mesh_unlikely(mesh_load_relaxed(&_mesh_mesher_wanted))) _mesh_mesher_poll_slow();
 }
 void _mesh_mesher_start_background(void); /* after init, outside every lock */
-bool _mesh_mesher_running(void);
 void _mesh_mesher_before_fork(void);
 void _mesh_mesher_after_fork(bool child);
 

@@ -122,17 +122,16 @@ static uint64_t decay_wait_ns(uint64_t now) {
  * worth a look even if the program never triggers again. */
 #define THREAD_WAKE_FREES 64
 /* Least gap between back-to-back passes of the thread, ns. Back to back
- * means a gap as long as the pass (at most half of one CPU), and only while
- * the program is quiet: each mesh's mprotect, mmap and punch interrupt every
- * CPU that runs the program (TLB shootdowns, a VM exit each on a virtual
- * machine), and the program then faults on the pages remapped under it.
- * Measured on the 2-CPU VM, a loop deleting 900 k of 1 M dict entries took
- * 3.3 s instead of 1.9 s with the thread meshing beside it, whatever the
- * gap (1x to 32x the pass): ~29 us of the program's time per mesh. So while
- * the program calls the allocator's slow paths (a trigger event since the
- * last turn) the thread keeps to the periodic rate, as inline passes do,
- * and while its threads run without calling them (more than 1/BUSY_SHARE
- * of one CPU since the last turn) the gap is BUSY_GAP times the pass. */
+ * means a gap as long as the pass (at most half of one CPU) while the
+ * program is quiet, and BUSY_GAP times the pass while it is busy
+ * (program_busy): each mesh's mprotect, mmap and punch interrupt every CPU
+ * that runs the program (TLB shootdowns, a VM exit each on a virtual
+ * machine), a pass holds the global lock its slow paths need, and the
+ * program then faults on the pages remapped under it. Measured on the 2-CPU
+ * VM (a loop deleting 900 k of 1 M dict entries, then 3 s of light
+ * activity; 3 runs each, interleaved): with the gap at 1x the pass while
+ * busy, the loop took 2.39-2.49 s and the process settled at 79-80 MiB;
+ * at 8x, 2.10-2.11 s (2.06-2.09 s without the thread) and 74-75 MiB. */
 #define THREAD_MIN_GAP_NS 200000u
 #define BUSY_GAP 8
 #define BUSY_SHARE 4
@@ -146,7 +145,7 @@ static uint64_t decay_wait_ns(uint64_t now) {
 #define THREAD_WINDOW 8
 
 static pthread_mutex_t thread_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t thread_cond = PTHREAD_COND_INITIALIZER; /* (thread_lock) stop and exit */
+static pthread_cond_t thread_cond; /* (thread_lock) stop and exit; on CLOCK_MONOTONIC (cond_init) */
 static pthread_t thread_id;                                    /* (thread_lock) */
 static bool thread_alive;    /* (thread_lock) created and not yet out of its loop */
 static bool thread_joinable; /* (thread_lock) created and not yet joined */
@@ -167,13 +166,13 @@ static uint64_t trigger_events, frees_since_pass;
 
 /* (lock, thread only) The thread's view of its sweeps. */
 static struct {
-  uint64_t events_seen;
+  uint64_t events_seen;   /* trigger_events at program_busy's last reading */
   uint64_t sweep_freed;  /* pages freed since the current sweep of every class began */
   uint64_t streak_first; /* pages of the first sweep of the streak of back-to-back sweeps */
   unsigned idle_sweeps;  /* whole sweeps in a row that meshed nothing */
-  bool backlog;          /* the last pass ran out of time with work left */
+  bool backlog;          /* work is left that pays: the next pass follows after a short gap */
   bool recount;          /* count the program's mappings before the next turn */
-  uint64_t active_ns;    /* the last turn that saw trigger events */
+  uint64_t active_ns;    /* the last turn that found the program busy */
   uint64_t cpu_wall, cpu_others; /* program_busy's last reading */
   bool busy;             /* and its verdict */
   unsigned win_passes;   /* back-to-back passes in the current window */
@@ -181,31 +180,40 @@ static struct {
   uint64_t last_judge;   /* when pacing last judged the thread's passes */
 } th;
 
-/* Whether the program's other threads ran more than 1/BUSY_SHARE of a CPU
- * (the thread's own CPU time taken out), judged over windows of at least
- * BUSY_WINDOW_NS: the kernel adds up other threads' CPU time at scheduler
- * ticks, so a shorter window reads noise. */
+/* Whether the program is busy: its other threads ran more than
+ * 1/BUSY_SHARE of a CPU (the thread's own CPU time taken out), or it made
+ * BUSY_EVENTS or more triggering allocator calls (slow paths that take the
+ * lock), judged over windows of at least BUSY_WINDOW_NS: the kernel adds up
+ * other threads' CPU time at scheduler ticks, so a shorter window reads
+ * noise, and a program with a little steady activity (a few allocations
+ * every 100 ms) is not busy. */
 #define BUSY_WINDOW_NS 20000000u
+#define BUSY_EVENTS 4
 static bool program_busy(uint64_t now) {
   uint64_t dw = now - th.cpu_wall;
   if (dw < BUSY_WINDOW_NS) return th.busy;
   uint64_t others = _mesh_os_process_cpu_ns() - _mesh_os_thread_cpu_ns();
   uint64_t dc = others - th.cpu_others;
+  th.busy = dc * BUSY_SHARE > dw || trigger_events - th.events_seen >= BUSY_EVENTS;
   th.cpu_wall = now;
   th.cpu_others = others;
-  th.busy = dc * BUSY_SHARE > dw;
+  th.events_seen = trigger_events;
   return th.busy;
 }
 
-/* A thread that left is not asked back for this long, except for work a
- * pass could not finish: a program with light steady activity would
- * otherwise start one for each few span frees. */
-#define THREAD_REST_NS 1000000000u
-static uint64_t thread_left_ns; /* (lock) when the last thread decided to leave */
+/* The thread's timed waits count on the clock of _mesh_os_now_ns: a
+ * default condition counts on CLOCK_REALTIME, where a monotonic deadline
+ * is decades past and every wait would end at once. */
+static void cond_init(void) {
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(&thread_cond, &a);
+  pthread_condattr_destroy(&a);
+}
 
-static void want_thread(bool backlog) {
+static void want_thread(void) {
   if (!mesh_opt(MESH_OPT_MESHER_THREAD) || mesh_load_relaxed(&thread_active)) return;
-  if (!backlog && thread_left_ns && _mesh_os_now_ns() - thread_left_ns < THREAD_REST_NS) return;
   mesh_store_relaxed(&_mesh_mesher_wanted, true);
 }
 
@@ -217,9 +225,7 @@ static bool thread_turn(uint64_t *wait_ns) {
   long period = mesh_opt(MESH_OPT_PERIOD_MS), bg = mesh_opt(MESH_OPT_BACKGROUND_MS);
   bool keep = bg > 0; /* background_ms: the thread lives as long as the process */
   bool meshing = _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && (period > 0 || bg > 0);
-  bool active = trigger_events != th.events_seen;
-  th.events_seen = trigger_events;
-  if (active) th.active_ns = now;
+  if (program_busy(now)) th.active_ns = now;
   bool quiet = now - th.active_ns >= QUIET_NS;
   decay_tick(now);
   if (!keep && !mesh_opt(MESH_OPT_MESHER_THREAD)) return false;
@@ -266,10 +272,7 @@ static bool thread_turn(uint64_t *wait_ns) {
     }
     if (mesh_stat_get(mesh_pace_level) > 0) th.backlog = false; /* the program takes the pages back */
     if (th.backlog) {
-      uint64_t gap = program_busy(now) ? BUSY_GAP * took : took;
-      /* while the program is calling the allocator (freeing much of its
-       * heap, typically), the passes keep to the periodic rate */
-      if (active && period > 0 && gap < (uint64_t)period * 1000000u) gap = (uint64_t)period * 1000000u;
+      uint64_t gap = th.busy ? BUSY_GAP * took : took;
       *wait_ns = gap > THREAD_MIN_GAP_NS ? gap : THREAD_MIN_GAP_NS;
       return true;
     }
@@ -301,11 +304,8 @@ static void *thread_main(void *arg) {
   for (;;) {
     pthread_mutex_lock(&thread_lock);
     if (wait_ns && !thread_stop) {
-      struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      uint64_t t = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + wait_ns;
-      ts.tv_sec = (time_t)(t / 1000000000u);
-      ts.tv_nsec = (long)(t % 1000000000u);
+      uint64_t t = _mesh_os_now_ns() + wait_ns; /* the condition's clock */
+      struct timespec ts = {(time_t)(t / 1000000000u), (long)(t % 1000000000u)};
       while (!thread_stop && pthread_cond_timedwait(&thread_cond, &thread_lock, &ts) != ETIMEDOUT) {
       }
     }
@@ -317,7 +317,7 @@ static void *thread_main(void *arg) {
     if (th.recount) _mesh_count_other_mappings(), th.recount = false;
     _mesh_lock();
     bool go_on = thread_turn(&wait_ns);
-    if (!go_on) mesh_store_relaxed(&thread_active, false), thread_left_ns = _mesh_os_now_ns();
+    if (!go_on) mesh_store_relaxed(&thread_active, false);
     _mesh_unlock();
     if (!go_on) break;
   }
@@ -382,8 +382,6 @@ void _mesh_mesher_start_background(void) {
   _mesh_mesher_poll_slow();
 }
 
-bool _mesh_mesher_running(void) { return mesh_load_relaxed(&thread_active); }
-
 /* fork: stop the thread before the allocator's locks are taken (it may be
  * in a pass, which ends within the pause bound) and keep thread_lock until
  * after the fork, so that no new one starts in between. */
@@ -413,7 +411,7 @@ void _mesh_mesher_after_fork(bool child) {
   if (child) {
     /* no thread here; the lock was held across fork by this thread */
     pthread_mutex_init(&thread_lock, NULL);
-    pthread_cond_init(&thread_cond, NULL);
+    cond_init();
     thread_alive = false;
   } else {
     pthread_mutex_unlock(&thread_lock);
@@ -428,7 +426,7 @@ void _mesh_maybe_mesh(bool span_freed) {
   uint64_t now = _mesh_os_now_ns();
   decay_tick(now);
   if (mesh_load_relaxed(&thread_active)) return; /* the thread runs the passes */
-  if (decay_wait_ns(now) && span_freed) want_thread(false); /* someone must decay them if the program stops */
+  if (decay_wait_ns(now) && span_freed) want_thread(); /* someone must decay them if the program stops */
   long period = mesh_opt(MESH_OPT_PERIOD_MS);
   if (period <= 0 || !_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH)) return;
   uint64_t last = _mesh_last_pass_ns();
@@ -437,7 +435,7 @@ void _mesh_maybe_mesh(bool span_freed) {
       (pace_judge() && now - last < pass_wait_ns(period))) {
     /* not due: if much was freed, the thread runs the pass when it is,
      * whether or not the program calls malloc or free again */
-    if (frees_since_pass >= THREAD_WAKE_FREES) want_thread(false);
+    if (frees_since_pass >= THREAD_WAKE_FREES) want_thread();
     return;
   }
   bool more;
@@ -445,7 +443,10 @@ void _mesh_maybe_mesh(bool span_freed) {
   frees_since_pass = 0;
   /* out of time with work left: the thread goes on with it, off the
    * program's path, instead of one pass per period */
-  if (more && freed > 0 && mesh_stat_get(mesh_pace_level) == 0) want_thread(true);
+  if (more && freed > 0 && mesh_stat_get(mesh_pace_level) == 0) want_thread();
 }
 
-void _mesh_triggers_init(void) { decay_epoch_ns = _mesh_os_now_ns(); }
+void _mesh_triggers_init(void) {
+  decay_epoch_ns = _mesh_os_now_ns();
+  cond_init();
+}
