@@ -370,10 +370,9 @@ size_t _mesh_arena_scavenge(void) { return scavenge_to(0); }
 
 uint64_t _mesh_arena_decay(void) {
   uint64_t d = mesh_stat_get(dirty_pages), unused = dirty_low_mark < d ? dirty_low_mark : d;
-  uint64_t before = mesh_stat_get(pages_punched);
-  if (unused) scavenge_to(d - unused);
+  size_t punched = unused ? scavenge_to(d - unused) : 0;
   dirty_low_mark = mesh_stat_get(dirty_pages);
-  return mesh_stat_get(pages_punched) - before;
+  return punched >> MESH_PAGE_SHIFT;
 }
 
 /* Over max_dirty_mb, return pages down to half of it: the hysteresis keeps

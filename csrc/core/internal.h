@@ -414,7 +414,8 @@ void _mesh_count_other_mappings(void); /* without the lock: refresh the mapping 
 /* ---- trigger.c ------------------------------------------------------ */
 void _mesh_triggers_init(void);
 /* Lock held: counts the event and runs a bounded pass when one is due;
- * span_freed: a free made a detached span partial or empty. */
+ * span_freed: a free made a detached span partial or empty, or freed a
+ * large block. */
 void _mesh_maybe_mesh(bool span_freed);
 extern _Atomic bool _mesh_mesher_wanted;
 void _mesh_mesher_poll_slow(void);

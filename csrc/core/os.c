@@ -136,27 +136,24 @@ uint64_t _mesh_os_random(void) {
   return (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ULL ^ (uint64_t)(uintptr_t)&v ^ (uint64_t)getpid() << 32;
 }
 
-uint64_t _mesh_os_now_ns(void) {
+/* A clock in ns; 0 if it cannot be read. */
+static uint64_t clock_ns(clockid_t clock) {
   struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  if (clock_gettime(clock, &ts) != 0) return 0;
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+uint64_t _mesh_os_now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
 
 /* The calling thread's CPU time: the scheduler's run time for it, which
  * leaves out time spent preempted and (with paravirtual steal accounting)
  * time the VM's vCPU was not running. A system call, not a vDSO read: for
  * once-per-pass use. */
-uint64_t _mesh_os_thread_cpu_ns(void) {
-  struct timespec ts;
-  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return 0;
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+uint64_t _mesh_os_thread_cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
-uint64_t _mesh_os_process_cpu_ns(void) {
-  struct timespec ts;
-  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+/* Every thread's CPU time; other threads' is brought up to date at
+ * scheduler ticks, so read it over windows of tens of ms. */
+uint64_t _mesh_os_process_cpu_ns(void) { return clock_ns(CLOCK_PROCESS_CPUTIME_ID); }
 
 bool _mesh_os_secure(void) { return getauxval(AT_SECURE) != 0; }
 
