@@ -108,6 +108,8 @@ typedef struct mesh_class_stats_s {
 MESH_API int    mesh_class_stats(mesh_class_stats_t *out, int n);
 /* Writes the MALLOCSTATS summary to file descriptor fd. */
 MESH_API void   mesh_stats_print(int fd);
+/* Every field of the stats table, one "name value" line each. */
+MESH_API void   mesh_stats_print_all(int fd);
 
 #ifdef __cplusplus
 }

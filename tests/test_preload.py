@@ -195,6 +195,20 @@ def test_mallocstats_prints_the_summary_at_exit(helpers, preload):
     assert v["MESH COUNT:"] >= 0 and v["Meshed MB HWM:"] >= 0
 
 
+def test_mallocstats_2_prints_every_stats_field(helpers, preload):
+    code = "x = [str(i) * 3 for i in range(200000)]; del x[::2]; print('done')"
+    r = helpers.run([sys.executable, "-c", code], timeout=120,
+                    env=preload(PYTHONMALLOC="malloc", MALLOCSTATS="2"))
+    helpers.assert_ok(r, "python with MALLOCSTATS=2")
+    text = r.stdout + r.stderr
+    summary_values(text)  # the summary comes first
+    fields = dict(line.split() for line in text.splitlines() if re.fullmatch(r"[a-z_0-9]+ +[0-9]+", line))
+    from meshalloc._stats import CORE_FIELDS
+    assert list(fields) == list(CORE_FIELDS), set(fields) ^ set(CORE_FIELDS)
+    assert int(fields["small_objects_in_use"]) > 0
+    assert int(fields["passes_triggered"]) + int(fields["passes_thread"]) == int(fields["mesh_passes"])
+
+
 def test_mallocstats_is_silent_when_unset(helpers, preload, tmp_path):
     (tmp_path / "x.txt").write_text("b\na\n")
     r = helpers.run(["sort", tmp_path / "x.txt"], timeout=60, env=preload())

@@ -138,3 +138,10 @@ void mesh_stats_print(int fd) {
                 (unsigned long long)(v[MESH_CTR_mesh_pause_cpu_ns_max] / 1000),
                 d[MESH_DER_meshing_available] ? "available (memfd arena)" : "off (anonymous arena)");
 }
+
+void mesh_stats_print_all(int fd) {
+  uint64_t v[STATS_TOTAL];
+  stats_fill(v, true);
+  for (int i = 0; i < STATS_TOTAL; i++)
+    _mesh_dprintf(fd, "%-28s %llu\n", names[i], (unsigned long long)v[i]);
+}

@@ -67,7 +67,9 @@ __attribute__((constructor)) static void libmesh_init(void) {
 
 __attribute__((destructor)) static void libmesh_fini(void) {
   const char *s = _mesh_os_getenv("MALLOCSTATS");
-  if (s && *s && !(s[0] == '0' && !s[1]) && mesh_load_acquire(&_mesh_init_state) == 2) mesh_stats_print(2);
+  if (!s || !*s || (s[0] == '0' && !s[1]) || mesh_load_acquire(&_mesh_init_state) != 2) return;
+  mesh_stats_print(2);
+  if (s[0] == '2' && !s[1]) mesh_stats_print_all(2); /* MALLOCSTATS=2: every counter too */
 }
 
 /* ---- SIGSEGV handlers stay chained behind the write barrier ------------ */

@@ -103,6 +103,26 @@ def libmesh_loaded() -> bool:
         return any("libmesh" in line for line in f)
 
 
+def meshing_figures() -> dict:
+    """Time and work of meshalloc's passes in this process, when meshalloc is
+    the allocator (MESHALLOC=1, or libmesh.so preloaded): what pacing must
+    keep small on a churn that meshing cannot help for long. Imports
+    meshalloc only then, so the other configurations run untouched."""
+    if not (os.environ.get("MESHALLOC") or libmesh_loaded()):
+        return {}
+    try:
+        import meshalloc
+    except ImportError:  # libmesh.so preloaded into an interpreter without the package
+        return {}
+    if not (meshalloc.is_installed() or meshalloc.is_preloaded()):
+        return {}
+    st = meshalloc.stats()
+    return {"meshalloc_active": True, "mesh_pass_s": st.mesh_pause_ns_total / 1e9, "mesh_passes": st.mesh_passes,
+            "mesh_count": st.mesh_count, "meshed_pages_total": st.meshed_pages_total,
+            "dirty_pages": st.dirty_pages, "pages_decayed": st.pages_decayed,
+            "mesher_thread_starts": st.mesher_thread_starts}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=ROUNDS)
@@ -133,12 +153,17 @@ def main() -> None:
         "libmesh_loaded": libmesh_loaded(),
         "python": sys.version.split()[0],
     }
+    result.update(meshing_figures())
     if args.json:
         print(json.dumps(result))
     else:
         print("churn: %.3f s, PSS %.1f MiB, VmHWM %.1f MiB, checksum %d (PYTHONMALLOC=%s, libmesh %s)"
               % (elapsed, result["pss_kb"] / 1024, result["hwm_kb"] / 1024, checksum,
                  result["pythonmalloc"] or "(default)", "loaded" if result["libmesh_loaded"] else "not loaded"))
+        if "mesh_pass_s" in result:
+            print("meshing: %d passes, %d meshes, %.4f s in passes (%.2f %% of the run)"
+                  % (result["mesh_passes"], result["mesh_count"], result["mesh_pass_s"],
+                     100 * result["mesh_pass_s"] / elapsed))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,9 @@ def main() -> None:
 
     lib = perfutil.find_libmesh(args.lib)
     all_cfgs = perfutil.python_configs(lib)
+    # the installed extension's PyMem hooks (the start-up switch); needs
+    # meshalloc installed in --python, so it is not a default
+    all_cfgs["meshalloc"] = {"MESHALLOC": "1"}
     names = [c for c in args.configs.split(",") if c]
     for n in names:
         if n not in all_cfgs:
@@ -72,7 +75,9 @@ def main() -> None:
             res = run_one(args.python, env, extra)
             # guard against silently measuring the wrong allocator
             want_mesh = "LD_PRELOAD" in all_cfgs[n]
-            if res["libmesh_loaded"] != want_mesh or res["pythonmalloc"] != all_cfgs[n].get("PYTHONMALLOC", ""):
+            want_active = want_mesh or "MESHALLOC" in all_cfgs[n]
+            if (res["libmesh_loaded"] != want_mesh or res.get("meshalloc_active", False) != want_active
+                    or res["pythonmalloc"] != all_cfgs[n].get("PYTHONMALLOC", "")):
                 sys.exit("configuration %s did not take effect: %r" % (n, res))
             samples[n].append(res)
             line.append("%s %.2fs" % (n, res["time_s"]))
@@ -107,6 +112,12 @@ def main() -> None:
             n, row["time_s"], row["time_s_ratio"], row["time_s_paired_median"], row["time_s_paired_min"],
             row["time_s_paired_max"], row["cpu_s"], row["cpu_s_ratio"], row["cpu_s_paired_median"],
             pss / 1024, pss / ref_pss, hwm / 1024))
+    for n in names:
+        if "mesh_pass_s" in samples[n][0]:
+            frac = perfutil.median(s["mesh_pass_s"] / s["time_s"] for s in samples[n])
+            summary[n]["mesh_pass_fraction"] = frac
+            print("  %-9s time in meshing passes %.3f %% of the run (median), %d meshes in the last run"
+                  % (n, 100 * frac, samples[n][-1]["mesh_count"]))
     if "mesh" in samples and "glibc" in samples:
         for key, label in (("time_s", "wall"), ("cpu_s", "cpu")):
             paired = [a[key] / b[key] for a, b in zip(samples["mesh"], samples["glibc"])]
