@@ -131,12 +131,14 @@ class MeshBuildExt(build_ext):
 
 
 # The start-up hook. site.py executes a .pth line that starts with "import";
-# when MESHALLOC is not "1" and there is no -X meshalloc, the line imports
-# nothing (os and sys are already loaded) and costs microseconds.
+# when MESHALLOC is unset, empty or "0" and there is no -X meshalloc, the
+# line imports nothing (os and sys are already loaded) and costs
+# microseconds. Any other value goes to _autoinstall, which knows the
+# spellings (1/yes/true/on, 0/no/false/off) and warns about the rest.
 PTH_NAME = "meshalloc-autoinstall.pth"
 PTH_LINE = (
     "import os, sys; "
-    "(os.environ.get('MESHALLOC') == '1' or 'meshalloc' in sys._xoptions) "
+    "(os.environ.get('MESHALLOC', '0') not in ('', '0') or 'meshalloc' in sys._xoptions) "
     "and __import__('meshalloc')._autoinstall()\n"
 )
 

@@ -421,14 +421,29 @@ def _parse_domains(domains: object) -> int:
 
 
 def _free_threaded() -> bool:
-    # Free-threaded builds exist from 3.13 on; sysconfig costs ~2 ms to
-    # import, so it is consulted only there. (The extension also refuses at
+    # Free-threaded builds (3.13+) carry "t" in their ABI flags. Not
+    # sysconfig's Py_GIL_DISABLED: importing sysconfig at start-up imports
+    # threading and more, which the program may not want imported yet (gevent
+    # monkey-patching, test_threading). (The extension also refuses at
     # compile time when it is built for such an interpreter.)
-    if sys.version_info < (3, 13):
-        return False
-    import sysconfig
+    return sys.version_info >= (3, 13) and "t" in getattr(sys, "abiflags", "")
 
-    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+def _tracemalloc_if_started() -> "Optional[object]":
+    """The _tracemalloc module if tracing may be on, else None, without
+    importing it at start-up: tracing is on only if the tracemalloc module
+    started it (it imports _tracemalloc) or PYTHONTRACEMALLOC / -X
+    tracemalloc did."""
+    started = (
+        "_tracemalloc" in sys.modules
+        or "tracemalloc" in getattr(sys, "_xoptions", {})
+        or (not sys.flags.ignore_environment and os.environ.get("PYTHONTRACEMALLOC"))
+    )
+    if not started:
+        return None
+    import _tracemalloc
+
+    return _tracemalloc
 
 
 def install(domains: object = None, force: bool = False,
@@ -468,9 +483,8 @@ def install(domains: object = None, force: bool = False,
             "install() must be called from the main interpreter, not a "
             "subinterpreter (the allocator is process-wide)"
         )
-    import _tracemalloc
-
-    tracing = _tracemalloc.is_tracing()
+    _tracemalloc = _tracemalloc_if_started()
+    tracing = _tracemalloc is not None and _tracemalloc.is_tracing()
     if tracing and not restart_tracemalloc:
         raise InstallError(
             "tracemalloc is tracing: its hooks are on top of the allocator and "
@@ -478,7 +492,7 @@ def install(domains: object = None, force: bool = False,
             "meshalloc; call install() before tracemalloc.start(), or pass "
             "restart_tracemalloc=True"
         )
-    frames = _tracemalloc.get_traceback_limit() if tracing else 0
+    frames = _tracemalloc.get_traceback_limit() if _tracemalloc is not None and tracing else 0
     if tracing:
         _tracemalloc.stop()
     try:
@@ -486,7 +500,8 @@ def install(domains: object = None, force: bool = False,
     finally:
         if tracing:
             _tracemalloc.start(frames)
-    _register_gc_callback()
+    if not _in_autoinstall or "gc" in sys.modules:
+        _register_gc_callback()
     return bool(changed)
 
 
@@ -613,26 +628,54 @@ def _debug_hooks_reason() -> "Optional[str]":
 
 
 _autoinstall_done = False
+_in_autoinstall = False
+
+_ON = ("1", "yes", "true", "on")
+_OFF = ("", "0", "no", "false", "off")
+
+
+def _switch(value: "object", what: str) -> "Optional[bool]":
+    """True/False for the usual spellings of on and off (any case), None
+    (after one warning line) for anything else."""
+    if value is True:  # a bare -X meshalloc
+        return True
+    v = str(value).strip().lower()
+    if v in _ON:
+        return True
+    if v in _OFF:
+        return False
+    sys.stderr.write(
+        "meshalloc: %s=%s is not understood (on: 1, yes, true, on; off: 0, no, false, off); "
+        "meshalloc stays off\n" % (what, value)
+    )
+    return None
 
 
 def _autoinstall() -> None:
-    """Called by meshalloc-autoinstall.pth when ``MESHALLOC=1`` or
-    ``-X meshalloc``. Never raises: a refusal is one line on stderr.
+    """Called by meshalloc-autoinstall.pth when ``MESHALLOC`` is set to
+    something other than ``0`` or ``-X meshalloc`` is given. Never raises: a
+    refusal is one line on stderr. Imports nothing the interpreter does not
+    import anyway (the gc callback is registered only if gc already is).
 
     Runs once per process: site.py may process the same site-packages twice
     (a venv's ``lib64`` symlink to ``lib`` is a different path to it)."""
-    global _autoinstall_done
+    global _autoinstall_done, _in_autoinstall
     if _autoinstall_done:
         return
     _autoinstall_done = True
     try:
+        env = os.environ.get("MESHALLOC")
+        on = _switch(env, "MESHALLOC") if env is not None else False
         xopt = getattr(sys, "_xoptions", {}).get("meshalloc")
         if xopt is not None:
-            if xopt in ("0", "off", "no", "false") and os.environ.get("MESHALLOC") != "1":
+            x_on = _switch(xopt, "-X meshalloc")
+            if not x_on and not on:
                 return
             # -X options are not passed on to child interpreters; the
             # environment is.
             os.environ["MESHALLOC"] = "1"
+        elif not on:
+            return
         reason = _debug_hooks_reason()
         if reason is not None:
             sys.stderr.write(
@@ -642,7 +685,11 @@ def _autoinstall() -> None:
             return
         # PYTHONTRACEMALLOC / -X tracemalloc started tracing before site ran:
         # restart it on top of meshalloc (only start-up traces are lost).
-        install(restart_tracemalloc=True)
+        _in_autoinstall = True
+        try:
+            install(restart_tracemalloc=True)
+        finally:
+            _in_autoinstall = False
     except _SubinterpreterError:
         # site.py runs in every new subinterpreter too; the main interpreter
         # installed the process-wide allocator already (or chose not to).

@@ -211,6 +211,34 @@ def test_startup_switch(helpers, interp, neutral_dir):
                     env=helpers.env(MESHALLOC="1", PYTHONTRACEMALLOC="3"))
     helpers.assert_ok(r, "MESHALLOC=1 with PYTHONTRACEMALLOC=3")
     assert r.stdout.split() == ["True", "True", "3"], r.describe()
+    # the switch imports meshalloc and its extension and nothing else the
+    # interpreter would not import anyway (sysconfig imports threading on
+    # 3.13; gevent must import threading itself first)
+    listing = "import sys; print(' '.join(sorted(sys.modules)))"
+    mods = {}
+    for key, env in (("off", {}), ("on", {"MESHALLOC": "1"}), ("yes", {"MESHALLOC": "Yes"}),
+                     ("x", {"__X__": "1"})):
+        flags = ("-X", "meshalloc") if key == "x" else ()
+        env = {k: v for k, v in env.items() if k != "__X__"}
+        r = helpers.run([interp.python, *flags, "-c", listing], timeout=60, cwd=neutral_dir,
+                        env=helpers.env(**env))
+        helpers.assert_ok(r, "sys.modules probe (%s)" % key)
+        mods[key] = set(r.stdout.split())
+    for key in ("on", "yes", "x"):
+        extra = mods[key] - mods["off"]
+        assert extra == {"meshalloc", "meshalloc._meshalloc"}, (key, sorted(extra))
+    for value in ("TRUE", "on", " 1"):
+        r = helpers.run([interp.python, "-c", "import meshalloc; print(meshalloc.is_installed())"], timeout=60,
+                        cwd=neutral_dir, env=helpers.env(MESHALLOC=value))
+        helpers.assert_ok(r, "MESHALLOC=%r" % value)
+        assert r.stdout.split() == ["True"] and not r.stderr.strip(), (value, r.describe())
+    for value in ("2", "maybe"):
+        r = helpers.run([interp.python, "-c", "import meshalloc; print(meshalloc.is_installed())"], timeout=60,
+                        cwd=neutral_dir, env=helpers.env(MESHALLOC=value))
+        helpers.assert_ok(r, "MESHALLOC=%r" % value)
+        assert r.stdout.split() == ["False"], (value, r.describe())
+        warn = [ln for ln in r.stderr.splitlines() if ln.startswith("meshalloc:")]
+        assert len(warn) == 1 and "not understood" in warn[0], (value, r.describe())
     probe = "import sys; print('meshalloc' in sys.modules)"
     for flags, env in (((), {}), (("-S",), {"MESHALLOC": "1"}), (("-S", "-X", "meshalloc"), {}),
                        ((), {"MESHALLOC": "0"})):

@@ -44,6 +44,47 @@ static uint64_t free_bins_nonempty[2];
  * mirror of those lines far from where a heap starts. */
 #define ARENA_GUARD ((size_t)0x2B5A << MESH_PAGE_SHIFT)
 
+/* ---- the memfd's descriptor ------------------------------------------
+ *
+ * The descriptor is a number in the program's table: the program may close
+ * it (closerange, a daemonizer closing everything) and the number may then
+ * be reused for one of its own files. Every use of it is preceded by a check
+ * that it still names the arena's memfd (device and inode, recorded at
+ * creation). When it does not, the arena is orphaned: the number is never
+ * used again (not even closed: it may be the program's file now), meshing
+ * stops, and what still needs the memfd manages without: aliases are made
+ * with mremap of the destination's mapping, restored spans get anonymous
+ * zero pages, free pages are returned through their mapping (MADV_REMOVE).
+ * Locking: called with the global lock held (or in the fork child). */
+static void orphan(int fd) {
+  _mesh_arena.fd = -1;
+  _mesh_arena.meshable = false;
+  _mesh_warning("the arena's memfd (descriptor %d) was closed or replaced by the program; meshing is off "
+                "from now on, and that descriptor is left alone", fd);
+}
+
+int _mesh_arena_fd(void) {
+  int fd = _mesh_arena.fd;
+  if (fd < 0) return -1;
+  uint64_t id[2];
+  if (_mesh_os_fd_identity(fd, id) != 0 || id[0] != _mesh_arena.fd_id[0] || id[1] != _mesh_arena.fd_id[1]) {
+    orphan(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Returns [off, off+len) of the memfd to the OS. own_mapping: the range is
+ * mapped at its own offsets (a free run), so an orphaned arena can still
+ * free it through the mapping; otherwise (a meshed-away source) it is
+ * reachable only through the descriptor, and without one it stays. */
+static int punch(size_t off, size_t len, bool own_mapping) {
+  void *addr = (void *)(_mesh_arena.base + off);
+  int fd = _mesh_arena_fd();
+  if (fd >= 0 || !_mesh_arena.memfd_mapped) return _mesh_os_punch(fd, addr, off, len);
+  return own_mapping ? _mesh_os_remove(addr, len) : 0;
+}
+
 static bool reserve(size_t size, int fd) {
   if (fd >= 0 && _mesh_os_ftruncate(fd, size) != 0) return false;
   size_t guard = ARENA_GUARD;
@@ -67,6 +108,7 @@ static bool reserve(size_t size, int fd) {
   _mesh_arena.npages = (uint32_t)npages;
   _mesh_arena.fd = fd;
   _mesh_arena.meshable = fd >= 0;
+  _mesh_arena.memfd_mapped = fd >= 0;
   _mesh_arena.pagetable = pt;
   _mesh_arena.spans = sp;
   _mesh_arena.max_spans = (uint32_t)npages + 2;
@@ -85,6 +127,10 @@ bool _mesh_arena_init(void) {
   int fd = -1;
   if (mesh_opt(MESH_OPT_MEMFD)) {
     fd = _mesh_os_memfd();
+    if (fd >= 0 && _mesh_os_fd_identity(fd, _mesh_arena.fd_id) != 0) {
+      _mesh_os_close(fd);
+      fd = -1;
+    }
     if (fd < 0)
       _mesh_warning("memfd_create failed (errno %d): running without meshing", errno);
   } else {
@@ -354,7 +400,7 @@ static size_t scavenge_to(uint64_t target) {
     span_t *r = mesh_span(id);
     run_unlink(id);
     size_t off = (size_t)r->page << MESH_PAGE_SHIFT, len = (size_t)r->npages << MESH_PAGE_SHIFT;
-    if (_mesh_os_punch(_mesh_arena.fd, (void *)(_mesh_arena.base + off), off, len) != 0)
+    if (punch(off, len, true) != 0)
       _mesh_warning("returning %zu bytes to the OS failed (errno %d)", len, errno);
     mesh_stat_sub(dirty_pages, r->npages);
     mesh_stat_add(pages_punched, r->npages);
@@ -540,18 +586,24 @@ int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys) {
 /* Maps virtual pages [vpage, vpage+n) onto memfd pages at phys (read-write,
  * shared). Also replaces a read-only protection left by meshing. */
 int _mesh_arena_map(uint32_t vpage, uint32_t n, uint32_t phys) {
-  if (_mesh_arena.fd < 0) { /* anonymous arena (fork fallback): only un-aliasing, as zero pages */
+  void *addr = (void *)mesh_page_addr(vpage);
+  size_t len = (size_t)n << MESH_PAGE_SHIFT;
+  int fd = _mesh_arena_fd();
+  if (fd >= 0) return _mesh_os_map_fixed(addr, len, fd, (size_t)phys << MESH_PAGE_SHIFT);
+  if (!_mesh_arena.memfd_mapped) { /* anonymous arena (fork fallback): only un-aliasing, as zero pages */
     if (phys != vpage) return -1;
-    return _mesh_os_punch(-1, (void *)mesh_page_addr(vpage), 0, (size_t)n << MESH_PAGE_SHIFT);
+    return _mesh_os_punch(-1, addr, 0, len);
   }
-  return _mesh_os_map_fixed((void *)mesh_page_addr(vpage), (size_t)n << MESH_PAGE_SHIFT, _mesh_arena.fd,
-                            (size_t)phys << MESH_PAGE_SHIFT);
+  /* orphaned memfd: its pages at phys are still mapped at phys's own
+   * address (a live destination) and can be mapped again from there; a
+   * span restored onto its own (punched) pages gets fresh zero pages */
+  if (phys != vpage) return _mesh_os_alias_mapping((void *)mesh_page_addr(phys), addr, len);
+  return _mesh_os_map_anon_fixed(addr, len);
 }
 
 int _mesh_arena_punch(uint32_t page, uint32_t n) {
-  size_t off = (size_t)page << MESH_PAGE_SHIFT, len = (size_t)n << MESH_PAGE_SHIFT;
   mesh_stat_add(punch_calls, 1);
-  return _mesh_os_punch(_mesh_arena.fd, (void *)(_mesh_arena.base + off), off, len);
+  return punch((size_t)page << MESH_PAGE_SHIFT, (size_t)n << MESH_PAGE_SHIFT, false);
 }
 
 /* Undoes every alias of span id before its pages are freed: each aliased

@@ -23,6 +23,17 @@
  * for SIGSEGV are interposed so later handlers are chained without being
  * lost (faces/libmesh.c).
  *
+ * Links: the one we displace may later put back what it saved - which may
+ * be us, installed before it. We must then chain to what we chained to
+ * back then, not to the one that just left (faulthandler.disable() leaves
+ * a handler that returns without doing anything: a fault handed to it
+ * recurs forever). So each displacement installs one of LINKS entry points
+ * with the displaced handler as that link's predecessor: the entry point
+ * the kernel calls says which link is live. A handler displaced again
+ * reuses the link whose predecessor it already is (a program that toggles
+ * faulthandler uses two links, not one per toggle); past LINKS distinct
+ * predecessors the last link is reused (the older behaviour).
+ *
  * A fault on an arena page with no mesh in progress may be a write that
  * raced with the end of a mesh (the page is writable again): it is retried
  * once per (address, generation); a second identical fault is real.
@@ -44,7 +55,9 @@ extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *o
 
 _Atomic uint32_t _mesh_mesh_gen; /* odd while a mesh has pages write-protected */
 
-static struct sigaction prev_action; /* (lock) the handler we displaced */
+#define LINKS 8
+static struct sigaction link_prev[LINKS]; /* (lock) the handler each link displaced */
+static unsigned nlinks;                   /* (lock) links used */
 static _Atomic int installed;
 /* Frame of the handler invocation that is forwarding, 0 when none. A new
  * invocation below it on the stack is nested inside the previous handler
@@ -85,8 +98,8 @@ static void apply_default(int sig, siginfo_t *info) {
   if (info->si_code <= 0) raise(sig);
 }
 
-static void forward(int sig, siginfo_t *info, void *ctx, uintptr_t frame) {
-  struct sigaction p = prev_action;
+static void forward(int sig, siginfo_t *info, void *ctx, uintptr_t frame, unsigned link) {
+  struct sigaction p = link_prev[link];
   if (fwd_frame && frame < fwd_frame) { /* the chain came back to us: nobody else wants it */
     apply_default(sig, info);
     return;
@@ -106,7 +119,7 @@ static void forward(int sig, siginfo_t *info, void *ctx, uintptr_t frame) {
   fwd_frame = saved; /* not reached when the handler longjmps: see fwd_frame */
 }
 
-static void segv_handler(int sig, siginfo_t *info, void *ctx) {
+static void segv_handler(unsigned link, int sig, siginfo_t *info, void *ctx) {
   int saved = errno;
   uintptr_t addr = (uintptr_t)info->si_addr;
   if (info->si_code > 0 && _mesh_arena.base && addr - _mesh_arena.base < _mesh_arena.size) {
@@ -126,12 +139,46 @@ static void segv_handler(int sig, siginfo_t *info, void *ctx) {
   }
   uintptr_t frame = (uintptr_t)__builtin_frame_address(0);
   if (fwd_frame && frame >= fwd_frame) fwd_frame = 0; /* the last forward was left by longjmp */
-  forward(sig, info, ctx, frame);
+  forward(sig, info, ctx, frame, link);
   errno = saved;
 }
 
-static bool is_ours(const struct sigaction *a) {
-  return (a->sa_flags & SA_SIGINFO) && a->sa_sigaction == segv_handler;
+#define LINK_ENTRY(i) \
+  static void segv_link_##i(int sig, siginfo_t *info, void *ctx) { segv_handler(i, sig, info, ctx); }
+LINK_ENTRY(0)
+LINK_ENTRY(1)
+LINK_ENTRY(2)
+LINK_ENTRY(3)
+LINK_ENTRY(4)
+LINK_ENTRY(5)
+LINK_ENTRY(6)
+LINK_ENTRY(7)
+#undef LINK_ENTRY
+static void (*const link_entry[LINKS])(int, siginfo_t *, void *) = {
+    segv_link_0, segv_link_1, segv_link_2, segv_link_3, segv_link_4, segv_link_5, segv_link_6, segv_link_7};
+
+/* The link whose entry point a is, or -1 if a is not ours. */
+static int link_of(const struct sigaction *a) {
+  if (!(a->sa_flags & SA_SIGINFO)) return -1;
+  for (int i = 0; i < LINKS; i++)
+    if (a->sa_sigaction == link_entry[i]) return i;
+  return -1;
+}
+
+static bool same_action(const struct sigaction *a, const struct sigaction *b) {
+  bool info = a->sa_flags & SA_SIGINFO;
+  if (info != (bool)(b->sa_flags & SA_SIGINFO) || a->sa_flags != b->sa_flags) return false;
+  if (info ? a->sa_sigaction != b->sa_sigaction : a->sa_handler != b->sa_handler) return false;
+  return __builtin_memcmp(&a->sa_mask, &b->sa_mask, sizeof a->sa_mask) == 0;
+}
+
+static bool install_link(int i) {
+  struct sigaction mine;
+  _mesh_fill(&mine, 0, sizeof mine);
+  mine.sa_sigaction = link_entry[i];
+  mine.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
+  sigemptyset(&mine.sa_mask);
+  return __sigaction(SIGSEGV, &mine, NULL) == 0;
 }
 
 /* Lock held. Returns false when the handler cannot be installed (then no
@@ -139,14 +186,15 @@ static bool is_ours(const struct sigaction *a) {
 bool _mesh_barrier_ensure(void) {
   struct sigaction cur;
   if (__sigaction(SIGSEGV, NULL, &cur) != 0) return false;
-  if (is_ours(&cur)) return true;
-  struct sigaction mine;
-  _mesh_fill(&mine, 0, sizeof mine);
-  mine.sa_sigaction = segv_handler;
-  mine.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK | SA_RESTART;
-  sigemptyset(&mine.sa_mask);
-  prev_action = cur; /* chain to whatever displaced us (or was first) */
-  if (__sigaction(SIGSEGV, &mine, NULL) != 0) return false;
+  if (link_of(&cur) >= 0) return true;
+  /* chain to whatever displaced us (or was first), on the link that
+   * already chains to it, else on a new one */
+  int j = -1;
+  for (unsigned i = 0; i < nlinks && j < 0; i++)
+    if (same_action(&link_prev[i], &cur)) j = (int)i;
+  if (j < 0) j = nlinks < LINKS ? (int)nlinks++ : LINKS - 1;
+  link_prev[j] = cur;
+  if (!install_link(j)) return false;
   mesh_store_relaxed(&installed, 1);
   return true;
 }
@@ -158,11 +206,15 @@ bool _mesh_barrier_ensure(void) {
 int _mesh_barrier_user_sigaction(const struct sigaction *act, struct sigaction *old) {
   if (!mesh_load_relaxed(&installed)) return -1;
   struct sigaction cur;
-  if (__sigaction(SIGSEGV, NULL, &cur) != 0 || !is_ours(&cur)) return -1;
+  int i;
+  if (__sigaction(SIGSEGV, NULL, &cur) != 0 || (i = link_of(&cur)) < 0) return -1;
   /* No lock: sigaction must stay async-signal-safe. A crash racing with a
    * handler change may see either handler, as with a plain sigaction. */
-  if (old) *old = prev_action;
-  if (act && !is_ours(act)) prev_action = *act;
+  if (old) *old = link_prev[i];
+  if (!act) return 0;
+  int k = link_of(act);
+  if (k < 0) link_prev[i] = *act;
+  else if (k != i && !install_link(k)) return -1; /* an entry point of ours put back: that link is live again */
   return 0;
 }
 

@@ -34,7 +34,7 @@ static void prepare(void) {
   if (!fork_active) return;
   _mesh_mesher_before_fork(); /* before the locks: it may be in a pass */
   fork_pipe[0] = fork_pipe[1] = -1;
-  if (_mesh_arena.meshable && _mesh_os_pipe(fork_pipe) != 0)
+  if (_mesh_arena.memfd_mapped && _mesh_os_pipe(fork_pipe) != 0)
     _mesh_warning("fork: pipe failed (errno %d); the parent will not wait for the child's heap copy", errno);
   pthread_mutex_lock(&_mesh_orphan_lock);
   _mesh_lock();
@@ -133,17 +133,23 @@ static void child(void) {
   if (!fork_active) return;
   _mesh_global_after_fork_child();
   _mesh_barrier_after_fork_child();
-  if (_mesh_arena.meshable) {
+  if (_mesh_arena.memfd_mapped) {
     uint64_t t0 = _mesh_os_now_ns();
-    int fd = _mesh_os_memfd();
+    /* a descriptor the program closed or reused is neither read nor closed
+     * here; the copy then goes to anonymous memory, as without a memfd */
+    bool own = _mesh_arena_fd() >= 0;
+    int fd = own ? _mesh_os_memfd() : -1;
     long long copied = -1;
-    if (fd >= 0 && _mesh_os_ftruncate(fd, _mesh_arena.size) == 0) {
+    uint64_t id[2];
+    if (fd >= 0 && _mesh_os_fd_identity(fd, id) == 0 && _mesh_os_ftruncate(fd, _mesh_arena.size) == 0) {
       copied = copy_live(fd, NULL, false);
       if (copied >= 0 && _mesh_os_map_fixed((void *)_mesh_arena.base, _mesh_arena.size, fd, 0) != 0) copied = -1;
     }
     if (copied >= 0) {
       _mesh_os_close(_mesh_arena.fd);
       _mesh_arena.fd = fd;
+      _mesh_arena.fd_id[0] = id[0];
+      _mesh_arena.fd_id[1] = id[1];
       if (!remap_aliases()) _mesh_fatal("fork child: cannot re-create meshed mappings (errno %d)", errno);
     } else {
       /* No second memfd (fd limit, seccomp): give the child a private
@@ -154,10 +160,11 @@ static void child(void) {
       copied = copy_live(-1, tmp, true);
       if (!_mesh_os_move_over(tmp, _mesh_arena.size, (void *)_mesh_arena.base))
         _mesh_fatal("fork child: cannot move the heap copy into place (errno %d)", errno);
-      _mesh_os_close(_mesh_arena.fd);
+      if (own) _mesh_os_close(_mesh_arena.fd);
       _mesh_arena.fd = -1;
       _mesh_arena.meshable = false;
-      _mesh_warning("fork child: no memfd for the heap copy; this process runs without meshing");
+      _mesh_arena.memfd_mapped = false;
+      if (own) _mesh_warning("fork child: no memfd for the heap copy; this process runs without meshing");
     }
     _mesh_arena_forget_dirty();
     uint64_t ns = _mesh_os_now_ns() - t0;

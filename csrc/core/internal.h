@@ -34,7 +34,11 @@
 #define MESH_OPAQUE(x) __asm__("" : "+r"(x))
 
 /* ---- os.c: the only file that makes system calls -------------------- */
-int _mesh_os_memfd(void);
+int _mesh_os_memfd(void); /* close-on-exec, at a high descriptor number */
+int _mesh_os_fd_identity(int fd, uint64_t id[2]); /* (device, inode) */
+int _mesh_os_map_anon_fixed(void *addr, size_t len);
+int _mesh_os_alias_mapping(void *from, void *to, size_t len); /* second mapping of a shared range */
+int _mesh_os_remove(void *addr, size_t len);              /* frees the pages behind a mapping */
 void *_mesh_os_reserve(size_t size, int fd);
 /* The same, followed by guard bytes of PROT_NONE address space (never
  * touched, never backed) that nothing else can be mapped into. */
@@ -280,6 +284,9 @@ uint32_t _mesh_arena_phys_of(uint32_t page);
 int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys);
 int _mesh_arena_map(uint32_t vpage, uint32_t n, uint32_t phys);
 int _mesh_arena_punch(uint32_t page, uint32_t n);
+/* The memfd's descriptor if it still names the arena's memfd; else -1 (the
+ * arena is then orphaned: no meshing, the number never used again). */
+int _mesh_arena_fd(void);
 void _mesh_arena_forget_dirty(void); /* fork child: dirty runs were not copied */
 
 /* Bits set in x. Inline arithmetic: the x86-64 baseline has no popcnt, and

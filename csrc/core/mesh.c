@@ -139,6 +139,7 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
     mesh_stat_add(mesh_budget_stops, 1);
     return false;
   }
+  if (_mesh_arena_fd() < 0) return false; /* the program closed it: orphaned, no more meshing */
   _mesh_barrier_begin();
   /* 1. writers of the source wait from here on */
   uint32_t vs = src_id;
@@ -722,7 +723,7 @@ static void pause_done(pause_start_t t0, enum mesh_pass_kind kind) {
 uint64_t _mesh_last_pass_ns(void) { return last_pass_ns; }
 
 static bool can_mesh(void) {
-  return _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && _mesh_barrier_ensure();
+  return _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && _mesh_arena_fd() >= 0 && _mesh_barrier_ensure();
 }
 
 /* The work of a pass must end well before the bound: 1/4 of it is left

@@ -14,6 +14,7 @@
 #include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,15 +29,61 @@
 #define FALLOC_FL_PUNCH_HOLE 0x02
 #endif
 
+/* The lowest descriptor number the arena's memfd may take: high, so that
+ * it is not the number the program's next open() expects (a process started
+ * with stdin or stdout closed would otherwise get the heap as fd 0 or 1, and
+ * tests that compare a child's descriptors with the ones they passed would
+ * see it), and out of the way of a closerange(3, 1024) where the limit
+ * allows. Capped: the kernel's descriptor table grows to the number used. */
+#define MEMFD_FLOOR_MAX 1088
+static int memfd_floor(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur <= 16) return 3;
+  rlim_t cur = rl.rlim_cur;
+  if (cur > MEMFD_FLOOR_MAX + 64) return MEMFD_FLOOR_MAX;
+  return (int)(cur - cur / 8); /* the top eighth of a small table */
+}
+
 int _mesh_os_memfd(void) {
 #ifdef SYS_memfd_create
   /* close-on-exec: the heap must never leak into an exec'd child */
   int fd = (int)syscall(SYS_memfd_create, "meshalloc-arena", MFD_CLOEXEC);
+  if (fd < 0) return fd;
+  int high = fcntl(fd, F_DUPFD_CLOEXEC, memfd_floor());
+  if (high >= 0) { /* else (table full above the floor) the low number will do */
+    close(fd);
+    fd = high;
+  }
   return fd;
 #else
   errno = ENOSYS;
   return -1;
 #endif
+}
+
+int _mesh_os_fd_identity(int fd, uint64_t id[2]) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return -1;
+  id[0] = (uint64_t)st.st_dev;
+  id[1] = (uint64_t)st.st_ino;
+  return 0;
+}
+
+int _mesh_os_map_anon_fixed(void *addr, size_t len) {
+  void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? -1 : 0;
+}
+
+int _mesh_os_alias_mapping(void *from, void *to, size_t len) {
+  /* mremap of a shared mapping with old size 0 makes a second mapping of
+   * the same pages, and needs no descriptor */
+  void *p = mremap(from, 0, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+  return p == MAP_FAILED ? -1 : 0;
+}
+
+int _mesh_os_remove(void *addr, size_t len) {
+  if (madvise(addr, len, MADV_REMOVE) == 0) return 0;
+  return madvise(addr, len, MADV_DONTNEED); /* a private (restored) range: dropping its pages frees them */
 }
 
 void *_mesh_os_reserve(size_t size, int fd) {

@@ -245,8 +245,11 @@ typedef struct arena_s {
   int fd;            /* memfd, or -1 in the anonymous fallback */
   uintptr_t base;    /* first byte of the arena, 0 before init (load slot) */
   uint32_t max_spans;
-  bool meshable;     /* memfd-backed: aliases possible */
-  uint8_t pad0[35];
+  bool meshable;     /* memfd-backed with its descriptor: aliases possible */
+  bool memfd_mapped; /* the arena maps a memfd (also once its descriptor was lost) */
+  uint8_t pad0[2];
+  uint64_t fd_id[2]; /* the memfd's (device, inode), checked before the descriptor is used */
+  uint8_t pad0b[16];
   size_t size;       /* reserved bytes (load slot) */
   /* line 1 */
   uint64_t pad1;

@@ -902,7 +902,25 @@ static int record_baseline(void) {
         saved[d] = baseline[d];
     }
     baseline_adopt = 0;
-    PyObject *tm = PyImport_ImportModule("_tracemalloc");
+    /* Tracing is on only if the tracemalloc module started it (then
+     * _tracemalloc is imported) or PYTHONTRACEMALLOC / -X tracemalloc did
+     * at start-up; otherwise _tracemalloc is not imported here, so that the
+     * start-up switch imports nothing the interpreter would not. */
+    PyObject *name = PyUnicode_FromString("_tracemalloc");
+    if (name == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *tm = PyImport_GetModule(name); /* only if already imported */
+    Py_DECREF(name);
+    if (tm == NULL && PyErr_Occurred()) PyErr_Clear();
+    if (tm == NULL) {
+        PyObject *xopts = PySys_GetXOptions(); /* borrowed */
+        const char *env = getenv("PYTHONTRACEMALLOC");
+        bool asked = (env != NULL && *env) || (xopts != NULL && PyDict_GetItemString(xopts, "tracemalloc") != NULL);
+        if (!asked) return 0;
+        tm = PyImport_ImportModule("_tracemalloc");
+    }
     if (tm == NULL) {
         PyErr_Clear();
         return 0;

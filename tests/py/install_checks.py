@@ -742,6 +742,7 @@ def free_threaded_python():
     assert not meshalloc.is_installed()
     assert not any(a["hooked"] for a in meshalloc.allocators().values())
     err = io.StringIO()
+    os.environ["MESHALLOC"] = "1"
     with contextlib.redirect_stderr(err):
         meshalloc._autoinstall()  # the start-up switch: one line, no exception
     assert err.getvalue() == "meshalloc: not installed at start-up: InstallError: %s\n" % msg, \

@@ -1,0 +1,280 @@
+/* hostile.c - legal programs that once broke meshalloc, each a case.
+ *
+ * A plain C program: it uses only the malloc family and libc, and is run
+ * twice by tests/test_hostile.py, under LD_PRELOAD=libmesh.so and under
+ * glibc as the control, where every case passes. Where meshalloc is the
+ * malloc it also reaches mesh_compact() through dlsym, so meshing and
+ * returning pages happen at known points; under glibc that is a no-op.
+ *
+ * Cases (argv[1]):
+ *   closerange   a fragmented heap; the program closes every descriptor
+ *                from 3 up (what daemonizers do), opens its own files,
+ *                which take the freed numbers, and keeps allocating,
+ *                freeing and compacting: the files keep every byte the
+ *                program wrote and the heap every survivor.
+ *   dup2-over    the program dup2()s its own file onto every descriptor
+ *                number it has not opened itself (so onto the arena's
+ *                memfd too, if it sees one): same checks.
+ *   closerange-fork  as closerange, then fork: the child overwrites every
+ *                survivor and frees half; the parent's heap and files
+ *                are unchanged.
+ *   stdio-closed started with stdin and stdout closed: the program's first
+ *                open() gets descriptor 0, as POSIX promises, and what it
+ *                writes there is not the heap.
+ *
+ * Prints "<case>: ok" on success; exits non-zero with a reason otherwise.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NOBJ 200000
+#define FILE_BYTES (1 << 20)
+
+static void die(const char *what) {
+  fprintf(stderr, "FAIL: %s (errno %d)\n", what, errno);
+  exit(1);
+}
+
+static size_t (*compact_fn)(void);
+
+static void compact(void) {
+  if (compact_fn) compact_fn();
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint64_t next(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return rng;
+}
+
+/* The heap: NOBJ blocks of 16-256 bytes, each filled with a pattern of its
+ * index, so a lost or moved byte is found. */
+static unsigned char *obj[NOBJ];
+static size_t objlen[NOBJ];
+
+static void fill(size_t i) {
+  objlen[i] = 16 + next() % 241;
+  obj[i] = malloc(objlen[i]);
+  if (!obj[i]) die("malloc");
+  for (size_t k = 0; k < objlen[i]; k++) obj[i][k] = (unsigned char)(i * 31 + k);
+}
+
+static void check_heap(const char *when) {
+  for (size_t i = 0; i < NOBJ; i++) {
+    if (!obj[i]) continue;
+    for (size_t k = 0; k < objlen[i]; k++)
+      if (obj[i][k] != (unsigned char)(i * 31 + k)) {
+        fprintf(stderr, "FAIL: object %zu byte %zu changed %s\n", i, k, when);
+        exit(1);
+      }
+  }
+}
+
+static void fragment(void) {
+  for (size_t i = 0; i < NOBJ; i++) fill(i);
+  for (size_t i = 0; i < NOBJ; i++)
+    if (next() % 10) {
+      free(obj[i]);
+      obj[i] = NULL;
+    }
+}
+
+/* Work that makes an allocator mesh, punch and map: rounds of refilling
+ * and freeing, a compaction after each. */
+static void churn(int rounds) {
+  for (int r = 0; r < rounds; r++) {
+    for (size_t i = 0; i < NOBJ; i++)
+      if (!obj[i] && next() % 4 == 0) fill(i);
+    for (size_t i = 0; i < NOBJ; i++)
+      if (obj[i] && next() % 3 == 0) {
+        free(obj[i]);
+        obj[i] = NULL;
+      }
+    compact();
+  }
+}
+
+/* The program's own files: each written with a pattern of its descriptor
+ * number, read back at the end. */
+#define NFILES 8
+static int files[NFILES];
+static char paths[NFILES][64];
+
+static void file_pattern(unsigned char *buf, int n) {
+  for (size_t k = 0; k < FILE_BYTES; k++) buf[k] = (unsigned char)(n * 7 + k * 13 + (k >> 12));
+}
+
+static void open_files(void) {
+  unsigned char *buf = malloc(FILE_BYTES);
+  if (!buf) die("malloc");
+  for (int n = 0; n < NFILES; n++) {
+    snprintf(paths[n], sizeof paths[n], "hostile-%d-%d.dat", (int)getpid(), n);
+    files[n] = open(paths[n], O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (files[n] < 0) die("open");
+    file_pattern(buf, n);
+    if (pwrite(files[n], buf, FILE_BYTES, 0) != FILE_BYTES) die("pwrite");
+  }
+  free(buf);
+}
+
+static void check_files(void) {
+  unsigned char *want = malloc(FILE_BYTES), *got = malloc(FILE_BYTES);
+  if (!want || !got) die("malloc");
+  for (int n = 0; n < NFILES; n++) {
+    off_t size = lseek(files[n], 0, SEEK_END);
+    if (size != FILE_BYTES) {
+      fprintf(stderr, "FAIL: file %d (fd %d) is %lld bytes, wrote %d\n", n, files[n], (long long)size, FILE_BYTES);
+      exit(1);
+    }
+    if (pread(files[n], got, FILE_BYTES, 0) != FILE_BYTES) die("pread");
+    file_pattern(want, n);
+    if (memcmp(want, got, FILE_BYTES) != 0) {
+      size_t k = 0;
+      while (want[k] == got[k]) k++;
+      fprintf(stderr, "FAIL: file %d (fd %d) changed at byte %zu\n", n, files[n], k);
+      exit(1);
+    }
+    close(files[n]);
+    unlink(paths[n]);
+  }
+  free(want);
+  free(got);
+}
+
+static int open_max(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1 << 20)) return 1 << 20;
+  return (int)rl.rlim_cur;
+}
+
+static int case_closerange(void) {
+  fragment();
+  compact();
+  int top = open_max();
+  for (int fd = 3; fd < top; fd++) close(fd); /* closerange(3, OPEN_MAX) */
+  open_files();
+  churn(6);
+  check_heap("after the churn");
+  check_files();
+  return 0;
+}
+
+static int case_closerange_fork(void) {
+  fragment();
+  compact();
+  int top = open_max();
+  for (int fd = 3; fd < top; fd++) close(fd);
+  open_files();
+  churn(2);
+  pid_t pid = fork();
+  if (pid < 0) die("fork");
+  if (pid == 0) {
+    for (size_t i = 0; i < NOBJ; i++)
+      if (obj[i]) {
+        memset(obj[i], 0xA5, objlen[i]);
+        if (i % 2) free(obj[i]), obj[i] = NULL;
+      }
+    compact();
+    _exit(0);
+  }
+  int status;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fprintf(stderr, "FAIL: the fork child failed (status %#x)\n", status);
+    exit(1);
+  }
+  check_heap("after the fork child wrote its copy");
+  churn(2);
+  check_heap("after the churn");
+  check_files();
+  return 0;
+}
+
+static int case_dup2_over(void) {
+  fragment();
+  compact();
+  open_files();
+  /* every open descriptor that is not stdio or the program's own */
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) die("opendir /proc/self/fd");
+  int others[64], nothers = 0, dfd = dirfd(d);
+  struct dirent *e;
+  while ((e = readdir(d)) && nothers < 64) {
+    int fd = atoi(e->d_name);
+    if (e->d_name[0] == '.' || fd < 3 || fd == dfd) continue;
+    int mine = 0;
+    for (int n = 0; n < NFILES; n++) mine |= files[n] == fd;
+    if (!mine) others[nothers++] = fd;
+  }
+  closedir(d);
+  for (int i = 0; i < nothers; i++)
+    if (dup2(files[0], others[i]) < 0) die("dup2");
+  churn(6);
+  check_heap("after the churn");
+  check_files();
+  return 0;
+}
+
+static int case_stdio_closed(void) {
+  if (fcntl(0, F_GETFD) >= 0 || fcntl(1, F_GETFD) >= 0) {
+    fprintf(stderr, "FAIL: descriptor 0 or 1 is open at start (it must be started with both closed)\n");
+    return 1;
+  }
+  fragment();
+  compact();
+  int fd = open("/dev/null", O_RDONLY);
+  if (fd != 0) {
+    fprintf(stderr, "FAIL: the first open() got descriptor %d, not 0\n", fd);
+    return 1;
+  }
+  char name[64];
+  snprintf(name, sizeof name, "hostile-out-%d.txt", (int)getpid());
+  int out = open(name, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (out != 1) {
+    fprintf(stderr, "FAIL: the second open() got descriptor %d, not 1\n", out);
+    return 1;
+  }
+  for (int i = 0; i < 20000; i++) printf("line %d of what the program prints\n", i);
+  fflush(stdout);
+  churn(3);
+  check_heap("after printing");
+  off_t size = lseek(1, 0, SEEK_END);
+  close(1);
+  unlink(name);
+  if (size < 20000 * 30) {
+    fprintf(stderr, "FAIL: stdout file has %lld bytes\n", (long long)size);
+    return 1;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: hostile closerange|closerange-fork|dup2-over|stdio-closed [seed]\n");
+    return 2;
+  }
+  if (argc > 2) rng ^= strtoull(argv[2], NULL, 0) * 0x2545f4914f6cdd1dull;
+  compact_fn = (size_t(*)(void))dlsym(RTLD_DEFAULT, "mesh_compact");
+  int rc;
+  if (!strcmp(argv[1], "closerange")) rc = case_closerange();
+  else if (!strcmp(argv[1], "dup2-over")) rc = case_dup2_over();
+  else if (!strcmp(argv[1], "closerange-fork")) rc = case_closerange_fork();
+  else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
+  else {
+    fprintf(stderr, "unknown case %s\n", argv[1]);
+    return 2;
+  }
+  if (rc == 0) fprintf(stderr, "%s: ok\n", argv[1]);
+  return rc;
+}

@@ -1,0 +1,170 @@
+"""Legal programs that once broke meshalloc (tests/c/hostile.c and Python
+children), each in a fresh process with a memory watchdog, under
+LD_PRELOAD=libmesh.so (or MESHALLOC=1) and under the system allocator as the
+control: a case that fails under glibc or pymalloc is a broken test, not a
+meshalloc bug.
+
+The arena's memfd is a descriptor in the program's table. The program may
+close it (closerange), reuse its number for a file of its own, or start with
+stdio closed; meshalloc must then never write into the program's files,
+never crash, and keep every object.
+"""
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """The plain C program (no core linked: it gets meshalloc only by preload)."""
+    d = tmp_path_factory.mktemp("hostile")
+    exe = d / "hostile"
+    src = __import__("pathlib").Path(__file__).resolve().parent / "c" / "hostile.c"
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(exe), str(src), "-ldl"], check=True, timeout=120)
+    return exe
+
+
+def run_case(helpers, cmd, env, cwd, timeout=180):
+    r = helpers.run(cmd, timeout=timeout, env=env, cwd=cwd, pss_cap=3 * helpers.GIB)
+    assert not r.killed, r.describe()
+    return r
+
+
+CONFIGS = ["glibc", "preload"]
+
+
+def case_env(helpers, libmesh, config, **extra):
+    if config == "preload":
+        return helpers.env(LD_PRELOAD=str(libmesh), **extra)
+    return helpers.env(**extra)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("case", ["closerange", "closerange-fork", "dup2-over"])
+def test_program_that_closes_or_reuses_the_memfd_number_keeps_its_files_and_heap(
+        helpers, libmesh, hostile, tmp_path, config, case):
+    r = run_case(helpers, [str(hostile), case], case_env(helpers, libmesh, config), tmp_path)
+    assert r.returncode == 0 and f"{case}: ok" in r.stderr, r.describe()
+    warnings = [line for line in r.stderr.splitlines() if "meshalloc: warning" in line]
+    assert len(warnings) <= 1, f"one warning at most:\n{r.stderr}"
+    if config == "preload" and warnings:
+        assert "memfd" in warnings[0] and "left alone" in warnings[0], r.stderr
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_program_started_with_stdio_closed_gets_descriptor_0_for_its_first_file(
+        helpers, libmesh, hostile, tmp_path, config):
+    cmd = ["sh", "-c", f'exec 0<&- 1>&- "{hostile}" stdio-closed']
+    r = run_case(helpers, cmd, case_env(helpers, libmesh, config), tmp_path)
+    assert r.returncode == 0 and "stdio-closed: ok" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_shell_that_redirects_descriptor_3_runs_its_commands(helpers, libmesh, tmp_path, config):
+    """bash under preload had its memfd at 3; ``exec 3>file`` replaced it."""
+    script = "exec 3>out.txt; for i in 1 2 3 4 5; do env true || exit 9; ls / >/dev/null || exit 8; done; echo kept >&3"
+    r = run_case(helpers, ["bash", "-c", script], case_env(helpers, libmesh, config), tmp_path)
+    assert r.returncode == 0, r.describe()
+    assert (tmp_path / "out.txt").read_text() == "kept\n"
+
+
+def test_memfd_sits_at_a_high_descriptor_number(helpers, libmesh, tmp_path):
+    code = textwrap.dedent("""
+        import os
+        def target(n):
+            try:
+                return os.readlink('/proc/self/fd/' + n)
+            except FileNotFoundError:  # the listing's own descriptor
+                return ''
+        mem = [int(n) for n in os.listdir('/proc/self/fd') if 'meshalloc-arena' in target(n)]
+        print(mem, open(os.devnull).fileno())
+    """)
+    r = run_case(helpers, [sys.executable, "-c", code],
+                 helpers.env(LD_PRELOAD=str(libmesh), PYTHONMALLOC="malloc"), tmp_path)
+    helpers.assert_ok(r, "python under preload")
+    mem, first = r.stdout.split("]")
+    mem = [int(x) for x in mem.strip("[ ").split(",") if x.strip()]
+    assert len(mem) == 1 and mem[0] >= 64, r.stdout
+    assert int(first) < 64, r.stdout
+
+
+PY_CLOSERANGE = textwrap.dedent("""
+    import os, random, resource, meshalloc
+    rng = random.Random(7)
+    objs = [("%d" % i) * rng.randint(1, 20) for i in range(400000)]
+    keep = {i: objs[i] for i in range(0, len(objs), 10)}
+    del objs
+    meshalloc.compact()
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    files = []
+    for n in range(6):
+        f = open("user-%d.dat" % n, "w+b")
+        f.write(bytes((n * 7 + k) & 255 for k in range(1 << 18)))
+        f.flush()
+        files.append(f)
+    for r in range(5):
+        junk = [("%d" % i) * rng.randint(1, 20) for i in range(200000)]
+        del junk[::2]
+        meshalloc.compact()
+        del junk
+    for n, f in enumerate(files):
+        f.seek(0)
+        assert f.read() == bytes((n * 7 + k) & 255 for k in range(1 << 18)), "file %d changed" % n
+    assert all(v == ("%d" % i) * (len(v) // len("%d" % i)) for i, v in keep.items())
+    print("closerange: ok")
+""")
+
+
+@pytest.mark.parametrize("config", ["pymalloc", "meshalloc", "preload"])
+def test_python_closerange_keeps_files_and_objects(helpers, libmesh, tmp_path, config):
+    env = {"pymalloc": helpers.env(), "meshalloc": helpers.env(MESHALLOC="1"),
+           "preload": helpers.env(LD_PRELOAD=str(libmesh), PYTHONMALLOC="malloc")}[config]
+    code = PY_CLOSERANGE
+    if config == "pymalloc":
+        code = code.replace("import os, random, resource, meshalloc", "import os, random, resource") \
+                   .replace("meshalloc.compact()", "pass")
+    r = run_case(helpers, [sys.executable, "-c", code], env, tmp_path, timeout=300)
+    helpers.assert_ok(r, f"closerange under {config}")
+    assert "closerange: ok" in r.stdout
+    assert r.stderr.count("meshalloc: warning") <= 1, r.stderr
+
+
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_orphaned_arena_keeps_objects_and_never_touches_the_programs_file(helpers, cbuild, tmp_path, config):
+    r = run_case(helpers, [str(cbuild("orphan", config))], helpers.env(), tmp_path, timeout=300)
+    helpers.assert_ok(r, "orphan")
+    assert "orphan ok" in r.stdout
+    assert r.stderr.count("meshalloc: warning") == 1 and "left alone" in r.stderr, r.stderr
+
+
+FAULTHANDLER_CASES = {
+    # faulthandler put back the handler it saved (meshalloc's, or the
+    # default) while meshalloc chained to faulthandler's: the crash must
+    # still end the process, not loop in a disabled handler
+    "disabled": "faulthandler.enable(); COMPACT; faulthandler.disable(); CRASH",
+    "toggled": "faulthandler.enable(); COMPACT; faulthandler.disable(); faulthandler.enable(); COMPACT; "
+               "faulthandler.disable(); COMPACT; CRASH",
+    "enabled": "faulthandler.enable(); COMPACT; CRASH",
+    "sent": "faulthandler.enable(); COMPACT; faulthandler.disable(); os.kill(os.getpid(), signal.SIGSEGV); "
+            "time.sleep(5)",
+}
+
+
+@pytest.mark.parametrize("config", ["pymalloc", "meshalloc", "preload"])
+@pytest.mark.parametrize("case", sorted(FAULTHANDLER_CASES))
+def test_real_fault_after_faulthandler_changes_kills_with_sigsegv(helpers, libmesh, tmp_path, config, case):
+    env = {"pymalloc": helpers.env(), "meshalloc": helpers.env(MESHALLOC="1"),
+           "preload": helpers.env(LD_PRELOAD=str(libmesh), PYTHONMALLOC="malloc")}[config]
+    compact = "pass" if config == "pymalloc" else "meshalloc.compact()"
+    code = ("import ctypes, faulthandler, os, signal, time\n"
+            + ("" if config == "pymalloc" else "import meshalloc\n")
+            + "x = [str(i) * 5 for i in range(200000)]; del x[::3]\n"
+            + FAULTHANDLER_CASES[case].replace("COMPACT", compact).replace("CRASH", "ctypes.string_at(0)"))
+    r = helpers.run([sys.executable, "-c", code], timeout=60, env=env, cwd=tmp_path)
+    assert not r.killed, f"the process did not end (a fault loop?)\n{r.describe()}"
+    assert r.returncode == -signal.SIGSEGV, r.describe()
+    if case == "enabled":
+        assert "Fatal Python error" in r.stderr, r.describe()
