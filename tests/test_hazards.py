@@ -49,6 +49,17 @@ def test_memfd_blocked_by_seccomp_degrades_with_one_warning(helpers, cbuild):
     assert 1 <= len(warnings) <= 2, f"expected one warning (one more from the fork child at most):\n{r.stderr}"
 
 
+def test_fallocate_blocked_by_seccomp_returns_pages_and_warns_once_per_kind(helpers, cbuild):
+    r = run_hazard(helpers, cbuild, "no-fallocate-seccomp", timeout=240)
+    assert r.returncode == 0 and "no-fallocate-seccomp: ok" in r.stdout, r.describe()
+    warnings = [line for line in r.stderr.splitlines() if "meshalloc: warning" in line]
+    assert 2 <= len(warnings) <= 3 and len(set(warnings)) == len(warnings), r.stderr
+    assert "meshing is off" in r.stderr and "Meshing:            off (memfd arena" in r.stdout, r.describe()
+    assert sum("recurring test warning" in w for w in warnings) == 1, r.stderr
+    m = re.search(r"^Warning repeated: +recurring test warning 0 \((\d+) times, printed once\)$", r.stdout, re.M)
+    assert m and int(m.group(1)) == 50, r.stdout
+
+
 @pytest.mark.parametrize("program,args", [("test_api", ["3"]), ("fork", ["isolation"]), ("fork", ["threads"])])
 def test_small_address_space_limit_degrades_to_a_working_allocator(helpers, cbuild, program, args):
     """``ulimit -v 2 GiB`` is far below the default 64 GiB reservation."""

@@ -81,7 +81,13 @@ int _mesh_arena_fd(void) {
 static int punch(size_t off, size_t len, bool own_mapping) {
   void *addr = (void *)(_mesh_arena.base + off);
   int fd = _mesh_arena_fd();
-  if (fd >= 0 || !_mesh_arena.memfd_mapped) return _mesh_os_punch(fd, addr, off, len);
+  if (fd >= 0 || !_mesh_arena.memfd_mapped) {
+    int rc = _mesh_os_punch(fd, addr, off, len);
+    /* fallocate refused (seccomp, a filesystem without holes): a range
+     * mapped at its own offsets can still be freed through its mapping */
+    if (rc != 0 && fd >= 0 && own_mapping) rc = _mesh_os_remove(addr, len);
+    return rc;
+  }
   return own_mapping ? _mesh_os_remove(addr, len) : 0;
 }
 

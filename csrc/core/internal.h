@@ -74,6 +74,7 @@ size_t _mesh_snprintf(char *buf, size_t n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void _mesh_dprintf(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void _mesh_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void _mesh_warnings_print(int fd); /* the kinds that repeated, with their counts */
 void _mesh_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 /* A detected invalid or double free: reports the address, counts it, and
  * aborts when the abort_on_error option is set. */
@@ -94,7 +95,7 @@ void _mesh_fill(void *p, int c, size_t n);
   X(ABORT_ON_ERROR, abort_on_error, 1, 0, 1, 1, \
     "abort the process after reporting a double or invalid free (0: report and continue)") \
   X(VERBOSE, verbose, 1, 0, 1, 1, \
-    "1 prints warnings (one line each, on stderr); 0 silences them") \
+    "1 prints warnings on stderr, each kind once (repeats are counted in warnings_repeated); 0 silences them") \
   X(MESH, mesh, 1, 0, 1, 1, \
     "mesh spans (needs the memfd arena); 0 keeps the allocator but never meshes") \
   X(PERIOD_MS, period_ms, 100, 0, 86400000, 1, \
@@ -203,7 +204,8 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(fork_copy_ns_max, "longest fork copy, ns") \
   X(double_free_count, "double frees detected") \
   X(invalid_free_count, "frees of pointers that are not a live block start") \
-  X(orphan_allocs, "allocations served after the thread's heap was released (thread exit)")
+  X(orphan_allocs, "allocations served after the thread's heap was released (thread exit)") \
+  X(warnings_repeated, "warnings not printed because one of the same kind already was")
 
 enum mesh_counter_id {
 #define MESH_CTR_ENUM(n, doc) MESH_CTR_##n,

@@ -138,12 +138,51 @@ void _mesh_dprintf(int fd, const char *fmt, ...) {
   errno = saved;
 }
 
+/* Warnings are printed once per kind (the format string: one call site,
+ * one kind), so a condition that recurs on every free - a punch that
+ * seccomp refuses - is one line, not thousands. Repeats are counted
+ * (warnings_repeated, and per kind for the MALLOCSTATS summary, which
+ * prints each kind's first message and count). Lock-free: a kind's slot
+ * is claimed with a compare-and-swap on its format pointer. */
+#define WARN_KINDS 32
+#define WARN_TEXT 160
+static _Atomic(const char *) warn_fmt[WARN_KINDS];
+static _Atomic uint64_t warn_count[WARN_KINDS];
+static char warn_text[WARN_KINDS][WARN_TEXT];
+
 void _mesh_warning(const char *fmt, ...) {
-  if (mesh_opt(MESH_OPT_VERBOSE) < 1) return;
+  int slot = -1;
+  for (int i = 0; i < WARN_KINDS && slot < 0; i++) {
+    const char *f = mesh_load_acquire(&warn_fmt[i]);
+    if (f == NULL) {
+      const char *expected = NULL;
+      if (atomic_compare_exchange_strong(&warn_fmt[i], &expected, fmt) || expected == fmt) slot = i;
+    } else if (f == fmt) {
+      slot = i;
+    }
+  }
+  uint64_t seen = slot >= 0 ? mesh_fetch_add_relaxed(&warn_count[slot], 1) : 0;
+  if (seen > 0) {
+    mesh_stat_add(warnings_repeated, 1);
+    return;
+  }
   va_list ap;
+  if (slot >= 0) {
+    va_start(ap, fmt);
+    _mesh_vsnprintf(warn_text[slot], WARN_TEXT, fmt, ap);
+    va_end(ap);
+  }
+  if (mesh_opt(MESH_OPT_VERBOSE) < 1) return;
   va_start(ap, fmt);
   vdprintf_(2, "meshalloc: warning: ", fmt, ap);
   va_end(ap);
+}
+
+void _mesh_warnings_print(int fd) {
+  for (int i = 0; i < WARN_KINDS; i++) {
+    uint64_t n = mesh_load_relaxed(&warn_count[i]);
+    if (n > 1) _mesh_dprintf(fd, "Warning repeated:   %s (%llu times, printed once)\n", warn_text[i], (unsigned long long)n);
+  }
 }
 
 void _mesh_fatal(const char *fmt, ...) {

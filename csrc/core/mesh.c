@@ -139,7 +139,7 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
     mesh_stat_add(mesh_budget_stops, 1);
     return false;
   }
-  if (_mesh_arena_fd() < 0) return false; /* the program closed it: orphaned, no more meshing */
+  if (!_mesh_arena.meshable || _mesh_arena_fd() < 0) return false; /* meshing stopped in this pass, or orphaned */
   _mesh_barrier_begin();
   /* 1. writers of the source wait from here on */
   uint32_t vs = src_id;
@@ -189,8 +189,13 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
     last = vs;
   }
   _mesh_barrier_end();
-  if (_mesh_arena_punch(s->page, n) != 0)
-    _mesh_warning("meshing: punching %u pages failed (errno %d)", n, errno);
+  if (_mesh_arena_punch(s->page, n) != 0) {
+    /* the source's pages stay allocated in the memfd: meshing would only
+     * cost from now on (fallocate refused, e.g. by seccomp) */
+    _mesh_warning("meshing: cannot return a meshed span's pages (fallocate errno %d); meshing is off from now on",
+                  errno);
+    _mesh_arena.meshable = false;
+  }
   /* the source's chain (itself first) joins the destination's */
   mesh_span(last)->alias_next = d->alias_next;
   d->alias_next = src_id;

@@ -136,7 +136,10 @@ void mesh_stats_print(int fd) {
                 (unsigned long long)(d[MESH_DER_meshed_bytes_per_mapping] >> 10),
                 (unsigned long long)v[MESH_CTR_mesh_passes], (unsigned long long)(v[MESH_CTR_mesh_pause_ns_max] / 1000),
                 (unsigned long long)(v[MESH_CTR_mesh_pause_cpu_ns_max] / 1000),
-                d[MESH_DER_meshing_available] ? "available (memfd arena)" : "off (anonymous arena)");
+                d[MESH_DER_meshing_available] ? "available (memfd arena)"
+                : _mesh_arena.memfd_mapped    ? "off (memfd arena; meshing stopped, see the warning)"
+                                              : "off (anonymous arena)");
+  _mesh_warnings_print(fd);
 }
 
 void mesh_stats_print_all(int fd) {
