@@ -55,6 +55,12 @@ def test_program_that_closes_or_reuses_the_memfd_number_keeps_its_files_and_heap
 
 
 @pytest.mark.parametrize("config", CONFIGS)
+def test_signal_handler_writing_heap_objects_during_meshing_finishes(helpers, libmesh, hostile, tmp_path, config):
+    r = run_case(helpers, [str(hostile), "alarm-writer"], case_env(helpers, libmesh, config), tmp_path, timeout=60)
+    assert r.returncode == 0 and "alarm-writer: ok" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_program_started_with_stdio_closed_gets_descriptor_0_for_its_first_file(
         helpers, libmesh, hostile, tmp_path, config):
     cmd = ["sh", "-c", f'exec 0<&- 1>&- "{hostile}" stdio-closed']

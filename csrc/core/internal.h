@@ -17,6 +17,7 @@
 #ifndef MESH_INTERNAL_H
 #define MESH_INTERNAL_H
 
+#include <signal.h>
 #include <stdarg.h>
 #include <sys/types.h>
 
@@ -39,6 +40,8 @@ int _mesh_os_fd_identity(int fd, uint64_t id[2]); /* (device, inode) */
 int _mesh_os_map_anon_fixed(void *addr, size_t len);
 int _mesh_os_alias_mapping(void *from, void *to, size_t len); /* second mapping of a shared range */
 int _mesh_os_remove(void *addr, size_t len);              /* frees the pages behind a mapping */
+void _mesh_os_block_async_signals(sigset_t *old); /* all but SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS */
+void _mesh_os_restore_signals(const sigset_t *old);
 void *_mesh_os_reserve(size_t size, int fd);
 /* The same, followed by guard bytes of PROT_NONE address space (never
  * touched, never backed) that nothing else can be mapped into. */

@@ -741,9 +741,19 @@ static uint64_t deadline_after(uint64_t t0, uint64_t budget_ns) {
   return budget_ns > UINT64_MAX - t0 ? UINT64_MAX : t0 + budget_ns - budget_ns / 4;
 }
 
+/* A pass runs inside malloc or free on any thread of the program, with the
+ * global lock held, and waits for nobody; but a signal handler that ran on
+ * this thread in the middle of it would find the lock taken (a handler
+ * that allocates) or its own object write-protected by the mesh this very
+ * thread is making (a handler that writes a heap object: it would wait in
+ * the barrier for itself). So asynchronous signals are held back for the
+ * length of a pass (at most max_pause_us) and delivered right after it;
+ * faults are not. */
 size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more) {
   *more = false;
   if (!can_mesh()) return 0;
+  sigset_t old_mask;
+  _mesh_os_block_async_signals(&old_mask);
   pause_start_t t0 = pause_begin();
   uint64_t deadline = deadline_after(t0.wall, budget_ns);
   size_t freed = 0;
@@ -756,6 +766,7 @@ size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more)
   }
   *more = (out_of_time || unswept) && !stop; /* work left; a budget stop ends it */
   pause_done(t0, kind);
+  _mesh_os_restore_signals(&old_mask);
   return freed;
 }
 
@@ -793,11 +804,14 @@ size_t mesh_compact(void) {
           stop = true;
           break;
         }
+        sigset_t old_mask; /* as in a pass: no handler runs inside a step */
+        _mesh_os_block_async_signals(&old_mask);
         pause_start_t t0 = pause_begin();
         bool out_of_time = false, step_meshed = false;
         unswept = false;
         sweep += mesh_class(c, deadline_after(t0.wall, budget), &out_of_time, &stop, &unswept, &step_meshed);
         pause_done(t0, MESH_PASS_compact);
+        _mesh_os_restore_signals(&old_mask);
         _mesh_unlock();
       }
       total += sweep;

@@ -260,3 +260,19 @@ long _mesh_os_count_maps(void) {
   close(fd);
   return n < 0 ? -1 : lines;
 }
+
+/* Blocks every signal but the synchronous ones (a fault in this thread must
+ * still be delivered) in the calling thread, saving the old mask. */
+void _mesh_os_block_async_signals(sigset_t *old) {
+  sigset_t set;
+  sigfillset(&set);
+  sigdelset(&set, SIGSEGV);
+  sigdelset(&set, SIGBUS);
+  sigdelset(&set, SIGFPE);
+  sigdelset(&set, SIGILL);
+  sigdelset(&set, SIGTRAP);
+  sigdelset(&set, SIGSYS);
+  syscall(SYS_rt_sigprocmask, SIG_BLOCK, &set, old, _NSIG / 8);
+}
+
+void _mesh_os_restore_signals(const sigset_t *old) { syscall(SYS_rt_sigprocmask, SIG_SETMASK, old, NULL, _NSIG / 8); }

@@ -18,6 +18,11 @@
  *   closerange-fork  as closerange, then fork: the child overwrites every
  *                survivor and frees half; the parent's heap and files
  *                are unchanged.
+ *   alarm-writer a SIGALRM handler (every 200 us, for 3 s) adds one to a
+ *                counter inside a heap object while the program frees,
+ *                allocates and compacts: the handler may interrupt a
+ *                meshing pass on the very thread it runs on. The process
+ *                finishes, and the counters add up to the handler's calls.
  *   stdio-closed started with stdin and stdout closed: the program's first
  *                open() gets descriptor 0, as POSIX promises, and what it
  *                writes there is not the heap.
@@ -33,7 +38,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/time.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -201,6 +209,61 @@ static int case_closerange_fork(void) {
   return 0;
 }
 
+#define NCOUNTERS 20000
+static uint64_t *volatile counters[NCOUNTERS];
+static volatile sig_atomic_t alarms;
+
+static void on_alarm(int sig) {
+  (void)sig;
+  int saved = errno;
+  for (int k = 0; k < NCOUNTERS; k++) counters[k][1]++; /* writes into heap objects, some being meshed */
+  alarms++;
+  errno = saved;
+}
+
+static int case_alarm_writer(void) {
+  /* the counters live among garbage, so their spans are meshed */
+  for (size_t i = 0; i < NOBJ; i++) fill(i);
+  static void *junk[NCOUNTERS * 9];
+  for (int k = 0; k < NCOUNTERS; k++) { /* each counter among nine blocks of its size that die */
+    counters[k] = calloc(1, 48);
+    if (!counters[k]) die("calloc");
+    for (int j = 0; j < 9; j++)
+      if (!(junk[k * 9 + j] = malloc(48))) die("malloc");
+  }
+  for (int j = 0; j < NCOUNTERS * 9; j++) free(junk[j]);
+  for (size_t i = 0; i < NOBJ; i++)
+    if (next() % 10) free(obj[i]), obj[i] = NULL;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGALRM, &sa, NULL) != 0) die("sigaction");
+  struct itimerval it = {{0, 200}, {0, 200}};
+  if (setitimer(ITIMER_REAL, &it, NULL) != 0) die("setitimer");
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do {
+    churn(1);
+    clock_gettime(CLOCK_MONOTONIC, &t);
+  } while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 3000000000L);
+  struct itimerval off = {{0, 0}, {0, 0}};
+  setitimer(ITIMER_REAL, &off, NULL);
+  check_heap("after the alarms");
+  for (int k = 0; k < NCOUNTERS; k++)
+    if (counters[k][1] != (uint64_t)alarms) {
+      fprintf(stderr, "FAIL: %d alarms, counter %d says %llu\n", (int)alarms, k, (unsigned long long)counters[k][1]);
+      return 1;
+    }
+  if (alarms < 100) {
+    fprintf(stderr, "FAIL: only %d alarms\n", (int)alarms);
+    return 1;
+  }
+  fprintf(stderr, "%d alarms\n", (int)alarms);
+  return 0;
+}
+
 static int case_dup2_over(void) {
   fragment();
   compact();
@@ -261,7 +324,7 @@ static int case_stdio_closed(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: hostile closerange|closerange-fork|dup2-over|stdio-closed [seed]\n");
+    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|dup2-over|stdio-closed [seed]\n");
     return 2;
   }
   if (argc > 2) rng ^= strtoull(argv[2], NULL, 0) * 0x2545f4914f6cdd1dull;
@@ -270,6 +333,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "closerange")) rc = case_closerange();
   else if (!strcmp(argv[1], "dup2-over")) rc = case_dup2_over();
   else if (!strcmp(argv[1], "closerange-fork")) rc = case_closerange_fork();
+  else if (!strcmp(argv[1], "alarm-writer")) rc = case_alarm_writer();
   else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
   else {
     fprintf(stderr, "unknown case %s\n", argv[1]);
