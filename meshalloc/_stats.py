@@ -90,6 +90,7 @@ CORE_FIELDS: Tuple[str, ...] = (
     "double_free_count",
     "invalid_free_count",
     "orphan_allocs",
+    "retired_pages",
     "warnings_repeated",
     "small_bytes_in_use",
     "small_objects_in_use",
@@ -262,6 +263,7 @@ class Stats:
     double_free_count: int = 0
     invalid_free_count: int = 0
     orphan_allocs: int = 0
+    retired_pages: int = 0
     warnings_repeated: int = 0
     small_bytes_in_use: int = 0
     small_objects_in_use: int = 0

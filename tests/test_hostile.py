@@ -61,6 +61,15 @@ def test_signal_handler_writing_heap_objects_during_meshing_finishes(helpers, li
 
 
 @pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("thread", ["1", "0"])
+def test_program_with_many_mappings_of_its_own_can_still_map_more(helpers, libmesh, hostile, tmp_path, config,
+                                                                  thread):
+    env = case_env(helpers, libmesh, config, MESH_MESHER_THREAD=thread)
+    r = run_case(helpers, [str(hostile), "many-mappings"], env, tmp_path, timeout=120)
+    assert r.returncode == 0 and "many-mappings: ok" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_program_started_with_stdio_closed_gets_descriptor_0_for_its_first_file(
         helpers, libmesh, hostile, tmp_path, config):
     cmd = ["sh", "-c", f'exec 0<&- 1>&- "{hostile}" stdio-closed']
@@ -174,3 +183,13 @@ def test_real_fault_after_faulthandler_changes_kills_with_sigsegv(helpers, libme
     assert r.returncode == -signal.SIGSEGV, r.describe()
     if case == "enabled":
         assert "Fatal Python error" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_program_at_the_kernels_mapping_limit_never_aborts_the_allocator(helpers, cbuild, tmp_path, config):
+    """The program maps pages of its own up to vm.max_map_count; restoring
+    freed aliases then fails: the ranges are set aside and restored later."""
+    r = run_case(helpers, [str(cbuild("maplimit", config))], helpers.env(), tmp_path, timeout=300)
+    helpers.assert_ok(r, "maplimit")
+    assert "maplimit ok" in r.stdout
+    assert r.stderr.count("meshalloc: warning") == 1 and "set aside" in r.stderr, r.stderr

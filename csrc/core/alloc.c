@@ -144,7 +144,7 @@ size_t mesh_span_of(const void *p, void **start) {
   uint32_t id = (uint32_t)pte;
   if (id == MESH_NIL) return 0;
   uint8_t st = mesh_load_relaxed(&mesh_span(id)->state);
-  if (st == SPAN_FREE || st == SPAN_NONE) return 0;
+  if (st == SPAN_FREE || st == SPAN_NONE || st == SPAN_RETIRED) return 0;
   if (start) *start = (void *)mesh_page_addr((uint32_t)(pte >> 32));
   return (size_t)mesh_span(id)->npages << MESH_PAGE_SHIFT;
 }

@@ -418,7 +418,10 @@ static size_t scavenge_to(uint64_t target) {
   return punched;
 }
 
-size_t _mesh_arena_scavenge(void) { return scavenge_to(0); }
+size_t _mesh_arena_scavenge(void) {
+  _mesh_arena_retry_retired();
+  return scavenge_to(0);
+}
 
 uint64_t _mesh_arena_decay(void) {
   uint64_t d = mesh_stat_get(dirty_pages), unused = dirty_low_mark < d ? dirty_low_mark : d;
@@ -438,7 +441,7 @@ static void scavenge_if_over(void) {
 /* Walks the tiling; returns the number of problems (each reported). */
 int _mesh_arena_validate(void) {
   int bad = 0;
-  uint64_t span_pages = 0, dirty = 0, meshed = 0;
+  uint64_t span_pages = 0, dirty = 0, meshed = 0, retired = 0;
 #define BAD(...) do { bad++; _mesh_dprintf(2, "meshalloc: check: " __VA_ARGS__); } while (0)
   for (uint32_t pg = 0; pg < top;) {
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
@@ -481,11 +484,21 @@ int _mesh_arena_validate(void) {
           BAD("span %u: page %u entry mismatch\n", id, pg + i);
           break;
         }
+    } else if (st == SPAN_RETIRED) {
+      retired += s->npages;
+      for (uint32_t i = 0; i < s->npages; i++)
+        if (mesh_load_relaxed(&_mesh_arena.pagetable[pg + i]) != (((uint64_t)pg << 32) | id)) {
+          BAD("retired range %u: page %u entry mismatch\n", id, pg + i);
+          break;
+        }
     } else {
       BAD("span %u at page %u has state %u\n", id, pg, st);
     }
     pg += s->npages;
   }
+  if (retired != mesh_stat_get(retired_pages))
+    BAD("retired pages %llu, counter says %llu\n", (unsigned long long)retired,
+        (unsigned long long)mesh_stat_get(retired_pages));
   if (span_pages != mesh_stat_get(span_pages))
     BAD("span pages %llu, counter says %llu\n", (unsigned long long)span_pages,
         (unsigned long long)mesh_stat_get(span_pages));
@@ -528,7 +541,7 @@ int _mesh_span_validate(uint32_t id) {
 #define BAD(fmt, ...) do { bad++; _mesh_dprintf(2, "meshalloc: check: span %u: " fmt "\n", id, ##__VA_ARGS__); } while (0)
   if (id == MESH_NIL || id >= rec_top) { BAD("bad id"); return bad; }
   if ((uint64_t)s->page + s->npages > top || s->npages == 0) BAD("pages %u+%u outside [0,%u)", s->page, s->npages, top);
-  if (st == SPAN_FREE || st == SPAN_NONE) return bad;
+  if (st == SPAN_FREE || st == SPAN_NONE || st == SPAN_RETIRED) return bad;
   if (st == SPAN_ALIAS) {
     uint32_t d = mesh_load_relaxed(&s->mesh_dst);
     if (!d || d >= rec_top || mesh_load_relaxed(&mesh_span(d)->state) == SPAN_ALIAS) BAD("alias of %u", d);
@@ -567,7 +580,9 @@ uint32_t _mesh_arena_phys_of(uint32_t page) {
   uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[page]);
   uint32_t id = (uint32_t)e;
   if (!id) return page;
-  return mesh_span(id)->page + (page - (uint32_t)(e >> 32));
+  span_t *s = mesh_span(id);
+  uint32_t base = mesh_load_relaxed(&s->state) == SPAN_RETIRED ? (uint32_t)mesh_load_relaxed(&s->bits[0]) : s->page;
+  return base + (page - (uint32_t)(e >> 32));
 }
 
 static int brk_at(uint32_t x, uint32_t phys_x) {
@@ -612,9 +627,50 @@ int _mesh_arena_punch(uint32_t page, uint32_t n) {
   return punch((size_t)page << MESH_PAGE_SHIFT, (size_t)n << MESH_PAGE_SHIFT, false);
 }
 
+/* ---- retired ranges ----------------------------------------------------
+ * Restoring a freed alias's own mapping is one mmap that may split a VMA;
+ * at the kernel's mapping limit (the program's own mappings can take it
+ * there) it fails. The range is then set aside instead of aborting: it
+ * keeps the mapping it has (the former destination's memfd pages, noted in
+ * bits[0] so that the mapping count stays exact), is never handed out
+ * (its page-table entries name a SPAN_RETIRED record, which every free
+ * path rejects), and is retried at each scavenge and meshing-thread turn.
+ * Lock held throughout. */
+static uint32_t retired_head = MESH_NIL; /* SPAN_RETIRED records, linked by next */
+
+static void retire(uint32_t a, uint32_t phys) {
+  span_t *r = mesh_span(a);
+  r->nobjects = 0;
+  mesh_store_relaxed(&r->bits[0], phys);
+  mesh_store_relaxed(&r->state, SPAN_RETIRED);
+  _mesh_pagetable_set(r->page, r->npages, r->page, a);
+  r->next = retired_head;
+  retired_head = a;
+  mesh_stat_add(retired_pages, r->npages);
+  _mesh_warning("cannot restore the mapping of a freed meshed span (errno %d; the kernel's mapping limit?): "
+                "its pages are set aside and retried later", errno);
+}
+
+void _mesh_arena_retry_retired(void) {
+  uint32_t *link = &retired_head;
+  while (*link) {
+    uint32_t a = *link;
+    span_t *r = mesh_span(a);
+    int d = _mesh_arena_map_delta(r->page, r->npages, r->page);
+    if (_mesh_arena_map(r->page, r->npages, r->page) != 0) return; /* still at the limit: later */
+    *link = r->next;
+    mesh_stat_add(arena_mappings, d);
+    mesh_stat_sub(retired_pages, r->npages);
+    mesh_store_relaxed(&r->bits[0], 0);
+    _mesh_pagetable_set(r->page, r->npages, 0, MESH_NIL);
+    run_insert(a, false);
+  }
+}
+
 /* Undoes every alias of span id before its pages are freed: each aliased
  * virtual span is mapped back onto its own (punched, so zero) memfd pages
- * and becomes a clean free run. Lock held. */
+ * and becomes a clean free run, or is retired if the kernel refuses the
+ * mapping. Lock held. */
 static void unalias_all(uint32_t id) {
   span_t *s = mesh_span(id);
   uint32_t a = s->alias_next;
@@ -624,15 +680,18 @@ static void unalias_all(uint32_t id) {
     span_t *r = mesh_span(a);
     uint32_t next = r->alias_next;
     int d = _mesh_arena_map_delta(r->page, r->npages, r->page);
-    if (_mesh_arena_map(r->page, r->npages, r->page) != 0)
-      _mesh_fatal("cannot restore the mapping of a meshed span (errno %d)", errno);
-    mesh_stat_add(arena_mappings, d);
+    bool restored = _mesh_arena_map(r->page, r->npages, r->page) == 0;
     mesh_stat_sub(meshed_pages, r->npages);
     mesh_stat_sub(mesh_aliases, 1);
-    _mesh_pagetable_set(r->page, r->npages, 0, MESH_NIL);
     r->alias_next = MESH_NIL;
-    r->nobjects = 0;
-    run_insert(a, false);
+    if (restored) {
+      mesh_stat_add(arena_mappings, d);
+      _mesh_pagetable_set(r->page, r->npages, 0, MESH_NIL);
+      r->nobjects = 0;
+      run_insert(a, false);
+    } else {
+      retire(a, s->page);
+    }
     a = next;
   }
 }

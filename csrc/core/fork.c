@@ -109,7 +109,8 @@ static long long copy_live(int fd, char *dst, bool with_aliases) {
       n = s->npages ? s->npages : 1;
       /* each physical span once (an alias's pages are its destination's),
        * unless the copy cannot alias (anonymous fallback) */
-      live = mesh_load_relaxed(&s->state) != SPAN_FREE && (with_aliases || s->page == pg);
+      uint8_t st = mesh_load_relaxed(&s->state);
+      live = st != SPAN_FREE && st != SPAN_RETIRED && (with_aliases || s->page == pg);
     }
     if (live && run_len && run_start + run_len == pg) {
       run_len += n;
@@ -151,6 +152,7 @@ static void child(void) {
       _mesh_arena.fd_id[0] = id[0];
       _mesh_arena.fd_id[1] = id[1];
       if (!remap_aliases()) _mesh_fatal("fork child: cannot re-create meshed mappings (errno %d)", errno);
+      _mesh_arena_retry_retired(); /* their own pages are mapped again already: file them as free */
     } else {
       /* No second memfd (fd limit, seccomp): give the child a private
        * anonymous copy instead; it keeps working without meshing. */
@@ -164,6 +166,7 @@ static void child(void) {
       _mesh_arena.fd = -1;
       _mesh_arena.meshable = false;
       _mesh_arena.memfd_mapped = false;
+      _mesh_arena_retry_retired();
       if (own) _mesh_warning("fork child: no memfd for the heap copy; this process runs without meshing");
     }
     _mesh_arena_forget_dirty();

@@ -208,6 +208,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(double_free_count, "double frees detected") \
   X(invalid_free_count, "frees of pointers that are not a live block start") \
   X(orphan_allocs, "allocations served after the thread's heap was released (thread exit)") \
+  X(retired_pages, "virtual pages of freed meshed spans whose own mapping could not be restored (mapping limit): set aside, retried later") \
   X(warnings_repeated, "warnings not printed because one of the same kind already was")
 
 enum mesh_counter_id {
@@ -293,6 +294,7 @@ int _mesh_arena_punch(uint32_t page, uint32_t n);
  * arena is then orphaned: no meshing, the number never used again). */
 int _mesh_arena_fd(void);
 void _mesh_arena_forget_dirty(void); /* fork child: dirty runs were not copied */
+void _mesh_arena_retry_retired(void); /* lock held: restores retired ranges the kernel now lets us map */
 
 /* Bits set in x. Inline arithmetic: the x86-64 baseline has no popcnt, and
  * __builtin_popcountll there is a call into libgcc (seen at 0.5 % of a
@@ -422,6 +424,7 @@ void _mesh_meshing_init(void);
 size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more); /* *more: work left */
 uint64_t _mesh_last_pass_ns(void); /* lock held: when the last pass or step ended */
 void _mesh_count_other_mappings(void); /* without the lock: refresh the mapping budget */
+bool _mesh_mapping_count_stale(void); /* near the kernel's limit, and counted too long ago */
 
 /* ---- trigger.c ------------------------------------------------------ */
 void _mesh_triggers_init(void);

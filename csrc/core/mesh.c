@@ -66,6 +66,7 @@ static struct { uint32_t id; uint8_t bin; } cursor[MESH_NUM_CLASSES]; /* (lock) 
  * the program holds (counted at start-up and before each compaction). */
 static uint64_t map_limit;
 static _Atomic(uint64_t) map_others; /* written without the lock */
+static _Atomic(uint64_t) map_counted_ns; /* when map_others was counted */
 
 /* Counts the mappings that are not the arena's. Call without the lock (a
  * big /proc/self/maps takes milliseconds to read). */
@@ -73,6 +74,19 @@ void _mesh_count_other_mappings(void) {
   long all = _mesh_os_count_maps();
   uint64_t ours = mesh_stat_get(arena_mappings);
   mesh_store_relaxed(&map_others, all > 0 && (uint64_t)all > ours ? (uint64_t)all - ours : 0);
+  mesh_store_relaxed(&map_counted_ns, _mesh_os_now_ns());
+}
+
+/* The program may have added mappings of its own since they were counted
+ * (a free-triggered pass never counts: reading the maps file is too slow
+ * for malloc). Once the process nears half the kernel's limit, a count
+ * older than MAP_RECOUNT_NS is stale: inline passes stand aside and the
+ * meshing thread counts again (outside the lock) before its next pass. */
+#define MAP_RECOUNT_NS 500000000u
+bool _mesh_mapping_count_stale(void) {
+  if (mesh_opt(MESH_OPT_MAX_MAPPINGS) > 0 || !map_limit) return false;
+  uint64_t used = mesh_stat_get(arena_mappings) + mesh_load_relaxed(&map_others) + map_limit / 8;
+  return used >= map_limit / 2 && _mesh_os_now_ns() - mesh_load_relaxed(&map_counted_ns) >= MAP_RECOUNT_NS;
 }
 
 void _mesh_meshing_init(void) {

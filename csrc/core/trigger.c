@@ -321,8 +321,9 @@ static void *thread_main(void *arg) {
     if (stop) break;
     /* the mapping budget counts the program's own mappings, read (outside
      * the lock: a big maps file takes milliseconds) as each sweep starts */
-    if (th.recount) _mesh_count_other_mappings(), th.recount = false;
+    if (th.recount || _mesh_mapping_count_stale()) _mesh_count_other_mappings(), th.recount = false;
     _mesh_lock();
+    if (mesh_stat_get(retired_pages)) _mesh_arena_retry_retired();
     bool go_on = thread_turn(&wait_ns);
     if (!go_on) mesh_store_relaxed(&thread_active, false);
     _mesh_unlock();
@@ -436,6 +437,13 @@ void _mesh_maybe_mesh(bool span_freed) {
   if (decay_wait_ns(now) && span_freed) want_thread(); /* someone must decay them if the program stops */
   long period = mesh_opt(MESH_OPT_PERIOD_MS);
   if (period <= 0 || !_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH)) return;
+  if (_mesh_mapping_count_stale()) {
+    /* near the kernel's limit with an old count of the program's mappings:
+     * the thread counts them first (without a thread, only mesh_compact()
+     * counts, and inline passes wait for it) */
+    want_thread();
+    return;
+  }
   uint64_t last = _mesh_last_pass_ns();
   if (now - last < pass_wait_ns(period) ||
       /* a wait just lengthened counts from the last pass too */

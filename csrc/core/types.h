@@ -80,6 +80,9 @@ enum span_state {
   SPAN_LARGE,     /* one large object */
   SPAN_ALIAS,     /* a virtual span meshed onto another span's physical pages;
                      mesh_dst names that span, which owns the bitmap */
+  SPAN_RETIRED,   /* a freed alias whose own mapping could not be restored (the
+                     kernel's mapping limit): still mapped onto memfd page
+                     bits[0], never handed out, restored by a later retry */
 };
 
 /* One span record: 64 bytes, one cache line. Fields marked (lock) change only

@@ -23,6 +23,10 @@
  *                allocates and compacts: the handler may interrupt a
  *                meshing pass on the very thread it runs on. The process
  *                finishes, and the counters add up to the handler's calls.
+ *   many-mappings  after start-up the program maps 30 000 pages of its own,
+ *                then frees 90 % of a big heap and idles while meshing runs
+ *                on its own: the process stays clear of vm.max_map_count
+ *                (the program can still map 2 000 more pages).
  *   stdio-closed started with stdin and stdout closed: the program's first
  *                open() gets descriptor 0, as POSIX promises, and what it
  *                writes there is not the heap.
@@ -39,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <time.h>
@@ -264,6 +269,56 @@ static int case_alarm_writer(void) {
   return 0;
 }
 
+static int count_maps(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) die("open maps");
+  int n = 0, c;
+  while ((c = fgetc(f)) != EOF) n += c == '\n';
+  fclose(f);
+  return n;
+}
+
+static int case_many_mappings(void) {
+  free(malloc(16)); /* the allocator starts (and counts the mappings) with few */
+  FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+  int limit = 65530;
+  if (f) {
+    if (fscanf(f, "%d", &limit) != 1) limit = 65530;
+    fclose(f);
+  }
+  int own = limit * 45 / 100;
+  for (int i = 0; i < own; i++)
+    if (mmap(NULL, 4096, i % 2 ? PROT_READ : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) == MAP_FAILED)
+      die("mmap of the program's own pages");
+  enum { M = 2500000 };
+  static void *blk[M];
+  for (int i = 0; i < M; i++)
+    if (!(blk[i] = malloc(64))) die("malloc");
+  for (int i = 0; i < M; i++)
+    if (next() % 10) free(blk[i]), blk[i] = NULL;
+  int peak = 0;
+  for (int t = 0; t < 40; t++) { /* 4 s of light activity, no call */
+    struct timespec ts = {0, 100000000};
+    nanosleep(&ts, NULL);
+    free(malloc(100));
+    int m = count_maps();
+    if (m > peak) peak = m;
+  }
+  int extra = 0;
+  void *more[2000];
+  for (; extra < 2000; extra++)
+    if ((more[extra] = mmap(NULL, 4096, extra % 2 ? PROT_READ : PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) ==
+        MAP_FAILED)
+      break;
+  fprintf(stderr, "limit %d, own %d, peak mappings %d, %d more pages mapped\n", limit, own, peak, extra);
+  if (extra < 2000) {
+    fprintf(stderr, "FAIL: the program could map only %d more pages\n", extra);
+    return 1;
+  }
+  for (int i = 0; i < M; i++) free(blk[i]);
+  return 0;
+}
+
 static int case_dup2_over(void) {
   fragment();
   compact();
@@ -324,7 +379,7 @@ static int case_stdio_closed(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|dup2-over|stdio-closed [seed]\n");
+    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|many-mappings|dup2-over|stdio-closed [seed]\n");
     return 2;
   }
   if (argc > 2) rng ^= strtoull(argv[2], NULL, 0) * 0x2545f4914f6cdd1dull;
@@ -334,6 +389,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "dup2-over")) rc = case_dup2_over();
   else if (!strcmp(argv[1], "closerange-fork")) rc = case_closerange_fork();
   else if (!strcmp(argv[1], "alarm-writer")) rc = case_alarm_writer();
+  else if (!strcmp(argv[1], "many-mappings")) rc = case_many_mappings();
   else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
   else {
     fprintf(stderr, "unknown case %s\n", argv[1]);
