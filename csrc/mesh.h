@@ -106,6 +106,11 @@ typedef struct mesh_class_stats_s {
   uint64_t meshed_spans;    /* virtual spans meshed onto the class's spans (each saved one span of memory) */
 } mesh_class_stats_t;
 MESH_API int    mesh_class_stats(mesh_class_stats_t *out, int n);
+/* Never meshes the spans under [addr, addr+len) again (as source or
+ * destination): for memory whose protection the program changes, or that
+ * the kernel writes behind libc's back. Returns the spans newly pinned.
+ * libmesh.so calls it from mprotect, pkey_mprotect and setvbuf. */
+MESH_API size_t mesh_pin(const void *addr, size_t len);
 /* Writes the MALLOCSTATS summary to file descriptor fd. */
 MESH_API void   mesh_stats_print(int fd);
 /* Every field of the stats table, one "name value" line each. */

@@ -65,7 +65,6 @@ CORE_FIELDS: Tuple[str, ...] = (
     "pass_ns_compact",
     "mesher_thread_starts",
     "mesh_barrier_waits",
-    "mesh_efault_retries",
     "spans_alloc_count",
     "spans_free_count",
     "spans_live",
@@ -90,6 +89,8 @@ CORE_FIELDS: Tuple[str, ...] = (
     "double_free_count",
     "invalid_free_count",
     "orphan_allocs",
+    "spans_pinned",
+    "syscalls_in_flight_skips",
     "retired_pages",
     "warnings_repeated",
     "small_bytes_in_use",
@@ -238,7 +239,6 @@ class Stats:
     pass_ns_compact: int = 0
     mesher_thread_starts: int = 0
     mesh_barrier_waits: int = 0
-    mesh_efault_retries: int = 0
     spans_alloc_count: int = 0
     spans_free_count: int = 0
     spans_live: int = 0
@@ -263,6 +263,8 @@ class Stats:
     double_free_count: int = 0
     invalid_free_count: int = 0
     orphan_allocs: int = 0
+    spans_pinned: int = 0
+    syscalls_in_flight_skips: int = 0
     retired_pages: int = 0
     warnings_repeated: int = 0
     small_bytes_in_use: int = 0

@@ -70,6 +70,19 @@ def test_program_with_many_mappings_of_its_own_can_still_map_more(helpers, libme
 
 
 @pytest.mark.parametrize("config", CONFIGS)
+def test_datagrams_and_eventfd_counts_received_into_meshed_buffers_are_never_lost(
+        helpers, libmesh, hostile, tmp_path, config):
+    r = run_case(helpers, [str(hostile), "dgram"], case_env(helpers, libmesh, config), tmp_path, timeout=120)
+    assert r.returncode == 0 and "dgram: ok" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_blocks_the_program_protects_keep_their_protection(helpers, libmesh, hostile, tmp_path, config):
+    r = run_case(helpers, [str(hostile), "mprotect"], case_env(helpers, libmesh, config), tmp_path, timeout=120)
+    assert r.returncode == 0 and "mprotect: ok" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_program_started_with_stdio_closed_gets_descriptor_0_for_its_first_file(
         helpers, libmesh, hostile, tmp_path, config):
     cmd = ["sh", "-c", f'exec 0<&- 1>&- "{hostile}" stdio-closed']

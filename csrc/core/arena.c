@@ -182,7 +182,7 @@ uint32_t _mesh_span_record_new(void) {
   mesh_store_relaxed(&s->state, SPAN_NONE);
   mesh_store_relaxed(&s->att, 0);
   s->bin = 0;
-  s->pad = 0;
+  s->flags = 0;
   s->naliases = 0;
   s->alias_next = MESH_NIL;
   return id;

@@ -218,5 +218,71 @@ int _mesh_barrier_user_sigaction(const struct sigaction *act, struct sigaction *
   return 0;
 }
 
-/* fork child: the handler is inherited; nothing is protected in the child. */
-void _mesh_barrier_after_fork_child(void) { mesh_store_relaxed(&_mesh_mesh_gen, 0); }
+/* ---- system calls in flight ---------------------------------------------
+ *
+ * A system call that writes into a write-protected buffer does not fault:
+ * it fails with EFAULT, and some calls have consumed their input by then (a
+ * datagram, an eventfd count). So the calls libmesh.so wraps publish their
+ * buffer ([lo, hi), the hull of all its pieces) in a slot for their whole
+ * length, and mesh_pair skips a source span that meets a published buffer.
+ * The handshake is Dekker's: the caller publishes, then reads mesh_gen and
+ * waits while it is odd (a mesh in progress may have protected the buffer
+ * before seeing the slot); the mesher makes mesh_gen odd, then reads the
+ * slots. All seq_cst, so one of the two sees the other. With every slot
+ * taken, the caller counts itself in slots_overflow and no mesh runs until
+ * it is done. A slot whose range is being written reads as "everything". */
+#define SYSCALL_SLOTS 256
+#define SLOT_CLAIMED ((uintptr_t)1) /* lo while the range is being written */
+static struct {
+  _Atomic uintptr_t lo, hi;
+} slots[SYSCALL_SLOTS];
+static _Atomic uint32_t slots_used, slots_overflow;
+
+int _mesh_syscall_enter(const void *lo, const void *hi) {
+  uintptr_t l = (uintptr_t)lo, h = (uintptr_t)hi, base = _mesh_arena.base;
+  if (!base || h <= l || l >= base + _mesh_arena.size || h <= base) return -1;
+  int token = SYSCALL_SLOTS; /* overflow */
+  mesh_fetch_add_seq_cst(&slots_used, 1);
+  for (int i = 0; i < SYSCALL_SLOTS; i++) {
+    uintptr_t expected = 0;
+    if (mesh_load_relaxed(&slots[i].lo) == 0 &&
+        atomic_compare_exchange_strong(&slots[i].lo, &expected, SLOT_CLAIMED)) {
+      mesh_store_seq_cst(&slots[i].hi, h);
+      mesh_store_seq_cst(&slots[i].lo, l);
+      token = i;
+      break;
+    }
+  }
+  if (token == SYSCALL_SLOTS) mesh_fetch_add_seq_cst(&slots_overflow, 1);
+  uint32_t gen;
+  while ((gen = mesh_load_seq_cst(&_mesh_mesh_gen)) & 1) _mesh_barrier_wait(gen);
+  return token;
+}
+
+void _mesh_syscall_exit(int token) {
+  if (token < 0) return;
+  if (token == SYSCALL_SLOTS) mesh_fetch_sub_seq_cst(&slots_overflow, 1);
+  else mesh_store_seq_cst(&slots[token].lo, 0);
+  mesh_fetch_sub_seq_cst(&slots_used, 1);
+}
+
+bool _mesh_syscall_overlaps(uintptr_t lo, uintptr_t hi) {
+  if (!mesh_load_seq_cst(&slots_used)) return false;
+  if (mesh_load_seq_cst(&slots_overflow)) return true;
+  for (int i = 0; i < SYSCALL_SLOTS; i++) {
+    uintptr_t l = mesh_load_seq_cst(&slots[i].lo);
+    if (!l) continue;
+    if (l == SLOT_CLAIMED) return true;
+    if (l < hi && mesh_load_seq_cst(&slots[i].hi) > lo) return true;
+  }
+  return false;
+}
+
+/* fork child: the handler is inherited; nothing is protected in the child,
+ * and the only thread is not inside a wrapped call. */
+void _mesh_barrier_after_fork_child(void) {
+  mesh_store_relaxed(&_mesh_mesh_gen, 0);
+  for (int i = 0; i < SYSCALL_SLOTS; i++) mesh_store_relaxed(&slots[i].lo, 0);
+  mesh_store_relaxed(&slots_used, 0);
+  mesh_store_relaxed(&slots_overflow, 0);
+}

@@ -127,6 +127,7 @@ static uint32_t new_small_span(unsigned cls) {
     span_t *s = mesh_span(ids[i]);
     s->nobjects = sc->nobjects;
     s->cls = (uint8_t)cls;
+    s->flags = 0;
     if (i) partial_link(ids[i], 0);
   }
   return id;
@@ -229,6 +230,7 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   span_t *s = mesh_span(id);
   s->nobjects = 1;
   s->cls = MESH_CLASS_LARGE;
+  s->flags = 0;
   mesh_store_relaxed(&s->bits[0], 1);
   mesh_store_relaxed(&s->state, SPAN_LARGE);
   npages = s->npages;

@@ -183,7 +183,6 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(pass_ns_compact, "time spent in steps of explicit compactions, ns") \
   X(mesher_thread_starts, "times the meshing thread was started (it exits when its work is done)") \
   X(mesh_barrier_waits, "writes that faulted on a span being meshed and waited for it") \
-  X(mesh_efault_retries, "system calls retried after EFAULT on a span being meshed (libmesh.so)") \
   X(spans_alloc_count, "span records created (the original's MH Alloc Count)") \
   X(spans_free_count, "span records released (the original's MH Free Count)") \
   X(spans_live, "spans currently in use") \
@@ -208,6 +207,8 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(double_free_count, "double frees detected") \
   X(invalid_free_count, "frees of pointers that are not a live block start") \
   X(orphan_allocs, "allocations served after the thread's heap was released (thread exit)") \
+  X(spans_pinned, "spans pinned against meshing (mesh_pin: mprotect, pkey_mprotect, setvbuf under libmesh.so)") \
+  X(syscalls_in_flight_skips, "meshes skipped because a wrapped system call was writing into the source span (libmesh.so)") \
   X(retired_pages, "virtual pages of freed meshed spans whose own mapping could not be restored (mapping limit): set aside, retried later") \
   X(warnings_repeated, "warnings not printed because one of the same kind already was")
 
@@ -415,6 +416,15 @@ bool _mesh_barrier_ensure(void);
 struct sigaction;
 int _mesh_barrier_user_sigaction(const struct sigaction *act, struct sigaction *old);
 void _mesh_barrier_after_fork_child(void);
+/* System calls that write into user memory, wrapped by libmesh.so: the
+ * buffer is published for the length of the call, and no mesh protects a
+ * span under it meanwhile (the kernel would fail with EFAULT, after having
+ * consumed a datagram, an eventfd count...). enter waits out a mesh in
+ * progress; it returns a token for exit (-1: the buffer is not in the
+ * arena, nothing to do). errno is preserved by exit. */
+int _mesh_syscall_enter(const void *lo, const void *hi);
+void _mesh_syscall_exit(int token);
+bool _mesh_syscall_overlaps(uintptr_t lo, uintptr_t hi); /* mesher: a published buffer meets [lo, hi) */
 
 /* ---- mesh.c --------------------------------------------------------- */
 /* Who ran a pass; each kind has its own stats (passes_*, meshes_*, ...). */

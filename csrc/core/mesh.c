@@ -155,8 +155,19 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
   }
   if (!_mesh_arena.meshable || _mesh_arena_fd() < 0) return false; /* meshing stopped in this pass, or orphaned */
   _mesh_barrier_begin();
-  /* 1. writers of the source wait from here on */
+  /* a wrapped system call writing into the source: not now (after the
+   * barrier began, so that the call either is seen here or waits) */
   uint32_t vs = src_id;
+  for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
+    uintptr_t lo = mesh_page_addr(mesh_span(vs)->page);
+    if (_mesh_syscall_overlaps(lo, lo + ((uintptr_t)n << MESH_PAGE_SHIFT))) {
+      _mesh_barrier_end();
+      mesh_stat_add(syscalls_in_flight_skips, 1);
+      return false;
+    }
+  }
+  /* 1. writers of the source wait from here on */
+  vs = src_id;
   for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
     if (!protect(mesh_span(vs)->page, n)) {
       /* undo what was protected; map_or_die also restores write access */
@@ -235,7 +246,7 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
  * valid memory whatever became of the span. */
 static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned max_chain) {
   span_t *s = mesh_span(id);
-  if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != cls) return false;
+  if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != cls || (s->flags & SPAN_PINNED)) return false;
   unsigned live = _mesh_span_live(s);
   return live && live <= max_live && chain_len(s) < max_chain;
 }
@@ -836,4 +847,30 @@ size_t mesh_compact(void) {
   }
   mesh_scavenge();
   return total;
+}
+
+/* Pins the spans under [addr, addr+len): they are never meshed again, as
+ * source or destination (mesh.h: mesh_pin). For a page meshed already, the
+ * span holding its objects is pinned (its alias keeps its mapping until
+ * that span is freed). Returns the spans pinned. */
+size_t mesh_pin(const void *addr, size_t len) {
+  uintptr_t a = (uintptr_t)addr, base = _mesh_arena.base;
+  if (!len || !base || a + len <= base || a >= base + _mesh_arena.size) return 0;
+  mesh_ensure_init();
+  uint32_t first = a < base ? 0 : (uint32_t)((a - base) >> MESH_PAGE_SHIFT);
+  uintptr_t end = a + len > base + _mesh_arena.size ? base + _mesh_arena.size : a + len;
+  uint32_t last = (uint32_t)((end - 1 - base) >> MESH_PAGE_SHIFT);
+  size_t pinned = 0;
+  _mesh_lock();
+  for (uint32_t pg = first; pg <= last && pg < _mesh_arena_top(); pg++) {
+    uint32_t id = (uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+    if (!id) continue;
+    span_t *s = mesh_span(id); /* for an alias page: the span that holds the objects */
+    uint8_t st = mesh_load_relaxed(&s->state);
+    if (st != SPAN_ATTACHED && st != SPAN_PARTIAL && st != SPAN_FULL) continue;
+    if (!(s->flags & SPAN_PINNED)) s->flags |= SPAN_PINNED, pinned++;
+  }
+  mesh_stat_add(spans_pinned, pinned);
+  _mesh_unlock();
+  return pinned;
 }

@@ -63,7 +63,7 @@ int _mesh_os_memfd(void) {
 
 int _mesh_os_fd_identity(int fd, uint64_t id[2]) {
   struct stat st;
-  if (fstat(fd, &st) != 0) return -1;
+  if (syscall(SYS_fstat, fd, &st) != 0) return -1; /* raw: libmesh.so wraps fstat */
   id[0] = (uint64_t)st.st_dev;
   id[1] = (uint64_t)st.st_ino;
   return 0;
@@ -99,7 +99,7 @@ void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd) {
   char *r = mmap(NULL, size + guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) return NULL;
   /* the memfd over the front, or the anonymous front made usable */
-  int rc = fd >= 0 ? _mesh_os_map_fixed(r, size, fd, 0) : mprotect(r, size, PROT_READ | PROT_WRITE);
+  int rc = fd >= 0 ? _mesh_os_map_fixed(r, size, fd, 0) : (int)syscall(SYS_mprotect, r, size, PROT_READ | PROT_WRITE);
   if (rc != 0) {
     int e = errno;
     munmap(r, size + guard);
@@ -143,7 +143,7 @@ int _mesh_os_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
 
 ssize_t _mesh_os_read(int fd, void *buf, size_t len) {
   ssize_t r;
-  do r = read(fd, buf, len); while (r < 0 && errno == EINTR);
+  do r = syscall(SYS_read, fd, buf, len); while (r < 0 && errno == EINTR); /* raw: libmesh.so wraps read */
   return r;
 }
 
@@ -234,7 +234,8 @@ void *_mesh_os_move_over(void *src, size_t len, void *dst) {
   return p == MAP_FAILED ? NULL : p;
 }
 
-int _mesh_os_protect_read(void *addr, size_t len) { return mprotect(addr, len, PROT_READ); }
+/* raw: libmesh.so's mprotect pins spans (and takes the lock this caller holds) */
+int _mesh_os_protect_read(void *addr, size_t len) { return (int)syscall(SYS_mprotect, addr, len, PROT_READ); }
 
 long _mesh_os_max_map_count(void) {
   int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);

@@ -85,6 +85,10 @@ enum span_state {
                      bits[0], never handed out, restored by a later retry */
 };
 
+/* span flags */
+#define SPAN_PINNED 1u /* never meshed: the program changed its pages' protection, or the
+                          kernel may write into them behind libc (a stdio buffer) */
+
 /* One span record: 64 bytes, one cache line. Fields marked (lock) change only
  * under the global lock; (owner) only by the attached thread heap. */
 typedef struct span_s {
@@ -99,7 +103,7 @@ typedef struct span_s {
   _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
   uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
   uint8_t naliases;     /* (lock) alias records in the chain (virtual spans backed by this one, minus 1) */
-  uint8_t pad;          /* keeps the record at 64 bytes */
+  uint8_t flags;        /* (lock) SPAN_PINNED; also keeps the record at 64 bytes */
   uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
   /* the free path's loads: the last 8 bytes (see "Store and load zones") */
   _Atomic uint32_t owner; /* thread heap id while attached, MESH_OWNER_NONE otherwise */

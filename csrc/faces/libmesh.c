@@ -12,16 +12,29 @@
  *   - sigaction()/signal() for SIGSEGV are interposed: once the write
  *     barrier is installed, a handler the program sets later becomes the one
  *     the barrier forwards real faults to, instead of displacing it;
- *   - read, pread, readv, recv, recvfrom and recvmsg retry when the kernel
- *     failed with EFAULT because the buffer was write-protected by a mesh in
- *     progress (the kernel does not fault on a user buffer, it fails).
+ *   - the system calls that write into user buffers (read, recv, poll,
+ *     fstat, getrandom, ... below) publish their buffer while they run, so
+ *     that no mesh write-protects it under them (the kernel would fail with
+ *     EFAULT rather than fault, after having consumed a datagram);
+ *   - mprotect, pkey_mprotect and setvbuf pin the spans they touch: never
+ *     meshed, so the program's protections stay and stdio's reads land.
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "../core/fast_path.h"
@@ -58,7 +71,10 @@ EXPORT int malloc_trim(size_t pad) {
 /* Initialise at load only when this copy is the process malloc (preloaded
  * or linked): a copy opened with dlopen (the cffi binding) must not start a
  * heap nobody allocates from. */
+static int (*real_clock_gettime)(clockid_t, struct timespec *); /* see clock_gettime below */
+
 __attribute__((constructor)) static void libmesh_init(void) {
+  real_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
   Dl_info self, found;
   void *m = dlsym(RTLD_DEFAULT, "malloc");
   if (m && dladdr(m, &found) && dladdr((void *)libmesh_init, &self) && found.dli_fbase == self.dli_fbase)
@@ -95,88 +111,185 @@ EXPORT sighandler_t signal(int sig, sighandler_t handler) {
 
 /* ---- system calls that write into user buffers ------------------------- */
 
-static bool in_arena(const void *buf, size_t len) {
-  uintptr_t b = (uintptr_t)buf, base = _mesh_arena.base;
-  return len && base && b < base + _mesh_arena.size && b + len > base;
-}
-
-/* A call that failed with EFAULT on a heap buffer while a mesh ran during
- * it is retried once the mesh is over: the buffer is writable again and the
- * kernel consumed nothing (it fails before copying anything). */
-static bool retry_efault(ssize_t r, uint32_t gen_before, bool heap_buffer) {
-  if (r >= 0 || errno != EFAULT || !heap_buffer) return false;
-  uint32_t gen = mesh_load_seq_cst(&_mesh_mesh_gen);
-  if (gen == gen_before && !(gen & 1)) return false; /* no mesh meanwhile: a real EFAULT */
-  if (gen & 1) _mesh_barrier_wait(gen);
-  mesh_stat_add(mesh_efault_retries, 1);
-  return true;
-}
+/* A system call that writes into a heap buffer a mesh has write-protected
+ * fails with EFAULT instead of faulting, and may have consumed its input
+ * first (a datagram, an eventfd count). Each wrapper below publishes the
+ * buffer's range for the length of the call (core/barrier.c: the mesher
+ * skips a source span under a published buffer, and the call waits out a
+ * mesh already in progress), so these calls never see a protected page.
+ * Calls libc makes internally (stdio's reads into its own buffer) are not
+ * interposable: setvbuf pins a heap buffer the program gives stdio, and
+ * the buffers stdio allocates itself are not covered (docs/meshing.md). */
 
 #define REAL(name) \
   static _Atomic(void *) real_##name; \
   void *fn_##name = mesh_load_relaxed(&real_##name); \
   if (!fn_##name) { fn_##name = dlsym(RTLD_NEXT, #name); mesh_store_relaxed(&real_##name, fn_##name); }
 
-static bool iov_in_arena(const struct iovec *iov, int n) {
-  for (int i = 0; i < n; i++)
-    if (in_arena(iov[i].iov_base, iov[i].iov_len)) return true;
-  return false;
+/* [lo, hi) of a buffer, as char pointers */
+#define SPAN_OF(buf, len) (const char *)(buf), (const char *)(buf) + (len)
+
+/* WRAP(ret, name, (params), (args), SPAN_OF(buf, len)): name(args) with
+ * the buffer published */
+#define WRAP(ret, name, params, args, range)                 \
+  EXPORT ret name params {                                  \
+    REAL(name)                                              \
+    int token_ = _mesh_syscall_enter(range);                \
+    ret r_ = ((ret(*) params)fn_##name) args;               \
+    _mesh_syscall_exit(token_);                             \
+    return r_;                                              \
+  }
+
+/* the hull of the pieces of an iovec that lie anywhere (the core ignores
+ * a hull outside the arena) */
+static void iov_hull(const struct iovec *iov, long n, const char **lo, const char **hi) {
+  const char *l = (const char *)UINTPTR_MAX, *h = NULL;
+  for (long i = 0; i < n; i++) {
+    if (!iov[i].iov_len) continue;
+    const char *b = (const char *)iov[i].iov_base;
+    if (b < l) l = b;
+    if (b + iov[i].iov_len > h) h = b + iov[i].iov_len;
+  }
+  *lo = h ? l : NULL;
+  *hi = h;
 }
 
-EXPORT ssize_t read(int fd, void *buf, size_t n) {
-  REAL(read)
-  ssize_t r;
-  uint32_t g;
-  do g = mesh_load_seq_cst(&_mesh_mesh_gen), r = ((ssize_t(*)(int, void *, size_t))fn_read)(fd, buf, n);
-  while (retry_efault(r, g, in_arena(buf, n)));
+static void msg_hull(const struct msghdr *m, const char **lo, const char **hi) {
+  iov_hull(m->msg_iov, (long)m->msg_iovlen, lo, hi);
+  const char *pieces[4] = {(const char *)m->msg_name, (const char *)m->msg_name + m->msg_namelen,
+                           (const char *)m->msg_control, (const char *)m->msg_control + m->msg_controllen};
+  for (int k = 0; k < 4; k += 2) {
+    if (pieces[k + 1] == pieces[k]) continue;
+    if (!*hi || pieces[k] < *lo) *lo = pieces[k];
+    if (pieces[k + 1] > *hi) *hi = pieces[k + 1];
+  }
+}
+
+WRAP(ssize_t, read, (int fd, void *buf, size_t n), (fd, buf, n), SPAN_OF(buf, n))
+WRAP(ssize_t, pread, (int fd, void *buf, size_t n, off_t off), (fd, buf, n, off), SPAN_OF(buf, n))
+WRAP(ssize_t, pread64, (int fd, void *buf, size_t n, off_t off), (fd, buf, n, off), SPAN_OF(buf, n))
+WRAP(ssize_t, recv, (int fd, void *buf, size_t n, int flags), (fd, buf, n, flags), SPAN_OF(buf, n))
+WRAP(ssize_t, recvfrom, (int fd, void *buf, size_t n, int flags, struct sockaddr *a, socklen_t *al),
+     (fd, buf, n, flags, a, al), SPAN_OF(buf, n))
+WRAP(int, epoll_wait, (int fd, struct epoll_event *ev, int n, int t), (fd, ev, n, t),
+     SPAN_OF(ev, (size_t)(n > 0 ? n : 0) * sizeof *ev))
+WRAP(int, epoll_pwait, (int fd, struct epoll_event *ev, int n, int t, const sigset_t *m), (fd, ev, n, t, m),
+     SPAN_OF(ev, (size_t)(n > 0 ? n : 0) * sizeof *ev))
+WRAP(int, poll, (struct pollfd *p, nfds_t n, int t), (p, n, t), SPAN_OF(p, n * sizeof *p))
+WRAP(int, ppoll, (struct pollfd *p, nfds_t n, const struct timespec *t, const sigset_t *m), (p, n, t, m),
+     SPAN_OF(p, n * sizeof *p))
+WRAP(int, fstat, (int fd, struct stat *st), (fd, st), SPAN_OF(st, sizeof *st))
+WRAP(int, stat, (const char *path, struct stat *st), (path, st), SPAN_OF(st, sizeof *st))
+WRAP(int, lstat, (const char *path, struct stat *st), (path, st), SPAN_OF(st, sizeof *st))
+WRAP(int, fstatat, (int dfd, const char *path, struct stat *st, int fl), (dfd, path, st, fl), SPAN_OF(st, sizeof *st))
+WRAP(int, statx, (int dfd, const char *path, int fl, unsigned mask, struct statx *st), (dfd, path, fl, mask, st),
+     SPAN_OF(st, sizeof *st))
+WRAP(char *, getcwd, (char *buf, size_t n), (buf, n), SPAN_OF(buf, n))
+WRAP(ssize_t, readlink, (const char *path, char *buf, size_t n), (path, buf, n), SPAN_OF(buf, n))
+WRAP(ssize_t, readlinkat, (int dfd, const char *path, char *buf, size_t n), (dfd, path, buf, n), SPAN_OF(buf, n))
+WRAP(ssize_t, getrandom, (void *buf, size_t n, unsigned fl), (buf, n, fl), SPAN_OF(buf, n))
+/* clock_gettime is called by the core itself, under its lock: the real one
+ * is looked up in the constructor, never here (dlsym may allocate) */
+EXPORT int clock_gettime(clockid_t c, struct timespec *ts) {
+  int token = _mesh_syscall_enter(SPAN_OF(ts, sizeof *ts));
+  int r = real_clock_gettime ? real_clock_gettime(c, ts) : (int)syscall(SYS_clock_gettime, c, ts);
+  _mesh_syscall_exit(token);
   return r;
 }
-
-EXPORT ssize_t pread(int fd, void *buf, size_t n, off_t off) {
-  REAL(pread)
-  ssize_t r;
-  uint32_t g;
-  do g = mesh_load_seq_cst(&_mesh_mesh_gen), r = ((ssize_t(*)(int, void *, size_t, off_t))fn_pread)(fd, buf, n, off);
-  while (retry_efault(r, g, in_arena(buf, n)));
-  return r;
-}
-
-EXPORT ssize_t pread64(int fd, void *buf, size_t n, off_t off) { return pread(fd, buf, n, off); }
+WRAP(pid_t, waitpid, (pid_t pid, int *st, int o), (pid, st, o), SPAN_OF(st, st ? sizeof *st : 0))
+WRAP(pid_t, wait4, (pid_t pid, int *st, int o, struct rusage *ru), (pid, st, o, ru), SPAN_OF(st, st ? sizeof *st : 0))
+WRAP(int, pipe, (int fds[2]), (fds), SPAN_OF(fds, 2 * sizeof(int)))
+WRAP(int, pipe2, (int fds[2], int fl), (fds, fl), SPAN_OF(fds, 2 * sizeof(int)))
+WRAP(int, socketpair, (int d, int t, int p, int sv[2]), (d, t, p, sv), SPAN_OF(sv, 2 * sizeof(int)))
+WRAP(int, accept, (int fd, struct sockaddr *a, socklen_t *al), (fd, a, al), SPAN_OF(a, a && al ? *al : 0))
+WRAP(int, accept4, (int fd, struct sockaddr *a, socklen_t *al, int fl), (fd, a, al, fl),
+     SPAN_OF(a, a && al ? *al : 0))
+WRAP(int, getsockopt, (int fd, int lv, int name, void *v, socklen_t *vl), (fd, lv, name, v, vl),
+     SPAN_OF(v, v && vl ? *vl : 0))
 
 EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
   REAL(readv)
-  ssize_t r;
-  uint32_t g;
-  do g = mesh_load_seq_cst(&_mesh_mesh_gen), r = ((ssize_t(*)(int, const struct iovec *, int))fn_readv)(fd, iov, cnt);
-  while (retry_efault(r, g, iov_in_arena(iov, cnt)));
+  const char *lo, *hi;
+  iov_hull(iov, cnt, &lo, &hi);
+  int token = _mesh_syscall_enter(lo, hi);
+  ssize_t r = ((ssize_t(*)(int, const struct iovec *, int))fn_readv)(fd, iov, cnt);
+  _mesh_syscall_exit(token);
   return r;
 }
 
-EXPORT ssize_t recv(int fd, void *buf, size_t n, int flags) {
-  REAL(recv)
-  ssize_t r;
-  uint32_t g;
-  do g = mesh_load_seq_cst(&_mesh_mesh_gen), r = ((ssize_t(*)(int, void *, size_t, int))fn_recv)(fd, buf, n, flags);
-  while (retry_efault(r, g, in_arena(buf, n)));
+EXPORT ssize_t preadv(int fd, const struct iovec *iov, int cnt, off_t off) {
+  REAL(preadv)
+  const char *lo, *hi;
+  iov_hull(iov, cnt, &lo, &hi);
+  int token = _mesh_syscall_enter(lo, hi);
+  ssize_t r = ((ssize_t(*)(int, const struct iovec *, int, off_t))fn_preadv)(fd, iov, cnt, off);
+  _mesh_syscall_exit(token);
   return r;
 }
 
-EXPORT ssize_t recvfrom(int fd, void *buf, size_t n, int flags, struct sockaddr *addr, socklen_t *alen) {
-  REAL(recvfrom)
-  ssize_t r;
-  uint32_t g;
-  do g = mesh_load_seq_cst(&_mesh_mesh_gen),
-     r = ((ssize_t(*)(int, void *, size_t, int, struct sockaddr *, socklen_t *))fn_recvfrom)(fd, buf, n, flags, addr, alen);
-  while (retry_efault(r, g, in_arena(buf, n)));
+EXPORT ssize_t preadv64(int fd, const struct iovec *iov, int cnt, off_t off) { return preadv(fd, iov, cnt, off); }
+
+EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int fl) {
+  REAL(preadv2)
+  const char *lo, *hi;
+  iov_hull(iov, cnt, &lo, &hi);
+  int token = _mesh_syscall_enter(lo, hi);
+  ssize_t r = ((ssize_t(*)(int, const struct iovec *, int, off_t, int))fn_preadv2)(fd, iov, cnt, off, fl);
+  _mesh_syscall_exit(token);
   return r;
 }
 
 EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
   REAL(recvmsg)
-  ssize_t r;
-  uint32_t g;
-  do g = mesh_load_seq_cst(&_mesh_mesh_gen), r = ((ssize_t(*)(int, struct msghdr *, int))fn_recvmsg)(fd, msg, flags);
-  while (retry_efault(r, g, iov_in_arena(msg->msg_iov, (int)msg->msg_iovlen) ||
-                               in_arena(msg->msg_control, msg->msg_controllen)));
+  const char *lo, *hi;
+  msg_hull(msg, &lo, &hi);
+  int token = _mesh_syscall_enter(lo, hi);
+  ssize_t r = ((ssize_t(*)(int, struct msghdr *, int))fn_recvmsg)(fd, msg, flags);
+  _mesh_syscall_exit(token);
   return r;
 }
+
+EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned n, int flags, struct timespec *t) {
+  REAL(recvmmsg)
+  const char *lo = NULL, *hi = NULL;
+  for (unsigned i = 0; i < n; i++) {
+    const char *l, *h;
+    msg_hull(&v[i].msg_hdr, &l, &h);
+    if (h && (!hi || l < lo)) lo = l;
+    if (h > hi) hi = h;
+  }
+  const char *vl = (const char *)v, *vh = vl + n * sizeof *v; /* msg_len is written too */
+  if (!hi || vl < lo) lo = vl;
+  if (vh > hi) hi = vh;
+  int token = _mesh_syscall_enter(lo, hi);
+  int r = ((int (*)(int, struct mmsghdr *, unsigned, int, struct timespec *))fn_recvmmsg)(fd, v, n, flags, t);
+  _mesh_syscall_exit(token);
+  return r;
+}
+
+/* ---- memory the program protects or hands to stdio ------------------------- */
+
+/* A span whose pages the program protects must never be meshed: a mesh
+ * remaps its pages read-write (the protection would be lost) and copies
+ * from or into them (a fault in the mesher). So is a buffer the program
+ * gives stdio: stdio's reads into it are libc-internal system calls. */
+EXPORT int mprotect(void *addr, size_t len, int prot) {
+  mesh_pin(addr, len);
+  return (int)syscall(SYS_mprotect, addr, len, prot);
+}
+
+EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey) {
+  REAL(pkey_mprotect)
+  mesh_pin(addr, len);
+  return ((int (*)(void *, size_t, int, int))fn_pkey_mprotect)(addr, len, prot, pkey);
+}
+
+EXPORT int setvbuf(FILE *f, char *buf, int mode, size_t size) {
+  REAL(setvbuf)
+  if (buf) mesh_pin(buf, size);
+  return ((int (*)(FILE *, char *, int, size_t))fn_setvbuf)(f, buf, mode, size);
+}
+
+EXPORT void setbuf(FILE *f, char *buf) { setvbuf(f, buf, buf ? _IOFBF : _IONBF, BUFSIZ); }
+
+EXPORT void setbuffer(FILE *f, char *buf, size_t size) { setvbuf(f, buf, buf ? _IOFBF : _IONBF, size); }

@@ -27,6 +27,16 @@
  *                then frees 90 % of a big heap and idles while meshing runs
  *                on its own: the process stays clear of vm.max_map_count
  *                (the program can still map 2 000 more pages).
+ *   dgram        a thread recv()s 200 000 numbered datagrams, and reads an
+ *                eventfd, into heap buffers that live among garbage (so
+ *                their spans are meshed) while the main thread churns and
+ *                compacts: every datagram arrives, in order, no EFAULT,
+ *                and the eventfd counts add up.
+ *   mprotect     page-sized, page-aligned heap blocks among garbage, a third
+ *                made read-only, a third PROT_NONE, while the program churns
+ *                and compacts: every protection is still in place after
+ *                (/proc/self/maps), the read-only ones keep their bytes,
+ *                and the mesher never touches the PROT_NONE ones.
  *   stdio-closed started with stdin and stdout closed: the program's first
  *                open() gets descriptor 0, as POSIX promises, and what it
  *                writes there is not the heap.
@@ -43,7 +53,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <time.h>
@@ -319,6 +332,138 @@ static int case_many_mappings(void) {
   return 0;
 }
 
+#define NDGRAM 200000
+static int dgram_fds[2], efd;
+static volatile int dgram_failed;
+
+static void *dgram_receiver(void *arg) {
+  (void)arg;
+  enum { NBUF = 4096 };
+  static uint32_t *bufs[NBUF];
+  static void *junk[NBUF * 7];
+  for (int i = 0; i < NBUF; i++) { /* each buffer among seven blocks of its size that die */
+    if (!(bufs[i] = malloc(48))) die("malloc");
+    for (int j = 0; j < 7; j++)
+      if (!(junk[i * 7 + j] = malloc(48))) die("malloc");
+  }
+  for (int j = 0; j < NBUF * 7; j++) free(junk[j]);
+  uint64_t counted = 0;
+  for (uint32_t want = 0; want < NDGRAM; want++) {
+    if (want % NBUF == 0 && want) { /* new buffers, in new sparse spans, keep meshing busy */
+      for (int i = 0; i < NBUF; i++) {
+        free(bufs[i]);
+        if (!(bufs[i] = malloc(48))) die("malloc");
+        for (int j = 0; j < 7; j++)
+          if (!(junk[i * 7 + j] = malloc(48))) die("malloc");
+      }
+      for (int j = 0; j < NBUF * 7; j++) free(junk[j]);
+    }
+    uint32_t *b = bufs[want % NBUF];
+    ssize_t r = recv(dgram_fds[1], b, 48, 0);
+    if (r != 48 || b[0] != want) {
+      fprintf(stderr, "FAIL: datagram %u: recv returned %zd (errno %d), got number %u\n", want, r, errno,
+              r >= 4 ? b[0] : 0);
+      dgram_failed = 1;
+      return NULL;
+    }
+    if (want % 64 == 63) {
+      uint64_t *c = (uint64_t *)bufs[(want + 1) % NBUF];
+      ssize_t r8 = read(efd, c, 8);
+      if (r8 == 8) counted += *c;
+      else if (r8 >= 0 || errno != EAGAIN) { /* EAGAIN: the sender is behind, nothing posted yet */
+        fprintf(stderr, "FAIL: eventfd read failed (errno %d)\n", errno);
+        dgram_failed = 1;
+        return NULL;
+      }
+    }
+  }
+  uint64_t *c = (uint64_t *)bufs[0], rest = 0;
+  while (read(efd, c, 8) == 8) rest += *c; /* non-blocking: what is left */
+  if (counted + rest != NDGRAM) {
+    fprintf(stderr, "FAIL: eventfd counted %llu, posted %d\n", (unsigned long long)(counted + rest), NDGRAM);
+    dgram_failed = 1;
+  }
+  for (int i = 0; i < NBUF; i++) free(bufs[i]);
+  return NULL;
+}
+
+static int case_dgram(void) {
+  if (socketpair(AF_UNIX, SOCK_DGRAM, 0, dgram_fds) != 0) die("socketpair");
+  int big = 1 << 20;
+  setsockopt(dgram_fds[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+  setsockopt(dgram_fds[1], SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+  if ((efd = eventfd(0, EFD_NONBLOCK)) < 0) die("eventfd");
+  for (size_t i = 0; i < NOBJ; i++) fill(i);
+  pthread_t t;
+  if (pthread_create(&t, NULL, dgram_receiver, NULL) != 0) die("pthread_create");
+  uint32_t msg[12] = {0};
+  for (uint32_t k = 0; k < NDGRAM; k++) {
+    msg[0] = k;
+    while (send(dgram_fds[0], msg, sizeof msg, 0) != (ssize_t)sizeof msg)
+      if (errno != EAGAIN && errno != ENOBUFS && errno != EINTR) die("send");
+    uint64_t one = 1;
+    if (write(efd, &one, 8) != 8) die("eventfd write");
+    if (k % 2000 == 0) compact();
+    if (k % 20000 == 0) churn(1); /* frees, allocations and a compaction */
+    if (dgram_failed) break;
+  }
+  pthread_join(t, NULL);
+  check_heap("after the datagrams");
+  return dgram_failed;
+}
+
+static int prot_of(const void *p) { /* 'r', 'w', 'x' bits of the mapping holding p, -1 if none */
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) die("open maps");
+  char line[512];
+  int prot = -1;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long lo, hi;
+    char perms[8];
+    if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 && (uintptr_t)p >= lo && (uintptr_t)p < hi) {
+      prot = (perms[0] == 'r') | (perms[1] == 'w') << 1 | (perms[2] == 'x') << 2;
+      break;
+    }
+  }
+  fclose(f);
+  return prot;
+}
+
+static int case_mprotect(void) {
+  enum { NP = 3000 };
+  static unsigned char *pg[NP];
+  static void *junk[NP * 5];
+  long ps = sysconf(_SC_PAGESIZE);
+  for (int i = 0; i < NP; i++) {
+    if (posix_memalign((void **)&pg[i], (size_t)ps, (size_t)ps)) die("posix_memalign");
+    memset(pg[i], i & 255, (size_t)ps);
+    for (int j = 0; j < 5; j++)
+      if (posix_memalign(&junk[i * 5 + j], (size_t)ps, (size_t)ps)) die("posix_memalign");
+  }
+  for (int j = 0; j < NP * 5; j++) free(junk[j]);
+  for (size_t i = 0; i < NOBJ; i++) fill(i);
+  for (int i = 0; i < NP; i++)
+    if (i % 3 && mprotect(pg[i], (size_t)ps, i % 3 == 1 ? PROT_READ : PROT_NONE) != 0) die("mprotect");
+  churn(4);
+  int bad = 0;
+  for (int i = 0; i < NP && bad < 5; i++) {
+    int want = i % 3 == 0 ? 3 : i % 3 == 1 ? 1 : 0, got = prot_of(pg[i]);
+    if (got != want) {
+      fprintf(stderr, "FAIL: block %d at %p: protection %d, the program set %d\n", i, (void *)pg[i], got, want);
+      bad++;
+    } else if (want && pg[i][ps - 1] != (unsigned char)(i & 255)) {
+      fprintf(stderr, "FAIL: block %d changed\n", i);
+      bad++;
+    }
+  }
+  for (int i = 0; i < NP; i++) {
+    if (i % 3) mprotect(pg[i], (size_t)ps, PROT_READ | PROT_WRITE);
+    free(pg[i]);
+  }
+  check_heap("after the protected blocks");
+  return bad != 0;
+}
+
 static int case_dup2_over(void) {
   fragment();
   compact();
@@ -379,7 +524,7 @@ static int case_stdio_closed(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|many-mappings|dup2-over|stdio-closed [seed]\n");
+    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|many-mappings|dgram|mprotect|dup2-over|stdio-closed [seed]\n");
     return 2;
   }
   if (argc > 2) rng ^= strtoull(argv[2], NULL, 0) * 0x2545f4914f6cdd1dull;
@@ -390,6 +535,8 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "closerange-fork")) rc = case_closerange_fork();
   else if (!strcmp(argv[1], "alarm-writer")) rc = case_alarm_writer();
   else if (!strcmp(argv[1], "many-mappings")) rc = case_many_mappings();
+  else if (!strcmp(argv[1], "dgram")) rc = case_dgram();
+  else if (!strcmp(argv[1], "mprotect")) rc = case_mprotect();
   else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
   else {
     fprintf(stderr, "unknown case %s\n", argv[1]);
