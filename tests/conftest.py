@@ -276,7 +276,11 @@ class CBuilder:
             cc, flags = CONFIGS[config]
             if shutil.which(cc) is None:
                 if cc == "clang":
-                    pytest.skip("clang is not installed (.ci/run installs clang and libclang-rt-14-dev)")
+                    why = "clang is not installed (.ci/run installs clang and libclang-rt-14-dev)"
+                    if os.environ.get("MESHALLOC_REQUIRE_SANITIZERS"):
+                        pytest.fail(why + "; MESHALLOC_REQUIRE_SANITIZERS is set", pytrace=False)
+                    _SANITIZER_SKIPS.append(why)
+                    pytest.skip(why)
                 pytest.fail(f"{cc} is not installed", pytrace=False)
             try:
                 objs = self.core(config)
@@ -358,6 +362,17 @@ def libmesh(tmp_path_factory) -> Path:
             pytest.fail(f"no libmesh.so: meshalloc is not installed and `make -C csrc` failed:\n"
                         f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}", pytrace=False)
     return built
+
+
+_SANITIZER_SKIPS: list = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A sanitizer run that did not happen is said at the end, loudly: the
+    ASan/UBSan/TSan builds are what catch the races and overflows."""
+    if _SANITIZER_SKIPS:
+        terminalreporter.write_sep("!", "SANITIZER TESTS DID NOT RUN (%d skipped): %s"
+                                   % (len(_SANITIZER_SKIPS), _SANITIZER_SKIPS[0]), red=True, bold=True)
 
 
 def pytest_report_header(config):

@@ -6,14 +6,30 @@ instrument the core itself while libc's malloc (intercepted by ASan/TSan) is
 never mixed up with meshalloc's blocks. Skipped only when clang is missing;
 .ci/run installs it with libclang-rt-14-dev.
 """
+import os
 import re
 import shutil
 import subprocess
 
 import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("clang") is None,
-                                reason="clang is not installed (.ci/run installs clang and libclang-rt-14-dev)")
+
+
+@pytest.fixture(autouse=True)
+def _clang_present():
+    """Skipped without clang, said loudly at the end of the run (conftest's
+    summary); with MESHALLOC_REQUIRE_SANITIZERS set (.ci/run) a failure."""
+    if shutil.which("clang") is None:
+        why = "clang is not installed (.ci/run installs clang and libclang-rt-14-dev)"
+        if os.environ.get("MESHALLOC_REQUIRE_SANITIZERS"):
+            pytest.fail(why + "; MESHALLOC_REQUIRE_SANITIZERS is set", pytrace=False)
+        conftest_skips().append(why)
+        pytest.skip(why)
+
+
+def conftest_skips() -> list:
+    import conftest  # noqa: PLC0415 (tests/ is on sys.path under pytest's rootdir conftest)
+    return conftest._SANITIZER_SKIPS
 
 
 def sanitizer_report(text: str) -> bool:
