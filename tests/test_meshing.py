@@ -300,6 +300,14 @@ def test_sigbus_from_a_truncated_file_after_meshing_is_not_swallowed(helpers, cb
     assert "FAULTING" in r.stdout and "SURVIVED" not in r.stdout, r.describe()
 
 
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_frees_from_another_thread_racing_compactions_leave_no_alias(helpers, cbuild, config):
+    """Fixed seed, so the race is tried the same way every run (the random
+    seeds of the stress tests add variety on top)."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["free-race", 7], config=config, timeout=240)
+    assert "free-race ok" in r.stdout, r.describe()
+
+
 # ---------------------------------------------------------------------------
 # 8: fork
 # ---------------------------------------------------------------------------

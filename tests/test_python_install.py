@@ -160,7 +160,7 @@ def run_check(helpers, interp: Interp, cwd: Path, scenario: str, *args, flags=()
 # on every interpreter
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("scenario", ["basic", "raw_domain", "uninstall", "tracemalloc_refusal",
+@pytest.mark.parametrize("scenario", ["basic", "realloc_classes", "raw_domain", "uninstall", "tracemalloc_refusal",
                                       "tracemalloc_after_install", "stats", "stats_fork",
                                       "free_threaded_python"])
 def test_install_scenario(helpers, interp, neutral_dir, scenario):

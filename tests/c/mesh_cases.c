@@ -34,6 +34,9 @@
  *                   shares the CPU: passes it preempted count over the bound
  *                   in wall-clock time, not in CPU time (cpu max <= wall
  *                   max, cpu over-bound count <= wall over-bound count)
+ *   free-race SEED  a second thread frees every survivor while the main
+ *                   thread compacts in a loop: no alias is left, the heap
+ *                   and the mapping count are consistent
  *   segv-after-mesh       a real NULL write in a process that has meshed
  *                         dies with SIGSEGV
  *   handler-after-mesh    a SIGSEGV handler installed after meshing started
@@ -287,9 +290,23 @@ static int case_chain(size_t size, int k) {
         (unsigned long long)stat_get("meshed_pages"));
   CHECK(stat_get("mesh_aliases") == (uint64_t)(k - 1), "mesh_aliases %llu",
         (unsigned long long)stat_get("mesh_aliases"));
-  CHECK(stat_get("meshed_pages_hwm") >= (uint64_t)(k - 1) && stat_get("meshed_pages_total") >= (uint64_t)(k - 1),
-        "hwm %llu total %llu", (unsigned long long)stat_get("meshed_pages_hwm"),
-        (unsigned long long)stat_get("meshed_pages_total"));
+  /* exact: nothing else meshed in this process (period_ms = 0) */
+  CHECK(stat_get("meshed_pages_hwm") == (uint64_t)(k - 1) * span_pages &&
+            stat_get("meshed_pages_total") == (uint64_t)(k - 1) * span_pages,
+        "hwm %llu total %llu, expected %zu", (unsigned long long)stat_get("meshed_pages_hwm"),
+        (unsigned long long)stat_get("meshed_pages_total"), (size_t)(k - 1) * span_pages);
+  /* every mesh copies its source's live objects: at least the k-1 sources'
+   * own survivors; for a pair, exactly one span's (either one) */
+  {
+    size_t per = ss.span / size, least = per / (size_t)k, most = (per + (size_t)k - 1) / (size_t)k;
+    uint64_t copied = stat_get("mesh_bytes_copied");
+    if (k == 2)
+      CHECK(copied == least * size || copied == most * size, "mesh_bytes_copied %llu, expected %zu or %zu",
+            (unsigned long long)copied, least * size, most * size);
+    else
+      CHECK(copied >= (uint64_t)(k - 1) * least * size && copied <= (uint64_t)(k - 1) * ss.nlive * size,
+            "mesh_bytes_copied %llu for %d spans of %zu survivors", (unsigned long long)copied, k, least);
+  }
   CHECK(stat_get("arena_mappings") > 1, "meshed but arena_mappings is 1");
   check_mappings("after meshing");
   CHECK(mesh_check_heap() == 0, "heap inconsistent after meshing");
@@ -591,6 +608,53 @@ static int case_compact_complete(uint64_t seed) {
   free_all_and_check_unaliased(v, N);
   if (g_fail) return 1;
   printf("compact-complete ok\n");
+  return 0;
+}
+
+/* ---- frees racing meshes, deterministically ------------------------------------------ */
+/* A second thread frees every survivor (a fixed random order) while the
+ * main thread compacts in a loop: every free lands whether its object's
+ * span is being meshed, was meshed a moment ago or is being unmeshed. At
+ * the end the heap is empty: no alias may be left, no page meshed. */
+typedef struct { obj_t *v; size_t n; uint64_t seed; atomic_int done; } free_race_t;
+
+static void *free_race_thread(void *arg) {
+  free_race_t *fr = arg;
+  rng_t r;
+  rng_seed(&r, fr->seed);
+  for (size_t i = fr->n; i > 1; i--) {
+    size_t j = rng_below(&r, i);
+    obj_t t = fr->v[i - 1]; fr->v[i - 1] = fr->v[j]; fr->v[j] = t;
+  }
+  for (size_t i = 0; i < fr->n; i++) {
+    if (!fr->v[i].p) continue;
+    obj_verify(&fr->v[i], "before its racing free");
+    mesh_free(fr->v[i].p);
+    fr->v[i].p = NULL;
+    if (i % 64 == 0) sched_yield(); /* let the compactions interleave */
+  }
+  atomic_store(&fr->done, 1);
+  return NULL;
+}
+
+static int case_free_race(uint64_t seed) {
+  static const size_t sizes[] = {48, 64};
+  enum { N = 300000 };
+  obj_t *v = fragmented_heap(N, sizes, sizeof sizes / sizeof sizes[0], seed, 10);
+  free_race_t fr = {v, N, seed + 1, 0};
+  pthread_t t;
+  if (pthread_create(&t, NULL, free_race_thread, &fr) != 0) DIE("pthread_create");
+  size_t rounds = 0, freed = 0;
+  while (!atomic_load(&fr.done)) freed += mesh_compact(), rounds++;
+  pthread_join(t, NULL);
+  printf("free-race: %zu compactions meshed %zu pages while the frees ran\n", rounds, freed);
+  CHECK(rounds > 0 && freed > 0, "no meshing overlapped the frees");
+  CHECK(stat_get("meshed_pages") == 0 && stat_get("mesh_aliases") == 0,
+        "aliases left after every object was freed: meshed_pages %llu", (unsigned long long)stat_get("meshed_pages"));
+  CHECK(mesh_check_heap() == 0, "heap inconsistent");
+  check_mappings("after the race");
+  if (g_fail) return 1;
+  printf("free-race ok\n");
   return 0;
 }
 
@@ -1079,5 +1143,6 @@ int main(int argc, char **argv) {
   if (!strcmp(c, "handler-after-mesh")) return case_handler_after_mesh();
   if (!strcmp(c, "sigbus-after-mesh")) return case_sigbus_after_mesh();
   if (!strcmp(c, "fork-while-meshing")) return case_fork_while_meshing(arg);
+  if (!strcmp(c, "free-race")) return case_free_race(arg);
   DIE("unknown case %s", c);
 }

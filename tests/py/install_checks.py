@@ -145,6 +145,40 @@ def basic():
 
 
 @scenario
+def realloc_classes():
+    """PyMem_Realloc/PyObject_Realloc through the hooks, across size classes
+    (16 B ... 64 KiB large blocks) up and down: every step keeps the bytes
+    it can, the block stays meshalloc's, and a size within the block's
+    class keeps its address; a list grown item by item keeps its items."""
+    assert meshalloc.install() or meshalloc.is_installed()
+    for api in ("PyMem", "PyObject"):
+        malloc_ = pyapi(api + "_Malloc", ctypes.c_void_p, ctypes.c_size_t)
+        realloc_ = pyapi(api + "_Realloc", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+        free_ = pyapi(api + "_Free", None, ctypes.c_void_p)
+        p = malloc_(16)
+        ctypes.memmove(p, bytes(range(16)), 16)
+        kept = bytes(range(16))
+        for size in (24, 100, 513, 4000, 17000, 65536, 3000, 200, 17, 16, 1):
+            q = realloc_(p, size)
+            assert q and meshalloc.owns(q), (api, size, q)
+            n = min(len(kept), size)
+            assert ctypes.string_at(q, n) == kept[:n], (api, size)
+            fresh = bytes((size * 7 + i) & 255 for i in range(size))
+            ctypes.memmove(q, fresh, size)
+            kept = fresh
+            same = realloc_(q, size)  # the same size: no move
+            assert same == q, (api, size, q, same)
+            p = q
+        free_(p)
+    items = []
+    for i in range(100000):
+        items.append(i * 3)
+    assert meshalloc.owns(list_items_address(items))
+    assert items[::25000] == [0, 75000, 150000, 225000] and sum(items) == 3 * 99999 * 100000 // 2
+    print("OK realloc_classes")
+
+
+@scenario
 def raw_domain():
     raw_malloc = pyapi("PyMem_RawMalloc", ctypes.c_void_p, ctypes.c_size_t)
     raw_free = pyapi("PyMem_RawFree", None, ctypes.c_void_p)
