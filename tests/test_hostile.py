@@ -70,6 +70,15 @@ def test_program_with_many_mappings_of_its_own_can_still_map_more(helpers, libme
 
 
 @pytest.mark.parametrize("config", CONFIGS)
+def test_writers_that_block_every_signal_survive_meshing(helpers, libmesh, hostile, tmp_path, config):
+    """A thread with every signal blocked, and a handler with a full
+    sa_mask, write heap objects while the program compacts."""
+    r = run_case(helpers, [str(hostile), "blocked-writers"], case_env(helpers, libmesh, config), tmp_path,
+                 timeout=120)
+    assert r.returncode == 0 and "blocked-writers: ok" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_datagrams_and_eventfd_counts_received_into_meshed_buffers_are_never_lost(
         helpers, libmesh, hostile, tmp_path, config):
     r = run_case(helpers, [str(hostile), "dgram"], case_env(helpers, libmesh, config), tmp_path, timeout=120)

@@ -88,11 +88,52 @@ __attribute__((destructor)) static void libmesh_fini(void) {
   if (s[0] == '2' && !s[1]) mesh_stats_print_all(2); /* MALLOCSTATS=2: every counter too */
 }
 
+/* the libc function a wrapper stands in front of, looked up once */
+#define REAL(name) \
+  static _Atomic(void *) real_##name; \
+  void *fn_##name = mesh_load_relaxed(&real_##name); \
+  if (!fn_##name) { fn_##name = dlsym(RTLD_NEXT, #name); mesh_store_relaxed(&real_##name, fn_##name); }
+
 /* ---- SIGSEGV handlers stay chained behind the write barrier ------------ */
 
 extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *old);
 
+/* A write to a span being meshed is a SIGSEGV the barrier waits out. The
+ * kernel kills a process whose thread faults with SIGSEGV blocked (a
+ * thread that blocked everything to leave signals to one sigwait thread,
+ * or a handler whose sa_mask is full), so while meshing is possible SIGSEGV
+ * is never blocked: it is taken out of the sets given to sigprocmask,
+ * pthread_sigmask and sigaction's sa_mask. A real fault behaves as before
+ * (blocking a synchronous SIGSEGV never deferred it: the kernel kills); a
+ * SIGSEGV sent with kill() is delivered at once instead of waiting. */
+static const sigset_t *segv_unblocked(const sigset_t *set, sigset_t *copy) {
+  if (!set || !_mesh_arena.meshable || !sigismember(set, SIGSEGV)) return set;
+  *copy = *set;
+  sigdelset(copy, SIGSEGV);
+  return copy;
+}
+
+EXPORT int sigprocmask(int how, const sigset_t *set, sigset_t *old) {
+  REAL(sigprocmask)
+  sigset_t copy;
+  if (how != SIG_UNBLOCK) set = segv_unblocked(set, &copy);
+  return ((int (*)(int, const sigset_t *, sigset_t *))fn_sigprocmask)(how, set, old);
+}
+
+EXPORT int pthread_sigmask(int how, const sigset_t *set, sigset_t *old) {
+  REAL(pthread_sigmask)
+  sigset_t copy;
+  if (how != SIG_UNBLOCK) set = segv_unblocked(set, &copy);
+  return ((int (*)(int, const sigset_t *, sigset_t *))fn_pthread_sigmask)(how, set, old);
+}
+
 EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+  struct sigaction copy;
+  if (act && _mesh_arena.meshable && sigismember(&act->sa_mask, SIGSEGV)) {
+    copy = *act;
+    sigdelset(&copy.sa_mask, SIGSEGV);
+    act = &copy;
+  }
   if (sig == SIGSEGV && _mesh_barrier_user_sigaction(act, old) == 0) return 0;
   return __sigaction(sig, act, old);
 }
@@ -120,11 +161,6 @@ EXPORT sighandler_t signal(int sig, sighandler_t handler) {
  * Calls libc makes internally (stdio's reads into its own buffer) are not
  * interposable: setvbuf pins a heap buffer the program gives stdio, and
  * the buffers stdio allocates itself are not covered (docs/meshing.md). */
-
-#define REAL(name) \
-  static _Atomic(void *) real_##name; \
-  void *fn_##name = mesh_load_relaxed(&real_##name); \
-  if (!fn_##name) { fn_##name = dlsym(RTLD_NEXT, #name); mesh_store_relaxed(&real_##name, fn_##name); }
 
 /* [lo, hi) of a buffer, as char pointers */
 #define SPAN_OF(buf, len) (const char *)(buf), (const char *)(buf) + (len)

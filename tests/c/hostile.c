@@ -37,6 +37,11 @@
  *                and compacts: every protection is still in place after
  *                (/proc/self/maps), the read-only ones keep their bytes,
  *                and the mesher never touches the PROT_NONE ones.
+ *   blocked-writers  a thread that blocked every signal (the "one sigwait
+ *                thread" pattern) writes heap objects in a loop, and a
+ *                SIGALRM handler installed with a full sa_mask writes them
+ *                too, while the program compacts: the process finishes and
+ *                every write is counted.
  *   stdio-closed started with stdin and stdout closed: the program's first
  *                open() gets descriptor 0, as POSIX promises, and what it
  *                writes there is not the heap.
@@ -464,6 +469,59 @@ static int case_mprotect(void) {
   return bad != 0;
 }
 
+static volatile int writers_stop;
+static volatile uint64_t writer_rounds;
+
+static void *blocked_writer(void *arg) {
+  (void)arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, NULL);
+  while (!writers_stop) {
+    for (int k = 0; k < NCOUNTERS; k++) counters[k][2]++;
+    writer_rounds++;
+  }
+  return NULL;
+}
+
+static int case_blocked_writers(void) {
+  for (size_t i = 0; i < NOBJ; i++) fill(i);
+  static void *junk[NCOUNTERS * 9];
+  for (int k = 0; k < NCOUNTERS; k++) {
+    if (!(counters[k] = calloc(1, 48))) die("calloc");
+    for (int j = 0; j < 9; j++)
+      if (!(junk[k * 9 + j] = malloc(48))) die("malloc");
+  }
+  for (int j = 0; j < NCOUNTERS * 9; j++) free(junk[j]);
+  for (size_t i = 0; i < NOBJ; i++)
+    if (next() % 10) free(obj[i]), obj[i] = NULL;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sa.sa_flags = SA_RESTART;
+  sigfillset(&sa.sa_mask); /* everything blocked while the handler runs */
+  if (sigaction(SIGALRM, &sa, NULL) != 0) die("sigaction");
+  pthread_t t;
+  if (pthread_create(&t, NULL, blocked_writer, NULL) != 0) die("pthread_create");
+  struct itimerval it = {{0, 500}, {0, 500}};
+  if (setitimer(ITIMER_REAL, &it, NULL) != 0) die("setitimer");
+  for (int r = 0; r < 12; r++) churn(1);
+  struct itimerval off = {{0, 0}, {0, 0}};
+  setitimer(ITIMER_REAL, &off, NULL);
+  writers_stop = 1;
+  pthread_join(t, NULL);
+  check_heap("after the writers");
+  for (int k = 0; k < NCOUNTERS; k++)
+    if (counters[k][1] != (uint64_t)alarms || counters[k][2] < writer_rounds || counters[k][2] > writer_rounds + 1) {
+      fprintf(stderr, "FAIL: counter %d: %llu alarms of %d, %llu writes of %llu rounds\n", k,
+              (unsigned long long)counters[k][1], (int)alarms, (unsigned long long)counters[k][2],
+              (unsigned long long)writer_rounds);
+      return 1;
+    }
+  fprintf(stderr, "%d alarms, %llu writer rounds\n", (int)alarms, (unsigned long long)writer_rounds);
+  return 0;
+}
+
 static int case_dup2_over(void) {
   fragment();
   compact();
@@ -524,7 +582,7 @@ static int case_stdio_closed(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|many-mappings|dgram|mprotect|dup2-over|stdio-closed [seed]\n");
+    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|blocked-writers|many-mappings|dgram|mprotect|dup2-over|stdio-closed [seed]\n");
     return 2;
   }
   if (argc > 2) rng ^= strtoull(argv[2], NULL, 0) * 0x2545f4914f6cdd1dull;
@@ -536,6 +594,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "alarm-writer")) rc = case_alarm_writer();
   else if (!strcmp(argv[1], "many-mappings")) rc = case_many_mappings();
   else if (!strcmp(argv[1], "dgram")) rc = case_dgram();
+  else if (!strcmp(argv[1], "blocked-writers")) rc = case_blocked_writers();
   else if (!strcmp(argv[1], "mprotect")) rc = case_mprotect();
   else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
   else {
