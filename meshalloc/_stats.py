@@ -72,6 +72,9 @@ CORE_FIELDS: Tuple[str, ...] = (
     "large_alloc_count",
     "large_free_count",
     "large_bytes_in_use",
+    "direct_alloc_count",
+    "direct_free_count",
+    "direct_bytes_in_use",
     "span_pages",
     "dirty_pages",
     "arena_top_pages",
@@ -246,6 +249,9 @@ class Stats:
     large_alloc_count: int = 0
     large_free_count: int = 0
     large_bytes_in_use: int = 0
+    direct_alloc_count: int = 0
+    direct_free_count: int = 0
+    direct_bytes_in_use: int = 0
     span_pages: int = 0
     dirty_pages: int = 0
     arena_top_pages: int = 0

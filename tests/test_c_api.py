@@ -39,6 +39,16 @@ def test_api_contract_holds_with_another_seed(helpers, cbuild):
     assert_all_checks_pass(r, "test_api (seed 987654321)")
 
 
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_api_contract_holds_with_a_small_arena_and_direct_blocks(helpers, cbuild, config):
+    """MESH_ARENA_GB=1: blocks bigger than the arena are mapped on their own
+    (malloc, calloc, memalign, realloc up, down to a small block, free)."""
+    exe = cbuild("test_api", config)
+    r = helpers.run([exe, "3"], timeout=300, pss_cap=3 * helpers.GIB, env=helpers.env(MESH_ARENA_GB="1"))
+    assert_all_checks_pass(r, f"test_api with MESH_ARENA_GB=1 ({config})")
+    assert "info direct_blocks" in r.stdout and "direct_blocks skipped" not in r.stdout, r.stdout
+
+
 def test_api_contract_holds_without_memfd(helpers, cbuild):
     """MESH_MEMFD=0 forces the fallback: everything still works and meshing
     is reported unavailable."""

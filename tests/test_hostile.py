@@ -9,6 +9,7 @@ close it (closerange), reuse its number for a file of its own, or start with
 stdio closed; meshalloc must then never write into the program's files,
 never crash, and keep every object.
 """
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,22 @@ def test_datagrams_and_eventfd_counts_received_into_meshed_buffers_are_never_los
 def test_blocks_the_program_protects_keep_their_protection(helpers, libmesh, hostile, tmp_path, config):
     r = run_case(helpers, [str(hostile), "mprotect"], case_env(helpers, libmesh, config), tmp_path, timeout=120)
     assert r.returncode == 0 and "mprotect: ok" in r.stderr, r.describe()
+
+
+def test_address_space_limit_leaves_the_program_what_glibc_would(helpers, libmesh, hostile, tmp_path):
+    """ulimit -v 200000: the arena takes a quarter of the limit; large
+    blocks beyond it are mapped on their own, so the program gets about what
+    it gets under glibc (it got a quarter)."""
+    limit = 200000 * 1024
+    wrapper = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (%d, %d)); "
+               "os.execv(sys.argv[1], sys.argv[1:])" % (limit, limit))
+    got = {}
+    for config in CONFIGS:
+        r = run_case(helpers, [sys.executable, "-c", wrapper, str(hostile), "addr-limit"],
+                     case_env(helpers, libmesh, config), tmp_path, timeout=120)
+        assert r.returncode == 0 and "addr-limit: ok" in r.stderr, r.describe()
+        got[config] = int(re.search(r"addr-limit: (\d+) MiB", r.stderr).group(1))
+    assert got["preload"] >= 0.9 * got["glibc"], got
 
 
 @pytest.mark.parametrize("config", CONFIGS)

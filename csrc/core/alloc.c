@@ -100,7 +100,8 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
 }
 
 void mesh_free(void *p) {
-  if (mesh_unlikely(!mesh_free_inline(p)) && p) bad_free(p, "invalid free (pointer not from this heap)");
+  if (mesh_unlikely(!mesh_free_inline(p)) && p && !_mesh_direct_free(p))
+    bad_free(p, "invalid free (pointer not from this heap)");
 }
 
 /* ---- malloc ---------------------------------------------------------- */
@@ -111,6 +112,8 @@ void *mesh_malloc(size_t size) { return mesh_malloc_inline(size); }
  * is not a live block start of this heap. */
 static size_t block_size(const void *p, bool report) {
   if (!mesh_in_arena(p)) {
+    size_t direct = _mesh_direct_size(p);
+    if (direct) return direct;
     if (report) bad_free(p, "invalid pointer (not from this heap)");
     return 0;
   }
@@ -136,7 +139,7 @@ static size_t block_size(const void *p, bool report) {
 
 size_t mesh_usable_size(const void *p) { return p ? block_size(p, false) : 0; }
 
-int mesh_owns(const void *p) { return mesh_in_arena(p); }
+int mesh_owns(const void *p) { return mesh_in_arena(p) || (p && _mesh_direct_size(p) != 0); }
 
 size_t mesh_span_of(const void *p, void **start) {
   if (!mesh_in_arena(p)) return 0;
@@ -176,7 +179,9 @@ void *mesh_realloc(void *p, size_t size) {
    * into the free pages after it, or gives back its tail, in place; it is
    * copied only when it must move between small and large or the pages
    * after it are taken. */
-  if (old <= MESH_SMALL_MAX) {
+  if (!mesh_in_arena(p)) { /* a direct block: mremap, or out to the heap when it shrinks to small */
+    if (size > MESH_SMALL_MAX) return _mesh_direct_realloc(p, size);
+  } else if (old <= MESH_SMALL_MAX) {
     if (size <= old && mesh_class_of(size) == mesh_class_of(old)) return p;
   } else if (size > MESH_SMALL_MAX) {
     if (size <= old && size > old / 2) return p;

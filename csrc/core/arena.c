@@ -93,7 +93,8 @@ static int punch(size_t off, size_t len, bool own_mapping) {
 
 static bool reserve(size_t size, int fd) {
   if (fd >= 0 && _mesh_os_ftruncate(fd, size) != 0) return false;
-  size_t guard = ARENA_GUARD;
+  /* no gap under an address-space limit: it would count against it */
+  size_t guard = _mesh_os_as_limit() == SIZE_MAX ? ARENA_GUARD : 0;
   void *base = _mesh_os_reserve_guarded(size, guard, fd);
   if (!base) { /* a tight address-space limit: without the gap, then */
     guard = 0;
@@ -156,7 +157,7 @@ bool _mesh_arena_init(void) {
   }
   if (!_mesh_arena.base) return false;
   if (size < want)
-    _mesh_warning("arena reduced to %zu MiB (address-space limit); allocations beyond it fail with ENOMEM",
+    _mesh_warning("arena reduced to %zu MiB (address-space limit); large blocks beyond it are mapped on their own",
                   size >> 20);
   return true;
 }

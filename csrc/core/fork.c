@@ -38,6 +38,7 @@ static void prepare(void) {
     _mesh_warning("fork: pipe failed (errno %d); the parent will not wait for the child's heap copy", errno);
   pthread_mutex_lock(&_mesh_orphan_lock);
   _mesh_lock();
+  _mesh_direct_before_fork();
 }
 
 static void parent(void) {
@@ -48,6 +49,7 @@ static void parent(void) {
     _mesh_os_read(fork_pipe[0], &c, 1); /* returns at the child's byte or its exit */
     _mesh_os_close(fork_pipe[0]);
   }
+  _mesh_direct_after_fork(false);
   _mesh_unlock();
   pthread_mutex_unlock(&_mesh_orphan_lock);
   _mesh_mesher_after_fork(false);
@@ -132,6 +134,7 @@ static long long copy_live(int fd, char *dst, bool with_aliases) {
 
 static void child(void) {
   if (!fork_active) return;
+  _mesh_direct_after_fork(true);
   _mesh_global_after_fork_child();
   _mesh_barrier_after_fork_child();
   if (_mesh_arena.memfd_mapped) {

@@ -212,20 +212,16 @@ void _mesh_global_free_transition(span_t *s, uint32_t id) {
 
 void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   mesh_ensure_init();
-  if (size > _mesh_arena.size || align > _mesh_arena.size / 2) {
-    errno = ENOMEM;
-    return NULL;
-  }
+  if (size > _mesh_arena.size || align > _mesh_arena.size / 2) return _mesh_direct_alloc(size, align);
   uint32_t npages = (uint32_t)((size + MESH_PAGE_SIZE - 1) >> MESH_PAGE_SHIFT);
   if (npages == 0) npages = 1;
   uint32_t align_pages = align > MESH_PAGE_SIZE ? (uint32_t)(align >> MESH_PAGE_SHIFT) : 1;
   bool clean = false;
   _mesh_lock();
   uint32_t id = _mesh_arena_alloc_span(npages, align_pages, &clean);
-  if (!id) {
+  if (!id) { /* the arena is full: a mapping of its own, as far as the OS allows */
     _mesh_unlock();
-    errno = ENOMEM;
-    return NULL;
+    return _mesh_direct_alloc(size, align);
   }
   span_t *s = mesh_span(id);
   s->nobjects = 1;

@@ -49,6 +49,8 @@ void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd);
 int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off);
 int _mesh_os_punch(int fd, void *addr, size_t off, size_t len);
 void *_mesh_os_alloc(size_t size);
+void *_mesh_os_map_anon(size_t size); /* committed private memory (a direct block) */
+void *_mesh_os_remap(void *p, size_t old_len, size_t new_len); /* mremap, may move; NULL on failure */
 void _mesh_os_free(void *p, size_t size);
 int _mesh_os_ftruncate(int fd, size_t size);
 long long _mesh_os_seek_data(int fd, size_t off);
@@ -190,6 +192,9 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(large_alloc_count, "large (> 16 KiB) allocations") \
   X(large_free_count, "large frees") \
   X(large_bytes_in_use, "bytes in live large spans (page rounded)") \
+  X(direct_alloc_count, "large blocks mapped on their own, outside the arena (it could not hold them: address-space limit)") \
+  X(direct_free_count, "direct blocks freed") \
+  X(direct_bytes_in_use, "bytes in live direct blocks (page rounded)") \
   X(span_pages, "arena pages held by live spans") \
   X(dirty_pages, "free arena pages not yet returned to the OS") \
   X(arena_top_pages, "arena pages ever used (high-water mark of the bump pointer)") \
@@ -350,6 +355,14 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero);
 void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte);
 /* Resizes the large block p in place; false if it cannot (then move it). */
 bool _mesh_large_resize(const void *p, size_t size);
+
+/* ---- direct.c: large blocks mapped outside the arena ----------------- */
+void *_mesh_direct_alloc(size_t size, size_t align); /* zeroed; NULL + ENOMEM */
+size_t _mesh_direct_size(const void *p);             /* 0 if p is not a direct block */
+bool _mesh_direct_free(void *p);                     /* false if p is not a direct block */
+void *_mesh_direct_realloc(void *p, size_t size);    /* NULL (p untouched) on failure */
+void _mesh_direct_before_fork(void);
+void _mesh_direct_after_fork(bool child);
 int _mesh_global_validate(void);
 /* for mesh.c (lock held) */
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin);

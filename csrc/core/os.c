@@ -229,6 +229,19 @@ void _mesh_os_abort(void) {
 }
 
 
+/* Memory for a program's block: committed as glibc's mmap'd blocks are (no
+ * MAP_NORESERVE), so a request the system cannot back fails here, with
+ * ENOMEM, instead of being killed later. */
+void *_mesh_os_map_anon(size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void *_mesh_os_remap(void *p, size_t old_len, size_t new_len) {
+  void *q = mremap(p, old_len, new_len, MREMAP_MAYMOVE);
+  return q == MAP_FAILED ? NULL : q;
+}
+
 void *_mesh_os_move_over(void *src, size_t len, void *dst) {
   void *p = mremap(src, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
   return p == MAP_FAILED ? NULL : p;

@@ -15,7 +15,7 @@ _Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
 #define MESH_DERIVED(X) \
   X(small_bytes_in_use, "bytes in live small objects (class size, not request size)") \
   X(small_objects_in_use, "live small objects") \
-  X(bytes_in_use, "small_bytes_in_use + large_bytes_in_use") \
+  X(bytes_in_use, "small_bytes_in_use + large_bytes_in_use + direct_bytes_in_use") \
   X(arena_reserved_bytes, "virtual bytes reserved for the arena") \
   X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
   X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \
@@ -81,7 +81,7 @@ static void stats_fill(uint64_t v[STATS_TOTAL], bool derived) {
   }
   d[MESH_DER_small_bytes_in_use] = sb;
   d[MESH_DER_small_objects_in_use] = so;
-  d[MESH_DER_bytes_in_use] = sb + v[MESH_CTR_large_bytes_in_use];
+  d[MESH_DER_bytes_in_use] = sb + v[MESH_CTR_large_bytes_in_use] + v[MESH_CTR_direct_bytes_in_use];
   d[MESH_DER_arena_reserved_bytes] = _mesh_arena.size;
   d[MESH_DER_arena_committed_bytes] =
       (v[MESH_CTR_span_pages] + v[MESH_CTR_dirty_pages]) * MESH_PAGE_SIZE;

@@ -42,6 +42,9 @@
  *                SIGALRM handler installed with a full sa_mask writes them
  *                too, while the program compacts: the process finishes and
  *                every write is counted.
+ *   addr-limit   run under an address-space limit (ulimit -v): one 8 MiB
+ *                block, then 1 MiB blocks until malloc fails; prints how
+ *                many MiB it got (the test compares that with glibc's).
  *   stdio-closed started with stdin and stdout closed: the program's first
  *                open() gets descriptor 0, as POSIX promises, and what it
  *                writes there is not the heap.
@@ -404,10 +407,10 @@ static int case_dgram(void) {
   uint32_t msg[12] = {0};
   for (uint32_t k = 0; k < NDGRAM; k++) {
     msg[0] = k;
+    uint64_t one = 1; /* posted before its datagram: the receiver never waits for it */
+    if (write(efd, &one, 8) != 8) die("eventfd write");
     while (send(dgram_fds[0], msg, sizeof msg, 0) != (ssize_t)sizeof msg)
       if (errno != EAGAIN && errno != ENOBUFS && errno != EINTR) die("send");
-    uint64_t one = 1;
-    if (write(efd, &one, 8) != 8) die("eventfd write");
     if (k % 2000 == 0) compact();
     if (k % 20000 == 0) churn(1); /* frees, allocations and a compaction */
     if (dgram_failed) break;
@@ -522,6 +525,34 @@ static int case_blocked_writers(void) {
   return 0;
 }
 
+static int case_addr_limit(void) {
+  void *big = malloc(8 << 20);
+  if (!big) {
+    fprintf(stderr, "FAIL: malloc(8 MiB) failed under the limit (errno %d)\n", errno);
+    return 1;
+  }
+  memset(big, 1, 8 << 20);
+  static void *blk[1 << 16];
+  int n = 0;
+  while (n < (1 << 16) && (blk[n] = malloc(1 << 20))) {
+    ((char *)blk[n])[0] = 1;
+    n++;
+  }
+  if (errno != ENOMEM) fprintf(stderr, "FAIL: errno %d, not ENOMEM, when malloc failed\n", errno);
+  void *r = realloc(blk[0], 3 << 20); /* grows, or fails cleanly at the limit */
+  if (r) blk[0] = r;
+  for (int i = 0; i < n; i++) free(blk[i]);
+  free(big);
+  void *again = malloc(4 << 20); /* what was freed is there again */
+  if (!again) {
+    fprintf(stderr, "FAIL: malloc(4 MiB) failed after everything was freed\n");
+    return 1;
+  }
+  free(again);
+  fprintf(stderr, "addr-limit: %d MiB\n", n + 8);
+  return errno == ENOMEM || errno == 0 ? 0 : 1;
+}
+
 static int case_dup2_over(void) {
   fragment();
   compact();
@@ -582,7 +613,7 @@ static int case_stdio_closed(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: hostile closerange|closerange-fork|alarm-writer|blocked-writers|many-mappings|dgram|mprotect|dup2-over|stdio-closed [seed]\n");
+    fprintf(stderr, "usage: hostile addr-limit|closerange|closerange-fork|alarm-writer|blocked-writers|many-mappings|dgram|mprotect|dup2-over|stdio-closed [seed]\n");
     return 2;
   }
   if (argc > 2) rng ^= strtoull(argv[2], NULL, 0) * 0x2545f4914f6cdd1dull;
@@ -594,6 +625,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "alarm-writer")) rc = case_alarm_writer();
   else if (!strcmp(argv[1], "many-mappings")) rc = case_many_mappings();
   else if (!strcmp(argv[1], "dgram")) rc = case_dgram();
+  else if (!strcmp(argv[1], "addr-limit")) rc = case_addr_limit();
   else if (!strcmp(argv[1], "blocked-writers")) rc = case_blocked_writers();
   else if (!strcmp(argv[1], "mprotect")) rc = case_mprotect();
   else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
