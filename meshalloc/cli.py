@@ -4,7 +4,7 @@ Commands::
 
     libpath                   print the absolute path of the package's libmesh.so
     info [--json]             versions, paths, backend, options (value and doc)
-    stats [--json] [--docs] [--summary]
+    stats [--json] [--docs] [--summary] [--pid PID [--watch SECONDS]]
                               the counters of the heap this process uses
                               (run it under LD_PRELOAD to see a preloaded heap)
     run [--preload] -- CMD [ARGS...]
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Dict, List, Optional, Sequence, TextIO
 
 import meshalloc
@@ -141,7 +142,86 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
 # ---- stats ---------------------------------------------------------------
 
 
+_PAUSE_BUCKETS = (("mesh_pause_ge_5ms", ">=5ms"), ("mesh_pause_lt_5ms", "2-5ms"), ("mesh_pause_lt_2ms", "1-2ms"),
+                  ("mesh_pause_lt_1ms", "0.5-1ms"), ("mesh_pause_lt_500us", "100-500us"),
+                  ("mesh_pause_lt_100us", "<100us"))
+
+
+def _mib(n: "Optional[int]") -> str:
+    return "-" if n is None else "%.1f" % (n / 1048576.0)
+
+
+def _remote_stats(args: argparse.Namespace, out: TextIO) -> int:
+    from . import _remote
+
+    try:
+        got = _remote.read(args.pid)
+    except _remote.RemoteError as exc:
+        raise CliError(str(exc), exc.status) from None
+    if args.watch is None:
+        if args.json:
+            json.dump(got, out, indent=2)
+            out.write("\n")
+            return EXIT_OK
+        counters = got["counters"]
+        out.write("process %d: PSS %s MiB, arena memfd %s MiB\n" % (
+            args.pid, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes"))))
+        docs = meshalloc.stats_docs() if args.docs else {}
+        width = max(len(n) for n in counters)
+        vwidth = max(len(str(v)) for v in counters.values())
+        for name, value in counters.items():
+            line = "%-*s %*d" % (width, name, vwidth, value)
+            if args.docs:
+                line += "  " + docs.get(name, "")
+            out.write(line + "\n")
+        return EXIT_OK
+    return _watch(args, out, got)
+
+
+def _watch(args: argparse.Namespace, out: TextIO, prev: "Dict[str, object]") -> int:
+    """One line per interval: memory now, and what meshing did in the interval."""
+    from . import _remote
+
+    interval = max(0.1, float(args.watch))
+    out.write("%8s %9s %9s %9s %9s %8s %10s %7s %10s %9s\n" % (
+        "seconds", "PSS MiB", "memfd MiB", "spans MiB", "dirty MiB", "meshes/s", "MiB/s back", "passes",
+        "longest", "mappings"))
+    t0 = time.monotonic()
+    t_prev = t0
+    while True:
+        try:
+            time.sleep(interval)
+            got = _remote.read(args.pid)
+        except KeyboardInterrupt:
+            return EXIT_OK
+        except _remote.RemoteError as exc:
+            if exc.status == 2 and not os.path.exists("/proc/%d" % args.pid):
+                out.write("process %d exited\n" % args.pid)
+                return EXIT_OK
+            raise CliError(str(exc), exc.status) from None
+        now = time.monotonic()
+        dt = max(now - t_prev, 1e-9)
+        c, p = got["counters"], prev["counters"]
+        d = {k: c.get(k, 0) - p.get(k, 0) for k in c}
+        longest = next((label for key, label in _PAUSE_BUCKETS if d.get(key, 0) > 0), "-")
+        out.write("%8.1f %9s %9s %9s %9s %8.0f %10.2f %7d %10s %9d\n" % (
+            now - t0, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes")),
+            _mib(c.get("span_pages", 0) * 4096), _mib(c.get("dirty_pages", 0) * 4096),
+            d.get("mesh_count", 0) / dt, d.get("meshed_pages_total", 0) * 4096 / 1048576.0 / dt,
+            d.get("mesh_passes", 0), longest, c.get("arena_mappings", 0)))
+        out.flush()
+        prev, t_prev = got, now
+        if args.count and args.count > 0:
+            args.count -= 1
+            if args.count == 0:
+                return EXIT_OK
+
+
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
+    if args.pid is not None:
+        return _remote_stats(args, out)
+    if args.watch is not None:
+        raise CliError("--watch needs --pid (the counters of another process)", EXIT_USAGE)
     _load()
     preloaded = meshalloc.is_preloaded()
     if args.summary:
@@ -272,6 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", action="store_true", help="add each counter's doc")
     p.add_argument("--summary", action="store_true",
                    help="print the MALLOCSTATS summary instead")
+    p.add_argument("--pid", type=int, metavar="PID",
+                   help="the counters of another running process that uses meshalloc (either mode), "
+                        "read from the page it shares (option stats_page), without stopping it")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="with --pid: a line every SECONDS: PSS, the arena memfd's real size, committed "
+                        "bytes, meshes and MiB given back per second, passes and the longest pause of the "
+                        "interval, kernel mappings (Ctrl-C ends it)")
+    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # --watch lines, for tests
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser(

@@ -18,6 +18,7 @@ void _mesh_init_slow(void) {
     if (mesh_load_acquire(&_mesh_init_state) == 0) {
       mesh_store_relaxed(&_mesh_init_state, 1);
       _mesh_options_init();
+      _mesh_stats_page_init();
       _mesh_size_classes_init();
       if (!_mesh_arena_init())
         _mesh_warning("cannot reserve any arena: every allocation will fail with ENOMEM");

@@ -36,6 +36,7 @@
 
 /* ---- os.c: the only file that makes system calls -------------------- */
 int _mesh_os_memfd(void); /* close-on-exec, at a high descriptor number */
+int _mesh_os_memfd_named(const char *name); /* the same, another name */
 int _mesh_os_fd_identity(int fd, uint64_t id[2]); /* (device, inode) */
 int _mesh_os_map_anon_fixed(void *addr, size_t len);
 int _mesh_os_alias_mapping(void *from, void *to, size_t len); /* second mapping of a shared range */
@@ -93,6 +94,8 @@ void _mesh_fill(void *p, int c, size_t n);
 #define MESH_OPTIONS(X) \
   X(ARENA_GB, arena_gb, 64, 1, 4096, 0, \
     "virtual address space reserved for the arena, in GiB (reduced automatically under a small RLIMIT_AS)") \
+  X(STATS_PAGE, stats_page, 1, 0, 1, 0, \
+    "share the counters in a page other processes of the same user can read (python -m meshalloc stats --pid); 0 keeps them private") \
   X(MEMFD, memfd, 1, 0, 1, 0, \
     "back the arena with a memfd so spans can be meshed; 0 uses anonymous memory (no meshing)") \
   X(MAX_DIRTY_MB, max_dirty_mb, 32, 0, 1048576, 1, \
@@ -223,7 +226,11 @@ enum mesh_counter_id {
 #undef MESH_CTR_ENUM
   MESH_CTR_COUNT
 };
-extern _Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
+#define MESH_STATS_SLOTS 512 /* one page of counters */
+_Static_assert(MESH_CTR_COUNT <= MESH_STATS_SLOTS, "the counters fill more than their page");
+extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
+void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
+void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */
 #define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))
 #define mesh_stat_sub(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], -(uint64_t)(v))
 #define mesh_stat_get(name) mesh_load_relaxed(&_mesh_counters[MESH_CTR_##name])

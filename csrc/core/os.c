@@ -44,10 +44,12 @@ static int memfd_floor(void) {
   return (int)(cur - cur / 8); /* the top eighth of a small table */
 }
 
-int _mesh_os_memfd(void) {
+int _mesh_os_memfd(void) { return _mesh_os_memfd_named("meshalloc-arena"); }
+
+int _mesh_os_memfd_named(const char *name) {
 #ifdef SYS_memfd_create
   /* close-on-exec: the heap must never leak into an exec'd child */
-  int fd = (int)syscall(SYS_memfd_create, "meshalloc-arena", MFD_CLOEXEC);
+  int fd = (int)syscall(SYS_memfd_create, name, MFD_CLOEXEC);
   if (fd < 0) return fd;
   int high = fcntl(fd, F_DUPFD_CLOEXEC, memfd_floor());
   if (high >= 0) { /* else (table full above the floor) the low number will do */

@@ -9,7 +9,16 @@
  */
 #include "internal.h"
 
-_Atomic uint64_t _mesh_counters[MESH_CTR_COUNT];
+/* The counters fill one page of their own. At init (option stats_page) it
+ * becomes the first page of a memfd ("meshalloc-stats") mapped over the
+ * array in place, so that nothing that bumps a counter changes and another
+ * process of the same user can open the memfd through /proc/PID/fd and
+ * read the counters while this one runs (python -m meshalloc stats --pid).
+ * The file's next page describes them: STATS_MAGIC, a version, the number
+ * of counters, then their names, NUL-separated, in order. */
+_Alignas(4096) _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
+
+
 
 /* Derived fields: X(name, doc) computed in stats_fill below. */
 #define MESH_DERIVED(X) \
@@ -147,4 +156,62 @@ void mesh_stats_print_all(int fd) {
   stats_fill(v, true);
   for (int i = 0; i < STATS_TOTAL; i++)
     _mesh_dprintf(fd, "%-28s %llu\n", names[i], (unsigned long long)v[i]);
+}
+
+/* ---- the shared page ---------------------------------------------------- */
+
+#define STATS_MAGIC "MESHSTAT"
+#define STATS_VERSION 1u
+static int stats_fd = -1;
+static uint64_t stats_fd_id[2]; /* its (device, inode): the program may close the number and reuse it */
+
+/* Maps a memfd holding the page's current values over the page; false if
+ * not possible (the page then stays as it was). */
+static bool share_page(void) {
+  int fd = _mesh_os_memfd_named("meshalloc-stats");
+  if (fd < 0) return false;
+  char desc[4096];
+  _mesh_fill(desc, 0, sizeof desc);
+  size_t n = 24;
+  __builtin_memcpy(desc, STATS_MAGIC, 8);
+  uint32_t head[3] = {STATS_VERSION, (uint32_t)MESH_CTR_COUNT, (uint32_t)sizeof(uint64_t)};
+  __builtin_memcpy(desc + 8, head, sizeof head);
+  for (int i = 0; i < MESH_CTR_COUNT && n < sizeof desc - 1; i++) {
+    size_t len = _mesh_strlen(names[i]) + 1;
+    if (n + len > sizeof desc) break;
+    __builtin_memcpy(desc + n, names[i], len);
+    n += len;
+  }
+  if (_mesh_os_ftruncate(fd, 2 * 4096) != 0 ||
+      _mesh_os_pwrite_all(fd, (const void *)_mesh_counters, sizeof _mesh_counters, 0) != 0 ||
+      _mesh_os_pwrite_all(fd, desc, sizeof desc, 4096) != 0 ||
+      _mesh_os_map_fixed((void *)_mesh_counters, sizeof _mesh_counters, fd, 0) != 0) {
+    _mesh_os_close(fd);
+    return false;
+  }
+  stats_fd = fd;
+  if (_mesh_os_fd_identity(fd, stats_fd_id) != 0) stats_fd_id[0] = stats_fd_id[1] = 0;
+  return true;
+}
+
+void _mesh_stats_page_init(void) {
+  if (mesh_opt(MESH_OPT_STATS_PAGE)) share_page();
+}
+
+/* fork child: the page is shared with the parent. A new memfd of its own,
+ * or else private memory, with the values as they are. */
+void _mesh_stats_page_after_fork_child(void) {
+  if (stats_fd < 0) return;
+  int parent_fd = stats_fd;
+  uint64_t parent_id[2] = {stats_fd_id[0], stats_fd_id[1]}, now[2];
+  stats_fd = -1;
+  uint64_t copy[MESH_STATS_SLOTS];
+  __builtin_memcpy(copy, (const void *)_mesh_counters, sizeof copy);
+  if (!share_page()) {
+    _mesh_os_map_anon_fixed((void *)_mesh_counters, sizeof _mesh_counters);
+    __builtin_memcpy((void *)_mesh_counters, copy, sizeof copy);
+  }
+  /* the parent keeps its own; closed here only if the number is still it */
+  if (_mesh_os_fd_identity(parent_fd, now) == 0 && now[0] == parent_id[0] && now[1] == parent_id[1])
+    _mesh_os_close(parent_fd);
 }

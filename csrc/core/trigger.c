@@ -228,6 +228,16 @@ static bool thread_turn(uint64_t *wait_ns) {
   bool meshing = _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && (period > 0 || bg > 0);
   if (program_busy(now)) th.active_ns = now;
   bool quiet = now - th.active_ns >= QUIET_NS;
+  /* Pacing answers a program that takes the freed pages straight back; one
+   * that has gone quiet takes nothing, so its pages stay free and meshing
+   * pays again (frag_bands: rounds of allocation paced the thread, which
+   * then slept through the idle time after the last round). */
+  if (quiet && mesh_stat_get(mesh_pace_level) > 0) {
+    mesh_stat_set(mesh_pace_level, 0);
+    pace_meshed_mark = mesh_stat_get(meshed_pages_total);
+    pace_fresh_mark = mesh_stat_get(fresh_pages_total);
+    th.backlog = true;
+  }
   decay_tick(now);
   if (!keep && !mesh_opt(MESH_OPT_MESHER_THREAD)) return false;
   uint64_t wait = period > 0 ? pass_wait_ns(period) : UINT64_MAX;

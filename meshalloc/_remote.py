@@ -1,0 +1,97 @@
+"""Reading another process's meshalloc counters (``stats --pid``).
+
+A process that uses meshalloc (``MESHALLOC=1``, ``install()``, or
+``libmesh.so`` preloaded) keeps its counters in one page of a memfd named
+``meshalloc-stats`` (option ``stats_page``, on by default). Its owner (and
+root) can open that memfd through ``/proc/PID/fd`` and read it while the
+process runs: no signal, no ptrace, nothing on the process's hot paths. The
+file's second page says what the first holds: ``MESHSTAT``, a version, the
+number of counters and their names, in order.
+
+Besides the counters: the process's PSS (``/proc/PID/smaps_rollup``) and the
+bytes its arena memfd really holds (its allocated blocks: pages written with
+``pwrite`` or never mapped are invisible to PSS).
+"""
+
+import os
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Dict, Optional
+
+MAGIC = b"MESHSTAT"
+PAGE = 4096
+
+
+class RemoteError(Exception):
+    """Why another process's counters cannot be read; ``status`` is the exit
+    code the CLI uses (2: no such process or no access, 1: it does not use
+    meshalloc or shares no counters)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _fd_targets(pid: int) -> "Dict[str, str]":
+    """{target: /proc/PID/fd/N} for the process's memfds of meshalloc."""
+    base = "/proc/%d/fd" % pid
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        raise RemoteError("no process %d" % pid, 2) from None
+    except PermissionError:
+        raise RemoteError("cannot look into process %d: it belongs to another user" % pid, 2) from None
+    found = {}
+    for n in names:
+        try:
+            target = os.readlink("%s/%s" % (base, n))
+        except OSError:
+            continue
+        for kind in ("meshalloc-stats", "meshalloc-arena"):
+            if target.startswith("/memfd:%s" % kind) and kind not in found:
+                found[kind] = "%s/%s" % (base, n)
+    return found
+
+
+def _pss_bytes(pid: int) -> "Optional[int]":
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def read(pid: int) -> "Dict[str, object]":
+    """{"pid", "counters": {name: value}, "pss_bytes", "arena_memfd_bytes"}."""
+    fds = _fd_targets(pid)
+    if "meshalloc-stats" not in fds:
+        why = ("it uses meshalloc, but shares no counters (started with MESH_STATS_PAGE=0, or it closed "
+               "the descriptor)" if "meshalloc-arena" in fds else "it does not use meshalloc")
+        raise RemoteError("process %d: %s" % (pid, why), 1)
+    try:
+        with open(fds["meshalloc-stats"], "rb") as f:
+            data = f.read(2 * PAGE)
+    except PermissionError:
+        raise RemoteError("cannot read process %d's counters: it belongs to another user" % pid, 2) from None
+    except OSError as exc:
+        raise RemoteError("process %d: %s" % (pid, exc), 2) from None
+    if len(data) < 2 * PAGE or data[PAGE:PAGE + 8] != MAGIC:
+        raise RemoteError("process %d: its counters page is not one this meshalloc reads" % pid, 1)
+    version, count, width = struct.unpack_from("<III", data, PAGE + 8)
+    if version != 1 or width != 8 or count > PAGE // 8:
+        raise RemoteError("process %d: counters page version %d (this meshalloc reads 1)" % (pid, version), 1)
+    names = data[PAGE + 24:2 * PAGE].split(b"\0")[:count]
+    values = struct.unpack_from("<%dQ" % count, data, 0)
+    out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)}, "pss_bytes": _pss_bytes(pid)}
+    arena = fds.get("meshalloc-arena")
+    if arena:
+        try:
+            out["arena_memfd_bytes"] = os.stat(arena).st_blocks * 512
+        except OSError:
+            out["arena_memfd_bytes"] = None
+    return out
