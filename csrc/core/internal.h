@@ -453,6 +453,14 @@ void _mesh_meshing_init(void);
 /* Lock held: one pass bounded by budget_ns; returns physical pages freed. */
 size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more); /* *more: work left */
 uint64_t _mesh_last_pass_ns(void); /* lock held: when the last pass or step ended */
+/* A compaction in bounded steps (mesh_compact): zero-initialised, then
+ * _mesh_compact_step with the lock held until finished. */
+typedef struct {
+  unsigned cls, sweeps;
+  size_t first, sweep;
+  bool in_sweep, finished;
+} compact_state_t;
+size_t _mesh_compact_step(compact_state_t *st, enum mesh_pass_kind kind);
 void _mesh_count_other_mappings(void); /* without the lock: refresh the mapping budget */
 bool _mesh_mapping_count_stale(void); /* near the kernel's limit, and counted too long ago */
 

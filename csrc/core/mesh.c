@@ -802,48 +802,66 @@ size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more)
 #define COMPACT_DIMINISHING 16
 #define COMPACT_MAX_SWEEPS 32
 
+/* One bounded step of a compaction (lock held): a step of the current
+ * class's sweep; a class ends when a sweep frees nothing, frees less than
+ * 1/COMPACT_DIMINISHING of its first, or after COMPACT_MAX_SWEEPS. Returns
+ * the pages the step freed; st->finished once every class is done (or
+ * meshing became impossible). */
+size_t _mesh_compact_step(compact_state_t *st, enum mesh_pass_kind kind) {
+  if (st->finished) return 0;
+  if (st->cls >= MESH_NUM_CLASSES || !can_mesh()) {
+    st->finished = true;
+    return 0;
+  }
+  unsigned c = st->cls;
+  if (!st->in_sweep) {
+    if (st->sweeps == 0) {
+      cursor[c].id = MESH_NIL; /* a fresh sweep of the class */
+      batch.open = false;
+    }
+    st->in_sweep = true;
+    st->sweep = 0;
+  }
+  uint64_t budget = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
+  sigset_t old_mask; /* as in a pass: no handler runs inside a step */
+  _mesh_os_block_async_signals(&old_mask);
+  pause_start_t t0 = pause_begin();
+  bool out_of_time = false, step_meshed = false, unswept = false, stop = false;
+  size_t freed = mesh_class(c, deadline_after(t0.wall, budget), &out_of_time, &stop, &unswept, &step_meshed);
+  pause_done(t0, kind);
+  _mesh_os_restore_signals(&old_mask);
+  st->sweep += freed;
+  if (stop) {
+    st->finished = true;
+  } else if (!unswept) { /* the sweep ended */
+    st->in_sweep = false;
+    bool next = st->sweep == 0 || (st->sweeps > 0 && st->sweep * COMPACT_DIMINISHING < st->first) ||
+                st->sweeps + 1 >= COMPACT_MAX_SWEEPS;
+    if (st->sweeps == 0) st->first = st->sweep;
+    st->sweeps++;
+    if (next) {
+      st->cls++;
+      st->sweeps = 0;
+      st->first = 0;
+    }
+  }
+  return freed;
+}
+
 size_t mesh_compact(void) {
   mesh_ensure_init();
   size_t total = 0;
-  bool stop = false;
-  uint64_t budget = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
   _mesh_count_other_mappings(); /* the program may have mapped much since start-up */
   /* Class by class: whole sweeps of the class's partial spans, each made of
    * steps that hold the lock for at most the pause bound, repeated while a
    * sweep still pays (the spans it filled may mesh again, growing chains).
    * Per class, because a round-robin pass over every class never sees all
    * sweeps end in the same pass, and so cannot tell when to stop. */
-  for (unsigned c = 0; c < MESH_NUM_CLASSES && !stop; c++) {
-    size_t first = 0;
+  compact_state_t st = {0};
+  while (!st.finished) {
     _mesh_lock();
-    cursor[c].id = MESH_NIL; /* a fresh sweep */
-    batch.open = false;
+    total += _mesh_compact_step(&st, MESH_PASS_compact);
     _mesh_unlock();
-    for (unsigned sweeps = 0; sweeps < COMPACT_MAX_SWEEPS && !stop; sweeps++) {
-      size_t sweep = 0;
-      bool unswept = true;
-      while (unswept && !stop) {
-        _mesh_lock();
-        if (!can_mesh()) {
-          _mesh_unlock();
-          stop = true;
-          break;
-        }
-        sigset_t old_mask; /* as in a pass: no handler runs inside a step */
-        _mesh_os_block_async_signals(&old_mask);
-        pause_start_t t0 = pause_begin();
-        bool out_of_time = false, step_meshed = false;
-        unswept = false;
-        sweep += mesh_class(c, deadline_after(t0.wall, budget), &out_of_time, &stop, &unswept, &step_meshed);
-        pause_done(t0, MESH_PASS_compact);
-        _mesh_os_restore_signals(&old_mask);
-        _mesh_unlock();
-      }
-      total += sweep;
-      if (sweep == 0) break;
-      if (sweeps == 0) first = sweep;
-      else if (sweep * COMPACT_DIMINISHING < first) break;
-    }
   }
   mesh_scavenge();
   return total;
