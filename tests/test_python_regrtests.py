@@ -5,6 +5,7 @@ test_list test_unicode test_json test_gc test_weakref test_capi).
 Needs the package installed in the interpreter running the tests (as in
 .ci/run), since the switch is a .pth file in site-packages.
 """
+import os
 import re
 import sys
 
@@ -33,27 +34,46 @@ HOSTILE_REGRTESTS = ["test_subprocess", "test_posix", "test_sys", "test_threadin
                      "test_signal", "test_concurrent_futures"]
 
 
-def failed_tests(out: str) -> set:
-    """Names regrtest lists under "N tests failed:" (and re-run failures)."""
-    names, grab = set(), False
-    for line in out.splitlines():
-        if re.match(r"^\d+ tests? failed", line.strip()) or re.match(r"^\d+ re-run tests?", line.strip()):
-            grab = True
-            continue
-        if grab:
-            if not line.strip() or not line.startswith(" "):
-                grab = False
-                continue
-            names.update(line.split())
+# Known differences, each with its reason (a new failure outside this list
+# fails the test):
+KNOWN = {
+    # the child interpreters of these tests list their open descriptors, and
+    # a child running meshalloc holds two memfds of its own (the arena's and
+    # the counters', close-on-exec, at high numbers): the listing shows them
+    "test_close_fds_when_max_fd_is_lowered": "the child's own memfds are listed",
+    "test_pass_fds_redirected": "the child's own memfds are listed",
+    # sys._debugmallocstats() prints pymalloc's arenas, and objects are not
+    # in pymalloc's arenas when meshalloc (or malloc) serves them
+    "test_debugmallocstats": "pymalloc's statistics",
+}
+
+
+def available(names):
+    """The tests this interpreter ships (some builds prune the test suite)."""
+    import sysconfig  # noqa: PLC0415
+    testdir = os.path.join(sysconfig.get_path("stdlib"), "test")
+    return [n for n in names if os.path.exists(os.path.join(testdir, n + ".py")) or
+            os.path.isdir(os.path.join(testdir, n))]
+
+
+def failed_cases(xml_path: str) -> set:
+    """Names of the test methods that failed or errored, from regrtest's
+    JUnit XML."""
+    import xml.etree.ElementTree as ET  # noqa: PLC0415
+    names = set()
+    for case in ET.parse(xml_path).iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            names.add(case.get("name", "").split(".")[-1])
     return names
 
 
 def run_regrtest(helpers, tmp_path, env, what):
-    r = helpers.run([sys.executable, "-m", "test", "-j2", "--timeout", "900", *HOSTILE_REGRTESTS],
-                    timeout=2400, pss_cap=4 * helpers.GIB, cwd=tmp_path, env=env)
+    xml_path = tmp_path / ("junit-%s.xml" % what.replace("=", "-"))
+    r = helpers.run([sys.executable, "-m", "test", "-j2", "--timeout", "900", "--junit-xml", str(xml_path),
+                     *available(HOSTILE_REGRTESTS)], timeout=2400, pss_cap=4 * helpers.GIB, cwd=tmp_path, env=env)
     assert not r.killed, r.describe()
-    assert "Result:" in r.stdout, f"{what}: regrtest did not finish\n{r.describe()}"
-    return failed_tests(r.stdout), r
+    assert "Result:" in r.stdout and xml_path.exists(), f"{what}: regrtest did not finish\n{r.describe()}"
+    return failed_cases(str(xml_path)), r
 
 
 def test_cpython_fd_signal_thread_and_fork_tests_pass_as_under_pymalloc(helpers, libmesh, tmp_path):
@@ -61,9 +81,9 @@ def test_cpython_fd_signal_thread_and_fork_tests_pass_as_under_pymalloc(helpers,
                         timeout=60, cwd=tmp_path, env=helpers.env(MESHALLOC="1"))
     if probe.returncode != 0 or probe.stdout.strip() != "True":
         pytest.skip("the meshalloc package (with its start-up .pth) is not installed in this interpreter")
-    base, r0 = run_regrtest(helpers, tmp_path, helpers.env(), "pymalloc")
+    base, _ = run_regrtest(helpers, tmp_path, helpers.env(), "pymalloc")
     for what, env in (("MESHALLOC=1", helpers.env(MESHALLOC="1")),
                       ("preload", helpers.env(LD_PRELOAD=str(libmesh), PYTHONMALLOC="malloc"))):
         got, r = run_regrtest(helpers, tmp_path, env, what)
-        assert got == base, (f"{what}: failing tests {sorted(got)}, under pymalloc {sorted(base)}\n"
-                             f"{r.describe()}")
+        new = got - base - set(KNOWN)
+        assert not new, f"{what}: {sorted(new)} fail here and not under pymalloc\n{r.describe()}"

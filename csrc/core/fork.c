@@ -34,7 +34,9 @@ static void prepare(void) {
   if (!fork_active) return;
   _mesh_mesher_before_fork(); /* before the locks: it may be in a pass */
   fork_pipe[0] = fork_pipe[1] = -1;
-  if (_mesh_arena.memfd_mapped && _mesh_os_pipe(fork_pipe) != 0)
+  /* the parent waits until the child has its own heap and counters: both
+   * are shared memory until then */
+  if ((_mesh_arena.memfd_mapped || _mesh_stats_page_shared()) && _mesh_os_pipe(fork_pipe) != 0)
     _mesh_warning("fork: pipe failed (errno %d); the parent will not wait for the child's heap copy", errno);
   pthread_mutex_lock(&_mesh_orphan_lock);
   _mesh_lock();

@@ -231,6 +231,7 @@ _Static_assert(MESH_CTR_COUNT <= MESH_STATS_SLOTS, "the counters fill more than 
 extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
 void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
 void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */
+bool _mesh_stats_page_shared(void);          /* the page is a memfd (fork: the parent waits for the child) */
 #define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))
 #define mesh_stat_sub(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], -(uint64_t)(v))
 #define mesh_stat_get(name) mesh_load_relaxed(&_mesh_counters[MESH_CTR_##name])

@@ -194,6 +194,8 @@ static bool share_page(void) {
   return true;
 }
 
+bool _mesh_stats_page_shared(void) { return stats_fd >= 0; }
+
 void _mesh_stats_page_init(void) {
   if (mesh_opt(MESH_OPT_STATS_PAGE)) share_page();
 }
