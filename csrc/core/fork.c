@@ -137,6 +137,7 @@ static long long copy_live(int fd, char *dst, bool with_aliases) {
 static void child(void) {
   if (!fork_active) return;
   _mesh_stats_page_after_fork_child(); /* first: every counter bumped from here is the child's */
+  _mesh_os_after_fork_child();
   _mesh_direct_after_fork(true);
   _mesh_global_after_fork_child();
   _mesh_barrier_after_fork_child();

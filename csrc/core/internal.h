@@ -73,6 +73,7 @@ void *_mesh_os_move_over(void *src, size_t len, void *dst); /* mremap(MREMAP_FIX
 int _mesh_os_protect_read(void *addr, size_t len);
 long _mesh_os_max_map_count(void);
 long _mesh_os_count_maps(void);
+void _mesh_os_after_fork_child(void); /* descriptors the child must not share */
 
 /* ---- libc.c: formatting and messages without malloc or stdio -------- */
 size_t _mesh_vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);

@@ -264,17 +264,50 @@ long _mesh_os_max_map_count(void) {
 }
 
 /* The process's kernel mappings now (lines of /proc/self/maps), or -1.
- * Read in pieces on the stack: no malloc, so callable under the lock. */
-long _mesh_os_count_maps(void) {
+ * Read in pieces on the stack: no malloc, so callable under the lock.
+ * The file stays open at a high descriptor number and is re-read from
+ * offset 0: an open() per count, from the meshing thread, would take the
+ * lowest free number for a moment, and a program started with stdin
+ * closed could see its own first open() get 1 instead of 0. Its identity
+ * is checked before each read (the program may close and reuse the
+ * number); a fork child opens its own (_mesh_os_after_fork_child). */
+static int maps_fd = -1;
+static uint64_t maps_id[2];
+
+static int maps_open(void) {
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
+  int high = fcntl(fd, F_DUPFD_CLOEXEC, memfd_floor());
+  if (high >= 0) close(fd), fd = high;
+  if (_mesh_os_fd_identity(fd, maps_id) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+long _mesh_os_count_maps(void) {
+  uint64_t id[2];
+  if (maps_fd >= 0 && (_mesh_os_fd_identity(maps_fd, id) != 0 || id[0] != maps_id[0] || id[1] != maps_id[1]))
+    maps_fd = -1; /* not ours any more: left alone */
+  if (maps_fd < 0 && (maps_fd = maps_open()) < 0) return -1;
   char buf[4096];
   long lines = 0;
+  size_t off = 0;
   ssize_t n;
-  while ((n = _mesh_os_read(fd, buf, sizeof buf)) > 0)
+  while ((n = syscall(SYS_pread64, maps_fd, buf, sizeof buf, (off_t)off)) > 0) {
+    off += (size_t)n;
     for (ssize_t i = 0; i < n; i++) lines += buf[i] == '\n';
-  close(fd);
+  }
   return n < 0 ? -1 : lines;
+}
+
+/* fork child: the inherited maps descriptor reads the parent's mappings */
+void _mesh_os_after_fork_child(void) {
+  uint64_t id[2];
+  if (maps_fd >= 0 && _mesh_os_fd_identity(maps_fd, id) == 0 && id[0] == maps_id[0] && id[1] == maps_id[1])
+    close(maps_fd);
+  maps_fd = -1;
 }
 
 /* Blocks every signal but the synchronous ones (a fault in this thread must

@@ -162,16 +162,21 @@ static int case_fragmented(void) {
   return fail ? 1 : 0;
 }
 
-static int case_no_memfd_seccomp(void) {
+/* From here on, system call nr fails with err (a seccomp filter). */
+static void refuse_syscall(long nr, int err) {
   struct sock_filter filter[] = {
     BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_memfd_create, 0, 1),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)nr, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ((unsigned)err & SECCOMP_RET_DATA)),
     BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
   struct sock_fprog prog = {sizeof filter / sizeof filter[0], filter};
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) DIE("no_new_privs: %s", strerror(errno));
   if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) DIE("seccomp: %s", strerror(errno));
+}
+
+static int case_no_memfd_seccomp(void) {
+  refuse_syscall(__NR_memfd_create, ENOSYS);
   if (syscall(__NR_memfd_create, "probe", 0) != -1 || errno != ENOSYS) DIE("the seccomp filter does not work");
 
   int fail = 0;
@@ -210,41 +215,22 @@ static int case_no_memfd_seccomp(void) {
 
 void _mesh_warning(const char *fmt, ...); /* the core's (internal.h) */
 
-static long pss_kb(void) {
-  FILE *f = fopen("/proc/self/smaps_rollup", "r");
-  if (!f) return -1;
-  char line[256];
-  long v = -1;
-  while (fgets(line, sizeof line, f))
-    if (sscanf(line, "Pss: %ld", &v) == 1) break;
-  fclose(f);
-  return v;
-}
-
 static int case_no_fallocate_seccomp(void) {
-  struct sock_filter filter[] = {
-    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_fallocate, 0, 1),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
-    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-  };
-  struct sock_fprog prog = {sizeof filter / sizeof filter[0], filter};
   warm_up(); /* the heap exists before the filter: its memfd works, only punching is refused */
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) DIE("no_new_privs: %s", strerror(errno));
-  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) DIE("seccomp: %s", strerror(errno));
+  refuse_syscall(__NR_fallocate, EPERM);
   if (syscall(__NR_fallocate, 0, 0, 0, 0) != -1 || errno != EPERM) DIE("the seccomp filter does not work");
 
   int fail = 0;
   enum { N = 400000, ROUNDS = 6 };
   static unsigned char *ps[N];
-  long before = pss_kb(), peak = before;
+  long before = rollup_kb("Pss"), peak = before;
   for (int r = 0; r < ROUNDS; r++) {
     for (int i = 0; i < N; i++) {
       ps[i] = mesh_malloc(64);
       if (!ps[i]) { printf("malloc failed\n"); return 1; }
       pat_fill(ps[i], 64, (uint64_t)i + (uint64_t)r);
     }
-    long p = pss_kb();
+    long p = rollup_kb("Pss");
     if (p > peak) peak = p;
     for (int i = 0; i < N; i++) if (i % 16) mesh_free(ps[i]), ps[i] = NULL;
     mesh_compact();
@@ -253,7 +239,7 @@ static int case_no_fallocate_seccomp(void) {
     for (int i = 0; i < N; i += 16) mesh_free(ps[i]), ps[i] = NULL;
     mesh_scavenge();
   }
-  long after = pss_kb();
+  long after = rollup_kb("Pss");
   printf("pss before %ld peak %ld after %ld KiB, meshing_available %d\n", before, peak, after, mesh_meshing_available());
   if (after - before > (peak - before) / 2) { printf("free pages were not returned\n"); fail = 1; }
   if (mesh_check_heap() != 0) fail = 1;

@@ -56,6 +56,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -247,27 +248,37 @@ static void on_alarm(int sig) {
   errno = saved;
 }
 
-static int case_alarm_writer(void) {
-  /* the counters live among garbage, so their spans are meshed */
+/* The counters live among garbage, so their spans are meshed: each among
+ * nine blocks of its size that die, in a heap of which 90 % is freed. */
+static void sparse_counters(void) {
   for (size_t i = 0; i < NOBJ; i++) fill(i);
   static void *junk[NCOUNTERS * 9];
-  for (int k = 0; k < NCOUNTERS; k++) { /* each counter among nine blocks of its size that die */
-    counters[k] = calloc(1, 48);
-    if (!counters[k]) die("calloc");
+  for (int k = 0; k < NCOUNTERS; k++) {
+    if (!(counters[k] = calloc(1, 48))) die("calloc");
     for (int j = 0; j < 9; j++)
       if (!(junk[k * 9 + j] = malloc(48))) die("malloc");
   }
   for (int j = 0; j < NCOUNTERS * 9; j++) free(junk[j]);
   for (size_t i = 0; i < NOBJ; i++)
     if (next() % 10) free(obj[i]), obj[i] = NULL;
+}
+
+/* on_alarm every usec microseconds; full_mask: every signal blocked while it runs */
+static void start_alarms(long usec, bool full_mask) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_alarm;
   sa.sa_flags = SA_RESTART;
-  sigemptyset(&sa.sa_mask);
+  if (full_mask) sigfillset(&sa.sa_mask);
+  else sigemptyset(&sa.sa_mask);
   if (sigaction(SIGALRM, &sa, NULL) != 0) die("sigaction");
-  struct itimerval it = {{0, 200}, {0, 200}};
+  struct itimerval it = {{0, usec}, {0, usec}};
   if (setitimer(ITIMER_REAL, &it, NULL) != 0) die("setitimer");
+}
+
+static int case_alarm_writer(void) {
+  sparse_counters();
+  start_alarms(200, false);
   struct timespec t0, t;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   do {
@@ -488,26 +499,10 @@ static void *blocked_writer(void *arg) {
 }
 
 static int case_blocked_writers(void) {
-  for (size_t i = 0; i < NOBJ; i++) fill(i);
-  static void *junk[NCOUNTERS * 9];
-  for (int k = 0; k < NCOUNTERS; k++) {
-    if (!(counters[k] = calloc(1, 48))) die("calloc");
-    for (int j = 0; j < 9; j++)
-      if (!(junk[k * 9 + j] = malloc(48))) die("malloc");
-  }
-  for (int j = 0; j < NCOUNTERS * 9; j++) free(junk[j]);
-  for (size_t i = 0; i < NOBJ; i++)
-    if (next() % 10) free(obj[i]), obj[i] = NULL;
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = on_alarm;
-  sa.sa_flags = SA_RESTART;
-  sigfillset(&sa.sa_mask); /* everything blocked while the handler runs */
-  if (sigaction(SIGALRM, &sa, NULL) != 0) die("sigaction");
+  sparse_counters();
   pthread_t t;
   if (pthread_create(&t, NULL, blocked_writer, NULL) != 0) die("pthread_create");
-  struct itimerval it = {{0, 500}, {0, 500}};
-  if (setitimer(ITIMER_REAL, &it, NULL) != 0) die("setitimer");
+  start_alarms(500, true); /* the handler runs with everything blocked */
   for (int r = 0; r < 12; r++) churn(1);
   struct itimerval off = {{0, 0}, {0, 0}};
   setitimer(ITIMER_REAL, &off, NULL);

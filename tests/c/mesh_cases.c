@@ -88,18 +88,6 @@ static const char *g_who = "parent";
     fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); fflush(stderr); g_fail++; } } while (0)
 
 /* ---- stats, maps, PSS ----------------------------------------------------- */
-static long rollup_kb(const char *field) {
-  FILE *f = fopen("/proc/self/smaps_rollup", "r");
-  if (!f) DIE("open smaps_rollup");
-  char line[256];
-  long v = -1;
-  size_t n = strlen(field);
-  while (fgets(line, sizeof line, f))
-    if (strncmp(line, field, n) == 0 && line[n] == ':') { v = atol(line + n + 1); break; }
-  fclose(f);
-  return v;
-}
-
 static void print_stats(const char *what) {
   printf("%s: mesh_count=%llu meshed_pages=%llu mesh_aliases=%llu arena_mappings=%llu maps=%d "
          "budget_stops=%llu barrier_waits=%llu passes=%llu pause_max_us=%llu\n", what,

@@ -22,6 +22,7 @@
 
 #include "internal.h"
 #include "mesh.h"
+#include "testutil.h"
 
 #define N 100000
 #define FILE_BYTES (256 * 1024)
@@ -31,22 +32,8 @@ static int fails;
     fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); fails++; } } while (0)
 
 static unsigned char *obj[N];
-static uint64_t rng = 88172645463325252ull;
-static uint64_t next(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return rng;
-}
-
-static uint64_t stat_of(const char *name) {
-  uint64_t v[256];
-  int n = mesh_stats_read(v, 256);
-  for (int i = 0; i < n && i < 256; i++)
-    if (!strcmp(mesh_stats_name(i), name)) return v[i];
-  fprintf(stderr, "FAIL: no stat %s\n", name);
-  exit(1);
-}
+static rng_t rng;
+static uint64_t next(void) { return rng_next(&rng); }
 
 static void fill(size_t i, unsigned tag) { memset(obj[i], (int)((i * 7 + tag) & 255), 64); }
 static int intact(size_t i, unsigned tag) {
@@ -75,6 +62,7 @@ static void file_check(int fd, const char *when) {
 }
 
 int main(void) {
+  rng_seed(&rng, 88172645463325252ull);
   for (size_t i = 0; i < N; i++) {
     obj[i] = mesh_malloc(64);
     fill(i, 1);
@@ -83,11 +71,11 @@ int main(void) {
     if (next() % 10) mesh_free(obj[i]), obj[i] = NULL;
   CHECK(mesh_meshing_available(), "meshing not available at start");
   CHECK(mesh_compact() > 0, "nothing meshed before the descriptor was closed");
-  CHECK(stat_of("meshed_pages") > 0, "no aliases");
+  CHECK(stat_get("meshed_pages") > 0, "no aliases");
 
   /* a large block whose pages are the memfd's, for the primitives below */
   unsigned char *l = mesh_malloc(3 * MESH_PAGE_SIZE);
-  uint64_t meshed_before = stat_of("meshed_pages");
+  uint64_t meshed_before = stat_get("meshed_pages");
 
   /* the program: closes the memfd's number and puts its own file there */
   int memfd = _mesh_arena.fd;
@@ -124,8 +112,8 @@ int main(void) {
   for (size_t i = 0; i < N; i++)
     if (obj[i]) mesh_free(obj[i]), obj[i] = NULL;
 
-  CHECK(stat_of("meshed_pages") < meshed_before, "freeing meshed spans undid no alias (%llu of %llu left)",
-        (unsigned long long)stat_of("meshed_pages"), (unsigned long long)meshed_before);
+  CHECK(stat_get("meshed_pages") < meshed_before, "freeing meshed spans undid no alias (%llu of %llu left)",
+        (unsigned long long)stat_get("meshed_pages"), (unsigned long long)meshed_before);
 
   /* the descriptor-free primitives, on the large block of 3 pages */
   uint32_t p = (uint32_t)(((uintptr_t)l - _mesh_arena.base) >> MESH_PAGE_SHIFT);

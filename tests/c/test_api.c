@@ -709,19 +709,8 @@ static bool check_meshing_available(void) {
 /* Large blocks the arena cannot hold are mapped on their own (direct.c):
  * only exercised when the arena is small (MESH_ARENA_GB=1), so that a block
  * bigger than it costs no real memory. */
-static uint64_t stat_named(const char *name) {
-  int n = mesh_stats_count();
-  for (int i = 0; i < n; i++)
-    if (!strcmp(mesh_stats_name(i), name)) {
-      uint64_t v[512];
-      mesh_stats_read(v, n < 512 ? n : 512);
-      return v[i];
-    }
-  return 0;
-}
-
 static bool check_direct_blocks(void) {
-  uint64_t arena = stat_named("arena_reserved_bytes");
+  uint64_t arena = stat_get("arena_reserved_bytes");
   if (arena == 0 || arena > ((uint64_t)4 << 30)) {
     printf("info direct_blocks skipped (arena %llu MiB)\n", (unsigned long long)(arena >> 20));
     return true;
@@ -732,22 +721,22 @@ static bool check_direct_blocks(void) {
   if (!p) { NOTE("malloc(arena + 1 MiB) failed (errno %d)", errno); return false; }
   p[0] = 0x11, p[size - 1] = 0x22;
   if (!mesh_owns(p) || mesh_usable_size(p) < size) { NOTE("direct block not owned or too small"); ok = false; }
-  if (stat_named("direct_alloc_count") < 1 || stat_named("direct_bytes_in_use") < size) { NOTE("direct stats"); ok = false; }
+  if (stat_get("direct_alloc_count") < 1 || stat_get("direct_bytes_in_use") < size) { NOTE("direct stats"); ok = false; }
   unsigned char *q = mesh_realloc(p, size + (8u << 20));
   if (!q || q[0] != 0x11 || q[size - 1] != 0x22) { NOTE("direct realloc lost the contents"); ok = false; }
   if (q) p = q;
   q = mesh_realloc(p, 100); /* back to a small block in the arena */
   if (!q || q[0] != 0x11 || !mesh_owns(q)) { NOTE("direct realloc to small"); ok = false; }
   if (q) mesh_free(q);
-  if (stat_named("direct_bytes_in_use") != 0) { NOTE("direct bytes left: %llu", (unsigned long long)stat_named("direct_bytes_in_use")); ok = false; }
+  if (stat_get("direct_bytes_in_use") != 0) { NOTE("direct bytes left: %llu", (unsigned long long)stat_get("direct_bytes_in_use")); ok = false; }
   void *a = mesh_memalign((size_t)1 << 21, size);
   if (!a || ((uintptr_t)a & (((uintptr_t)1 << 21) - 1))) { NOTE("direct memalign(2 MiB) %p", a); ok = false; }
   unsigned char *z = mesh_calloc(1, size);
   if (!z || z[0] || z[size / 2] || z[size - 1]) { NOTE("direct calloc not zero"); ok = false; }
   mesh_free(a);
   mesh_free(z);
-  if (stat_named("direct_free_count") != stat_named("direct_alloc_count")) { NOTE("direct frees"); ok = false; }
-  printf("info direct_blocks %llu\n", (unsigned long long)stat_named("direct_alloc_count"));
+  if (stat_get("direct_free_count") != stat_get("direct_alloc_count")) { NOTE("direct frees"); ok = false; }
+  printf("info direct_blocks %llu\n", (unsigned long long)stat_get("direct_alloc_count"));
   return ok;
 }
 

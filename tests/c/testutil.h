@@ -121,6 +121,19 @@ static inline uint64_t stat_get(const char *name) {
 }
 
 /* The arena's mappings as the kernel sees them. */
+/* A field of /proc/self/smaps_rollup in KiB ("Pss", "Rss", ...), -1 if absent. */
+static inline long rollup_kb(const char *field) {
+  FILE *f = fopen("/proc/self/smaps_rollup", "r");
+  if (!f) DIE("open smaps_rollup");
+  char line[256];
+  long v = -1;
+  size_t n = strlen(field);
+  while (fgets(line, sizeof line, f))
+    if (strncmp(line, field, n) == 0 && line[n] == ':') { v = atol(line + n + 1); break; }
+  fclose(f);
+  return v;
+}
+
 static inline int maps_count(void) {
   FILE *f = fopen("/proc/self/maps", "r");
   if (!f) {
