@@ -6,7 +6,9 @@ A process that uses meshalloc (``MESHALLOC=1``, ``install()``, or
 root) can open that memfd through ``/proc/PID/fd`` and read it while the
 process runs: no signal, no ptrace, nothing on the process's hot paths. The
 file's second page says what the first holds: ``MESHSTAT``, a version, the
-number of counters and their names, in order.
+number of counters, where the pass log lies (version 2: the last 256 pauses,
+each with its end time, wall and CPU time, meshes and pages freed) and the
+counters' names, in order.
 
 Besides the counters: the process's PSS (``/proc/PID/smaps_rollup``) and the
 bytes its arena memfd really holds (its allocated blocks: pages written with
@@ -18,7 +20,7 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Dict, Optional
+    from typing import Dict, List, Optional
 
 MAGIC = b"MESHSTAT"
 PAGE = 4096
@@ -66,8 +68,32 @@ def _pss_bytes(pid: int) -> "Optional[int]":
     return None
 
 
+PASS_KINDS = ("triggered", "thread", "compact")
+
+
+def _pass_log(log: "tuple[bytes, int, int]") -> "List[Dict[str, object]]":
+    """The pauses still in the process's pass log, oldest first: number, end
+    (CLOCK_MONOTONIC seconds, the clock of ``time.monotonic()``), wall and
+    CPU seconds, meshes, pages freed, kind. Entries the process was writing
+    while the pages were copied are left out."""
+    data, length, words = log
+    if words < 8 or len(data) < length * words * 8:
+        return []
+    entries = []
+    for i in range(length):
+        e = struct.unpack_from("<%dQ" % words, data, i * words * 8)
+        if e[0] == 0 or e[0] != e[words - 1]:
+            continue
+        kind = PASS_KINDS[e[6]] if e[6] < len(PASS_KINDS) else str(e[6])
+        entries.append({"number": e[0], "end": e[1] / 1e9, "wall": e[2] / 1e9, "cpu": e[3] / 1e9,
+                        "meshes": e[4], "pages": e[5], "kind": kind})
+    entries.sort(key=lambda x: x["number"])
+    return entries
+
+
 def read(pid: int) -> "Dict[str, object]":
-    """{"pid", "counters": {name: value}, "pss_bytes", "arena_memfd_bytes"}."""
+    """{"pid", "counters": {name: value}, "pss_bytes", "arena_memfd_bytes",
+    "passes": the pass log (_pass_log)}."""
     fds = _fd_targets(pid)
     if "meshalloc-stats" not in fds:
         why = ("it uses meshalloc, but shares no counters (started with MESH_STATS_PAGE=0, or it closed "
@@ -76,6 +102,11 @@ def read(pid: int) -> "Dict[str, object]":
     try:
         with open(fds["meshalloc-stats"], "rb") as f:
             data = f.read(2 * PAGE)
+            log = None
+            if len(data) == 2 * PAGE and data[PAGE:PAGE + 8] == MAGIC and struct.unpack_from("<I", data, PAGE + 8)[0] >= 2:
+                offset, length, words = struct.unpack_from("<III", data, PAGE + 20)
+                f.seek(offset)
+                log = (f.read(length * words * 8), length, words)
     except PermissionError:
         raise RemoteError("cannot read process %d's counters: it belongs to another user" % pid, 2) from None
     except OSError as exc:
@@ -83,11 +114,13 @@ def read(pid: int) -> "Dict[str, object]":
     if len(data) < 2 * PAGE or data[PAGE:PAGE + 8] != MAGIC:
         raise RemoteError("process %d: its counters page is not one this meshalloc reads" % pid, 1)
     version, count, width = struct.unpack_from("<III", data, PAGE + 8)
-    if version != 1 or width != 8 or count > PAGE // 8:
-        raise RemoteError("process %d: counters page version %d (this meshalloc reads 1)" % (pid, version), 1)
-    names = data[PAGE + 24:2 * PAGE].split(b"\0")[:count]
+    if version not in (1, 2) or width != 8 or count > PAGE // 8:
+        raise RemoteError("process %d: counters page version %d (this meshalloc reads 1 and 2)" % (pid, version), 1)
+    names_at = PAGE + 32 if version >= 2 else PAGE + 24
+    names = data[names_at:2 * PAGE].split(b"\0")[:count]
     values = struct.unpack_from("<%dQ" % count, data, 0)
-    out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)}, "pss_bytes": _pss_bytes(pid)}
+    out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)}, "pss_bytes": _pss_bytes(pid),
+           "passes": _pass_log(log) if log else []}
     arena = fds.get("meshalloc-arena")
     if arena:
         try:

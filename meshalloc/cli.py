@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import meshalloc
 
@@ -178,14 +178,28 @@ def _remote_stats(args: argparse.Namespace, out: TextIO) -> int:
     return _watch(args, out, got)
 
 
+def _longest(got: "Dict[str, Any]", prev: "Dict[str, Any]", d: "Dict[str, int]") -> str:
+    """The interval's longest pause, wall and CPU ms, from the pass log; its
+    histogram bucket if the log no longer holds every pause of the interval
+    (more than its 256 since the last line)."""
+    first = prev["counters"].get("mesh_passes", 0) + 1
+    last = got["counters"].get("mesh_passes", 0)
+    if last < first:
+        return "-"
+    passes = [p for p in got.get("passes", []) if first <= p["number"] <= last]
+    if len(passes) == last - first + 1:
+        return "%.2f/%.2f" % (max(p["wall"] for p in passes) * 1e3, max(p["cpu"] for p in passes) * 1e3)
+    return next((label for key, label in _PAUSE_BUCKETS if d.get(key, 0) > 0), "-")
+
+
 def _watch(args: argparse.Namespace, out: TextIO, prev: "Dict[str, object]") -> int:
     """One line per interval: memory now, and what meshing did in the interval."""
     from . import _remote
 
     interval = max(0.1, float(args.watch))
-    out.write("%8s %9s %9s %9s %9s %8s %10s %7s %10s %9s\n" % (
+    out.write("%8s %9s %9s %9s %9s %8s %10s %7s %15s %9s\n" % (
         "seconds", "PSS MiB", "memfd MiB", "spans MiB", "dirty MiB", "meshes/s", "MiB/s back", "passes",
-        "longest", "mappings"))
+        "longest ms/CPU", "mappings"))
     t0 = time.monotonic()
     t_prev = t0
     while True:
@@ -203,8 +217,8 @@ def _watch(args: argparse.Namespace, out: TextIO, prev: "Dict[str, object]") -> 
         dt = max(now - t_prev, 1e-9)
         c, p = got["counters"], prev["counters"]
         d = {k: c.get(k, 0) - p.get(k, 0) for k in c}
-        longest = next((label for key, label in _PAUSE_BUCKETS if d.get(key, 0) > 0), "-")
-        out.write("%8.1f %9s %9s %9s %9s %8.0f %10.2f %7d %10s %9d\n" % (
+        longest = _longest(got, prev, d)
+        out.write("%8.1f %9s %9s %9s %9s %8.0f %10.2f %7d %15s %9d\n" % (
             now - t0, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes")),
             _mib(c.get("span_pages", 0) * 4096), _mib(c.get("dirty_pages", 0) * 4096),
             d.get("mesh_count", 0) / dt, d.get("meshed_pages_total", 0) * 4096 / 1048576.0 / dt,
@@ -308,6 +322,14 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         env["MESHALLOC"] = "1"
     out.flush()
     sys.stderr.flush()
+    if args.record is not None:
+        from . import _record
+        if args.interval <= 0:
+            raise CliError("run: --interval must be positive", EXIT_USAGE)
+        try:
+            return _record.record(command, env, args.record, args.interval, sys.stderr)
+        except _record.RecordError as exc:
+            raise CliError(str(exc), exc.status) from None
     try:
         os.execvpe(command[0], command, env)
     except FileNotFoundError:
@@ -365,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run",
         help="run a command with meshalloc turned on",
-        usage="python -m meshalloc run [-h] [--preload] -- CMD [ARGS...]",
+        usage="python -m meshalloc run [-h] [--preload] [--record FILE [--interval S]] -- CMD [ARGS...]",
         description="Run CMD with meshalloc. With --preload: LD_PRELOAD=<libmesh.so> "
                     "(prepended to any existing value) and PYTHONMALLOC=malloc, "
                     "so the whole process, C extensions included, allocates "
@@ -378,9 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preload", action="store_true",
                    help="use libmesh.so as the process malloc (LD_PRELOAD)")
+    p.add_argument("--record", metavar="FILE",
+                   help="run CMD as a child and sample its PSS, arena memfd size, counters and meshing pauses "
+                        "every --interval seconds into FILE (JSON lines) until it exits; "
+                        "'python -m meshalloc plot FILE' draws them")
+    p.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
+                   help="with --record: seconds between samples (default 0.5)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
                    help="the command to run (put it after --)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plot", help="draw recordings made with run --record",
+                       description="Draw one or more recordings made with 'run --record' into a PNG: "
+                                   "PSS, the arena memfd's blocks and committed bytes over time, and below "
+                                   "them each meshing pause at its end, as high as the MiB it gave back. "
+                                   "Needs matplotlib (pip install 'meshalloc[plot]').")
+    p.add_argument("files", nargs="+", metavar="FILE", help="a recording (JSON lines)")
+    p.add_argument("-o", "--output", metavar="PNG", help="the image to write (default: FILE with .png)")
+    p.add_argument("--label", action="append", metavar="NAME",
+                   help="a legend name per FILE, in order (default: the file names)")
+    p.add_argument("--title", help="the plot's title")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="fragmentation demo: pymalloc vs meshalloc",
                        description="Run a built-in fragmentation workload (1 M small "
@@ -390,13 +430,29 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the frees and after compaction, with the time taken.")
     p.add_argument("--count", type=int, default=1_000_000, help="objects to allocate")
     p.add_argument("--keep", type=float, default=2.0, help="percent kept")
+    p.add_argument("--plot", metavar="PNG",
+                   help="also record both runs (as run --record does) and draw them into PNG (needs matplotlib)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from meshalloc import demo
-    return demo.run(args.count, args.keep, out)
+    return demo.run(args.count, args.keep, out, plot=args.plot)
+
+
+def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
+    from . import _record
+    if args.label and len(args.label) != len(args.files):
+        raise CliError("plot: give one --label per FILE (%d files, %d labels)" % (len(args.files), len(args.label)),
+                       EXIT_USAGE)
+    output = args.output or os.path.splitext(args.files[0])[0] + ".png"
+    try:
+        w, h = _record.plot(args.files, output, args.label, args.title)
+    except _record.RecordError as exc:
+        raise CliError(str(exc), exc.status) from None
+    out.write("wrote %s (%dx%d)\n" % (output, w, h))
+    return EXIT_OK
 
 
 def _split_command(argv: List[str]) -> "tuple[List[str], Optional[List[str]]]":

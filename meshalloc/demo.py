@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, TextIO
 
@@ -25,6 +26,7 @@ COUNT = 1_000_000
 KEEP_PCT = 2.0
 SEED = 7
 IDLE_S = 2.0
+PLOT_INTERVAL_S = 0.1
 
 
 def _pss_kib() -> int:
@@ -72,17 +74,34 @@ def child(count: int, keep_pct: float) -> Dict[str, Any]:
             "compacted": compacted, "work_s": work, "pause_s": pause, "kept": len(kept)}
 
 
-def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out: Optional[TextIO] = None) -> int:
+def _run_recorded(cmd: List[str], env: Dict[str, str], path: str) -> "subprocess.CompletedProcess[str]":
+    """cmd as subprocess.run would give it, sampled into path as `run --record` does."""
+    from meshalloc import _record
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        code = _record.record(cmd, env, path, PLOT_INTERVAL_S, stdout=so, stderr=se)
+        so.seek(0)
+        se.seek(0)
+        return subprocess.CompletedProcess(cmd, code, so.read(), se.read())
+
+
+def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out: Optional[TextIO] = None,
+        plot: Optional[str] = None) -> int:
     out = out or sys.stdout
     configs = [("pymalloc (default)", {"MESHALLOC": "0"}), ("meshalloc", {"MESHALLOC": "1"})]
     rows = []
+    records = []
+    tmp = tempfile.TemporaryDirectory(prefix="meshalloc-demo-") if plot else None
     for name, extra in configs:
         env = dict(os.environ)
         env.update(extra)
         env.pop("LD_PRELOAD", None)
         env.pop("PYTHONMALLOC", None)
         cmd = [sys.executable, "-m", "meshalloc.demo", "--child", str(count), str(keep_pct)]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if tmp is not None:
+            records.append(os.path.join(tmp.name, "%s.jsonl" % extra["MESHALLOC"]))
+            p = _run_recorded(cmd, env, records[-1])
+        else:
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if p.returncode != 0:
             out.write("demo: %s failed (exit %d):\n%s\n" % (name, p.returncode, p.stderr[-2000:]))
             return 1
@@ -110,6 +129,17 @@ def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out: Optional[TextIO] = 
                   "(%.2fx after compact())\n"
                   % ((mesh["idle"] - mesh["base"]) / (ref["idle"] - ref["base"]), IDLE_S,
                      (mesh["compacted"] - mesh["base"]) / (ref["compacted"] - ref["base"])))
+    if plot and tmp is not None:
+        from meshalloc import _record
+        try:
+            w, h = _record.plot(records, plot, [name for name, _ in configs],
+                                "demo: %d objects, %g %% kept (compact() at the end)" % (count, keep_pct))
+        except _record.RecordError as exc:
+            out.write("demo: %s\n" % exc)
+            return 1
+        finally:
+            tmp.cleanup()
+        out.write("\nwrote %s (%dx%d)\n" % (plot, w, h))
     return 0
 
 

@@ -65,6 +65,11 @@ def test_stats_pid_reads_the_counters_of_a_running_process(helpers, libmesh, tmp
         assert got["pid"] == p.pid and c["mesh_count"] > 0 and c["passes_compact"] > 0, c
         assert c["meshed_pages_total"] >= c["mesh_count"] and c["span_pages"] > 0
         assert got["pss_bytes"] > 0 and got["arena_memfd_bytes"] > 0
+        # the pass log: compact()'s steps, each with its end, wall and CPU time
+        steps = [q for q in got["passes"] if q["kind"] == "compact"]
+        assert steps and sum(q["meshes"] for q in got["passes"]) <= c["mesh_count"], got["passes"][-3:]
+        assert all(0 <= q["cpu"] <= q["wall"] + 1e-6 and q["end"] <= time.monotonic() for q in steps)
+        assert got["passes"][-1]["number"] == c["mesh_passes"]
         assert p.poll() is None, "the process stopped"
         r = cli(helpers, tmp_path, "--pid", str(p.pid), "--watch", "0.2", "--count", "2")
         helpers.assert_ok(r, "stats --pid --watch")

@@ -96,7 +96,7 @@ void _mesh_fill(void *p, int c, size_t n);
   X(ARENA_GB, arena_gb, 64, 1, 4096, 0, \
     "virtual address space reserved for the arena, in GiB (reduced automatically under a small RLIMIT_AS)") \
   X(STATS_PAGE, stats_page, 1, 0, 1, 0, \
-    "share the counters in a page other processes of the same user can read (python -m meshalloc stats --pid); 0 keeps them private") \
+    "share the counters and the log of the last 256 meshing pauses in pages other processes of the same user can read (python -m meshalloc stats --pid, run --record); 0 keeps them private") \
   X(MEMFD, memfd, 1, 0, 1, 0, \
     "back the arena with a memfd so spans can be meshed; 0 uses anonymous memory (no meshing)") \
   X(MAX_DIRTY_MB, max_dirty_mb, 32, 0, 1048576, 1, \
@@ -228,7 +228,21 @@ enum mesh_counter_id {
   MESH_CTR_COUNT
 };
 #define MESH_STATS_SLOTS 512 /* one page of counters */
-_Static_assert(MESH_CTR_COUNT <= MESH_STATS_SLOTS, "the counters fill more than their page");
+/* The pass log: the last MESH_PASS_LOG pauses (passes and compaction
+ * steps), MESH_PASS_LOG_WORDS words each, in pages of their own that the
+ * stats memfd shares after the counters' (stats.c), so that a reader in
+ * another process sees when each pause ended, what it cost and what it did
+ * (stats --watch, run --record). Written under the global lock; an entry's
+ * first and last word are its number (mesh_passes after it), set to 0
+ * before the other words and to the number after them, so a reader that
+ * copies the pages while a pass writes can tell a torn entry. Words:
+ * number, end (CLOCK_MONOTONIC ns), wall ns, CPU ns, meshes, pages freed,
+ * kind (enum mesh_pass_kind), number. */
+#define MESH_PASS_LOG 256
+#define MESH_PASS_LOG_WORDS 8
+extern _Atomic uint64_t _mesh_pass_log[MESH_PASS_LOG * MESH_PASS_LOG_WORDS];
+void _mesh_stats_log_pass(uint64_t number, uint64_t end_ns, uint64_t wall_ns, uint64_t cpu_ns, uint64_t meshes,
+                          uint64_t pages, unsigned kind);
 extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
 void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
 void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */

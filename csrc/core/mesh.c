@@ -723,6 +723,7 @@ static void pause_done(pause_start_t t0, enum mesh_pass_kind kind) {
   uint64_t bound = (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u;
   uint64_t meshes = mesh_stat_get(mesh_count) - t0.meshes, pages = mesh_stat_get(meshed_pages_total) - t0.pages;
   last_pass_ns = t0.wall + ns;
+  _mesh_stats_log_pass(mesh_stat_get(mesh_passes) + 1, last_pass_ns, ns, cpu, meshes, pages, kind);
   mesh_stat_add(mesh_passes, 1);
   mesh_stat_add(mesh_pause_ns_total, ns);
   if (ns > mesh_stat_get(mesh_pause_ns_max)) mesh_stat_set(mesh_pause_ns_max, ns);

@@ -17,6 +17,8 @@
  * The file's next page describes them: STATS_MAGIC, a version, the number
  * of counters, then their names, NUL-separated, in order. */
 _Alignas(4096) _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
+_Alignas(4096) _Atomic uint64_t _mesh_pass_log[MESH_PASS_LOG * MESH_PASS_LOG_WORDS];
+_Static_assert(sizeof _mesh_pass_log % 4096 == 0, "the pass log fills whole pages");
 
 
 
@@ -158,10 +160,30 @@ void mesh_stats_print_all(int fd) {
     _mesh_dprintf(fd, "%-28s %llu\n", names[i], (unsigned long long)v[i]);
 }
 
+void _mesh_stats_log_pass(uint64_t number, uint64_t end_ns, uint64_t wall_ns, uint64_t cpu_ns, uint64_t meshes,
+                          uint64_t pages, unsigned kind) {
+  _Atomic uint64_t *e = &_mesh_pass_log[(number % MESH_PASS_LOG) * MESH_PASS_LOG_WORDS];
+  mesh_store_relaxed(&e[0], 0);
+  mesh_store_relaxed(&e[MESH_PASS_LOG_WORDS - 1], 0);
+  atomic_thread_fence(memory_order_release);
+  mesh_store_relaxed(&e[1], end_ns);
+  mesh_store_relaxed(&e[2], wall_ns);
+  mesh_store_relaxed(&e[3], cpu_ns);
+  mesh_store_relaxed(&e[4], meshes);
+  mesh_store_relaxed(&e[5], pages);
+  mesh_store_relaxed(&e[6], kind);
+  atomic_thread_fence(memory_order_release);
+  mesh_store_relaxed(&e[MESH_PASS_LOG_WORDS - 1], number);
+  mesh_store_relaxed(&e[0], number);
+}
+
 /* ---- the shared page ---------------------------------------------------- */
 
 #define STATS_MAGIC "MESHSTAT"
-#define STATS_VERSION 1u
+/* 2: the pass log's file offset, length and entry words follow the
+ * header; the names start at byte 32 */
+#define STATS_VERSION 2u
+#define STATS_LOG_OFFSET (2 * 4096)
 static int stats_fd = -1;
 static uint64_t stats_fd_id[2]; /* its (device, inode): the program may close the number and reuse it */
 
@@ -172,9 +194,10 @@ static bool share_page(void) {
   if (fd < 0) return false;
   char desc[4096];
   _mesh_fill(desc, 0, sizeof desc);
-  size_t n = 24;
   __builtin_memcpy(desc, STATS_MAGIC, 8);
-  uint32_t head[3] = {STATS_VERSION, (uint32_t)MESH_CTR_COUNT, (uint32_t)sizeof(uint64_t)};
+  uint32_t head[6] = {STATS_VERSION, (uint32_t)MESH_CTR_COUNT, (uint32_t)sizeof(uint64_t),
+                      STATS_LOG_OFFSET, MESH_PASS_LOG, MESH_PASS_LOG_WORDS};
+  size_t n = 8 + sizeof head;
   __builtin_memcpy(desc + 8, head, sizeof head);
   for (int i = 0; i < MESH_CTR_COUNT && n < sizeof desc - 1; i++) {
     size_t len = _mesh_strlen(names[i]) + 1;
@@ -182,10 +205,18 @@ static bool share_page(void) {
     __builtin_memcpy(desc + n, names[i], len);
     n += len;
   }
-  if (_mesh_os_ftruncate(fd, 2 * 4096) != 0 ||
+  if (_mesh_os_ftruncate(fd, STATS_LOG_OFFSET + sizeof _mesh_pass_log) != 0 ||
       _mesh_os_pwrite_all(fd, (const void *)_mesh_counters, sizeof _mesh_counters, 0) != 0 ||
       _mesh_os_pwrite_all(fd, desc, sizeof desc, 4096) != 0 ||
-      _mesh_os_map_fixed((void *)_mesh_counters, sizeof _mesh_counters, fd, 0) != 0) {
+      _mesh_os_pwrite_all(fd, (const void *)_mesh_pass_log, sizeof _mesh_pass_log, STATS_LOG_OFFSET) != 0 ||
+      _mesh_os_map_fixed((void *)_mesh_pass_log, sizeof _mesh_pass_log, fd, STATS_LOG_OFFSET) != 0) {
+    _mesh_os_close(fd);
+    return false;
+  }
+  /* the counters last: the page that must not fail half-way (a failed map
+   * of the log above leaves the log private, as it was) */
+  if (_mesh_os_map_fixed((void *)_mesh_counters, sizeof _mesh_counters, fd, 0) != 0) {
+    _mesh_os_map_anon_fixed((void *)_mesh_pass_log, sizeof _mesh_pass_log); /* emptied: only a log */
     _mesh_os_close(fd);
     return false;
   }
@@ -212,6 +243,7 @@ void _mesh_stats_page_after_fork_child(void) {
   if (!share_page()) {
     _mesh_os_map_anon_fixed((void *)_mesh_counters, sizeof _mesh_counters);
     __builtin_memcpy((void *)_mesh_counters, copy, sizeof copy);
+    _mesh_os_map_anon_fixed((void *)_mesh_pass_log, sizeof _mesh_pass_log); /* the parent's passes: emptied */
   }
   /* the parent keeps its own; closed here only if the number is still it */
   if (_mesh_os_fd_identity(parent_fd, now) == 0 && now[0] == parent_id[0] && now[1] == parent_id[1])
