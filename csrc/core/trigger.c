@@ -193,8 +193,14 @@ static struct {
 static bool program_busy(uint64_t now) {
   uint64_t dw = now - th.cpu_wall;
   if (dw < BUSY_WINDOW_NS) return th.busy;
-  uint64_t others = _mesh_os_process_cpu_ns() - _mesh_os_thread_cpu_ns();
-  uint64_t dc = others - th.cpu_others;
+  /* (the two clocks are read one after the other: with the program idle,
+   * its CPU time less ours moves by a microsecond either way between
+   * readings, and an unsigned difference of -1 us read as busy; measured:
+   * half the windows of an idle program, and the thread then slept 8x its
+   * passes) */
+  uint64_t mine = _mesh_os_thread_cpu_ns(), all = _mesh_os_process_cpu_ns();
+  uint64_t others = all > mine ? all - mine : 0;
+  uint64_t dc = others > th.cpu_others ? others - th.cpu_others : 0;
   th.busy = dc * BUSY_SHARE > dw || trigger_events - th.events_seen >= BUSY_EVENTS;
   th.cpu_wall = now;
   th.cpu_others = others;
