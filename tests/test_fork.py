@@ -5,7 +5,7 @@ and without unbounded growth; posix_spawn and vfork+exec just work
 """
 import pytest
 
-CASES = ["isolation", "threads", "nested", "spawn", "growth"]
+CASES = ["isolation", "threads", "nested", "spawn", "growth", "nofd"]
 
 
 def run_fork_case(helpers, cbuild, case, config="release", timeout=240, **env):

@@ -71,68 +71,77 @@ static bool remap_aliases(void) {
   return true;
 }
 
-/* Copies [off, off+len) of the arena, skipping holes of the parent's memfd
- * (pages never written, or punched): a large block that was allocated but
- * barely touched costs the child nothing. */
-static long long copy_data(int fd, char *dst, size_t off, size_t len) {
-  size_t end = off + len;
+/* Copies the len bytes of the arena at virtual offset voff, which the
+ * parent's memfd holds at file offset foff (they differ for an alias),
+ * skipping holes of that file (pages never written, or punched): a large
+ * block that was allocated but barely touched costs the child nothing. The
+ * holes are found at the file offset: asked at an alias's own offset (its
+ * own pages were punched when it was meshed) every meshed page read as a
+ * hole, and the anonymous copy left the child's objects there zero. Goes to
+ * fd at voff, or to dst + voff. */
+static long long copy_data(int fd, char *dst, size_t voff, size_t foff, size_t len) {
+  size_t end = foff + len;
   long long copied = 0;
-  while (off < end) {
-    long long data = _mesh_os_seek_data(_mesh_arena.fd, off);
+  while (foff < end) {
+    long long data = _mesh_os_seek_data(_mesh_arena.fd, foff);
     if (data < 0) { /* ENXIO: only holes up to the end of the file */
       if (errno == ENXIO) break;
-      data = (long long)off; /* no SEEK_DATA: copy everything */
+      data = (long long)foff; /* no SEEK_DATA: copy everything */
     }
     if ((size_t)data >= end) break;
     long long hole = _mesh_os_seek_hole(_mesh_arena.fd, (size_t)data);
     size_t stop = hole < 0 || (size_t)hole > end ? end : (size_t)hole;
-    const void *src = (const void *)(_mesh_arena.base + (size_t)data);
+    size_t at = voff + ((size_t)data - foff); /* the virtual offset of the data */
+    const void *src = (const void *)(_mesh_arena.base + at);
     if (fd >= 0) {
-      if (_mesh_os_pwrite_all(fd, src, stop - (size_t)data, (size_t)data) != 0) return -1;
+      if (_mesh_os_pwrite_all(fd, src, stop - (size_t)data, at) != 0) return -1;
     } else {
-      __builtin_memcpy(dst + data, src, stop - (size_t)data);
+      __builtin_memcpy(dst + at, src, stop - (size_t)data);
     }
     copied += (long long)(stop - (size_t)data);
-    off = stop;
+    voff += stop - foff;
+    foff = stop;
   }
   return copied;
 }
 
 /* Copies live spans of the arena into fd at their own offsets, or, when fd
- * is -1, into the anonymous mapping dst. Returns the bytes copied or -1. */
+ * is -1, into the anonymous mapping dst, every alias included (the copy
+ * cannot alias). One copy_data per run of spans adjacent both in the arena
+ * and in the memfd. Returns the bytes copied or -1. */
 static long long copy_live(int fd, char *dst, bool with_aliases) {
   uint32_t top = _mesh_arena_top();
   long long copied = 0;
-  uint32_t run_start = 0, run_len = 0;
+  uint32_t run_start = 0, run_file = 0, run_len = 0;
   for (uint32_t pg = 0; pg <= top;) {
     bool live = false;
-    uint32_t n = 1;
+    uint32_t n = 1, file = pg;
     if (pg < top) {
       uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
       span_t *s = mesh_span((uint32_t)e);
       n = s->npages ? s->npages : 1;
-      /* each physical span once (an alias's pages are its destination's),
-       * unless the copy cannot alias (anonymous fallback) */
+      file = (uint32_t)e ? s->page : pg; /* an alias's pages are its destination's */
+      /* each physical span once, unless the copy cannot alias */
       uint8_t st = mesh_load_relaxed(&s->state);
       live = st != SPAN_FREE && st != SPAN_RETIRED && (with_aliases || s->page == pg);
     }
-    if (live && run_len && run_start + run_len == pg) {
+    if (live && run_len && run_start + run_len == pg && run_file + run_len == file) {
       run_len += n;
     } else {
       if (run_len) {
-        long long c = copy_data(fd, dst, (size_t)run_start << MESH_PAGE_SHIFT, (size_t)run_len << MESH_PAGE_SHIFT);
+        long long c = copy_data(fd, dst, (size_t)run_start << MESH_PAGE_SHIFT, (size_t)run_file << MESH_PAGE_SHIFT,
+                                (size_t)run_len << MESH_PAGE_SHIFT);
         if (c < 0) return -1;
         copied += c;
       }
       run_start = pg;
+      run_file = file;
       run_len = live ? n : 0;
     }
     pg += n;
   }
   return copied;
 }
-
-
 
 static void child(void) {
   if (!fork_active) return;

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -202,6 +203,62 @@ static void case_isolation(void) {
   verify_gen(2, "parent keeps its own writes after the child exits");
   fresh_check_free(f, "parent's fresh objects");
   mesh_free(f);
+  free_population();
+  check_heap("parent at the end");
+}
+
+/* ---- fork with no descriptor left: the child's anonymous copy -------------- */
+/* Every descriptor number under a lowered RLIMIT_NOFILE is taken, so the
+ * child cannot make a memfd of its own and copies the heap into anonymous
+ * memory, aliases included: each meshed virtual span must come out with
+ * the data of the physical span behind it (its own pages were punched). */
+static int g_fill[64];
+static int g_nfill;
+static struct rlimit g_old_nofile;
+
+static void take_every_descriptor(void) {
+  if (getrlimit(RLIMIT_NOFILE, &g_old_nofile)) DIE("getrlimit");
+  struct rlimit tight = {64, g_old_nofile.rlim_max};
+  if (setrlimit(RLIMIT_NOFILE, &tight)) DIE("setrlimit");
+  g_nfill = 0;
+  int fd;
+  while (g_nfill < 64 && (fd = open("/dev/null", O_RDONLY)) >= 0) g_fill[g_nfill++] = fd;
+  if (errno != EMFILE) DIE("expected EMFILE after %d descriptors", g_nfill);
+}
+
+static void give_descriptors_back(void) {
+  for (int i = 0; i < g_nfill; i++) close(g_fill[i]);
+  if (setrlimit(RLIMIT_NOFILE, &g_old_nofile)) DIE("setrlimit back");
+}
+
+static void case_nofd(void) {
+  populate(13);
+  write_gen(1);
+  mesh_compact();
+  if (mesh_meshing_available() && stat_get("mesh_aliases") == 0) DIE("nothing meshed: the case needs aliases");
+  int c2p[2], p2c[2];
+  if (pipe(c2p) || pipe(p2c)) DIE("pipe");
+  take_every_descriptor();
+  pid_t pid = fork_checked();
+  if (pid == 0) {
+    g_who = "child";
+    give_descriptors_back();
+    verify_gen(1, "child's anonymous copy holds the pre-fork contents, meshed spans included");
+    write_gen(3);
+    check_heap("child on its anonymous copy");
+    sig_send(c2p[1]);
+    sig_wait(p2c[0]);
+    verify_gen(3, "parent's writes after fork are not visible in the child");
+    free_population();
+    child_exit();
+  }
+  give_descriptors_back();
+  sig_wait(c2p[0]);
+  verify_gen(1, "child's writes are not visible in the parent");
+  write_gen(2);
+  sig_send(p2c[1]);
+  reap(pid, "no-descriptor child");
+  verify_gen(2, "parent keeps its own writes");
   free_population();
   check_heap("parent at the end");
 }
@@ -498,13 +555,14 @@ static void case_growth(void) {
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
-  if (argc < 2) DIE("usage: fork isolation|threads|nested|spawn|growth");
+  if (argc < 2) DIE("usage: fork isolation|threads|nested|spawn|growth|nofd");
   const char *c = argv[1];
   if (strcmp(c, "isolation") == 0) case_isolation();
   else if (strcmp(c, "threads") == 0) case_threads();
   else if (strcmp(c, "nested") == 0) case_nested();
   else if (strcmp(c, "spawn") == 0) case_spawn();
   else if (strcmp(c, "growth") == 0) case_growth();
+  else if (strcmp(c, "nofd") == 0) case_nofd();
   else DIE("unknown case %s", c);
   printf("fork %s: %s\n", c, g_fail ? "FAILED" : "ok");
   return g_fail ? 1 : 0;
