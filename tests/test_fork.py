@@ -22,7 +22,7 @@ def test_fork_child_gets_its_own_heap(helpers, cbuild, case):
         assert r.stdout.count("growth depth") == 10, r.describe()
 
 
-@pytest.mark.parametrize("case", ["isolation", "threads", "nested"])
+@pytest.mark.parametrize("case", ["isolation", "threads", "nested", "nofd"])
 def test_fork_child_gets_its_own_heap_with_debug_validators(helpers, cbuild, case):
     run_fork_case(helpers, cbuild, case, config="debug")
 

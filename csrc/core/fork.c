@@ -24,33 +24,116 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <linux/futex.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 static int fork_pipe[2] = {-1, -1};
 static bool fork_active; /* the prepare handler ran with an initialised heap */
+
+/* ---- the parent's wait without a descriptor ----------------------------
+ *
+ * The parent waits for the child's byte on a pipe, whose end of file also
+ * tells it the child died. When no pipe can be made (every descriptor
+ * taken, RLIMIT_NOFILE), it waits on a page of shared anonymous memory
+ * instead, which needs no descriptor: the child writes its pid there first
+ * and sets `done` (a futex) once it has its own heap. The parent wakes
+ * every 10 ms to ask whether that pid has exited (waitid with WNOWAIT,
+ * which leaves the status for the program to collect). A child that died
+ * before writing its pid is waited for HANDSHAKE_MAX_NS, then the parent
+ * goes on: nothing is left to protect. Without this wait the parent's
+ * writes after fork returned reached the child's copy. The page is made in
+ * prepare, before the clone; the child replaces its inherited one with a
+ * page of its own once done, for its own forks. */
+typedef struct {
+  _Atomic uint32_t done;
+  _Atomic int32_t pid;
+} handshake_t;
+static handshake_t *handshake;  /* mapped on the first fork that needs it */
+static bool handshake_armed;    /* this fork waits on it */
+static int saved_errno;
+#define HANDSHAKE_MAX_NS 5000000000ull
+
+static handshake_t *handshake_page(void) {
+  void *p = mmap(NULL, MESH_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : (handshake_t *)p;
+}
+
+static bool child_exited(pid_t pid) {
+  siginfo_t info;
+  info.si_pid = 0;
+  if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0) return errno == ECHILD;
+  return info.si_pid == pid;
+}
+
+static void handshake_wait(void) {
+  /* (FUTEX_WAIT, not the private kind: the word is shared with the child) */
+  uint64_t start = _mesh_os_now_ns();
+  while (!mesh_load_acquire(&handshake->done)) {
+    struct timespec ts = {0, 10000000};
+    syscall(SYS_futex, (uint32_t *)&handshake->done, FUTEX_WAIT, 0, &ts, NULL, 0);
+    if (mesh_load_acquire(&handshake->done)) break;
+    pid_t pid = mesh_load_acquire(&handshake->pid);
+    if (pid > 0 ? child_exited(pid) : _mesh_os_now_ns() - start > HANDSHAKE_MAX_NS) break;
+  }
+}
+
+static void handshake_signal(void) {
+  mesh_store_release(&handshake->done, 1);
+  syscall(SYS_futex, (uint32_t *)&handshake->done, FUTEX_WAKE, 1, NULL, NULL, 0);
+  /* a page of its own: the inherited one is the parent's */
+  void *p = mmap(handshake, MESH_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  if (p == MAP_FAILED) {
+    munmap(handshake, MESH_PAGE_SIZE);
+    handshake = NULL;
+  }
+}
 
 static void prepare(void) {
   fork_active = mesh_load_acquire(&_mesh_init_state) == 2;
   if (!fork_active) return;
   _mesh_mesher_before_fork(); /* before the locks: it may be in a pass */
   fork_pipe[0] = fork_pipe[1] = -1;
+  handshake_armed = false;
   /* the parent waits until the child has its own heap and counters: both
    * are shared memory until then */
-  if ((_mesh_arena.memfd_mapped || _mesh_stats_page_shared()) && _mesh_os_pipe(fork_pipe) != 0)
-    _mesh_warning("fork: pipe failed (errno %d); the parent will not wait for the child's heap copy", errno);
+  if ((_mesh_arena.memfd_mapped || _mesh_stats_page_shared()) && _mesh_os_pipe(fork_pipe) != 0) {
+    int why = errno;
+    if (!handshake) handshake = handshake_page();
+    if (handshake) {
+      mesh_store_relaxed(&handshake->done, 0);
+      mesh_store_relaxed(&handshake->pid, 0);
+      handshake_armed = true;
+    } else {
+      _mesh_warning("fork: neither a pipe (errno %d) nor a shared page for the handshake; the parent will "
+                    "not wait for the child's heap copy", why);
+    }
+  }
   pthread_mutex_lock(&_mesh_orphan_lock);
   _mesh_lock();
   _mesh_direct_before_fork();
+  /* last, right before the clone: a failed fork sets errno, which the
+   * parent handler reads (it is given no pid) */
+  saved_errno = errno;
+  errno = 0;
 }
 
 static void parent(void) {
   if (!fork_active) return;
+  bool failed = errno != 0; /* no child: nobody to wait for */
   if (fork_pipe[0] >= 0) {
     _mesh_os_close(fork_pipe[1]);
     char c;
     _mesh_os_read(fork_pipe[0], &c, 1); /* returns at the child's byte or its exit */
     _mesh_os_close(fork_pipe[0]);
+  } else if (handshake_armed && !failed) {
+    handshake_wait();
   }
+  if (!failed) errno = saved_errno;
   _mesh_direct_after_fork(false);
   _mesh_unlock();
   pthread_mutex_unlock(&_mesh_orphan_lock);
@@ -145,6 +228,8 @@ static long long copy_live(int fd, char *dst, bool with_aliases) {
 
 static void child(void) {
   if (!fork_active) return;
+  errno = saved_errno;
+  if (handshake_armed) mesh_store_release(&handshake->pid, (int32_t)syscall(SYS_getpid));
   _mesh_stats_page_after_fork_child(); /* first: every counter bumped from here is the child's */
   _mesh_os_after_fork_child();
   _mesh_direct_after_fork(true);
@@ -196,6 +281,8 @@ static void child(void) {
     _mesh_os_close(fork_pipe[0]);
     _mesh_os_write_all(fork_pipe[1], "", 1);
     _mesh_os_close(fork_pipe[1]);
+  } else if (handshake_armed) {
+    handshake_signal();
   }
   _mesh_heaps_after_fork_child();
   _mesh_mesher_after_fork(true);

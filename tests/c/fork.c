@@ -238,12 +238,13 @@ static void case_nofd(void) {
   if (mesh_meshing_available() && stat_get("mesh_aliases") == 0) DIE("nothing meshed: the case needs aliases");
   int c2p[2], p2c[2];
   if (pipe(c2p) || pipe(p2c)) DIE("pipe");
-  take_every_descriptor();
+  take_every_descriptor(); /* no pipe for the handshake either */
   pid_t pid = fork_checked();
   if (pid == 0) {
     g_who = "child";
     give_descriptors_back();
-    verify_gen(1, "child's anonymous copy holds the pre-fork contents, meshed spans included");
+    verify_gen(1, "child's anonymous copy holds the pre-fork contents (meshed spans included), "
+                  "not the parent's writes after fork");
     write_gen(3);
     check_heap("child on its anonymous copy");
     sig_send(c2p[1]);
@@ -253,9 +254,9 @@ static void case_nofd(void) {
     child_exit();
   }
   give_descriptors_back();
+  write_gen(2); /* at once: the child must be done copying before fork returns here */
   sig_wait(c2p[0]);
-  verify_gen(1, "child's writes are not visible in the parent");
-  write_gen(2);
+  verify_gen(2, "child's writes are not visible in the parent");
   sig_send(p2c[1]);
   reap(pid, "no-descriptor child");
   verify_gen(2, "parent keeps its own writes");
