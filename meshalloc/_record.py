@@ -20,7 +20,7 @@ A sample costs the child nothing on its hot paths: the counters are read
 from the page it shares and PSS from ``/proc/PID/smaps_rollup``.
 
 ``plot`` draws one or more recordings: memory over time (PSS, the memfd's
-blocks, committed arena bytes) above, and below it each meshing pause as a
+blocks, committed arena bytes, bytes in use as the child published them) above, and below it each meshing pause as a
 mark at its end, its height the MiB it gave back. It needs matplotlib (the
 ``plot`` extra) and says so when it is missing.
 """
@@ -178,6 +178,10 @@ def plot(paths: Sequence[str], output: str, labels: Optional[Sequence[str]] = No
         committed = [(s["t"], _committed(s)) for s in samples if _committed(s) is not None]
         if committed:
             top.plot(*zip(*committed), color=color, linestyle=":", label="%s: committed" % label)
+        in_use = [(s["t"], s["counters"]["bytes_in_use_published"] / MIB) for s in samples
+                  if s.get("counters") and s["counters"].get("bytes_in_use_published_ns")]
+        if in_use:
+            top.plot(*zip(*in_use), color=color, linestyle="-.", label="%s: in use" % label)
         meshing = [p for p in rec["passes"] if p["meshes"] > 0]
         if meshing:
             bottom.vlines([p["t"] for p in meshing], 0, [p["pages"] * 4096 / MIB for p in meshing], color=color,

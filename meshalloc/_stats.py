@@ -96,6 +96,8 @@ CORE_FIELDS: Tuple[str, ...] = (
     "syscalls_in_flight_skips",
     "retired_pages",
     "warnings_repeated",
+    "bytes_in_use_published",
+    "bytes_in_use_published_ns",
     "small_bytes_in_use",
     "small_objects_in_use",
     "bytes_in_use",
@@ -273,6 +275,8 @@ class Stats:
     syscalls_in_flight_skips: int = 0
     retired_pages: int = 0
     warnings_repeated: int = 0
+    bytes_in_use_published: int = 0
+    bytes_in_use_published_ns: int = 0
     small_bytes_in_use: int = 0
     small_objects_in_use: int = 0
     bytes_in_use: int = 0

@@ -197,8 +197,8 @@ def _watch(args: argparse.Namespace, out: TextIO, prev: "Dict[str, object]") -> 
     from . import _remote
 
     interval = max(0.1, float(args.watch))
-    out.write("%8s %9s %9s %9s %9s %8s %10s %7s %15s %9s\n" % (
-        "seconds", "PSS MiB", "memfd MiB", "spans MiB", "dirty MiB", "meshes/s", "MiB/s back", "passes",
+    out.write("%8s %9s %9s %9s %9s %9s %8s %10s %7s %15s %9s\n" % (
+        "seconds", "PSS MiB", "memfd MiB", "spans MiB", "dirty MiB", "in use", "meshes/s", "MiB/s back", "passes",
         "longest ms/CPU", "mappings"))
     t0 = time.monotonic()
     t_prev = t0
@@ -218,9 +218,10 @@ def _watch(args: argparse.Namespace, out: TextIO, prev: "Dict[str, object]") -> 
         c, p = got["counters"], prev["counters"]
         d = {k: c.get(k, 0) - p.get(k, 0) for k in c}
         longest = _longest(got, prev, d)
-        out.write("%8.1f %9s %9s %9s %9s %8.0f %10.2f %7d %15s %9d\n" % (
+        out.write("%8.1f %9s %9s %9s %9s %9s %8.0f %10.2f %7d %15s %9d\n" % (
             now - t0, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes")),
             _mib(c.get("span_pages", 0) * 4096), _mib(c.get("dirty_pages", 0) * 4096),
+            _mib(c["bytes_in_use_published"]) if c.get("bytes_in_use_published_ns") else "-",
             d.get("mesh_count", 0) / dt, d.get("meshed_pages_total", 0) * 4096 / 1048576.0 / dt,
             d.get("mesh_passes", 0), longest, c.get("arena_mappings", 0)))
         out.flush()
@@ -379,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "read from the page it shares (option stats_page), without stopping it")
     p.add_argument("--watch", type=float, metavar="SECONDS",
                    help="with --pid: a line every SECONDS: PSS, the arena memfd's real size, committed "
-                        "bytes, meshes and MiB given back per second, passes and the longest pause of the "
-                        "interval, kernel mappings (Ctrl-C ends it)")
+                        "bytes, bytes in use (as the process last published them), meshes and MiB given back "
+                        "per second, passes and the longest pause of the interval (wall/CPU ms), kernel "
+                        "mappings (Ctrl-C ends it)")
     p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # --watch lines, for tests
     p.set_defaults(func=cmd_stats)
 

@@ -65,6 +65,9 @@ def test_stats_pid_reads_the_counters_of_a_running_process(helpers, libmesh, tmp
         assert got["pid"] == p.pid and c["mesh_count"] > 0 and c["passes_compact"] > 0, c
         assert c["meshed_pages_total"] >= c["mesh_count"] and c["span_pages"] > 0
         assert got["pss_bytes"] > 0 and got["arena_memfd_bytes"] > 0
+        # bytes in use, as the process published them (it walks its own spans)
+        assert 0 < c["bytes_in_use_published"] <= c["span_pages"] * 4096 + c["direct_bytes_in_use"], c
+        assert 0 < c["bytes_in_use_published_ns"] / 1e9 <= time.monotonic()
         # the pass log: compact()'s steps, each with its end, wall and CPU time
         steps = [q for q in got["passes"] if q["kind"] == "compact"]
         assert steps and sum(q["meshes"] for q in got["passes"]) <= c["mesh_count"], got["passes"][-3:]

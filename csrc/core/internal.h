@@ -219,7 +219,9 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(spans_pinned, "spans pinned against meshing (mesh_pin: mprotect, pkey_mprotect, setvbuf under libmesh.so)") \
   X(syscalls_in_flight_skips, "meshes skipped because a wrapped system call was writing into the source span (libmesh.so)") \
   X(retired_pages, "virtual pages of freed meshed spans whose own mapping could not be restored (mapping limit): set aside, retried later") \
-  X(warnings_repeated, "warnings not printed because one of the same kind already was")
+  X(warnings_repeated, "warnings not printed because one of the same kind already was") \
+  X(bytes_in_use_published, "bytes_in_use as last published for readers in other processes (stats --pid): at most every 500 ms, by allocator slow paths and the meshing thread; 0 before the first") \
+  X(bytes_in_use_published_ns, "when bytes_in_use_published was computed (CLOCK_MONOTONIC, ns)")
 
 enum mesh_counter_id {
 #define MESH_CTR_ENUM(n, doc) MESH_CTR_##n,
@@ -245,6 +247,7 @@ void _mesh_stats_log_pass(uint64_t number, uint64_t end_ns, uint64_t wall_ns, ui
                           uint64_t pages, unsigned kind);
 extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
 void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
+void _mesh_stats_publish(uint64_t now);      /* (lock) bytes_in_use_published, if due */
 void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */
 bool _mesh_stats_page_shared(void);          /* the page is a memfd (fork: the parent waits for the child) */
 #define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))

@@ -245,6 +245,7 @@ static bool thread_turn(uint64_t *wait_ns) {
     th.backlog = true;
   }
   decay_tick(now);
+  _mesh_stats_publish(now);
   if (!keep && !mesh_opt(MESH_OPT_MESHER_THREAD)) return false;
   uint64_t wait = period > 0 ? pass_wait_ns(period) : UINT64_MAX;
   if (bg > 0 && (uint64_t)bg * 1000000u < wait) wait = (uint64_t)bg * 1000000u;
@@ -449,6 +450,7 @@ void _mesh_maybe_mesh(bool span_freed) {
   if (span_freed) frees_since_pass++;
   uint64_t now = _mesh_os_now_ns();
   decay_tick(now);
+  _mesh_stats_publish(now);
   if (mesh_load_relaxed(&thread_active)) return; /* the thread runs the passes */
   if (decay_wait_ns(now) && span_freed) want_thread(); /* someone must decay them if the program stops */
   long period = mesh_opt(MESH_OPT_PERIOD_MS);
