@@ -247,7 +247,7 @@ void _mesh_stats_log_pass(uint64_t number, uint64_t end_ns, uint64_t wall_ns, ui
                           uint64_t pages, unsigned kind);
 extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
 void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
-void _mesh_stats_publish(uint64_t now);      /* (lock) bytes_in_use_published, if due */
+void _mesh_stats_publish(uint64_t now);      /* (lock) bytes_in_use_published, if due (now = 0: now) */
 void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */
 bool _mesh_stats_page_shared(void);          /* the page is a memfd (fork: the parent waits for the child) */
 #define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))

@@ -894,6 +894,9 @@ size_t mesh_compact(void) {
     _mesh_unlock();
   }
   mesh_scavenge();
+  _mesh_lock();
+  _mesh_stats_publish(0);
+  _mesh_unlock();
   return total;
 }
 

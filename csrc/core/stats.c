@@ -235,7 +235,8 @@ bool _mesh_stats_page_shared(void) { return stats_fd >= 0; }
 #define PUBLISH_NS 500000000ull
 void _mesh_stats_publish(uint64_t now) {
   static uint64_t last;
-  if (stats_fd < 0 || now - last < PUBLISH_NS) return;
+  if (stats_fd < 0 || (now && now - last < PUBLISH_NS)) return;
+  if (!now) now = _mesh_os_now_ns(); /* forced: the program goes quiet (thread exit, compaction) */
   last = now;
   mesh_class_stats_t cs[MESH_NUM_CLASSES];
   _mesh_heap_class_stats(cs);

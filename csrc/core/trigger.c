@@ -305,7 +305,10 @@ static bool thread_turn(uint64_t *wait_ns) {
   uint64_t decay = decay_wait_ns(now);
   /* done, and the program quiet, or busy but two whole sweeps found
    * nothing: a program with a little steady activity is not kept a thread */
-  if (!keep && done && (quiet || th.idle_sweeps >= 2) && !decay) return false;
+  if (!keep && done && (quiet || th.idle_sweeps >= 2) && !decay) {
+    _mesh_stats_publish(0); /* the last figure before the program is left alone */
+    return false;
+  }
   /* the next pass is due a wait after the last one; a sweep that found
    * nothing makes the wait longer each time while the program is busy (up
    * to 64 periods): idle sweeps cost scans for nothing */
