@@ -348,6 +348,12 @@ def compact_step(actual: Dict[str, object]) -> Dict[str, object]:
 
 
 def git_revision() -> str:
+    """The repository's revision (+dirty), or MESHPERF_REVISION when set:
+    perf/instructions.py sets it, because under valgrind a subprocess's vfork
+    runs as a fork without atfork handlers, whose child shares meshalloc's
+    heap with the parent until it execs (docs/design.md, "fork")."""
+    if os.environ.get("MESHPERF_REVISION"):
+        return os.environ["MESHPERF_REVISION"]
     try:
         rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=20).stdout.strip()

@@ -63,7 +63,7 @@ def load_dir(path: str) -> Dict[str, object]:
     import pyperf
     d = Path(path)
     found = {p.name[:-len(".json")] if p.name.endswith(".json") else p.name[:-len(".json.gz")]: p
-             for p in sorted(d.glob("*.json*")) if not p.name.startswith(".")}
+             for p in sorted(d.glob("*.json*")) if not p.name.startswith(".") and p.name != "instructions.json"}
     names = [n for n in ORDER if n in found] + sorted(n for n in found if n not in ORDER)
     return {n: pyperf.BenchmarkSuite.load(str(found[n])) for n in names}
 
@@ -392,6 +392,23 @@ def plot_all(suites, frag_names, speed_ratios, frag_table, img_dir: Path) -> Lis
 # the page
 # ---------------------------------------------------------------------------
 
+def instructions_section(doc: Dict[str, object]) -> List[str]:
+    """The instruction counts of `python -m perf instructions` (perf/instructions.py)."""
+    from .instructions import table
+    configs = [c for c in doc["configs"] if c != "pymalloc"]  # type: ignore[union-attr]
+    return ["### Instructions", "",
+            "The same speed benchmarks counted in instructions under callgrind (`python -m perf instructions`, "
+            "%s, revision %s, scale %s): a count does not depend on the machine's phase, so these ratios hold "
+            "where the wall-clock ones above carry ±0.2. Each cell: the whole process's instructions (a run of "
+            "%d loops, start-up included) / per loop of the benchmark (the difference from a run of 1 loop, "
+            "start-up cancelled) / instructions in allocator code (meshalloc's core and hooks, pymalloc's "
+            "obmalloc.c, glibc's malloc.c), as ratios to pymalloc's. PYTHONHASHSEED is fixed; pymalloc's "
+            "counts then repeat to 0.01 %%, meshalloc's to about ±2 %% (its randomised allocation order and "
+            "the meshing thread's timing)." % (doc["date"], doc["revision"], doc["scale"],
+                                               doc["loops"][1]),  # type: ignore[index]
+            ""] + table(doc["results"], configs).splitlines() + [""]  # type: ignore[arg-type]
+
+
 def main(args) -> int:
     suites = load_dir(args.results)
     if not suites:
@@ -418,6 +435,9 @@ def main(args) -> int:
     for key, name in plots:
         if key == "speed":
             lines += ["![speed ratios](%s/%s)" % (rel_img, name), ""]
+    instr = Path(args.results) / "instructions.json"
+    if instr.exists():
+        lines += instructions_section(json.loads(instr.read_text()))
     lines += ["## Fragmentation", "",
               "PSS above the process's baseline, in MiB (mean ±sd over the runs, one fresh process each): at "
               "the peak, after the frees, **settled**: after 3 s of light activity with no API call (what a "

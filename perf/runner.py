@@ -504,10 +504,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     rp = sub.add_parser("report", help="write docs/benchmarks.md and docs/img/*.png from the results")
     from . import report
     report.add_arguments(rp)
+    ip = sub.add_parser("instructions", help="the speed benchmarks counted in instructions (callgrind), "
+                                             "ratios to pymalloc")
+    from . import instructions
+    instructions.add_arguments(ip)
     sub.add_parser("list", help="list the benchmarks and their groups")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return cmd_run(args)
+    if args.cmd == "instructions":
+        return instructions.cmd_instructions(args)
     if args.cmd == "report":
         return report.main(args)
     return cmd_list(args)

@@ -285,3 +285,39 @@ def test_micro_bench_pools_the_rounds_of_every_process_and_names_the_worst(cbuil
     r = helpers.run([bench, "--rounds", "100", "--procs", "3"], timeout=30, pss_cap=1 << 30, cwd=tmp_path,
                     env=helpers.env())
     assert r.returncode == 2 and "usage" in r.stderr, r.describe()
+
+
+def test_instruction_mode_counts_every_configuration_and_the_report_shows_the_ratios(meshalloc_installed, helpers,
+                                                                                      tmp_path):
+    import shutil
+    if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
+        pytest.fail("valgrind is needed (apt-get install valgrind; .ci/run installs it)", pytrace=False)
+    if not meshalloc_installed:
+        pytest.skip("meshalloc (with its start-up .pth) is not installed in this interpreter")
+    out = tmp_path / "res"
+    r = helpers.run([sys.executable, "-m", "perf", "instructions", "--scale", "smoke", "--bench", "object_churn",
+                     "--configs", "meshalloc,preload", "--loops", "2", "--output-dir", out],
+                    timeout=600, pss_cap=2 << 30, cwd=REPO, env=helpers.env())
+    helpers.assert_ok(r, "python -m perf instructions")
+    doc = json.loads((out / "instructions.json").read_text())
+    assert doc["configs"] == ["pymalloc", "meshalloc", "preload"] and doc["loops"] == [1, 3]
+    per = doc["results"]["object_churn"]
+    for config in ("pymalloc", "meshalloc", "preload"):
+        c = per[config]
+        # whole process > start-up run > 0; the allocator's share is part of the whole
+        assert c["whole"] > c["startup"] > 0 and 0 < c["per_loop"] < c["whole"], (config, c)
+        assert 0 < c["allocator"] < c["whole"], (config, c)
+    # meshalloc's code is counted as allocator code: more of it than pymalloc's obmalloc.c
+    assert per["meshalloc"]["allocator"] > per["pymalloc"]["allocator"]
+    assert "geometric mean" in r.stdout
+    # the report puts the table beside the wall-clock one
+    for config in ("pymalloc", "meshalloc"):
+        r = helpers.run([sys.executable, "-m", "perf", "run", "--smoke", "--bench", "object_churn", "--configs",
+                         config, "--output-dir", out], timeout=240, pss_cap=2 << 30, cwd=REPO, env=helpers.env())
+        helpers.assert_ok(r, "python -m perf run (%s)" % config)
+    md = tmp_path / "benchmarks.md"
+    r = helpers.run([sys.executable, "-m", "perf", "report", "--results", out, "--out", md, "--no-plots"],
+                    timeout=120, cwd=REPO, env=helpers.env())
+    helpers.assert_ok(r, "python -m perf report")
+    text = md.read_text()
+    assert "### Instructions" in text and "| object_churn |" in text.split("### Instructions")[1], text
