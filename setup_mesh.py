@@ -21,7 +21,7 @@ Environment variables read at build time:
 setuptools' ``build_clib`` and ``setuptools.extension.Library`` only make
 static archives on Linux, hence the small subclasses below.
 
-The start-up switch (SPEC 5.7, docs/python.md) is a one-line
+The start-up switch (docs/python.md, "Start-up switch") is a one-line
 ``meshalloc-autoinstall.pth`` at the top of site-packages. setuptools cannot
 put package data outside a package, so :class:`MeshBuildPy` writes the file
 into the root of the build directory, from where the wheel (and ``pip

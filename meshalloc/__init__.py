@@ -270,7 +270,7 @@ def owns(addr: int) -> bool:
     return bool(_load_backend().owns(addr))
 
 
-# ---- the CPython allocator (SPEC 5) -----------------------------------------
+# ---- the CPython allocator (docs/python.md) ---------------------------------
 
 DOMAINS = ("raw", "mem", "obj")
 """The PyMem domains, in CPython's order (``PYMEM_DOMAIN_RAW`` = 0 ...)."""
@@ -279,7 +279,7 @@ DEFAULT_DOMAINS = ("mem", "obj")
 """What :func:`install` covers unless told otherwise. RAW is opt-in: CPython
 swaps RAW back to libc ``malloc`` for a moment during finalization, and a
 daemon thread freeing a meshalloc RAW block in that window crashes the
-process (SPEC 5.4, docs/python.md)."""
+process (docs/python.md, "Domains: MEM and OBJ by default, RAW on request")."""
 
 _DOMAINS_ENV = "MESHALLOC_DOMAINS"
 _PAGE_SIZE = 4096  # the core's page (docs/design.md)

@@ -320,8 +320,9 @@ def core_options(cbuild) -> dict[str, int]:
 @pytest.fixture(scope="session")
 def eager_meshing_env(core_options) -> dict[str, str]:
     """Environment that makes the core mesh at every opportunity: its
-    rate-limit option (a name containing "period", e.g. period_ms, SPEC 4)
-    set to 1. Skips when the core has no such option (no meshing yet)."""
+    rate-limit option (a name containing "period", e.g. period_ms,
+    docs/meshing.md "Options") set to 1. Skips when the core has no such
+    option (no meshing yet)."""
     names = [n for n in core_options if "period" in n]
     if not names:
         pytest.skip("the core has no meshing rate-limit option (*period*) yet")

@@ -1,6 +1,6 @@
 """Double and invalid frees are detected, reported with their address, and
 (by default) abort; with MESH_ABORT_ON_ERROR=0 the process goes on and no
-slot is ever handed out twice (SPEC 3 Errors, SPEC 7).
+slot is ever handed out twice (docs/design.md, "Bad frees").
 
 Each case runs tests/c/test_bad_free.c in its own process.
 """

@@ -59,7 +59,8 @@ def test_api_contract_holds_without_memfd(helpers, cbuild):
 
 
 def test_disabling_memfd_warns_exactly_once(helpers, cbuild):
-    """Running without meshing is announced with one warning (SPEC 3 Errors)."""
+    """Running without meshing is announced with one warning (docs/design.md,
+    "Hostile environments")."""
     exe = cbuild("options_dump", "release")
     r = helpers.run([exe], timeout=60, env=helpers.env(MESH_MEMFD="0"))
     assert r.returncode == 0 and "meshing_available 0" in r.stdout, r.describe()
@@ -143,8 +144,9 @@ def test_every_option_has_a_documented_environment_variable(helpers, cbuild, cor
 
 
 def test_environment_options_are_ignored_for_setuid_programs(helpers, cbuild, tmp_path_factory):
-    """SPEC 3 Security: in secure-execution mode (AT_SECURE: a setuid program
-    run by another user) MESH_* variables are ignored, like glibc's tunables."""
+    """In secure-execution mode (AT_SECURE: a setuid program run by another
+    user) MESH_* variables are ignored, like glibc's tunables (docs/options.md,
+    "Options"; docs/design.md, "Hostile environments")."""
     if os.geteuid() != 0:
         pytest.skip("needs root to make a setuid binary and run it as nobody")
     exe = cbuild("options_dump", "release")

@@ -1,7 +1,8 @@
 """fork gives the child its own copy of the heap, in both directions, for
 objects of 24 B ... 100 kB, with threads running, nested, with meshed spans,
 and without unbounded growth; posix_spawn and vfork+exec just work
-(SPEC 4 fork, SPEC 7). Runs tests/c/fork.c, one case per process.
+(docs/design.md and docs/meshing.md, "fork"). Runs tests/c/fork.c, one case
+per process.
 """
 import pytest
 

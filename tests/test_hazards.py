@@ -1,4 +1,6 @@
-"""SPEC 7 hazards, each in a process of its own (tests/c/hazards.c):
+"""Hazards (docs/design.md, "Hostile environments"; docs/meshing.md, "Why no
+write is lost: the write barrier"), each in a process of its own
+(tests/c/hazards.c):
 real faults still crash (or reach the program's own handler) whatever the
 core does with SIGSEGV; SIGBUS is never taken for a mesh fault; a heap with
 2 % survivors keeps their contents and stays far from vm.max_map_count;

@@ -1,4 +1,4 @@
-"""Meshing (SPEC 4) and its hazards (SPEC 7), end to end.
+"""Meshing and its hazards (docs/meshing.md), end to end.
 
 C programs linked against the core (tests/c/mesh_cases.c, one behaviour per
 process, and tests/c/mesh_writers.c, meshing under writer threads), each run

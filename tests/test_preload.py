@@ -1,7 +1,8 @@
 """libmesh.so is a working drop-in malloc for real programs under LD_PRELOAD:
-CPython's own regression tests (with PYTHONMALLOC=malloc, SPEC 5.8), git,
-the sqlite3 shell, sort; MALLOCSTATS=1 prints the summary; MESH_MEMFD=0
-degrades with one warning; a double free aborts naming the address.
+CPython's own regression tests (with PYTHONMALLOC=malloc: docs/python.md,
+"Turning it on"), git, the sqlite3 shell, sort; MALLOCSTATS=1 prints the
+summary; MESH_MEMFD=0 degrades with one warning; a double free aborts naming
+the address.
 
 Every program runs under the guarded runner (timeout + memory guard).
 """

@@ -1,4 +1,4 @@
-"""meshalloc as the allocator of a running CPython (SPEC 5, docs/python.md).
+"""meshalloc as the allocator of a running CPython (docs/python.md).
 
 Every install happens in a fresh subprocess (tests/py/install_checks.py runs
 one scenario per process). The key scenarios run on every CPython this
@@ -9,8 +9,9 @@ extension against that interpreter's headers into a throw-away venv (the
 core is compiled once; ~1 s per version). ``MESHALLOC_TEST_PYTHONS=main``
 limits the run to the test interpreter.
 
-The SPEC 5.4 reproduction (daemon threads freeing RAW blocks while the
-interpreter finalizes) runs 20 times per interpreter only with
+The RAW-at-exit reproduction (daemon threads freeing RAW blocks while the
+interpreter finalizes; docs/python.md, "Domains: MEM and OBJ by default, RAW
+on request") runs 20 times per interpreter only with
 ``MESHALLOC_SLOW_TESTS=1``; the 200-run check is described in
 docs/python.md.
 """
@@ -329,7 +330,7 @@ def test_second_copy_is_refused(helpers, main_interp, neutral_dir, builds):
 def test_fragmentation_pss(helpers, main_interp, neutral_dir):
     """1 M small strings, a random 2 % kept: with MESHALLOC=1 PSS after
     compact() is far below the default allocator's (pymalloc keeps every
-    arena pinned, SPEC 5.8)."""
+    arena pinned; docs/python.md, "Meshing")."""
     results = {}
     for mode, env in (("compact", {"MESHALLOC": "1"}), ("plain", {})):
         r = helpers.run([main_interp.python, CHECKS, "fragmentation", mode], timeout=180,
@@ -454,7 +455,8 @@ def test_free_threaded_refusal_in_extension(helpers, main_interp, builds, neutra
 
 
 # ---------------------------------------------------------------------------
-# SPEC 5.4: RAW at exit (slow)
+# RAW at exit (slow): docs/python.md, "Domains: MEM and OBJ by default, RAW on
+# request"
 # ---------------------------------------------------------------------------
 
 @slow

@@ -7,10 +7,11 @@
  * may allocate with PyMem (it runs as ordinary Python code); the core below it
  * never calls back into Python.
  *
- * One heap per process (SPEC 2). When libmesh.so is already in the process
- * (LD_PRELOAD, or dlopen'ed RTLD_GLOBAL) its mesh_* functions are visible to
- * dlsym(RTLD_DEFAULT); the module then routes every call to that copy and the
- * extension's own core is never touched, so it never starts a second heap.
+ * One heap per process (docs/python.md, "How the hooks work"). When libmesh.so
+ * is already in the process (LD_PRELOAD, or dlopen'ed RTLD_GLOBAL) its mesh_*
+ * functions are visible to dlsym(RTLD_DEFAULT); the module then routes every
+ * call to that copy and the extension's own core is never touched, so it
+ * never starts a second heap.
  * The extension's core is built with MESH_API defined empty (setup_mesh.py):
  * its mesh_* symbols are hidden, so they cannot be what dlsym finds and a
  * preloaded library cannot interpose on them.
@@ -22,7 +23,7 @@
  * The module can also become the interpreter's allocator: _install() wraps
  * the PyMem domains with hooks that send new blocks to the backend and every
  * other block back to the allocator they wrapped (see "the PyMem hooks"
- * below, SPEC 5 and docs/python.md; meshalloc/__init__.py's install() is the
+ * below and docs/python.md; meshalloc/__init__.py's install() is the
  * public entry point). With libmesh.so preloaded the hooks use the preloaded
  * heap like every other call here.
  *
@@ -147,14 +148,14 @@ static int option_index(const char *name) {
     return -1;
 }
 
-/* ---- the PyMem hooks (SPEC 5) ----------------------------------------- */
+/* ---- the PyMem hooks (docs/python.md) --------------------------------- */
 
-/* install() puts one WRAPPING hook on each selected PyMem domain (SPEC 5.1:
- * after start-up an extension may only wrap the allocator in place). The
- * previous allocator of each domain is copied into saved[] at install time;
- * every block that is not ours (one range compare, the block is never read)
- * goes back to it, with its own ctx, on free and realloc. A foreign block is
- * never migrated on realloc: its size is unknown.
+/* install() puts one WRAPPING hook on each selected PyMem domain (after
+ * start-up an extension may only wrap the allocator in place: docs/python.md,
+ * "How the hooks work"). The previous allocator of each domain is copied into
+ * saved[] at install time; every block that is not ours (one range compare,
+ * the block is never read) goes back to it, with its own ctx, on free and
+ * realloc. A foreign block is never migrated on realloc: its size is unknown.
  *
  * The hooks never look at their ctx argument: PyMem_SetAllocator copies the
  * struct without a lock and a RAW caller on another thread may see a torn
@@ -164,11 +165,11 @@ static int option_index(const char *name) {
  * is filled with the allocators in place at module load too, so a hook can
  * never see an all-zero copy.
  *
- * uninstall() is a soft switch (SPEC 5.6): diverting[d] goes to 0 and new
- * allocations go to the previous allocator again, but the hooks stay in
- * place for the life of the process and keep freeing (and reallocating)
- * meshalloc blocks by range check. Restoring the previous allocator would
- * make the next free of a meshalloc block crash it.
+ * uninstall() is a soft switch (docs/python.md, the section of that name):
+ * diverting[d] goes to 0 and new allocations go to the previous allocator
+ * again, but the hooks stay in place for the life of the process and keep
+ * freeing (and reallocating) meshalloc blocks by range check. Restoring the
+ * previous allocator would make the next free of a meshalloc block crash it.
  *
  * Thread safety: the hooks are called concurrently (RAW from any thread
  * without the GIL; MEM/OBJ from subinterpreters with their own GIL on

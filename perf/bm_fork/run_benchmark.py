@@ -7,7 +7,7 @@ meshalloc's object memory is a MAP_SHARED memfd, so a child must copy the
 live heap into a memfd of its own before it runs any code, and fork()
 returns in the parent only after that copy; pymalloc's and glibc's heaps are
 copy-on-write and cost the kernel only page tables. (The original Mesh took
-206 ms vs pymalloc's 9 ms for 200 MB, SPEC 4.)
+206 ms vs pymalloc's 9 ms for 200 MB: docs/design.md, "fork".)
 
 Timed: fork through waitpid, one fork per value (the heap is built outside
 the timed region, once per worker).

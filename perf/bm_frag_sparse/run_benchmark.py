@@ -1,9 +1,10 @@
 """frag_sparse: allocate N_OBJECTS small objects, keep a random KEEP_PCT %.
 
-The classic fragmentation pattern (SPEC 5.8): a few survivors spread evenly
-over every page. pymalloc never returns a pool that still holds one object,
-so it stays near its peak; glibc malloc keeps most of its heap too; meshalloc
-can mesh spans whose survivors do not overlap and return the rest.
+The classic fragmentation pattern (docs/python.md, "Meshing"): a few
+survivors spread evenly over every page. pymalloc never returns a pool that
+still holds one object, so it stays near its peak; glibc malloc keeps most of
+its heap too; meshalloc can mesh spans whose survivors do not overlap and
+return the rest.
 
 Objects: a quarter each of ~56-byte strs, 3-tuples of ints, 65..214-byte strs
 and 2-element lists, allocated interleaved (as a program builds records).

@@ -1,11 +1,11 @@
 """startup: ``python -c pass`` under the run's allocator configuration.
 
-The start-up switch (SPEC 5.7) is a one-line .pth hook that imports nothing
-when MESHALLOC is unset; with MESHALLOC=1 it imports meshalloc and installs
-the hooks before user code. So this benchmark under the pymalloc
-configuration is "switch off" and under the meshalloc configuration "switch
-on"; their ratio is the switch's cost. Under preload it is the cost of
-loading libmesh.so as the process malloc.
+The start-up switch (docs/python.md, "Start-up switch") is a one-line .pth
+hook that imports nothing when MESHALLOC is unset; with MESHALLOC=1 it
+imports meshalloc and installs the hooks before user code. So this benchmark
+under the pymalloc configuration is "switch off" and under the meshalloc
+configuration "switch on"; their ratio is the switch's cost. Under preload it
+is the cost of loading libmesh.so as the process malloc.
 
 The command runs in the worker's environment, which carries the
 configuration's variables (the worker checked that they are in effect).

@@ -1,4 +1,5 @@
-/* fork.c - fork gives the child its own copy of the heap (SPEC 4 fork, 7).
+/* fork.c - fork gives the child its own copy of the heap (docs/design.md and
+ * docs/meshing.md, "fork").
  *
  * The arena is a MAP_SHARED memfd, so without the core's fork handling a
  * parent and child would see each other's writes. One case per process,

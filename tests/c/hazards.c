@@ -1,4 +1,6 @@
-/* hazards.c - SPEC 7 hazards that need a process of their own.
+/* hazards.c - hazards that need a process of their own (docs/design.md,
+ * "Hostile environments"; the signal cases: docs/meshing.md, "Why no write is
+ * lost: the write barrier").
  *
  * One case per process, named by argv[1]:
  *   segv-plain            a real NULL write after the allocator started

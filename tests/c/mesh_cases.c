@@ -1,4 +1,4 @@
-/* mesh_cases.c - meshing, one behaviour per process (SPEC 4, 7).
+/* mesh_cases.c - meshing, one behaviour per process (docs/meshing.md).
  *
  * Spans are built with a known occupancy: a helper thread allocates objects
  * of one 1-page size class and exits (thread exit detaches every span, so

@@ -1,5 +1,5 @@
-/* mesh_writers.c - meshing under threads that keep writing (SPEC 4: one
- * mesh, write barrier).
+/* mesh_writers.c - meshing under threads that keep writing (docs/meshing.md:
+ * "One mesh", "Why no write is lost: the write barrier").
  *
  * Usage: mesh_writers MODE SEED [SECONDS]
  *   compact   writer threads own the survivors of a fragmented population

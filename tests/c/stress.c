@@ -10,7 +10,8 @@
  *     free some blocks, free blocks other threads made, and exit while still
  *     holding blocks that workers (or main, at the end) free after the thread
  *     is gone; some of them allocate again from a pthread-key destructor that
- *     runs after the allocator's own thread-exit destructor (SPEC 7);
+ *     runs after the allocator's own thread-exit destructor (docs/design.md,
+ *     "Fast paths and locking": the orphan heap);
  *   - at the end: every queue drained, everything freed, mesh_check_heap()==0.
  *
  * Usage: stress [seed [workers [iterations [storm_threads]]]]

@@ -115,7 +115,8 @@ static bool check_alignment_and_usable(void) {
   return ok;
 }
 
-/* SPEC 3: classes up to 512 bytes are no coarser than 16-byte steps. */
+/* Classes up to 512 bytes are no coarser than 16-byte steps (docs/design.md,
+ * "Size classes"). */
 static bool check_class_steps(void) {
   bool ok = true;
   for (size_t sz = 1; sz <= 512; sz++) {
@@ -457,7 +458,8 @@ static bool check_memalign_odd_alignment(void) {
   return ok;
 }
 
-/* SPEC 3: aligned requests must not cost a page when a class satisfies them. */
+/* Aligned requests must not cost a page when a class satisfies them
+ * (docs/design.md, "Size classes"). */
 static bool check_small_aligned_not_page_sized(void) {
   struct { size_t align, size; } cases[] = {{64, 100}, {32, 32}, {128, 200}, {256, 256}, {16, 10}, {64, 64}};
   bool ok = true;

@@ -1,4 +1,5 @@
-/* test_bad_free.c - wrong usage: double and invalid frees (SPEC 3 Errors, 7).
+/* test_bad_free.c - wrong usage: double and invalid frees (docs/design.md,
+ * "Bad frees").
  *
  * One case per process, named by argv[1]:
  *   double-free-local              free(p); free(p) on the owning thread

@@ -1,4 +1,5 @@
-/* test_order.c - allocation order within spans is randomized (SPEC 3).
+/* test_order.c - allocation order within spans is randomized (docs/meshing.md,
+ * "Allocation order").
  *
  * The order depends on the shuffle option (MESH_SHUFFLE, read back with
  * mesh_option_get):

@@ -1,12 +1,13 @@
 """Build meshalloc's CPython extension for another interpreter, quickly.
 
 The test venv has one Python; the plugin must work on every CPython from
-``pyenv versions`` (SPEC 5.8). ``setup.py build_ext`` needs setuptools in
-each interpreter (3.12+ pyenv builds have none) and recompiles the core every
-time, so this helper compiles the core once (it does not depend on the Python
-version) with setup_mesh.py's flags and ``MESH_API=`` (the extension's core
-stays private), then compiles ``csrc/faces/pymodule.c`` against each
-interpreter's headers and links ``_meshalloc<EXT_SUFFIX>``.
+``pyenv versions`` (docs/python.md, "Tests"). ``setup.py build_ext`` needs
+setuptools in each interpreter (3.12+ pyenv builds have none) and recompiles
+the core every time, so this helper compiles the core once (it does not
+depend on the Python version) with setup_mesh.py's flags and ``MESH_API=``
+(the extension's core stays private), then compiles
+``csrc/faces/pymodule.c`` against each interpreter's headers and links
+``_meshalloc<EXT_SUFFIX>``.
 
 The result is a throw-away venv (``--without-pip``) per interpreter whose
 site-packages holds a copy of the ``meshalloc`` package with the new

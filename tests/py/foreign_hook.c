@@ -1,5 +1,5 @@
 /* foreign_hook.c - a third-party PyMem hook, for meshalloc's "unknown hook"
- * refusal (SPEC 5.3). Module `_foreign_hook`:
+ * refusal (docs/python.md, "Refusals"). Module `_foreign_hook`:
  *
  *   install()  wraps the MEM and OBJ domains with pass-through hooks that
  *              count their calls (the way a profiler would); once only.

@@ -273,7 +273,8 @@ def tracemalloc_after_install():
     current, _peak = tracemalloc.get_traced_memory()
     assert current > 2000 * 40, current
     assert meshalloc.install() is False  # no-op even while tracemalloc traces
-    tracemalloc.stop()  # SPEC 7: tracemalloc.stop() after a later install
+    # docs/python.md, "Refusals": tracemalloc.stop() after a later install
+    tracemalloc.stop()
     assert meshalloc.is_installed() and meshalloc.allocators()["mem"]["meshalloc"]
     y = [("u%d" % i) * 2 for i in range(2000)]
     assert all(owned(s) for s in y)

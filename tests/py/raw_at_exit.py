@@ -1,4 +1,5 @@
-"""Reproduction of SPEC 5.4: RAW blocks freed by a daemon thread at exit.
+"""Reproduction: RAW blocks freed by a daemon thread at exit (docs/python.md,
+"Domains: MEM and OBJ by default, RAW on request").
 
 CPython swaps the RAW domain back to libc malloc for short windows during
 finalization (_PyMem_SetDefaultAllocator in the import, path-config and

@@ -2,7 +2,8 @@
  *
  * Loaded with ctypes.CDLL by raw_at_exit.py; ctypes releases the GIL for the
  * call, so raw_hammer() keeps allocating and freeing RAW blocks while the
- * main thread finalizes the interpreter (SPEC 5.4). It never returns.
+ * main thread finalizes the interpreter (docs/python.md, "Domains: MEM and
+ * OBJ by default, RAW on request"). It never returns.
  * Built without -lpython: PyMem_Raw* resolve against the interpreter that
  * loads it.
  *
