@@ -1,6 +1,6 @@
-"""``python -m perf`` (from the repository root): see perf/runner.py."""
+"""``python -m perf`` (from the repository root): see perf/cli.py."""
 import sys
 
-from .runner import main
+from .cli import main
 
 sys.exit(main())

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from . import benchlib
+from .runner import load_manifest
 
 REPO = benchlib.REPO
 ORDER = ("pymalloc", "malloc", "meshalloc", "preload")
@@ -121,7 +122,6 @@ def fmt_ms_pm(m: float, s: float) -> str:
 # ---------------------------------------------------------------------------
 
 def names_in_group(suites, group: str) -> List[str]:
-    from .runner import load_manifest
     manifest = [n for n, g in load_manifest() if g == group]
     present = set()
     for s in suites.values():

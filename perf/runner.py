@@ -47,7 +47,6 @@ exit status is non-zero if anything failed.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -472,12 +471,8 @@ def cmd_list(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m perf",
-                                 description="meshalloc's pyperf suites: run them under allocator configurations "
-                                             "and turn the results into docs/benchmarks.md")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run the suites under each configuration (pyperf JSON per configuration)")
+def add_arguments(r) -> None:
+    """The options of `python -m perf run` (perf/cli.py)."""
     r.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                    help="comma list from %s (default: all four)" % ", ".join(DEFAULT_CONFIGS))
     r.add_argument("--extra", action="append", metavar="NAME=LIB",
@@ -501,19 +496,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--timeout", type=float, help="seconds per benchmark script (default: 1800 full, 300 fast)")
     r.add_argument("--mem-cap", type=int, default=4096,
                    help="MiB of PSS a benchmark's process group may use before it is killed (default 4096)")
-    rp = sub.add_parser("report", help="write docs/benchmarks.md and docs/img/*.png from the results")
-    from . import report
-    report.add_arguments(rp)
-    ip = sub.add_parser("instructions", help="the speed benchmarks counted in instructions (callgrind), "
-                                             "ratios to pymalloc")
-    from . import instructions
-    instructions.add_arguments(ip)
-    sub.add_parser("list", help="list the benchmarks and their groups")
-    args = ap.parse_args(argv)
-    if args.cmd == "run":
-        return cmd_run(args)
-    if args.cmd == "instructions":
-        return instructions.cmd_instructions(args)
-    if args.cmd == "report":
-        return report.main(args)
-    return cmd_list(args)
