@@ -87,6 +87,13 @@ def test_datagrams_and_eventfd_counts_received_into_meshed_buffers_are_never_los
 
 
 @pytest.mark.parametrize("config", CONFIGS)
+def test_stdio_reads_into_buffers_stdio_allocated_itself_are_never_lost(helpers, libmesh, hostile, tmp_path,
+                                                                      config):
+    r = run_case(helpers, [str(hostile), "stdio-reader"], case_env(helpers, libmesh, config), tmp_path, timeout=120)
+    assert r.returncode == 0 and "stdio-reader: ok" in r.stderr, r.describe()
+
+
+@pytest.mark.parametrize("config", CONFIGS)
 def test_blocks_the_program_protects_keep_their_protection(helpers, libmesh, hostile, tmp_path, config):
     r = run_case(helpers, [str(hostile), "mprotect"], case_env(helpers, libmesh, config), tmp_path, timeout=120)
     assert r.returncode == 0 and "mprotect: ok" in r.stderr, r.describe()

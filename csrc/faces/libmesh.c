@@ -17,10 +17,13 @@
  *     that no mesh write-protects it under them (the kernel would fail with
  *     EFAULT rather than fault, after having consumed a datagram);
  *   - mprotect, pkey_mprotect and setvbuf pin the spans they touch: never
- *     meshed, so the program's protections stay and stdio's reads land.
+ *     meshed, so the program's protections stay and stdio's reads land;
+ *     so are the buffers stdio allocates itself and directory streams.
  */
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
@@ -46,7 +49,15 @@
  * mesh_malloc/mesh_free would go through the PLT (they are interposable
  * public symbols). A pointer that is not ours goes to mesh_free, which
  * reports it. */
-EXPORT void *malloc(size_t size) { return mesh_malloc_inline(size); }
+static void pin_if_stdio_buffer(void *p, size_t size, const void *caller);
+/* (blocks of STDIO_BUF_MIN bytes or more may be a stdio buffer: see
+ * "memory the program protects or hands to stdio" below) */
+#define STDIO_BUF_MIN 512
+EXPORT void *malloc(size_t size) {
+  void *p = mesh_malloc_inline(size);
+  if (mesh_unlikely(size >= STDIO_BUF_MIN)) pin_if_stdio_buffer(p, size, __builtin_return_address(0));
+  return p;
+}
 EXPORT void free(void *p) {
   if (mesh_unlikely(!mesh_free_inline(p)) && p) mesh_free(p);
 }
@@ -73,12 +84,16 @@ EXPORT int malloc_trim(size_t pad) {
  * heap nobody allocates from. */
 static int (*real_clock_gettime)(clockid_t, struct timespec *); /* see clock_gettime below */
 
+static void find_stdio_allocator(void);
+
 __attribute__((constructor)) static void libmesh_init(void) {
   real_clock_gettime = (int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, "clock_gettime");
   Dl_info self, found;
   void *m = dlsym(RTLD_DEFAULT, "malloc");
-  if (m && dladdr(m, &found) && dladdr((void *)libmesh_init, &self) && found.dli_fbase == self.dli_fbase)
+  if (m && dladdr(m, &found) && dladdr((void *)libmesh_init, &self) && found.dli_fbase == self.dli_fbase) {
     mesh_ensure_init();
+    find_stdio_allocator();
+  }
 }
 
 __attribute__((destructor)) static void libmesh_fini(void) {
@@ -159,8 +174,10 @@ EXPORT sighandler_t signal(int sig, sighandler_t handler) {
  * skips a source span under a published buffer, and the call waits out a
  * mesh already in progress), so these calls never see a protected page.
  * Calls libc makes internally (stdio's reads into its own buffer) are not
- * interposable: setvbuf pins a heap buffer the program gives stdio, and
- * the buffers stdio allocates itself are not covered (docs/meshing.md). */
+ * interposable: setvbuf pins a heap buffer the program gives stdio, the
+ * buffers stdio allocates itself and directory streams are pinned too, and
+ * fread publishes the caller's buffer (below, "memory the program protects
+ * or hands to stdio"; docs/meshing.md, "System calls"). */
 
 /* [lo, hi) of a buffer, as char pointers */
 #define SPAN_OF(buf, len) (const char *)(buf), (const char *)(buf) + (len)
@@ -327,5 +344,60 @@ EXPORT int setvbuf(FILE *f, char *buf, int mode, size_t size) {
 }
 
 EXPORT void setbuf(FILE *f, char *buf) { setvbuf(f, buf, buf ? _IOFBF : _IONBF, BUFSIZ); }
+
+/* The buffers stdio allocates itself: glibc's _IO_file_doallocate mallocs
+ * a FILE's buffer (st_blksize bytes) at the FILE's first read or write, and
+ * stdio's refills read(2) into it from inside libc, where no wrapper sees
+ * the call. A mesh that write-protected it under such a read failed the
+ * read with EFAULT after the kernel had taken the bytes from a pipe or a
+ * socket: fgets() then returned NULL, and the data was gone. So a block
+ * malloc'd from inside that function (its return address in the function's
+ * code, found once at start-up with dladdr1) is pinned. Only blocks of
+ * STDIO_BUF_MIN bytes or more are looked at: two compares on the paths of
+ * larger mallocs. */
+static uintptr_t stdio_alloc_lo, stdio_alloc_len;
+
+static void find_stdio_allocator(void) {
+  void *f = dlsym(RTLD_DEFAULT, "_IO_file_doallocate");
+  Dl_info info;
+  const ElfW(Sym) *sym = NULL;
+  if (f && dladdr1(f, &info, (void **)&sym, RTLD_DL_SYMENT) && sym && sym->st_size) {
+    stdio_alloc_len = sym->st_size;
+    stdio_alloc_lo = (uintptr_t)f;
+  }
+}
+
+static void pin_if_stdio_buffer(void *p, size_t size, const void *caller) {
+  if (p && (uintptr_t)caller - stdio_alloc_lo < stdio_alloc_len) mesh_pin(p, size);
+}
+
+/* fread of a request at least as large as the FILE's buffer reads straight
+ * into the caller's buffer, with libc's internal read(2): published like a
+ * read() for the length of the call. */
+static size_t product_or_max(size_t a, size_t b) {
+  size_t r;
+  return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+WRAP(size_t, fread, (void *buf, size_t sz, size_t n, FILE *f), (buf, sz, n, f), SPAN_OF(buf, product_or_max(sz, n)))
+#undef fread_unlocked /* a macro of <stdio.h> with optimisation on */
+WRAP(size_t, fread_unlocked, (void *buf, size_t sz, size_t n, FILE *f), (buf, sz, n, f),
+     SPAN_OF(buf, product_or_max(sz, n)))
+
+/* A directory stream's buffer is filled by libc's internal getdents64: the
+ * DIR opendir returns (its buffer inside the same block) is pinned. (An
+ * opendir that libc makes for itself, as scandir does, is not seen.) */
+EXPORT DIR *opendir(const char *name) {
+  REAL(opendir)
+  DIR *d = ((DIR * (*)(const char *)) fn_opendir)(name);
+  if (d) mesh_pin(d, mesh_usable_size(d));
+  return d;
+}
+
+EXPORT DIR *fdopendir(int fd) {
+  REAL(fdopendir)
+  DIR *d = ((DIR * (*)(int)) fn_fdopendir)(fd);
+  if (d) mesh_pin(d, mesh_usable_size(d));
+  return d;
+}
 
 EXPORT void setbuffer(FILE *f, char *buf, size_t size) { setvbuf(f, buf, buf ? _IOFBF : _IONBF, size); }

@@ -45,6 +45,14 @@
  *   addr-limit   run under an address-space limit (ulimit -v): one 8 MiB
  *                block, then 1 MiB blocks until malloc fails; prints how
  *                many MiB it got (the test compares that with glibc's).
+ *   stdio-reader a thread writes 300 000 numbered lines into a pipe; the
+ *                main thread reads them with fgets, and with fread into a
+ *                heap buffer, from FILEs whose buffers stdio allocated
+ *                itself among page-sized garbage (so their spans are
+ *                meshing candidates), while a third thread churns that
+ *                garbage and compacts: every line arrives, in order, and
+ *                no read fails (stdio's refills are read(2) calls inside
+ *                libc, which no wrapper sees).
  *   stdio-closed started with stdin and stdout closed: the program's first
  *                open() gets descriptor 0, as POSIX promises, and what it
  *                writes there is not the heap.
@@ -62,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -431,6 +440,126 @@ static int case_dgram(void) {
   return dgram_failed;
 }
 
+/* ---- stdio-reader ---------------------------------------------------------- */
+/* a counter of meshalloc's, through dlsym (0 under glibc) */
+static uint64_t stat_of(const char *name) {
+  int (*count)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "mesh_stats_count");
+  const char *(*name_of)(int) = (const char *(*)(int))dlsym(RTLD_DEFAULT, "mesh_stats_name");
+  int (*read_all)(uint64_t *, int) = (int (*)(uint64_t *, int))dlsym(RTLD_DEFAULT, "mesh_stats_read");
+  if (!count || !name_of || !read_all) return 0;
+  uint64_t v[512];
+  int n = read_all(v, 512 < count() ? 512 : count());
+  for (int i = 0; i < n && i < 512; i++)
+    if (!strcmp(name_of(i), name)) return v[i];
+  return 0;
+}
+
+#define NLINES 300000
+#define NGARBAGE 6000
+static void *garbage[NGARBAGE];
+static atomic_int reader_done;
+static int line_fds[2], block_fds[2];
+
+static void *line_writer(void *arg) {
+  (void)arg;
+  FILE *out = fdopen(line_fds[1], "w");
+  FILE *blocks = fdopen(block_fds[1], "w");
+  if (!out || !blocks) die("fdopen for writing");
+  static uint32_t block[2048];
+  for (int k = 0; k < NLINES; k++) {
+    fprintf(out, "%08d\n", k);
+    if (k % 1000 == 0) { /* a block for fread every 1000 lines */
+      for (int j = 0; j < 2048; j++) block[j] = (uint32_t)(k * 2048 + j);
+      if (fwrite(block, sizeof block, 1, blocks) != 1) die("fwrite");
+      fflush(blocks);
+    }
+  }
+  fprintf(out, "END\n");
+  fclose(out);
+  fclose(blocks);
+  return NULL;
+}
+
+static void *garbage_churner(void *arg) {
+  (void)arg;
+  uint64_t r = 0x2545F4914F6CDD1Dull;
+  while (!atomic_load(&reader_done)) {
+    for (int i = 0; i < NGARBAGE; i++) {
+      r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+      if (r % 8 == 0) {
+        free(garbage[i]);
+        garbage[i] = (r >> 8) % 10 == 0 ? malloc(4096) : NULL;
+      }
+    }
+    compact();
+  }
+  return NULL;
+}
+
+static int case_stdio_reader(void) {
+  if (pipe(line_fds) != 0 || pipe(block_fds) != 0) die("pipe");
+  for (int i = 0; i < NGARBAGE / 2; i++) garbage[i] = malloc(4096);
+  FILE *in = fdopen(line_fds[0], "r"), *blocks = fdopen(block_fds[0], "r");
+  if (!in || !blocks) die("fdopen for reading");
+  pthread_t w, c;
+  if (pthread_create(&w, NULL, line_writer, NULL) != 0) die("pthread_create");
+  char line[64];
+  /* the first reads make stdio allocate both buffers, among the garbage */
+  if (!fgets(line, sizeof line, in) || atoi(line) != 0) die("first line");
+  static uint32_t first[2048];
+  if (fread(first, sizeof first, 1, blocks) != 1 || first[5] != 5) die("first block");
+  /* where meshalloc is the malloc: the buffers stdio allocated itself (both
+   * read FILEs' and the writer's) are pinned, never meshed */
+  uint64_t pinned = stat_of("spans_pinned");
+  if (compact_fn && pinned < 2) {
+    fprintf(stderr, "FAIL: stdio's own buffers are not pinned (spans_pinned %llu)\n", (unsigned long long)pinned);
+    return 1;
+  }
+  for (int i = NGARBAGE / 2; i < NGARBAGE; i++) garbage[i] = malloc(4096);
+  for (int i = 0; i < NGARBAGE; i++)
+    if (i % 10) {
+      free(garbage[i]);
+      garbage[i] = NULL;
+    }
+  if (pthread_create(&c, NULL, garbage_churner, NULL) != 0) die("pthread_create");
+  uint32_t *block = malloc(2048 * sizeof *block); /* fread straight into a heap buffer */
+  int next_line = 1, next_block = 1, failed = 0;
+  while (fgets(line, sizeof line, in)) {
+    if (!strcmp(line, "END\n")) break;
+    if (atoi(line) != next_line) {
+      fprintf(stderr, "FAIL: line %d arrived as %s", next_line, line);
+      failed = 1;
+      break;
+    }
+    next_line++;
+    if (next_line % 1000 == 1 && next_line > 1) {
+      if (fread(block, 2048 * sizeof *block, 1, blocks) != 1) {
+        fprintf(stderr, "FAIL: fread of block %d failed (error %d, errno %d)\n", next_block, ferror(blocks),
+                errno);
+        failed = 1;
+        break;
+      }
+      for (int j = 0; j < 2048; j++)
+        if (block[j] != (uint32_t)(next_block * 1000 * 2048 + j)) {
+          fprintf(stderr, "FAIL: block %d word %d is %u\n", next_block, j, block[j]);
+          failed = 1;
+          break;
+        }
+      next_block++;
+    }
+  }
+  if (!failed && next_line != NLINES) {
+    fprintf(stderr, "FAIL: %d of %d lines read (fgets: error %d, errno %d)\n", next_line, NLINES, ferror(in),
+            errno);
+    failed = 1;
+  }
+  atomic_store(&reader_done, 1);
+  pthread_join(c, NULL);
+  if (!failed) pthread_join(w, NULL);
+  free(block);
+  return failed;
+}
+
 static int prot_of(const void *p) { /* 'r', 'w', 'x' bits of the mapping holding p, -1 if none */
   FILE *f = fopen("/proc/self/maps", "r");
   if (!f) die("open maps");
@@ -624,6 +753,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "blocked-writers")) rc = case_blocked_writers();
   else if (!strcmp(argv[1], "mprotect")) rc = case_mprotect();
   else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
+  else if (!strcmp(argv[1], "stdio-reader")) rc = case_stdio_reader();
   else {
     fprintf(stderr, "unknown case %s\n", argv[1]);
     return 2;
