@@ -106,6 +106,7 @@ CORE_FIELDS: Tuple[str, ...] = (
     "metadata_bytes",
     "meshing_available",
     "meshed_bytes_per_mapping",
+    "arena_memfd_bytes",
 )
 
 DOMAINS: Tuple[str, ...] = ("raw", "mem", "obj")
@@ -285,6 +286,7 @@ class Stats:
     metadata_bytes: int = 0
     meshing_available: int = 0
     meshed_bytes_per_mapping: int = 0
+    arena_memfd_bytes: int = 0
 
     # ---- the CPython hooks (HOOK_FIELDS) ----
     raw_allocs: int = 0

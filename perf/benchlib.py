@@ -106,10 +106,10 @@ def scaled(n: int, minimum: int = 1) -> int:
 # memory
 # ---------------------------------------------------------------------------
 
-def pss_bytes() -> int:
-    """This process's PSS in bytes (smaps_rollup). PSS, not RSS: a meshed
-    page mapped at two addresses counts once."""
-    with open("/proc/self/smaps_rollup") as f:
+def pss_bytes(pid: object = "self") -> int:
+    """A process's PSS in bytes (smaps_rollup; this one by default). PSS,
+    not RSS: a meshed page mapped at two addresses counts once."""
+    with open("/proc/%s/smaps_rollup" % pid) as f:
         for line in f:
             if line.startswith("Pss:"):
                 return int(line.split()[1]) * 1024

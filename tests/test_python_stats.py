@@ -190,3 +190,31 @@ def test_mypy_strict(helpers, tmp_path):
                      "--cache-dir", str(tmp_path / "cache"), *files], timeout=300, cwd=ROOT,
                     env=helpers.env())
     helpers.assert_ok(r, "mypy --strict")
+
+
+def test_arena_memfd_bytes_shows_a_fork_childs_copy_that_pss_misses(helpers, installed):
+    """A fork child's heap copy is written into its new memfd with pwrite: the
+    child's PSS misses it until the pages are touched, arena_memfd_bytes (the
+    memfd's allocated blocks) counts it. Both backends' stats read it."""
+    code = ("import json, os, meshalloc\n"
+            "keep = [b'y' * 200 + b'%07d' % i for i in range(200000)]\n"  # ~50 MB of live objects
+            "parent = meshalloc.stats(pss=True)\n"
+            "r, w = os.pipe()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    s = meshalloc.stats(pss=True)\n"
+            "    os.write(w, json.dumps({'memfd': s.arena_memfd_bytes, 'pss': s.pss_bytes}).encode())\n"
+            "    os._exit(0)\n"
+            "os.close(w)\n"
+            "child = json.loads(os.read(r, 4096))\n"
+            "os.waitpid(pid, 0)\n"
+            "print(json.dumps({'parent_memfd': parent.arena_memfd_bytes, 'child': child,\n"
+            "                  'live': parent.small_bytes_in_use}))\n")
+    for env in ({"MESHALLOC": "1"}, {"MESHALLOC": "1", "MESHALLOC_BACKEND": "cffi"}):
+        r = helpers.run([sys.executable, "-c", code], timeout=120, cwd=installed, env=helpers.env(**env))
+        helpers.assert_ok(r, "arena_memfd_bytes across fork (%s)" % env)
+        got = json.loads(r.stdout.strip().splitlines()[-1])
+        live, child = got["live"], got["child"]
+        assert live > 40 << 20 and got["parent_memfd"] >= live, got
+        # the child's memfd holds the copy of the live heap; its PSS does not show it
+        assert child["memfd"] >= live and child["pss"] < child["memfd"] // 2, got

@@ -38,6 +38,7 @@
 int _mesh_os_memfd(void); /* close-on-exec, at a high descriptor number */
 int _mesh_os_memfd_named(const char *name); /* the same, another name */
 int _mesh_os_fd_identity(int fd, uint64_t id[2]); /* (device, inode) */
+uint64_t _mesh_os_fd_blocks(int fd);               /* 512-byte blocks the file holds, 0 on error */
 int _mesh_os_map_anon_fixed(void *addr, size_t len);
 int _mesh_os_alias_mapping(void *from, void *to, size_t len); /* second mapping of a shared range */
 int _mesh_os_remove(void *addr, size_t len);              /* frees the pages behind a mapping */

@@ -71,6 +71,12 @@ int _mesh_os_fd_identity(int fd, uint64_t id[2]) {
   return 0;
 }
 
+uint64_t _mesh_os_fd_blocks(int fd) {
+  struct stat st;
+  if (syscall(SYS_fstat, fd, &st) != 0) return 0; /* raw: libmesh.so wraps fstat */
+  return (uint64_t)st.st_blocks;
+}
+
 int _mesh_os_map_anon_fixed(void *addr, size_t len) {
   void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? -1 : 0;

@@ -31,7 +31,8 @@ _Static_assert(sizeof _mesh_pass_log % 4096 == 0, "the pass log fills whole page
   X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
   X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \
   X(meshing_available, "1 when the arena is memfd-backed and spans can be meshed") \
-  X(meshed_bytes_per_mapping, "meshed bytes per kernel mapping meshing added: meshed_pages x 4 KiB / (arena_mappings - 1)")
+  X(meshed_bytes_per_mapping, "meshed bytes per kernel mapping meshing added: meshed_pages x 4 KiB / (arena_mappings - 1)") \
+  X(arena_memfd_bytes, "bytes the arena's memfd really holds (its allocated blocks, fstat): pages a fork child wrote with pwrite, or never mapped, count here but not in PSS or RSS; 0 without a memfd")
 
 enum {
 #define MESH_DER_ENUM(n, doc) MESH_DER_##n,
@@ -99,6 +100,8 @@ static void stats_fill(uint64_t v[STATS_TOTAL], bool derived) {
   d[MESH_DER_meshing_available] = _mesh_arena.meshable;
   uint64_t extra = v[MESH_CTR_arena_mappings] > 1 ? v[MESH_CTR_arena_mappings] - 1 : 0;
   d[MESH_DER_meshed_bytes_per_mapping] = extra ? v[MESH_CTR_meshed_pages] * MESH_PAGE_SIZE / extra : 0;
+  int afd = _mesh_arena.memfd_mapped ? _mesh_arena_fd() : -1;
+  d[MESH_DER_arena_memfd_bytes] = afd >= 0 ? _mesh_os_fd_blocks(afd) * 512u : 0;
 }
 
 int mesh_stats_read(uint64_t *out, int n) {
@@ -118,13 +121,14 @@ void mesh_stats_print(int fd) {
   uint64_t v[STATS_TOTAL];
   stats_fill(v, true);
   const uint64_t *d = v + MESH_CTR_COUNT;
-  char total[32], hwm[32], inuse[32], committed[32];
+  char total[32], hwm[32], inuse[32], committed[32], memfd[32];
   /* The original printed meshes x one page as "Meshed MB (total)"; here it
    * is the real number of pages meshing freed. */
   fmt_mb(total, sizeof total, v[MESH_CTR_meshed_pages_total]);
   fmt_mb(hwm, sizeof hwm, v[MESH_CTR_meshed_pages_hwm]);
   fmt_mb(inuse, sizeof inuse, (d[MESH_DER_bytes_in_use] + MESH_PAGE_SIZE - 1) / MESH_PAGE_SIZE);
   fmt_mb(committed, sizeof committed, d[MESH_DER_arena_committed_bytes] / MESH_PAGE_SIZE);
+  fmt_mb(memfd, sizeof memfd, d[MESH_DER_arena_memfd_bytes] / MESH_PAGE_SIZE);
   _mesh_dprintf(fd,
                 "MESH COUNT:         %llu\n"
                 "Meshed MB (total):  %s\n"
@@ -135,6 +139,7 @@ void mesh_stats_print(int fd) {
                 "MH High Water Mark: %llu\n"
                 "In use MB:          %s\n"
                 "Committed MB:       %s\n"
+                "Memfd MB:           %s\n"
                 "Mappings:           %llu (meshed KiB per added mapping: %llu)\n"
                 "Mesh passes:        %llu (max pause %llu us, max CPU time %llu us)\n"
                 "Meshing:            %s\n",
@@ -142,7 +147,7 @@ void mesh_stats_print(int fd) {
                 (unsigned long long)v[MESH_CTR_meshed_pages_hwm], hwm,
                 (unsigned long long)v[MESH_CTR_spans_alloc_count],
                 (unsigned long long)v[MESH_CTR_spans_free_count],
-                (unsigned long long)v[MESH_CTR_spans_hwm], inuse, committed,
+                (unsigned long long)v[MESH_CTR_spans_hwm], inuse, committed, memfd,
                 (unsigned long long)v[MESH_CTR_arena_mappings],
                 (unsigned long long)(d[MESH_DER_meshed_bytes_per_mapping] >> 10),
                 (unsigned long long)v[MESH_CTR_mesh_passes], (unsigned long long)(v[MESH_CTR_mesh_pause_ns_max] / 1000),
