@@ -36,26 +36,17 @@ from setuptools import Extension
 from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
-# Flags shared by both faces. They come after Python's own CFLAGS on the
-# command line, so -O2 here wins over the interpreter's -O3.
-CORE_CFLAGS = [
-    "-std=c11",
-    "-O2",
-    "-fvisibility=hidden",
-    "-fno-strict-aliasing",
-    "-D_GNU_SOURCE",
-    "-pthread",
-    "-fPIC",
-    # The core implements these: never let the compiler turn a malloc +
-    # memset inside calloc into a call to calloc (or similar).
-    "-fno-builtin-malloc",
-    "-fno-builtin-free",
-    "-fno-builtin-calloc",
-    "-fno-builtin-realloc",
-    "-Wall",
-    "-Wextra",
-    "-Wno-unused-parameter",
-]
+# Flags shared by both faces: csrc/cflags.txt, the one place they are
+# written (csrc/Makefile and the tests read it too). They come after
+# Python's own CFLAGS on the command line, so -O2 here wins over the
+# interpreter's -O3.
+def _shared_cflags() -> list:
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "cflags.txt")
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+CORE_CFLAGS = ["-O2"] + _shared_cflags()
 DEBUG_CFLAGS = ["-DMESH_DEBUG=3", "-O1", "-g", "-UNDEBUG"]
 CORE_LDFLAGS = ["-pthread"]
 

@@ -38,8 +38,10 @@ CSRC = REPO / "csrc"
 CORE = CSRC / "core"
 TESTS_C = Path(__file__).resolve().parent / "c"
 
-# The project's compile flags (see csrc/Makefile); tests add -g.
-BASE_FLAGS = ["-std=c11", "-O2", "-D_GNU_SOURCE", "-pthread", "-fPIC", "-g", "-fno-strict-aliasing"]
+# The project's compile flags (csrc/cflags.txt, which csrc/Makefile and
+# setup_mesh.py read too); tests add -O2 -g.
+BASE_FLAGS = ["-O2", "-g"] + [line.strip() for line in (CSRC / "cflags.txt").read_text().splitlines()
+                              if line.strip() and not line.startswith("#")]
 LIBS = ["-pthread", "-ldl", "-lm", "-lrt"]
 
 CONFIGS = {
