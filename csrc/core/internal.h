@@ -3,9 +3,12 @@
  *
  * Name tiers: public mesh_* (mesh.h), cross-file _mesh_*, everything else
  * static. Layers, lowest first: os.c → libc.c, options.c, stats.c,
- * random.h, size_class.c → arena.c → global_heap.c, thread_heap.c →
- * alloc.c, fork.c, init.c → faces/. A file calls only lower layers (and
- * init.c's _mesh_ensure_init, which every entry point needs).
+ * random.c, size_class.c → arena.c → direct.c → global_heap.c,
+ * thread_heap.c → barrier.c, mesh.c, trigger.c → alloc.c, fast_path.h,
+ * fork.c, init.c → faces/. A file calls only lower layers, but for the few
+ * upward calls docs/design.md lists with their reasons (initialisation on
+ * first use, the global lock, stats that walk the heaps, the inline
+ * trigger); tests/test_layers.py checks the code against that page.
  *
  * Lock order (the only locks in the core), outermost first:
  *   1. _mesh_orphan_lock  - serialises threads whose heap is gone (thread

@@ -893,8 +893,8 @@ size_t mesh_compact(void) {
     total += _mesh_compact_step(&st, MESH_PASS_compact);
     _mesh_unlock();
   }
-  mesh_scavenge();
   _mesh_lock();
+  _mesh_arena_scavenge(); /* the dirty pages too, as mesh_scavenge() does */
   _mesh_stats_publish(0);
   _mesh_unlock();
   return total;
