@@ -74,7 +74,8 @@ def run_regrtest(helpers, tmp_path, env, what):
     r = helpers.run([sys.executable, "-m", "test", "-j2", "--timeout", "900", "--junit-xml", str(xml_path),
                      *available(HOSTILE_REGRTESTS)], timeout=2400, pss_cap=4 * helpers.GIB, cwd=tmp_path, env=env)
     assert not r.killed, r.describe()
-    assert "Result:" in r.stdout and xml_path.exists(), f"{what}: regrtest did not finish\n{r.describe()}"
+    assert re.search(r"^(Tests )?result:", r.stdout, re.M | re.I) and xml_path.exists(), \
+        f"{what}: regrtest did not finish\n{r.describe()}"
     return failed_cases(str(xml_path)), r
 
 
