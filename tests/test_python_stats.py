@@ -87,6 +87,15 @@ def test_to_dict_round_trip_without_a_build():
     hash(s)  # frozen snapshot: usable as a key
 
 
+def json_from_both_backends(helpers, cwd, code, what, timeout=60):
+    """The JSON last printed by code in a fresh interpreter under MESHALLOC=1,
+    with the extension's backend and then with the cffi one."""
+    for env in ({"MESHALLOC": "1"}, {"MESHALLOC": "1", "MESHALLOC_BACKEND": "cffi"}):
+        r = helpers.run([sys.executable, "-c", code], timeout=timeout, cwd=cwd, env=helpers.env(**env))
+        helpers.assert_ok(r, "%s (%s)" % (what, env))
+        yield json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def test_size_classes_count_the_live_objects_of_each_class(helpers, installed):
     """stats().size_classes: the class of 64-byte objects holds the strings
     kept alive, the per-class objects add up to small_objects_in_use, and the
@@ -99,10 +108,7 @@ def test_size_classes_count_the_live_objects_of_each_class(helpers, installed):
             "back = meshalloc.Stats.from_dict(json.loads(s.to_json()))\n"
             "print(json.dumps({'c64': c64[0].to_dict() if c64 else None, 'total': total,\n"
             "                  'small': s.small_objects_in_use, 'round_trip': back == s}))\n")
-    for env in ({"MESHALLOC": "1"}, {"MESHALLOC": "1", "MESHALLOC_BACKEND": "cffi"}):
-        r = helpers.run([sys.executable, "-c", code], timeout=60, cwd=installed, env=helpers.env(**env))
-        helpers.assert_ok(r, "size_classes (%s)" % env)
-        got = json.loads(r.stdout.strip().splitlines()[-1])
+    for got in json_from_both_backends(helpers, installed, code, "size_classes"):
         c64 = got["c64"]
         assert c64 and c64["objects_in_use"] >= 50000, got
         assert c64["slots"] >= c64["objects_in_use"] and c64["spans"] * c64["span_bytes"] >= c64["slots"] * 64, got
@@ -210,10 +216,7 @@ def test_arena_memfd_bytes_shows_a_fork_childs_copy_that_pss_misses(helpers, ins
             "os.waitpid(pid, 0)\n"
             "print(json.dumps({'parent_memfd': parent.arena_memfd_bytes, 'child': child,\n"
             "                  'live': parent.small_bytes_in_use}))\n")
-    for env in ({"MESHALLOC": "1"}, {"MESHALLOC": "1", "MESHALLOC_BACKEND": "cffi"}):
-        r = helpers.run([sys.executable, "-c", code], timeout=120, cwd=installed, env=helpers.env(**env))
-        helpers.assert_ok(r, "arena_memfd_bytes across fork (%s)" % env)
-        got = json.loads(r.stdout.strip().splitlines()[-1])
+    for got in json_from_both_backends(helpers, installed, code, "arena_memfd_bytes across fork", timeout=120):
         live, child = got["live"], got["child"]
         assert live > 40 << 20 and got["parent_memfd"] >= live, got
         # the child's memfd holds the copy of the live heap; its PSS does not show it
