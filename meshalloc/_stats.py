@@ -94,6 +94,7 @@ CORE_FIELDS: Tuple[str, ...] = (
     "orphan_allocs",
     "spans_pinned",
     "syscalls_in_flight_skips",
+    "promoted_pages",
     "retired_pages",
     "warnings_repeated",
     "bytes_in_use_published",
@@ -102,6 +103,7 @@ CORE_FIELDS: Tuple[str, ...] = (
     "small_objects_in_use",
     "bytes_in_use",
     "arena_reserved_bytes",
+    "arena_base",
     "arena_committed_bytes",
     "metadata_bytes",
     "meshing_available",
@@ -274,6 +276,7 @@ class Stats:
     orphan_allocs: int = 0
     spans_pinned: int = 0
     syscalls_in_flight_skips: int = 0
+    promoted_pages: int = 0
     retired_pages: int = 0
     warnings_repeated: int = 0
     bytes_in_use_published: int = 0
@@ -282,6 +285,7 @@ class Stats:
     small_objects_in_use: int = 0
     bytes_in_use: int = 0
     arena_reserved_bytes: int = 0
+    arena_base: int = 0
     arena_committed_bytes: int = 0
     metadata_bytes: int = 0
     meshing_available: int = 0

@@ -6,7 +6,7 @@ per process.
 """
 import pytest
 
-CASES = ["isolation", "threads", "nested", "spawn", "growth", "nofd"]
+CASES = ["isolation", "threads", "nested", "spawn", "growth", "nofd", "snapshot"]
 
 
 def run_fork_case(helpers, cbuild, case, config="release", timeout=240, **env):
@@ -23,7 +23,7 @@ def test_fork_child_gets_its_own_heap(helpers, cbuild, case):
         assert r.stdout.count("growth depth") == 10, r.describe()
 
 
-@pytest.mark.parametrize("case", ["isolation", "threads", "nested", "nofd"])
+@pytest.mark.parametrize("case", ["isolation", "threads", "nested", "nofd", "snapshot"])
 def test_fork_child_gets_its_own_heap_with_debug_validators(helpers, cbuild, case):
     run_fork_case(helpers, cbuild, case, config="debug")
 

@@ -198,26 +198,46 @@ def test_mypy_strict(helpers, tmp_path):
     helpers.assert_ok(r, "mypy --strict")
 
 
-def test_arena_memfd_bytes_shows_a_fork_childs_copy_that_pss_misses(helpers, installed):
-    """A fork child's heap copy is written into its new memfd with pwrite: the
-    child's PSS misses it until the pages are touched, arena_memfd_bytes (the
-    memfd's allocated blocks) counts it. Both backends' stats read it."""
+def test_fork_child_shares_the_unmeshed_heap_and_copies_only_meshed_pages(helpers, installed):
+    """The arena is private anonymous memory but for meshing destinations:
+    a fork child shares the parent's objects copy-on-write (its private
+    dirty memory stays small, its memfd holds nothing it was not given), and
+    only the memfd's pages (promoted_pages) are copied for it, which
+    arena_memfd_bytes, the memfd's allocated blocks, shows. Both backends'
+    stats read it."""
     code = ("import json, os, meshalloc\n"
-            "keep = [b'y' * 200 + b'%07d' % i for i in range(200000)]\n"  # ~50 MB of live objects
-            "parent = meshalloc.stats(pss=True)\n"
-            "r, w = os.pipe()\n"
-            "pid = os.fork()\n"
-            "if pid == 0:\n"
-            "    s = meshalloc.stats(pss=True)\n"
-            "    os.write(w, json.dumps({'memfd': s.arena_memfd_bytes, 'pss': s.pss_bytes}).encode())\n"
-            "    os._exit(0)\n"
-            "os.close(w)\n"
-            "child = json.loads(os.read(r, 4096))\n"
-            "os.waitpid(pid, 0)\n"
-            "print(json.dumps({'parent_memfd': parent.arena_memfd_bytes, 'child': child,\n"
-            "                  'live': parent.small_bytes_in_use}))\n")
-    for got in json_from_both_backends(helpers, installed, code, "arena_memfd_bytes across fork", timeout=120):
-        live, child = got["live"], got["child"]
-        assert live > 40 << 20 and got["parent_memfd"] >= live, got
-        # the child's memfd holds the copy of the live heap; its PSS does not show it
-        assert child["memfd"] >= live and child["pss"] < child["memfd"] // 2, got
+            "def private_dirty():\n"
+            "    with open('/proc/self/smaps_rollup') as f:\n"
+            "        return sum(int(l.split()[1]) * 1024 for l in f if l.startswith('Private_Dirty:'))\n"
+            "def fork_and_measure(keep):\n"
+            "    r, w = os.pipe()\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        dirty = private_dirty()\n"
+            "        ok = all(k == b'y' * 200 + b'%07d' % i for i, k in keep)\n"
+            "        s = meshalloc.stats()\n"
+            "        os.write(w, json.dumps({'memfd': s.arena_memfd_bytes, 'dirty': dirty, 'ok': ok}).encode())\n"
+            "        os._exit(0)\n"
+            "    os.close(w)\n"
+            "    child = json.loads(os.read(r, 4096))\n"
+            "    os.waitpid(pid, 0)\n"
+            "    return child\n"
+            "meshalloc.set_option('mesh', 0)\n"
+            "keep = [(i, b'y' * 200 + b'%07d' % i) for i in range(200000)]\n"  # ~50 MB of live objects
+            "s = meshalloc.stats()\n"
+            "unmeshed = {'live': s.small_bytes_in_use, 'promoted': s.promoted_pages, 'child': fork_and_measure(keep)}\n"
+            "meshalloc.set_option('mesh', 1)\n"
+            "keep = keep[::4]\n"
+            "meshalloc.compact()\n"
+            "s = meshalloc.stats()\n"
+            "meshed = {'promoted': s.promoted_pages, 'memfd': s.arena_memfd_bytes, 'child': fork_and_measure(keep),\n"
+            "          'copied': meshalloc.stats().fork_copy_bytes_last}\n"
+            "print(json.dumps({'unmeshed': unmeshed, 'meshed': meshed}))\n")
+    for got in json_from_both_backends(helpers, installed, code, "fork sharing", timeout=120):
+        un, me = got["unmeshed"], got["meshed"]
+        assert un["live"] > 40 << 20 and un["promoted"] < 64 and un["child"]["ok"], got  # (start-up meshes)
+        # nothing meshed: the child's heap is the parent's pages, shared
+        assert un["child"]["memfd"] < 1 << 20 and un["child"]["dirty"] < un["live"] // 4, got
+        # meshed: the destinations' pages, and only those, were copied for the child
+        assert me["promoted"] > 1000 and me["child"]["ok"], got
+        assert 0 < me["copied"] <= me["promoted"] * 4096 and me["child"]["memfd"] <= me["memfd"] + (1 << 20), got

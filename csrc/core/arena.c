@@ -1,5 +1,15 @@
-/* arena.c - the meshable arena: one reserved virtual range backed by a
- * memfd, carved into spans and free page runs.
+/* arena.c - the meshable arena: one reserved virtual range of private
+ * anonymous memory, carved into spans and free page runs, plus a memfd that
+ * holds the physical pages of meshing destinations.
+ *
+ * Backing. A span's pages are private anonymous memory until meshing makes
+ * it a destination: it is then promoted (its pages copied into the memfd at
+ * the memfd page equal to its arena page, and that file range mapped shared
+ * over it; SPAN_FILE), so that the virtual spans meshed onto it (aliases)
+ * can map the same pages. Everything else never touches the memfd: a fork
+ * child shares it copy-on-write through the kernel, exactly, and only the
+ * memfd's pages need a copy of their own (fork.c). A destination that is
+ * freed, and every alias, get fresh anonymous pages back.
  *
  * Invariants (checked by _mesh_arena_validate):
  *   - pages [0, top) are tiled exactly by span records: walking from page 0
@@ -7,12 +17,12 @@
  *   - every page of a live span has page-table entry (vstart << 32 | id);
  *     a free run has entries only on its first and last page, its interior
  *     is 0, so a stray free into free memory finds "no span";
- *   - pages >= top were never handed out and are zero in the memfd;
+ *   - pages >= top were never handed out and are untouched anonymous memory;
+ *   - only live spans carry SPAN_FILE; every alias's destination does; free
+ *     runs are anonymous; promoted_pages counts the SPAN_FILE pages;
  *   - free runs are homogeneous: all dirty (touched, still committed) or all
- *     clean (punched/never used); neighbours of the same kind are merged;
- *   - dirty_pages <= max_dirty_mb after every free (scavenge punches all).
- * The memfd offset of a primary span equals its arena offset, so punching
- * a run is one fallocate over the same offsets.
+ *     clean (returned/never used); neighbours of the same kind are merged;
+ *   - dirty_pages <= max_dirty_mb after every free (scavenge returns all).
  *
  * Locking: everything that changes state runs under _mesh_global_lock. The
  * page table is read without a lock (relaxed loads) by free paths: a legal
@@ -52,9 +62,10 @@ static uint64_t free_bins_nonempty[2];
  * that it still names the arena's memfd (device and inode, recorded at
  * creation). When it does not, the arena is orphaned: the number is never
  * used again (not even closed: it may be the program's file now), meshing
- * stops, and what still needs the memfd manages without: aliases are made
- * with mremap of the destination's mapping, restored spans get anonymous
- * zero pages, free pages are returned through their mapping (MADV_REMOVE).
+ * stops, and what still needs the memfd manages without: existing
+ * destinations and aliases keep their mappings, freed ones get anonymous
+ * pages, a destination's memfd pages are returned through its mapping
+ * (MADV_REMOVE), and a fork child gets an anonymous copy of them.
  * Locking: called with the global lock held (or in the fork child). */
 static void orphan(int fd) {
   _mesh_arena.fd = -1;
@@ -75,9 +86,10 @@ int _mesh_arena_fd(void) {
 }
 
 /* Returns [off, off+len) of the memfd to the OS. own_mapping: the range is
- * mapped at its own offsets (a free run), so an orphaned arena can still
- * free it through the mapping; otherwise (a meshed-away source) it is
- * reachable only through the descriptor, and without one it stays. */
+ * mapped at its own offsets (a live destination), so an orphaned arena can
+ * still free it through the mapping; otherwise (a former destination now
+ * mapped elsewhere) it is reachable only through the descriptor, and
+ * without one it stays. */
 static int punch(size_t off, size_t len, bool own_mapping) {
   void *addr = (void *)(_mesh_arena.base + off);
   int fd = _mesh_arena_fd();
@@ -95,10 +107,10 @@ static bool reserve(size_t size, int fd) {
   if (fd >= 0 && _mesh_os_ftruncate(fd, size) != 0) return false;
   /* no gap under an address-space limit: it would count against it */
   size_t guard = _mesh_os_as_limit() == SIZE_MAX ? ARENA_GUARD : 0;
-  void *base = _mesh_os_reserve_guarded(size, guard, fd);
+  void *base = _mesh_os_reserve_guarded(size, guard, -1);
   if (!base) { /* a tight address-space limit: without the gap, then */
     guard = 0;
-    base = _mesh_os_reserve(size, fd);
+    base = _mesh_os_reserve(size, -1);
   }
   if (!base) return false;
   size_t npages = size >> MESH_PAGE_SHIFT;
@@ -145,10 +157,10 @@ bool _mesh_arena_init(void) {
   }
   for (; size >= MIN_ARENA; size = (size / 2) & ~(MESH_PAGE_SIZE - 1)) {
     if (reserve(size, fd)) break;
-    /* A memfd that can be sized but not mapped (odd seccomp/limits) is
-     * given up before shrinking to nothing: anonymous memory still works. */
+    /* A memfd that cannot be sized (odd seccomp/limits) is given up before
+     * shrinking to nothing: anonymous memory still works. */
     if (fd >= 0 && size / 2 < MIN_ARENA) {
-      _mesh_warning("cannot map the memfd arena (errno %d): running without meshing", errno);
+      _mesh_warning("cannot size the arena's memfd (errno %d): running without meshing", errno);
       _mesh_os_close(fd);
       fd = -1;
       size = want * 2;
@@ -381,18 +393,23 @@ uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *cle
 }
 
 static void unalias_all(uint32_t id);
+static void drop_file(uint32_t id);
 static void scavenge_if_over(void);
 
 void _mesh_arena_free_span(uint32_t id) {
   span_t *s = mesh_span(id);
   uint32_t n = s->npages;
   if (s->alias_next) unalias_all(id);
-  _mesh_pagetable_set(s->page, n, 0, MESH_NIL);
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   s->nobjects = 0;
   mesh_stat_sub(span_pages, n);
   mesh_stat_sub(spans_live, 1);
   mesh_stat_add(spans_free_count, 1);
+  if (s->flags & SPAN_FILE) { /* a destination: its memfd pages go back now */
+    drop_file(id);
+    return;
+  }
+  _mesh_pagetable_set(s->page, n, 0, MESH_NIL);
   mesh_stat_add(dirty_pages, n);
   run_insert(id, true);
   scavenge_if_over();
@@ -406,8 +423,9 @@ static size_t scavenge_to(uint64_t target) {
     uint32_t id = free_bins[1][b];
     span_t *r = mesh_span(id);
     run_unlink(id);
-    size_t off = (size_t)r->page << MESH_PAGE_SHIFT, len = (size_t)r->npages << MESH_PAGE_SHIFT;
-    if (punch(off, len, true) != 0)
+    size_t len = (size_t)r->npages << MESH_PAGE_SHIFT;
+    /* free runs are anonymous memory: dropping the pages frees them */
+    if (_mesh_os_punch(-1, (void *)mesh_page_addr(r->page), 0, len) != 0)
       _mesh_warning("returning %zu bytes to the OS failed (errno %d)", len, errno);
     mesh_stat_sub(dirty_pages, r->npages);
     mesh_stat_add(pages_punched, r->npages);
@@ -442,7 +460,7 @@ static void scavenge_if_over(void) {
 /* Walks the tiling; returns the number of problems (each reported). */
 int _mesh_arena_validate(void) {
   int bad = 0;
-  uint64_t span_pages = 0, dirty = 0, meshed = 0, retired = 0;
+  uint64_t span_pages = 0, dirty = 0, meshed = 0, retired = 0, promoted = 0;
 #define BAD(...) do { bad++; _mesh_dprintf(2, "meshalloc: check: " __VA_ARGS__); } while (0)
   for (uint32_t pg = 0; pg < top;) {
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
@@ -455,6 +473,7 @@ int _mesh_arena_validate(void) {
       while (a && mesh_span(a)->page != pg) a = mesh_span(a)->alias_next;
       if (!a || mesh_load_relaxed(&mesh_span(a)->state) != SPAN_ALIAS || mesh_load_relaxed(&mesh_span(a)->mesh_dst) != id)
         BAD("page %u: alias of span %u without a matching alias record\n", pg, id);
+      if (!(s->flags & SPAN_FILE)) BAD("page %u: alias of span %u, which is not in the memfd\n", pg, id);
       for (uint32_t i = 0; i < s->npages; i++)
         if (mesh_load_relaxed(&_mesh_arena.pagetable[pg + i]) != (((uint64_t)pg << 32) | id)) {
           BAD("alias at page %u: page %u entry mismatch\n", pg, pg + i);
@@ -469,6 +488,8 @@ int _mesh_arena_validate(void) {
       return bad;
     }
     uint8_t st = mesh_load_relaxed(&s->state);
+    if (st != SPAN_ATTACHED && st != SPAN_PARTIAL && st != SPAN_FULL && (s->flags & SPAN_FILE))
+      BAD("span %u in state %u is marked as held in the memfd\n", id, st);
     if (st == SPAN_FREE) {
       if (run_dirty(s)) dirty += s->npages;
       uint64_t last = mesh_load_relaxed(&_mesh_arena.pagetable[pg + s->npages - 1]);
@@ -480,6 +501,7 @@ int _mesh_arena_validate(void) {
       if (nid) BAD("free runs %u and %u are adjacent and not merged\n", id, nid);
     } else if (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL || st == SPAN_LARGE) {
       span_pages += s->npages;
+      if (s->flags & SPAN_FILE) promoted += s->npages;
       for (uint32_t i = 0; i < s->npages; i++)
         if (mesh_load_relaxed(&_mesh_arena.pagetable[pg + i]) != (((uint64_t)pg << 32) | id)) {
           BAD("span %u: page %u entry mismatch\n", id, pg + i);
@@ -503,6 +525,9 @@ int _mesh_arena_validate(void) {
   if (span_pages != mesh_stat_get(span_pages))
     BAD("span pages %llu, counter says %llu\n", (unsigned long long)span_pages,
         (unsigned long long)mesh_stat_get(span_pages));
+  if (promoted != mesh_stat_get(promoted_pages))
+    BAD("pages in the memfd %llu, counter says %llu\n", (unsigned long long)promoted,
+        (unsigned long long)mesh_stat_get(promoted_pages));
   if (meshed != mesh_stat_get(meshed_pages))
     BAD("meshed pages %llu, counter says %llu\n", (unsigned long long)meshed,
         (unsigned long long)mesh_stat_get(meshed_pages));
@@ -520,19 +545,8 @@ int _mesh_arena_validate(void) {
   return bad;
 }
 
-/* Accessors for fork.c, which walks the tiling to copy live spans. */
+/* Accessor for fork.c, which walks the tiling to copy the memfd's spans. */
 uint32_t _mesh_arena_top(void) { return top; }
-void _mesh_arena_forget_dirty(void) {
-  /* In a fork child the dirty runs were not copied: they are zero now. */
-  while (free_bins_nonempty[1]) {
-    unsigned b = (unsigned)__builtin_ctzll(free_bins_nonempty[1]);
-    uint32_t id = free_bins[1][b];
-    run_unlink(id);
-    mesh_stat_sub(dirty_pages, mesh_span(id)->npages);
-    run_insert(id, false);
-  }
-  note_dirty();
-}
 
 /* One span's invariants (debug builds check it at every transition). */
 int _mesh_span_validate(uint32_t id) {
@@ -569,58 +583,64 @@ int _mesh_span_validate(uint32_t id) {
 }
 
 /* ---- aliases (meshing) ------------------------------------------------
- * The kernel keeps one mapping (VMA) per run of arena pages whose memfd
- * offsets are contiguous. phys_of(page) is the memfd page behind a virtual
- * page: its own for unmeshed pages, the destination's for an alias. A
- * "break" at page x means phys(x) != phys(x-1) + 1, so the arena costs
- * 1 + breaks mappings; remapping a range changes breaks only at its two
- * edges, which lets meshing count its mappings exactly and prefer partners
- * that continue a neighbour's run (the kernel then merges the VMAs). */
+ * The kernel keeps one mapping (VMA) per run of arena pages of one kind:
+ * anonymous pages, or memfd pages whose offsets are contiguous. phys_of
+ * (page) is the memfd page behind a virtual page (its own for a
+ * destination, the destination's for an alias), or MESH_PHYS_ANON. A
+ * "break" at page x means pages x-1 and x cannot share a mapping, so the
+ * arena costs 1 + breaks mappings; remapping a range changes breaks only at
+ * its two edges, which lets meshing count its mappings exactly and prefer
+ * partners that continue a neighbour's run (the kernel then merges the
+ * VMAs). Anonymous neighbours are counted as merged, which the kernel does
+ * for mappings made with the same flags (a fork child may keep some apart:
+ * the count of the process's other mappings, taken now and then, absorbs
+ * the difference). */
 
 uint32_t _mesh_arena_phys_of(uint32_t page) {
   uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[page]);
-  uint32_t id = (uint32_t)e;
-  if (!id) return page;
+  uint32_t id = (uint32_t)e, vstart = (uint32_t)(e >> 32);
+  if (!id) return MESH_PHYS_ANON;
   span_t *s = mesh_span(id);
-  uint32_t base = mesh_load_relaxed(&s->state) == SPAN_RETIRED ? (uint32_t)mesh_load_relaxed(&s->bits[0]) : s->page;
-  return base + (page - (uint32_t)(e >> 32));
+  if (mesh_load_relaxed(&s->state) == SPAN_RETIRED) return (uint32_t)mesh_load_relaxed(&s->bits[0]) + (page - vstart);
+  if (s->page != vstart || (s->flags & SPAN_FILE)) return s->page + (page - vstart); /* alias, or a destination */
+  return MESH_PHYS_ANON;
+}
+
+static int brk_between(uint32_t left, uint32_t right) {
+  if (left == MESH_PHYS_ANON || right == MESH_PHYS_ANON) return left != right;
+  return right != left + 1;
 }
 
 static int brk_at(uint32_t x, uint32_t phys_x) {
   if (x == 0 || x >= _mesh_arena.npages) return 0;
-  return phys_x != _mesh_arena_phys_of(x - 1) + 1;
+  return brk_between(_mesh_arena_phys_of(x - 1), phys_x);
 }
 
 /* Change in arena mappings if virtual pages [vpage, vpage+n) were mapped
- * onto memfd pages starting at phys. */
+ * onto memfd pages starting at phys (MESH_PHYS_ANON: anonymous memory). */
 int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys) {
   uint32_t end = vpage + n;
   int before = brk_at(vpage, _mesh_arena_phys_of(vpage));
   int after = brk_at(vpage, phys);
   if (end < _mesh_arena.npages) {
     uint32_t pe = _mesh_arena_phys_of(end);
-    before += pe != _mesh_arena_phys_of(end - 1) + 1;
-    after += pe != phys + n;
+    before += brk_between(_mesh_arena_phys_of(end - 1), pe);
+    after += brk_between(phys == MESH_PHYS_ANON ? phys : phys + n - 1, pe);
   }
   return after - before;
 }
 
 /* Maps virtual pages [vpage, vpage+n) onto memfd pages at phys (read-write,
- * shared). Also replaces a read-only protection left by meshing. */
+ * shared), or onto fresh anonymous pages for MESH_PHYS_ANON. Also replaces
+ * a read-only protection left by meshing. */
 int _mesh_arena_map(uint32_t vpage, uint32_t n, uint32_t phys) {
   void *addr = (void *)mesh_page_addr(vpage);
   size_t len = (size_t)n << MESH_PAGE_SHIFT;
+  if (phys == MESH_PHYS_ANON) return _mesh_os_map_anon_fixed(addr, len);
   int fd = _mesh_arena_fd();
   if (fd >= 0) return _mesh_os_map_fixed(addr, len, fd, (size_t)phys << MESH_PAGE_SHIFT);
-  if (!_mesh_arena.memfd_mapped) { /* anonymous arena (fork fallback): only un-aliasing, as zero pages */
-    if (phys != vpage) return -1;
-    return _mesh_os_punch(-1, addr, 0, len);
-  }
-  /* orphaned memfd: its pages at phys are still mapped at phys's own
-   * address (a live destination) and can be mapped again from there; a
-   * span restored onto its own (punched) pages gets fresh zero pages */
-  if (phys != vpage) return _mesh_os_alias_mapping((void *)mesh_page_addr(phys), addr, len);
-  return _mesh_os_map_anon_fixed(addr, len);
+  errno = EBADF; /* no memfd, or orphaned: meshing is off, nothing asks for this */
+  return -1;
 }
 
 int _mesh_arena_punch(uint32_t page, uint32_t n) {
@@ -628,27 +648,61 @@ int _mesh_arena_punch(uint32_t page, uint32_t n) {
   return punch((size_t)page << MESH_PAGE_SHIFT, (size_t)n << MESH_PAGE_SHIFT, false);
 }
 
+/* Promotion: the span's pages are copied into the memfd at its own page,
+ * then that file range is mapped over it. The caller holds a meshing
+ * barrier open; the span is write-protected from before the copy until the
+ * new mapping replaces the old one (and lifts the protection), so a write
+ * from another thread waits in the barrier and lands in the memfd page. A
+ * program write in flight in a system call cannot be waited for: the caller
+ * skips spans in such calls (barrier.c). */
+bool _mesh_arena_promote(uint32_t id) {
+  span_t *s = mesh_span(id);
+  uint32_t n = s->npages;
+  if (s->flags & SPAN_FILE) return true;
+  int fd = _mesh_arena_fd();
+  if (fd < 0) return false;
+  void *addr = (void *)mesh_page_addr(s->page);
+  size_t len = (size_t)n << MESH_PAGE_SHIFT, off = (size_t)s->page << MESH_PAGE_SHIFT;
+  if (_mesh_os_protect_read(addr, len) != 0) return false;
+  int delta = _mesh_arena_map_delta(s->page, n, s->page);
+  if (_mesh_os_pwrite_all(fd, addr, len, off) != 0 || _mesh_os_map_fixed(addr, len, fd, off) != 0) {
+    int e = errno;
+    /* the anonymous pages are still there, only protected */
+    if (_mesh_os_protect_rw(addr, len) != 0)
+      _mesh_fatal("meshing: cannot make span pages writable again after a failed promotion (errno %d)", errno);
+    punch(off, len, false);
+    errno = e;
+    return false;
+  }
+  s->flags |= SPAN_FILE;
+  mesh_stat_add(arena_mappings, delta);
+  mesh_stat_hwm(arena_mappings_hwm, arena_mappings);
+  mesh_stat_add(promoted_pages, n);
+  return true;
+}
+
 /* ---- retired ranges ----------------------------------------------------
- * Restoring a freed alias's own mapping is one mmap that may split a VMA;
- * at the kernel's mapping limit (the program's own mappings can take it
- * there) it fails. The range is then set aside instead of aborting: it
- * keeps the mapping it has (the former destination's memfd pages, noted in
- * bits[0] so that the mapping count stays exact), is never handed out
- * (its page-table entries name a SPAN_RETIRED record, which every free
- * path rejects), and is retried at each scavenge and meshing-thread turn.
- * Lock held throughout. */
+ * Giving a freed alias or destination anonymous pages again is one mmap
+ * that may split a VMA; at the kernel's mapping limit (the program's own
+ * mappings can take it there) it fails. The range is then set aside instead
+ * of aborting: it keeps the mapping it has (memfd pages, noted in bits[0] so
+ * that the mapping count stays exact), is never handed out (its page-table
+ * entries name a SPAN_RETIRED record, which every free path rejects), and
+ * is retried at each scavenge and meshing-thread turn. Lock held
+ * throughout. */
 static uint32_t retired_head = MESH_NIL; /* SPAN_RETIRED records, linked by next */
 
 static void retire(uint32_t a, uint32_t phys) {
   span_t *r = mesh_span(a);
   r->nobjects = 0;
+  r->flags &= (uint8_t)~SPAN_FILE;
   mesh_store_relaxed(&r->bits[0], phys);
   mesh_store_relaxed(&r->state, SPAN_RETIRED);
   _mesh_pagetable_set(r->page, r->npages, r->page, a);
   r->next = retired_head;
   retired_head = a;
   mesh_stat_add(retired_pages, r->npages);
-  _mesh_warning("cannot restore the mapping of a freed meshed span (errno %d; the kernel's mapping limit?): "
+  _mesh_warning("cannot give a freed meshed span its own pages back (errno %d; the kernel's mapping limit?): "
                 "its pages are set aside and retried later", errno);
 }
 
@@ -657,8 +711,8 @@ void _mesh_arena_retry_retired(void) {
   while (*link) {
     uint32_t a = *link;
     span_t *r = mesh_span(a);
-    int d = _mesh_arena_map_delta(r->page, r->npages, r->page);
-    if (_mesh_arena_map(r->page, r->npages, r->page) != 0) return; /* still at the limit: later */
+    int d = _mesh_arena_map_delta(r->page, r->npages, MESH_PHYS_ANON);
+    if (_mesh_arena_map(r->page, r->npages, MESH_PHYS_ANON) != 0) return; /* still at the limit: later */
     *link = r->next;
     mesh_stat_add(arena_mappings, d);
     mesh_stat_sub(retired_pages, r->npages);
@@ -669,9 +723,8 @@ void _mesh_arena_retry_retired(void) {
 }
 
 /* Undoes every alias of span id before its pages are freed: each aliased
- * virtual span is mapped back onto its own (punched, so zero) memfd pages
- * and becomes a clean free run, or is retired if the kernel refuses the
- * mapping. Lock held. */
+ * virtual span gets fresh anonymous pages and becomes a clean free run, or
+ * is retired if the kernel refuses the mapping. Lock held. */
 static void unalias_all(uint32_t id) {
   span_t *s = mesh_span(id);
   uint32_t a = s->alias_next;
@@ -680,8 +733,8 @@ static void unalias_all(uint32_t id) {
   while (a) {
     span_t *r = mesh_span(a);
     uint32_t next = r->alias_next;
-    int d = _mesh_arena_map_delta(r->page, r->npages, r->page);
-    bool restored = _mesh_arena_map(r->page, r->npages, r->page) == 0;
+    int d = _mesh_arena_map_delta(r->page, r->npages, MESH_PHYS_ANON);
+    bool restored = _mesh_arena_map(r->page, r->npages, MESH_PHYS_ANON) == 0;
     mesh_stat_sub(meshed_pages, r->npages);
     mesh_stat_sub(mesh_aliases, 1);
     r->alias_next = MESH_NIL;
@@ -695,6 +748,30 @@ static void unalias_all(uint32_t id) {
     }
     a = next;
   }
+}
+
+/* A freed destination (aliases already undone): its memfd pages are
+ * returned (first, while they are still mapped here: an orphaned arena
+ * returns them through the mapping) and its range gets fresh anonymous
+ * pages, a clean free run; or it is retired, still mapping those returned,
+ * so zero, pages. Lock held. */
+static void drop_file(uint32_t id) {
+  span_t *s = mesh_span(id);
+  uint32_t n = s->npages;
+  size_t len = (size_t)n << MESH_PAGE_SHIFT;
+  mesh_stat_sub(promoted_pages, n);
+  mesh_stat_add(punch_calls, 1);
+  if (punch((size_t)s->page << MESH_PAGE_SHIFT, len, true) != 0)
+    _mesh_warning("returning %zu bytes of the memfd failed (errno %d)", len, errno);
+  int d = _mesh_arena_map_delta(s->page, n, MESH_PHYS_ANON);
+  if (_mesh_arena_map(s->page, n, MESH_PHYS_ANON) != 0) {
+    retire(id, s->page);
+    return;
+  }
+  s->flags &= (uint8_t)~SPAN_FILE;
+  mesh_stat_add(arena_mappings, d);
+  _mesh_pagetable_set(s->page, n, 0, MESH_NIL);
+  run_insert(id, false);
 }
 
 bool _mesh_arena_has_dirty(uint32_t npages) { return run_find(true, npages, 1) != MESH_NIL; }

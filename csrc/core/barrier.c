@@ -125,6 +125,10 @@ static void segv_handler(unsigned link, int sig, siginfo_t *info, void *ctx) {
   if (info->si_code > 0 && _mesh_arena.base && addr - _mesh_arena.base < _mesh_arena.size) {
     uint32_t gen = mesh_load_seq_cst(&_mesh_mesh_gen);
     if (gen & 1) {
+      if (_mesh_fork_child_fault()) { /* a fork child before its handler: its heap is mapped now */
+        errno = saved;
+        return;
+      }
       mesh_stat_add(mesh_barrier_waits, 1);
       _mesh_barrier_wait(gen);
       errno = saved;

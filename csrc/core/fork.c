@@ -1,169 +1,160 @@
-/* fork.c - giving a fork child its own heap.
+/* fork.c - a fork child gets the heap exactly as it was at the clone.
  *
- * Object memory is a MAP_SHARED memfd: after a plain fork parent and child
- * would write into the same pages. So the child, in its atfork handler and
- * before any other code of its own runs, copies every live span into a new
- * memfd (one pwrite per run of adjacent live spans, not per page) and maps
- * it over the whole arena in one mmap(MAP_FIXED). Free runs are not copied:
- * in the child they read as zero and are filed as clean.
+ * Most of the arena is private anonymous memory (arena.c), and so is every
+ * piece of metadata (span records, page table, thread heaps): the kernel's
+ * copy-on-write gives the child an exact snapshot of those at no cost, and
+ * parent and child share each page until one of them writes it. Only the
+ * meshing destinations live in the shared memfd, with every alias mapped
+ * onto them; in a plain fork those would stay the same pages in both
+ * processes. So the parent prepares the child's copy of them before the
+ * clone:
  *
- * Metadata (span records, page table, thread heaps) is private anonymous
- * memory, so the kernel's copy-on-write already gives the child an exact
- * snapshot of it. Locks: prepare takes the orphan lock then the global lock
- * (the documented order); the child re-initialises both, the parent
- * releases them only after the child has finished copying (it waits on a
- * pipe, which also ends if the child dies), so no span can be reused or
- * punched under the child's copy. Threads of the parent other than the
- * forking one keep running and may write their own objects during the
- * copy; the child may then see those writes (docs/design.md).
+ *   prepare (the parent, last of the prepare handlers; the locks taken):
+ *     1. open a meshing barrier and write-protect every virtual range backed
+ *        by the memfd (destinations, aliases, retired ranges): a thread that
+ *        writes one now waits in the barrier until the fork is over;
+ *     2. mark those ranges MADV_DONTFORK: the child gets no mapping there;
+ *     3. copy the destinations' pages into a new memfd, the child's, at the
+ *        same offsets (holes skipped), and take a snapshot of the counters.
+ *   clone.
+ *   parent: drop DONTFORK and the protection, end the barrier, close the
+ *     child's memfd, unlock. Nothing the parent writes from now on can reach
+ *     the child: the child has no mapping of the parent's memfd.
+ *   child: map the new memfd over the ranges (destinations at their own
+ *     pages, aliases onto their destination's): the child keeps its savings
+ *     and can go on meshing. glibc runs code in the child before any atfork
+ *     handler (it resets the locks of every stdio FILE, which may sit in a
+ *     meshed span); such an access finds no mapping and faults, and the
+ *     barrier's handler then maps the child's heap first
+ *     (_mesh_fork_child_fault), so no access of the child ever reads the
+ *     parent's memory after the clone.
  *
- * In the anonymous fallback arena the kernel's copy-on-write is correct and
- * nothing is copied. vfork and posix_spawn run no atfork handler and share
- * memory until exec, which needs nothing.
+ * So fork costs O(meshed pages + mappings), not O(heap), and is an exact
+ * snapshot at the clone even with other threads writing: writes before
+ * prepare's protection are in the copy, later ones wait for the fork. The
+ * one exception is a wrapped system call (barrier.c) already writing into a
+ * meshed range when prepare starts: that range is not write-protected (the
+ * call would fail with EFAULT), and the kernel's write may or may not reach
+ * the child, as with any write racing a fork.
+ *
+ * Without a memfd for the child (descriptor table full, seccomp), the copy
+ * goes into private anonymous memory instead, one copy per virtual range
+ * (aliases cannot share it), which the child moves into place with mremap;
+ * that child runs without meshing. vfork and posix_spawn run no atfork
+ * handler and share memory until exec, which needs nothing. A fork made
+ * without atfork handlers (a raw clone system call) shares the memfd's
+ * pages, and only those, with its parent.
+ *
+ * Locks: prepare takes the orphan lock then the global lock (the
+ * documented order); the child re-initialises both, the parent releases
+ * them after the clone. The parent never waits for the child.
  */
 #include "internal.h"
 
 #include <errno.h>
-#include <linux/futex.h>
-#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-static int fork_pipe[2] = {-1, -1};
-static bool fork_active; /* the prepare handler ran with an initialised heap */
+static bool fork_active;             /* the prepare handler ran with an initialised heap */
+static _Atomic int32_t fork_parent;  /* the forking process's pid from prepare on; 0 when no copy waits */
+static int child_fd = -1;            /* the child's memfd, made in prepare */
+static char *child_copy;             /* or the anonymous copy, with aliases */
+static size_t child_copy_len;
+static bool child_taken;             /* the child mapped its heap (the copy's one use) */
+static bool copy_failed;             /* neither copy could be made: the child cannot run on */
+static bool child_received_memfd;    /* the child maps the memfd prepared for it */
 
-/* ---- the parent's wait without a descriptor ----------------------------
- *
- * The parent waits for the child's byte on a pipe, whose end of file also
- * tells it the child died. When no pipe can be made (every descriptor
- * taken, RLIMIT_NOFILE), it waits on a page of shared anonymous memory
- * instead, which needs no descriptor: the child writes its pid there first
- * and sets `done` (a futex) once it has its own heap. The parent wakes
- * every 10 ms to ask whether that pid has exited (waitid with WNOWAIT,
- * which leaves the status for the program to collect). A child that died
- * before writing its pid is waited for HANDSHAKE_MAX_NS, then the parent
- * goes on: nothing is left to protect. Without this wait the parent's
- * writes after fork returned reached the child's copy. The page is made in
- * prepare, before the clone; the child replaces its inherited one with a
- * page of its own once done, for its own forks. */
-typedef struct {
-  _Atomic uint32_t done;
-  _Atomic int32_t pid;
-} handshake_t;
-static handshake_t *handshake;  /* mapped on the first fork that needs it */
-static bool handshake_armed;    /* this fork waits on it */
-static int saved_errno;
-#define HANDSHAKE_MAX_NS 5000000000ull
+/* ---- the memfd's virtual ranges ----------------------------------------- */
 
-static handshake_t *handshake_page(void) {
-  void *p = mmap(NULL, MESH_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? NULL : (handshake_t *)p;
-}
+enum range_kind { RANGE_DEST, RANGE_ALIAS, RANGE_RETIRED };
 
-static bool child_exited(pid_t pid) {
-  siginfo_t info;
-  info.si_pid = 0;
-  if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOHANG | WNOWAIT) != 0) return errno == ECHILD;
-  return info.si_pid == pid;
-}
+typedef void (*range_fn)(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg);
 
-static void handshake_wait(void) {
-  /* (FUTEX_WAIT, not the private kind: the word is shared with the child) */
-  uint64_t start = _mesh_os_now_ns();
-  while (!mesh_load_acquire(&handshake->done)) {
-    struct timespec ts = {0, 10000000};
-    syscall(SYS_futex, (uint32_t *)&handshake->done, FUTEX_WAIT, 0, &ts, NULL, 0);
-    if (mesh_load_acquire(&handshake->done)) break;
-    pid_t pid = mesh_load_acquire(&handshake->pid);
-    if (pid > 0 ? child_exited(pid) : _mesh_os_now_ns() - start > HANDSHAKE_MAX_NS) break;
-  }
-}
-
-static void handshake_signal(void) {
-  mesh_store_release(&handshake->done, 1);
-  syscall(SYS_futex, (uint32_t *)&handshake->done, FUTEX_WAKE, 1, NULL, NULL, 0);
-  /* a page of its own: the inherited one is the parent's */
-  void *p = mmap(handshake, MESH_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-  if (p == MAP_FAILED) {
-    munmap(handshake, MESH_PAGE_SIZE);
-    handshake = NULL;
-  }
-}
-
-static void prepare(void) {
-  fork_active = mesh_load_acquire(&_mesh_init_state) == 2;
-  if (!fork_active) return;
-  _mesh_mesher_before_fork(); /* before the locks: it may be in a pass */
-  fork_pipe[0] = fork_pipe[1] = -1;
-  handshake_armed = false;
-  /* the parent waits until the child has its own heap and counters: both
-   * are shared memory until then */
-  if ((_mesh_arena.memfd_mapped || _mesh_stats_page_shared()) && _mesh_os_pipe(fork_pipe) != 0) {
-    int why = errno;
-    if (!handshake) handshake = handshake_page();
-    if (handshake) {
-      mesh_store_relaxed(&handshake->done, 0);
-      mesh_store_relaxed(&handshake->pid, 0);
-      handshake_armed = true;
-    } else {
-      _mesh_warning("fork: neither a pipe (errno %d) nor a shared page for the handshake; the parent will "
-                    "not wait for the child's heap copy", why);
-    }
-  }
-  pthread_mutex_lock(&_mesh_orphan_lock);
-  _mesh_lock();
-  _mesh_direct_before_fork();
-  /* last, right before the clone: a failed fork sets errno, which the
-   * parent handler reads (it is given no pid) */
-  saved_errno = errno;
-  errno = 0;
-}
-
-static void parent(void) {
-  if (!fork_active) return;
-  bool failed = errno != 0; /* no child: nobody to wait for */
-  if (fork_pipe[0] >= 0) {
-    _mesh_os_close(fork_pipe[1]);
-    char c;
-    _mesh_os_read(fork_pipe[0], &c, 1); /* returns at the child's byte or its exit */
-    _mesh_os_close(fork_pipe[0]);
-  } else if (handshake_armed && !failed) {
-    handshake_wait();
-  }
-  if (!failed) errno = saved_errno;
-  _mesh_direct_after_fork(false);
-  _mesh_unlock();
-  pthread_mutex_unlock(&_mesh_orphan_lock);
-  _mesh_mesher_after_fork(false);
-}
-
-/* After the whole arena was mapped onto the child's memfd: map every alias
- * back onto its destination's pages, so the child keeps the savings. */
-static bool remap_aliases(void) {
+/* Calls fn for every virtual span backed by the memfd, in address order.
+ * Lock held (or in the child, single-threaded). */
+static void each_range(range_fn fn, void *arg) {
   uint32_t top = _mesh_arena_top();
   for (uint32_t pg = 0; pg < top;) {
     uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
-    span_t *s = mesh_span((uint32_t)e);
+    uint32_t id = (uint32_t)e;
+    if (!id) { /* interior of a free run cannot be reached: runs are skipped whole */
+      pg++;
+      continue;
+    }
+    span_t *s = mesh_span(id);
     uint32_t n = s->npages ? s->npages : 1;
-    if ((uint32_t)e && s->page != pg && _mesh_arena_map(pg, n, s->page) != 0) return false;
+    uint8_t st = mesh_load_relaxed(&s->state);
+    if (st == SPAN_RETIRED)
+      fn(pg, n, (uint32_t)mesh_load_relaxed(&s->bits[0]), RANGE_RETIRED, arg);
+    else if ((uint32_t)(e >> 32) == pg && s->page != pg)
+      fn(pg, n, s->page, RANGE_ALIAS, arg);
+    else if (s->flags & SPAN_FILE && st != SPAN_FREE)
+      fn(pg, n, pg, RANGE_DEST, arg);
     pg += n;
   }
-  return true;
 }
+
+/* Adjacent ranges joined, for the calls that take any mapped range
+ * (mprotect, madvise): one call per run instead of one per span. */
+typedef struct {
+  uint32_t start, len;
+  int (*op)(void *addr, size_t len, void *arg);
+  void *arg;
+  int failures;
+} joined_t;
+
+static void join_flush(joined_t *j) {
+  if (j->len && j->op((void *)mesh_page_addr(j->start), (size_t)j->len << MESH_PAGE_SHIFT, j->arg) != 0)
+    j->failures++;
+  j->len = 0;
+}
+
+static void join_add(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)phys;
+  (void)kind;
+  joined_t *j = arg;
+  if (j->len && j->start + j->len == vpage) {
+    j->len += n;
+    return;
+  }
+  join_flush(j);
+  j->start = vpage;
+  j->len = n;
+}
+
+static int each_run(int (*op)(void *, size_t, void *), void *arg) {
+  joined_t j = {0, 0, op, arg, 0};
+  each_range(join_add, &j);
+  join_flush(&j);
+  return j.failures;
+}
+
+/* ---- prepare ------------------------------------------------------------- */
+
+static int protect_unless_in_call(void *addr, size_t len, void *arg) {
+  (void)arg;
+  uintptr_t lo = (uintptr_t)addr;
+  /* a wrapped call writing here would fail with EFAULT: left writable */
+  if (_mesh_syscall_overlaps(lo, lo + len)) return 0;
+  return _mesh_os_protect_read(addr, len);
+}
+
+static int unprotect(void *addr, size_t len, void *arg) {
+  (void)arg;
+  return _mesh_os_protect_rw(addr, len);
+}
+
+static int advise(void *addr, size_t len, void *arg) { return _mesh_os_advise_fork(addr, len, *(bool *)arg); }
 
 /* Copies the len bytes of the arena at virtual offset voff, which the
  * parent's memfd holds at file offset foff (they differ for an alias),
- * skipping holes of that file (pages never written, or punched): a large
- * block that was allocated but barely touched costs the child nothing. The
- * holes are found at the file offset: asked at an alias's own offset (its
- * own pages were punched when it was meshed) every meshed page read as a
- * hole, and the anonymous copy left the child's objects there zero. Goes to
- * fd at voff, or to dst + voff. */
+ * skipping holes of that file (pages never written, or punched): the holes
+ * are found at the file offset, where the data is. Goes to fd at voff, or
+ * to dst. Returns the bytes copied or -1. */
 static long long copy_data(int fd, char *dst, size_t voff, size_t foff, size_t len) {
-  size_t end = foff + len;
+  size_t end = foff + len, start = foff;
   long long copied = 0;
   while (foff < end) {
     long long data = _mesh_os_seek_data(_mesh_arena.fd, foff);
@@ -174,121 +165,243 @@ static long long copy_data(int fd, char *dst, size_t voff, size_t foff, size_t l
     if ((size_t)data >= end) break;
     long long hole = _mesh_os_seek_hole(_mesh_arena.fd, (size_t)data);
     size_t stop = hole < 0 || (size_t)hole > end ? end : (size_t)hole;
-    size_t at = voff + ((size_t)data - foff); /* the virtual offset of the data */
+    size_t at = voff + ((size_t)data - start); /* the virtual offset of the data */
     const void *src = (const void *)(_mesh_arena.base + at);
     if (fd >= 0) {
-      if (_mesh_os_pwrite_all(fd, src, stop - (size_t)data, at) != 0) return -1;
+      if (_mesh_os_pwrite_all(fd, src, stop - (size_t)data, (size_t)data) != 0) return -1;
     } else {
-      __builtin_memcpy(dst + at, src, stop - (size_t)data);
+      __builtin_memcpy(dst + ((size_t)data - start), src, stop - (size_t)data);
     }
     copied += (long long)(stop - (size_t)data);
-    voff += stop - foff;
     foff = stop;
   }
   return copied;
 }
 
-/* Copies live spans of the arena into fd at their own offsets, or, when fd
- * is -1, into the anonymous mapping dst, every alias included (the copy
- * cannot alias). One copy_data per run of spans adjacent both in the arena
- * and in the memfd. Returns the bytes copied or -1. */
-static long long copy_live(int fd, char *dst, bool with_aliases) {
-  uint32_t top = _mesh_arena_top();
-  long long copied = 0;
-  uint32_t run_start = 0, run_file = 0, run_len = 0;
-  for (uint32_t pg = 0; pg <= top;) {
-    bool live = false;
-    uint32_t n = 1, file = pg;
-    if (pg < top) {
-      uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
-      span_t *s = mesh_span((uint32_t)e);
-      n = s->npages ? s->npages : 1;
-      file = (uint32_t)e ? s->page : pg; /* an alias's pages are its destination's */
-      /* each physical span once, unless the copy cannot alias */
-      uint8_t st = mesh_load_relaxed(&s->state);
-      live = st != SPAN_FREE && st != SPAN_RETIRED && (with_aliases || s->page == pg);
-    }
-    if (live && run_len && run_start + run_len == pg && run_file + run_len == file) {
-      run_len += n;
-    } else {
-      if (run_len) {
-        long long c = copy_data(fd, dst, (size_t)run_start << MESH_PAGE_SHIFT, (size_t)run_file << MESH_PAGE_SHIFT,
-                                (size_t)run_len << MESH_PAGE_SHIFT);
-        if (c < 0) return -1;
-        copied += c;
-      }
-      run_start = pg;
-      run_file = file;
-      run_len = live ? n : 0;
-    }
-    pg += n;
+typedef struct {
+  long long copied;
+  size_t pos; /* anonymous copy: where the next range goes */
+} copy_state_t;
+
+static void copy_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  copy_state_t *c = arg;
+  if (c->copied < 0 || kind == RANGE_RETIRED) return; /* retired ranges hold nothing */
+  size_t voff = (size_t)vpage << MESH_PAGE_SHIFT, foff = (size_t)phys << MESH_PAGE_SHIFT,
+         len = (size_t)n << MESH_PAGE_SHIFT;
+  long long k;
+  if (child_fd >= 0) {
+    if (kind != RANGE_DEST) return; /* an alias shares its destination's copy */
+    k = copy_data(child_fd, NULL, voff, foff, len);
+  } else {
+    k = copy_data(-1, child_copy + c->pos, voff, foff, len);
+    c->pos += len;
   }
-  return copied;
+  c->copied = k < 0 ? -1 : c->copied + k;
+}
+
+static void count_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)vpage;
+  (void)phys;
+  if (kind != RANGE_RETIRED) *(size_t *)arg += (size_t)n << MESH_PAGE_SHIFT;
+}
+
+/* The child's copy: a memfd, or else private anonymous memory. Returns the
+ * bytes copied, or -1 when neither could be made. */
+static long long prepare_copy(void) {
+  child_fd = _mesh_arena_fd() >= 0 ? _mesh_os_memfd() : -1;
+  if (child_fd >= 0 && _mesh_os_ftruncate(child_fd, _mesh_arena.size) != 0) {
+    _mesh_os_close(child_fd);
+    child_fd = -1;
+  }
+  if (child_fd < 0) {
+    child_copy_len = 0;
+    each_range(count_range, &child_copy_len);
+    child_copy = child_copy_len ? _mesh_os_alloc(child_copy_len) : NULL;
+    if (child_copy_len && !child_copy) return -1;
+  }
+  copy_state_t c = {0, 0};
+  each_range(copy_range, &c);
+  return c.copied;
+}
+
+static void drop_copy(void) {
+  if (child_fd >= 0) _mesh_os_close(child_fd);
+  if (child_copy) _mesh_os_free(child_copy, child_copy_len);
+  child_fd = -1;
+  child_copy = NULL;
+  child_copy_len = 0;
+}
+
+static void prepare_child_heap(void);
+
+static void prepare(void) {
+  fork_active = mesh_load_acquire(&_mesh_init_state) == 2;
+  if (!fork_active) return;
+  _mesh_mesher_before_fork(); /* before the locks: it may be in a pass */
+  pthread_mutex_lock(&_mesh_orphan_lock);
+  _mesh_lock();
+  _mesh_direct_before_fork();
+  child_taken = false;
+  copy_failed = false;
+  child_received_memfd = false;
+  if (_mesh_arena.memfd_mapped && (mesh_stat_get(promoted_pages) || mesh_stat_get(retired_pages))) prepare_child_heap();
+  _mesh_stats_page_before_fork(); /* last: the counters as the child will start */
+}
+
+/* Steps 1-3 above. Locks held. */
+static void prepare_child_heap(void) {
+  int saved = errno;
+  uint64_t t0 = _mesh_os_now_ns();
+  /* our fault handler first, for the child's faults (a handler installed
+   * on top of it since the last pass is chained, not lost) */
+  _mesh_barrier_ensure();
+  _mesh_barrier_begin();
+  each_run(protect_unless_in_call, NULL);
+  /* refused (mapping limit): the child maps over what it inherits */
+  bool dontfork = true;
+  each_run(advise, &dontfork);
+  long long copied = prepare_copy();
+  if (copied < 0) {
+    /* The child would share the memfd's pages with the parent. It cannot
+     * run on with wrong data, so it stops with a clear message
+     * (_mesh_fatal) rather than later in silence. */
+    drop_copy();
+    copy_failed = true;
+  }
+  mesh_store_release(&fork_parent, (int32_t)syscall(SYS_getpid));
+  uint64_t ns = _mesh_os_now_ns() - t0;
+  mesh_stat_add(fork_count, 1);
+  mesh_stat_set(fork_copy_bytes_last, copied < 0 ? 0 : (uint64_t)copied);
+  mesh_stat_set(fork_copy_ns_last, ns);
+  if (ns > mesh_stat_get(fork_copy_ns_max)) mesh_stat_set(fork_copy_ns_max, ns);
+  errno = saved;
+}
+
+static void parent(void) {
+  if (!fork_active) return;
+  int saved = errno; /* a failed fork's errno is the program's to read */
+  if (mesh_load_relaxed(&fork_parent)) {
+    mesh_store_release(&fork_parent, 0);
+    bool dofork = false;
+    each_run(advise, &dofork);
+    if (each_run(unprotect, NULL) != 0)
+      _mesh_fatal("fork: cannot make meshed pages writable again (errno %d)", errno);
+    _mesh_barrier_end();
+    drop_copy();
+  }
+  _mesh_direct_after_fork(false);
+  _mesh_unlock();
+  pthread_mutex_unlock(&_mesh_orphan_lock);
+  _mesh_mesher_after_fork(false);
+  errno = saved;
+}
+
+/* ---- the child ------------------------------------------------------------ */
+
+static void map_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  size_t *pos = arg;
+  void *addr = (void *)mesh_page_addr(vpage);
+  size_t len = (size_t)n << MESH_PAGE_SHIFT;
+  int rc;
+  if (kind == RANGE_RETIRED) /* nothing to keep: fresh pages, filed as free by the retry */
+    rc = _mesh_os_map_anon_fixed(addr, len);
+  else if (child_fd >= 0)
+    rc = _mesh_os_map_fixed(addr, len, child_fd, (size_t)phys << MESH_PAGE_SHIFT);
+  else {
+    rc = _mesh_os_move_over(child_copy + *pos, len, addr) ? 0 : -1;
+    *pos += len;
+  }
+  if (rc != 0) _mesh_fatal("fork child: cannot map its copy of the meshed heap (errno %d)", errno);
+}
+
+/* Maps the copy prepared by the parent over the memfd's ranges. Runs once,
+ * from the atfork handler or from the first fault on one of those ranges
+ * (before the handler), with every signal blocked: a handler touching the
+ * heap would fault in here again. Touches no counter: the child's counter
+ * page is made after this. */
+static void take_heap(void) {
+  if (child_taken) return;
+  sigset_t all, old;
+  sigfillset(&all);
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(uint64_t));
+  if (!child_taken && mesh_load_acquire(&fork_parent)) {
+    if (copy_failed) _mesh_fatal("fork child: the parent could not copy the meshed heap for it (errno %d)", errno);
+    size_t pos = 0;
+    each_range(map_range, &pos);
+    if (child_fd >= 0) {
+      uint64_t id[2];
+      /* the parent's descriptor, inherited, is closed only if the number
+       * is still the parent's memfd (never a file of the program's) */
+      int old = _mesh_arena.fd;
+      if (old >= 0 && _mesh_os_fd_identity(old, id) == 0 && id[0] == _mesh_arena.fd_id[0] &&
+          id[1] == _mesh_arena.fd_id[1])
+        _mesh_os_close(old);
+      _mesh_arena.fd = child_fd;
+      if (_mesh_os_fd_identity(child_fd, _mesh_arena.fd_id) != 0) _mesh_arena.fd_id[0] = _mesh_arena.fd_id[1] = 0;
+      child_fd = -1;
+      child_received_memfd = true;
+    } else if (child_copy) {
+      /* moved into place piece by piece; what is left of the mapping goes */
+      _mesh_os_free(child_copy, child_copy_len);
+      child_copy = NULL;
+    }
+  }
+  child_taken = true;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof(uint64_t));
+}
+
+bool _mesh_fork_child_fault(void) {
+  int32_t p = mesh_load_acquire(&fork_parent);
+  if (!p || child_taken || (int32_t)syscall(SYS_getpid) == p) return false;
+  take_heap();
+  return true;
+}
+
+/* The child's own memfd where the parent had one. Received from prepare;
+ * or made here when the parent prepared no copy (nothing was meshed),
+ * since parent and child would otherwise promote spans into one file at the
+ * same offsets. A child that got the anonymous copy runs without meshing:
+ * its destinations are private pages now, which no alias can share. */
+static void child_own_memfd(bool prepared, bool received) {
+  if (!_mesh_arena.memfd_mapped || received) return;
+  int old = _mesh_arena_fd(); /* -1 if the program closed or reused it: then it is left alone */
+  int fd = !prepared && _mesh_arena.meshable ? _mesh_os_memfd() : -1;
+  uint64_t id[2];
+  if (fd >= 0 && (_mesh_os_fd_identity(fd, id) != 0 || _mesh_os_ftruncate(fd, _mesh_arena.size) != 0)) {
+    _mesh_os_close(fd);
+    fd = -1;
+  }
+  if (old >= 0) _mesh_os_close(old);
+  _mesh_arena.fd = fd;
+  if (fd >= 0) {
+    _mesh_arena.fd_id[0] = id[0];
+    _mesh_arena.fd_id[1] = id[1];
+    return;
+  }
+  _mesh_arena.meshable = false;
+  _mesh_arena.memfd_mapped = false; /* what the memfd held is private memory now */
+  if (old >= 0) _mesh_warning("fork child: no memfd of its own; this process runs without meshing");
 }
 
 static void child(void) {
   if (!fork_active) return;
-  errno = saved_errno;
-  if (handshake_armed) mesh_store_release(&handshake->pid, (int32_t)syscall(SYS_getpid));
-  _mesh_stats_page_after_fork_child(); /* first: every counter bumped from here is the child's */
+  int saved = errno;
+  take_heap();
+  bool prepared = mesh_load_relaxed(&fork_parent) != 0;
+  mesh_store_relaxed(&fork_parent, 0);
+  _mesh_stats_page_after_fork_child(); /* every counter bumped from here is the child's */
   _mesh_os_after_fork_child();
   _mesh_direct_after_fork(true);
   _mesh_global_after_fork_child();
   _mesh_barrier_after_fork_child();
-  if (_mesh_arena.memfd_mapped) {
-    uint64_t t0 = _mesh_os_now_ns();
-    /* a descriptor the program closed or reused is neither read nor closed
-     * here; the copy then goes to anonymous memory, as without a memfd */
-    bool own = _mesh_arena_fd() >= 0;
-    int fd = own ? _mesh_os_memfd() : -1;
-    long long copied = -1;
-    uint64_t id[2];
-    if (fd >= 0 && _mesh_os_fd_identity(fd, id) == 0 && _mesh_os_ftruncate(fd, _mesh_arena.size) == 0) {
-      copied = copy_live(fd, NULL, false);
-      if (copied >= 0 && _mesh_os_map_fixed((void *)_mesh_arena.base, _mesh_arena.size, fd, 0) != 0) copied = -1;
-    }
-    if (copied >= 0) {
-      _mesh_os_close(_mesh_arena.fd);
-      _mesh_arena.fd = fd;
-      _mesh_arena.fd_id[0] = id[0];
-      _mesh_arena.fd_id[1] = id[1];
-      if (!remap_aliases()) _mesh_fatal("fork child: cannot re-create meshed mappings (errno %d)", errno);
-      _mesh_arena_retry_retired(); /* their own pages are mapped again already: file them as free */
-    } else {
-      /* No second memfd (fd limit, seccomp): give the child a private
-       * anonymous copy instead; it keeps working without meshing. */
-      if (fd >= 0) _mesh_os_close(fd);
-      char *tmp = _mesh_os_reserve(_mesh_arena.size, -1);
-      if (!tmp) _mesh_fatal("fork child: cannot copy the heap (no memfd, no memory, errno %d)", errno);
-      copied = copy_live(-1, tmp, true);
-      if (!_mesh_os_move_over(tmp, _mesh_arena.size, (void *)_mesh_arena.base))
-        _mesh_fatal("fork child: cannot move the heap copy into place (errno %d)", errno);
-      if (own) _mesh_os_close(_mesh_arena.fd);
-      _mesh_arena.fd = -1;
-      _mesh_arena.meshable = false;
-      _mesh_arena.memfd_mapped = false;
-      _mesh_arena_retry_retired();
-      if (own) _mesh_warning("fork child: no memfd for the heap copy; this process runs without meshing");
-    }
-    _mesh_arena_forget_dirty();
-    uint64_t ns = _mesh_os_now_ns() - t0;
-    mesh_stat_add(fork_count, 1);
-    mesh_stat_set(fork_copy_bytes_last, copied);
-    mesh_stat_set(fork_copy_ns_last, ns);
-    if (ns > mesh_stat_get(fork_copy_ns_max)) mesh_stat_set(fork_copy_ns_max, ns);
-  }
-  if (fork_pipe[1] >= 0) {
-    _mesh_os_close(fork_pipe[0]);
-    _mesh_os_write_all(fork_pipe[1], "", 1);
-    _mesh_os_close(fork_pipe[1]);
-  } else if (handshake_armed) {
-    handshake_signal();
-  }
+  child_own_memfd(prepared, child_received_memfd);
+  if (prepared) _mesh_arena_retry_retired(); /* their ranges got fresh pages: file them as free */
   _mesh_heaps_after_fork_child();
   _mesh_mesher_after_fork(true);
+  errno = saved;
 }
 
 void _mesh_fork_register(void) {
   if (pthread_atfork(prepare, parent, child) != 0)
-    _mesh_warning("pthread_atfork failed: fork children would share the parent's heap pages");
+    _mesh_warning("pthread_atfork failed: fork children would share the parent's meshed pages");
 }

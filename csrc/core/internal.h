@@ -43,7 +43,6 @@ int _mesh_os_memfd_named(const char *name); /* the same, another name */
 int _mesh_os_fd_identity(int fd, uint64_t id[2]); /* (device, inode) */
 uint64_t _mesh_os_fd_blocks(int fd);               /* 512-byte blocks the file holds, 0 on error */
 int _mesh_os_map_anon_fixed(void *addr, size_t len);
-int _mesh_os_alias_mapping(void *from, void *to, size_t len); /* second mapping of a shared range */
 int _mesh_os_remove(void *addr, size_t len);              /* frees the pages behind a mapping */
 void _mesh_os_block_async_signals(sigset_t *old); /* all but SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS */
 void _mesh_os_restore_signals(const sigset_t *old);
@@ -75,6 +74,8 @@ size_t _mesh_os_as_limit(void);                /* RLIMIT_AS, SIZE_MAX if none */
 void _mesh_os_abort(void) __attribute__((noreturn));
 void *_mesh_os_move_over(void *src, size_t len, void *dst); /* mremap(MREMAP_FIXED) */
 int _mesh_os_protect_read(void *addr, size_t len);
+int _mesh_os_protect_rw(void *addr, size_t len);   /* raw mprotect, read-write */
+int _mesh_os_advise_fork(void *addr, size_t len, bool dontfork); /* MADV_DONTFORK / MADV_DOFORK */
 long _mesh_os_max_map_count(void);
 long _mesh_os_count_maps(void);
 void _mesh_os_after_fork_child(void); /* descriptors the child must not share */
@@ -160,7 +161,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(meshed_pages_hwm, "peak of meshed_pages") \
   X(meshed_pages_total, "pages freed by meshing, summed over the process lifetime") \
   X(mesh_aliases, "virtual spans currently meshed onto another span's physical pages") \
-  X(arena_mappings, "kernel mappings (VMAs) the arena uses now: 1 plus one per break in memfd offsets") \
+  X(arena_mappings, "kernel mappings (VMAs) the arena uses now: 1 plus one per break (a change between anonymous memory and the memfd, or a jump in memfd offsets)") \
   X(arena_mappings_hwm, "peak of arena_mappings") \
   X(mesh_passes, "meshing passes run (each one bounded pause)") \
   X(mesh_pause_ns_total, "time spent in meshing passes, ns") \
@@ -213,15 +214,16 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(thread_heaps_created, "thread heaps created") \
   X(thread_heaps_live, "thread heaps attached to running threads") \
   X(thread_heap_bytes, "bytes of thread heaps in use: a header per heap and a shuffle vector per size class it has used") \
-  X(fork_count, "forks whose child copied the heap") \
-  X(fork_copy_bytes_last, "bytes the last fork child copied into its own memfd") \
-  X(fork_copy_ns_last, "time the last fork child spent copying the heap, ns") \
+  X(fork_count, "forks that prepared a copy of the memfd's pages for the child") \
+  X(fork_copy_bytes_last, "bytes the last fork copied for its child (the meshing destinations' pages)") \
+  X(fork_copy_ns_last, "time the last fork spent preparing the child's copy, ns (other threads touching meshed pages wait that long)") \
   X(fork_copy_ns_max, "longest fork copy, ns") \
   X(double_free_count, "double frees detected") \
   X(invalid_free_count, "frees of pointers that are not a live block start") \
   X(orphan_allocs, "allocations served after the thread's heap was released (thread exit)") \
   X(spans_pinned, "spans pinned against meshing (mesh_pin: mprotect, pkey_mprotect, setvbuf under libmesh.so)") \
   X(syscalls_in_flight_skips, "meshes skipped because a wrapped system call was writing into the source span (libmesh.so)") \
+  X(promoted_pages, "pages of live spans held in the memfd (meshing destinations): the only arena pages a fork copies; the rest is private anonymous memory, shared copy-on-write with a fork child") \
   X(retired_pages, "virtual pages of freed meshed spans whose own mapping could not be restored (mapping limit): set aside, retried later") \
   X(warnings_repeated, "warnings not printed because one of the same kind already was") \
   X(bytes_in_use_published, "bytes_in_use as last published for readers in other processes (stats --pid): at most every 500 ms, by allocator slow paths and the meshing thread; 0 before the first") \
@@ -252,8 +254,8 @@ void _mesh_stats_log_pass(uint64_t number, uint64_t end_ns, uint64_t wall_ns, ui
 extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
 void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
 void _mesh_stats_publish(uint64_t now);      /* (lock) bytes_in_use_published, if due (now = 0: now) */
+void _mesh_stats_page_before_fork(void);      /* prepare handler: the values the child starts from */
 void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */
-bool _mesh_stats_page_shared(void);          /* the page is a memfd (fork: the parent waits for the child) */
 #define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))
 #define mesh_stat_sub(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], -(uint64_t)(v))
 #define mesh_stat_get(name) mesh_load_relaxed(&_mesh_counters[MESH_CTR_##name])
@@ -322,14 +324,20 @@ int _mesh_span_validate(uint32_t id); /* lock held */
 uint32_t _mesh_arena_top(void);
 bool _mesh_arena_has_dirty(uint32_t npages);
 void _mesh_arena_split(uint32_t id, uint32_t npages, uint32_t k, uint32_t *ids);
+/* The memfd page behind a virtual arena page, or MESH_PHYS_ANON for private
+ * anonymous memory (every page but meshing destinations and their aliases). */
+#define MESH_PHYS_ANON UINT32_MAX
 uint32_t _mesh_arena_phys_of(uint32_t page);
 int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys);
 int _mesh_arena_map(uint32_t vpage, uint32_t n, uint32_t phys);
 int _mesh_arena_punch(uint32_t page, uint32_t n);
+/* Moves a live span's pages into the memfd (at its own page) so that other
+ * virtual spans can be mapped onto them; a meshing barrier must be open.
+ * Returns false, with the span unchanged, if the kernel refuses. */
+bool _mesh_arena_promote(uint32_t id);
 /* The memfd's descriptor if it still names the arena's memfd; else -1 (the
  * arena is then orphaned: no meshing, the number never used again). */
 int _mesh_arena_fd(void);
-void _mesh_arena_forget_dirty(void); /* fork child: dirty runs were not copied */
 void _mesh_arena_retry_retired(void); /* lock held: restores retired ranges the kernel now lets us map */
 
 /* Bits set in x. Inline arithmetic: the x86-64 baseline has no popcnt, and
@@ -506,6 +514,10 @@ void _mesh_mesher_after_fork(bool child);
 
 /* ---- fork.c --------------------------------------------------------- */
 void _mesh_fork_register(void);
+/* The barrier's fault handler, in a fork child that faults on a meshed
+ * range before its atfork handler ran: maps the child's copy there and
+ * returns true (the access is retried); false anywhere else. */
+bool _mesh_fork_child_fault(void);
 
 /* ---- init.c --------------------------------------------------------- */
 extern _Atomic int _mesh_init_state; /* 0 none, 1 running, 2 done */

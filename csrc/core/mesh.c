@@ -3,9 +3,9 @@
  * Two detached spans of one size class *mesh* when their occupancy bitmaps
  * do not overlap: the live objects of the source are copied into the same
  * offsets of the destination, every virtual span of the source is remapped
- * onto the destination's physical pages, and the source's physical pages are
- * punched out of the memfd. No pointer changes: the source's addresses now
- * reach the same objects through an alias mapping.
+ * onto the destination's physical pages (held in the memfd), and the
+ * source's physical pages are freed. No pointer changes: the source's
+ * addresses now reach the same objects through an alias mapping.
  *
  * Finding pairs (best fit, not the paper's random split): a batch of
  * candidates of a class (detached PARTIAL spans under max_occupancy_pct,
@@ -19,6 +19,9 @@
  *
  * One mesh, under the global lock, with the source's bits only ever being
  * cleared (by racing frees) and the destination's never set by anyone else:
+ *   0. promote the destination, if it is not yet in the memfd (arena.c:
+ *      write-protected, copied into the memfd at its own page, that range
+ *      mapped over it);
  *   1. write-protect every virtual span of the source (barrier.c makes
  *      writers wait; readers are unaffected);
  *   2. snap = source bitmap; destination bitmap |= snap; copy snap's slots;
@@ -27,7 +30,9 @@
  *   4. exchange the source bitmap with 0; bits in snap but no longer in the
  *      source were freed during 2-3 and are cleared in the destination;
  *   5. map each source virtual span onto the destination's memfd pages (this
- *      also lifts the protection), end the barrier, punch the source pages.
+ *      also lifts the protection and drops the source's anonymous pages),
+ *      end the barrier; a source that was itself a destination has its
+ *      memfd pages punched.
  * A free racing with this either clears the source bit before step 4 (and
  * step 4 forwards it) or finds the bit gone, sees SPAN_ALIAS and retries on
  * the destination (alloc.c), so no free is lost or reported twice.
@@ -149,29 +154,45 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
   span_t *d = mesh_span(dst_id), *s = mesh_span(src_id);
   uint32_t n = s->npages, size = _mesh_classes[s->cls].size;
   unsigned nv = chain_len(s);
-  if (mesh_stat_get(arena_mappings) + 2ull * nv + 2 > budget()) {
+  /* +2 for the source's own pages, +2 for promoting the destination */
+  if (mesh_stat_get(arena_mappings) + 2ull * nv + 4 > budget()) {
     mesh_stat_add(mesh_budget_stops, 1);
     return false;
   }
   if (!_mesh_arena.meshable || _mesh_arena_fd() < 0) return false; /* meshing stopped in this pass, or orphaned */
   _mesh_barrier_begin();
-  /* a wrapped system call writing into the source: not now (after the
-   * barrier began, so that the call either is seen here or waits) */
+  /* a wrapped system call writing into the source, or into a destination
+   * about to be promoted: not now (after the barrier began, so that the call
+   * either is seen here or waits) */
   uint32_t vs = src_id;
-  for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
+  bool busy = false;
+  for (unsigned i = 0; i < nv && !busy; i++, vs = mesh_span(vs)->alias_next) {
     uintptr_t lo = mesh_page_addr(mesh_span(vs)->page);
-    if (_mesh_syscall_overlaps(lo, lo + ((uintptr_t)n << MESH_PAGE_SHIFT))) {
-      _mesh_barrier_end();
-      mesh_stat_add(syscalls_in_flight_skips, 1);
-      return false;
-    }
+    busy = _mesh_syscall_overlaps(lo, lo + ((uintptr_t)n << MESH_PAGE_SHIFT));
+  }
+  if (!busy && !(d->flags & SPAN_FILE)) {
+    uintptr_t lo = mesh_page_addr(d->page);
+    busy = _mesh_syscall_overlaps(lo, lo + ((uintptr_t)n << MESH_PAGE_SHIFT));
+  }
+  if (busy) {
+    _mesh_barrier_end();
+    mesh_stat_add(syscalls_in_flight_skips, 1);
+    return false;
+  }
+  /* 0. the destination's pages move into the memfd, where the source's
+   * virtual spans can map them */
+  if (!_mesh_arena_promote(dst_id)) {
+    _mesh_barrier_end();
+    return false;
   }
   /* 1. writers of the source wait from here on */
   vs = src_id;
   for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
     if (!protect(mesh_span(vs)->page, n)) {
-      /* undo what was protected; map_or_die also restores write access */
-      for (uint32_t u = src_id; u != vs; u = mesh_span(u)->alias_next) map_or_die(mesh_span(u)->page, n, s->page);
+      /* undo what was protected (the destination, promoted, stays so) */
+      for (uint32_t u = src_id; u != vs; u = mesh_span(u)->alias_next)
+        if (_mesh_os_protect_rw((void *)mesh_page_addr(mesh_span(u)->page), (size_t)n << MESH_PAGE_SHIFT) != 0)
+          _mesh_fatal("meshing: cannot make span pages writable again (errno %d)", errno);
       _mesh_barrier_end();
       return false;
     }
@@ -214,12 +235,18 @@ static bool mesh_pair(uint32_t dst_id, uint32_t src_id) {
     last = vs;
   }
   _mesh_barrier_end();
-  if (_mesh_arena_punch(s->page, n) != 0) {
-    /* the source's pages stay allocated in the memfd: meshing would only
-     * cost from now on (fallocate refused, e.g. by seccomp) */
-    _mesh_warning("meshing: cannot return a meshed span's pages (fallocate errno %d); meshing is off from now on",
-                  errno);
-    _mesh_arena.meshable = false;
+  /* The source's own pages: anonymous ones went with the mapping that
+   * replaced them; a former destination's stay in the memfd until punched. */
+  if (s->flags & SPAN_FILE) {
+    s->flags &= (uint8_t)~SPAN_FILE;
+    mesh_stat_sub(promoted_pages, n);
+    if (_mesh_arena_punch(s->page, n) != 0) {
+      /* its pages stay allocated in the memfd: meshing would only cost from
+       * now on (fallocate refused, e.g. by seccomp) */
+      _mesh_warning("meshing: cannot return a meshed span's pages (fallocate errno %d); meshing is off from now on",
+                    errno);
+      _mesh_arena.meshable = false;
+    }
   }
   /* the source's chain (itself first) joins the destination's */
   mesh_span(last)->alias_next = d->alias_next;
@@ -268,10 +295,13 @@ static uint32_t physical_candidate_at(uint32_t pg, unsigned cls, unsigned max_ch
  * partner are rarely among the 1024 a batch holds). MESH_NIL where none. */
 static void adjacent_partners(const span_t *l, unsigned cls, unsigned max_chain, uint32_t out[2]) {
   uint32_t want[2] = {MESH_NIL, MESH_NIL};
-  if (l->page > 0) want[0] = _mesh_arena_phys_of(l->page - 1) + 1;
+  if (l->page > 0) {
+    uint32_t p = _mesh_arena_phys_of(l->page - 1);
+    if (p != MESH_PHYS_ANON) want[0] = p + 1;
+  }
   if (l->page + l->npages < _mesh_arena.npages) {
     uint32_t p = _mesh_arena_phys_of(l->page + l->npages);
-    if (p >= l->npages) want[1] = p - l->npages;
+    if (p != MESH_PHYS_ANON && p >= l->npages) want[1] = p - l->npages;
   }
   for (int k = 0; k < 2; k++)
     out[k] = want[k] == l->page || (k == 1 && want[1] == want[0]) ? MESH_NIL
@@ -457,7 +487,8 @@ static int alias_cost(uint32_t src_id, uint32_t dst_id) {
   const span_t *src = mesh_span(src_id);
   if (chain_len(src) > PRICED_CHAIN_MAX) return 2 * (int)chain_len(src);
   uint32_t dst_page = mesh_span(dst_id)->page;
-  int cost = 0;
+  /* promoting the destination splits its anonymous neighbourhood */
+  int cost = mesh_span(dst_id)->flags & SPAN_FILE ? 0 : _mesh_arena_map_delta(dst_page, src->npages, dst_page);
   uint32_t v = src_id;
   for (unsigned i = 0; i < chain_len(src); i++, v = mesh_span(v)->alias_next)
     cost += _mesh_arena_map_delta(mesh_span(v)->page, src->npages, dst_page);

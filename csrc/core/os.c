@@ -82,13 +82,6 @@ int _mesh_os_map_anon_fixed(void *addr, size_t len) {
   return p == MAP_FAILED ? -1 : 0;
 }
 
-int _mesh_os_alias_mapping(void *from, void *to, size_t len) {
-  /* mremap of a shared mapping with old size 0 makes a second mapping of
-   * the same pages, and needs no descriptor */
-  void *p = mremap(from, 0, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
-  return p == MAP_FAILED ? -1 : 0;
-}
-
 int _mesh_os_remove(void *addr, size_t len) {
   if (madvise(addr, len, MADV_REMOVE) == 0) return 0;
   return madvise(addr, len, MADV_DONTNEED); /* a private (restored) range: dropping its pages frees them */
@@ -168,9 +161,12 @@ int _mesh_os_write_all(int fd, const void *buf, size_t len) {
 }
 
 int _mesh_os_pwrite_all(int fd, const void *buf, size_t len, size_t off) {
+  /* The raw system call: the buffer may be heap pages other threads wrote
+   * a moment ago, ordered only by the write protection meshing and fork
+   * put on them, which a race detector's pwrite interceptor cannot see. */
   const char *p = buf;
   while (len > 0) {
-    ssize_t r = pwrite(fd, p, len, (off_t)off);
+    ssize_t r = (ssize_t)syscall(SYS_pwrite64, fd, p, len, (off_t)off);
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) return -1;
     p += r;
@@ -257,6 +253,12 @@ void *_mesh_os_move_over(void *src, size_t len, void *dst) {
 
 /* raw: libmesh.so's mprotect pins spans (and takes the lock this caller holds) */
 int _mesh_os_protect_read(void *addr, size_t len) { return (int)syscall(SYS_mprotect, addr, len, PROT_READ); }
+int _mesh_os_advise_fork(void *addr, size_t len, bool dontfork) {
+  return madvise(addr, len, dontfork ? MADV_DONTFORK : MADV_DOFORK);
+}
+int _mesh_os_protect_rw(void *addr, size_t len) {
+  return (int)syscall(SYS_mprotect, addr, len, PROT_READ | PROT_WRITE);
+}
 
 long _mesh_os_max_map_count(void) {
   int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);

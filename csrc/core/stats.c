@@ -28,6 +28,7 @@ _Static_assert(sizeof _mesh_pass_log % 4096 == 0, "the pass log fills whole page
   X(small_objects_in_use, "live small objects") \
   X(bytes_in_use, "small_bytes_in_use + large_bytes_in_use + direct_bytes_in_use") \
   X(arena_reserved_bytes, "virtual bytes reserved for the arena") \
+  X(arena_base, "first address of the arena: its mappings in /proc/PID/maps are the lines within [arena_base, arena_base + arena_reserved_bytes)") \
   X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
   X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \
   X(meshing_available, "1 when the arena is memfd-backed and spans can be meshed") \
@@ -95,6 +96,7 @@ static void stats_fill(uint64_t v[STATS_TOTAL], bool derived) {
   d[MESH_DER_small_objects_in_use] = so;
   d[MESH_DER_bytes_in_use] = sb + v[MESH_CTR_large_bytes_in_use] + v[MESH_CTR_direct_bytes_in_use];
   d[MESH_DER_arena_reserved_bytes] = _mesh_arena.size;
+  d[MESH_DER_arena_base] = _mesh_arena.base;
   d[MESH_DER_arena_committed_bytes] =
       (v[MESH_CTR_span_pages] + v[MESH_CTR_dirty_pages]) * MESH_PAGE_SIZE;
   d[MESH_DER_meshing_available] = _mesh_arena.meshable;
@@ -194,7 +196,7 @@ static uint64_t stats_fd_id[2]; /* its (device, inode): the program may close th
 
 /* Maps a memfd holding the page's current values over the page; false if
  * not possible (the page then stays as it was). */
-static bool share_page(void) {
+static bool share_page(const uint64_t *values) {
   int fd = _mesh_os_memfd_named("meshalloc-stats");
   if (fd < 0) return false;
   char desc[4096];
@@ -211,7 +213,7 @@ static bool share_page(void) {
     n += len;
   }
   if (_mesh_os_ftruncate(fd, STATS_LOG_OFFSET + sizeof _mesh_pass_log) != 0 ||
-      _mesh_os_pwrite_all(fd, (const void *)_mesh_counters, sizeof _mesh_counters, 0) != 0 ||
+      _mesh_os_pwrite_all(fd, values, sizeof _mesh_counters, 0) != 0 ||
       _mesh_os_pwrite_all(fd, desc, sizeof desc, 4096) != 0 ||
       _mesh_os_pwrite_all(fd, (const void *)_mesh_pass_log, sizeof _mesh_pass_log, STATS_LOG_OFFSET) != 0 ||
       _mesh_os_map_fixed((void *)_mesh_pass_log, sizeof _mesh_pass_log, fd, STATS_LOG_OFFSET) != 0) {
@@ -230,7 +232,6 @@ static bool share_page(void) {
   return true;
 }
 
-bool _mesh_stats_page_shared(void) { return stats_fd >= 0; }
 
 /* Bytes in use need a walk of every span and vector under the lock, which
  * a reader in another process cannot do; so while the page is shared the
@@ -252,21 +253,28 @@ void _mesh_stats_publish(uint64_t now) {
 }
 
 void _mesh_stats_page_init(void) {
-  if (mesh_opt(MESH_OPT_STATS_PAGE)) share_page();
+  if (mesh_opt(MESH_OPT_STATS_PAGE)) share_page((const uint64_t *)_mesh_counters);
+}
+
+/* The counters as they were at the fork: the page is shared memory, and
+ * the parent goes on writing it while the child makes its own. Taken in
+ * the prepare handler, under the global lock. */
+static uint64_t fork_snapshot[MESH_STATS_SLOTS];
+
+void _mesh_stats_page_before_fork(void) {
+  if (stats_fd >= 0) __builtin_memcpy(fork_snapshot, (const void *)_mesh_counters, sizeof fork_snapshot);
 }
 
 /* fork child: the page is shared with the parent. A new memfd of its own,
- * or else private memory, with the values as they are. */
+ * or else private memory, with the values of the fork. */
 void _mesh_stats_page_after_fork_child(void) {
   if (stats_fd < 0) return;
   int parent_fd = stats_fd;
   uint64_t parent_id[2] = {stats_fd_id[0], stats_fd_id[1]}, now[2];
   stats_fd = -1;
-  uint64_t copy[MESH_STATS_SLOTS];
-  __builtin_memcpy(copy, (const void *)_mesh_counters, sizeof copy);
-  if (!share_page()) {
+  if (!share_page(fork_snapshot)) {
     _mesh_os_map_anon_fixed((void *)_mesh_counters, sizeof _mesh_counters);
-    __builtin_memcpy((void *)_mesh_counters, copy, sizeof copy);
+    __builtin_memcpy((void *)_mesh_counters, fork_snapshot, sizeof fork_snapshot);
     _mesh_os_map_anon_fixed((void *)_mesh_pass_log, sizeof _mesh_pass_log); /* the parent's passes: emptied */
   }
   /* the parent keeps its own; closed here only if the number is still it */

@@ -80,20 +80,23 @@ enum span_state {
   SPAN_LARGE,     /* one large object */
   SPAN_ALIAS,     /* a virtual span meshed onto another span's physical pages;
                      mesh_dst names that span, which owns the bitmap */
-  SPAN_RETIRED,   /* a freed alias whose own mapping could not be restored (the
-                     kernel's mapping limit): still mapped onto memfd page
-                     bits[0], never handed out, restored by a later retry */
+  SPAN_RETIRED,   /* a freed alias or destination whose anonymous mapping could
+                     not be restored (the kernel's mapping limit): still mapped
+                     onto memfd page bits[0], never handed out, restored by a
+                     later retry */
 };
 
 /* span flags */
 #define SPAN_PINNED 1u /* never meshed: the program changed its pages' protection, or the
                           kernel may write into them behind libc (a stdio buffer) */
+#define SPAN_FILE 2u   /* its physical pages are the memfd's, at its own page (it is, or
+                          was, a meshing destination); else private anonymous memory */
 
 /* One span record: 64 bytes, one cache line. Fields marked (lock) change only
  * under the global lock; (owner) only by the attached thread heap. */
 typedef struct span_s {
   _Atomic uint64_t bits[MESH_BITMAP_WORDS]; /* slot occupancy, see invariant above; FREE runs: bits[0] = 1 if dirty */
-  uint32_t page;        /* (lock) first arena page; also the memfd page of the physical span */
+  uint32_t page;        /* (lock) first arena page; also its memfd page when SPAN_FILE */
   uint32_t npages;      /* (lock) pages in the span */
   uint32_t next;        /* (lock) link in an occupancy bin or free-run bin */
   union {
@@ -103,7 +106,7 @@ typedef struct span_s {
   _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
   uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
   uint8_t naliases;     /* (lock) alias records in the chain (virtual spans backed by this one, minus 1) */
-  uint8_t flags;        /* (lock) SPAN_PINNED; also keeps the record at 64 bytes */
+  uint8_t flags;        /* (lock) SPAN_PINNED, SPAN_FILE; also keeps the record at 64 bytes */
   uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
   /* the free path's loads: the last 8 bytes (see "Store and load zones") */
   _Atomic uint32_t owner; /* thread heap id while attached, MESH_OWNER_NONE otherwise */
@@ -249,11 +252,11 @@ _Static_assert(MESH_IN_LOAD_SLOT(size_class_t, recip) && MESH_IN_LOAD_SLOT(size_
 typedef struct arena_s {
   /* line 0 */
   _Alignas(64) uint32_t npages; /* size / page */
-  int fd;            /* memfd, or -1 in the anonymous fallback */
+  int fd;            /* memfd for meshing destinations, or -1 (no meshing) */
   uintptr_t base;    /* first byte of the arena, 0 before init (load slot) */
   uint32_t max_spans;
-  bool meshable;     /* memfd-backed with its descriptor: aliases possible */
-  bool memfd_mapped; /* the arena maps a memfd (also once its descriptor was lost) */
+  bool meshable;     /* a memfd with its descriptor: aliases possible */
+  bool memfd_mapped; /* spans may map the memfd (also once its descriptor was lost) */
   uint8_t pad0[2];
   uint64_t fd_id[2]; /* the memfd's (device, inode), checked before the descriptor is used */
   uint8_t pad0b[16];

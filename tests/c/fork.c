@@ -1,9 +1,9 @@
 /* fork.c - fork gives the child its own copy of the heap (docs/design.md and
  * docs/meshing.md, "fork").
  *
- * The arena is a MAP_SHARED memfd, so without the core's fork handling a
- * parent and child would see each other's writes. One case per process,
- * named by argv[1]:
+ * Meshed spans live in a shared memfd, so without the core's fork handling
+ * a parent and child would see each other's writes there. One case per
+ * process, named by argv[1]:
  *   isolation  objects of 24 B ... 100 kB (plus a fragmented population of
  *              small objects that meshing may have merged) are written in
  *              the parent, then after fork each side overwrites them in turn:
@@ -21,6 +21,12 @@
  *   growth     the child's memory (memfd blocks and RSS) stays bounded by
  *              the parent's heap, across repeated forks, churn in the child,
  *              and a chain of forks.
+ *   nofd       no descriptor left: the child gets an anonymous copy of the
+ *              meshed pages, exact, and runs without meshing.
+ *   snapshot   two threads write cells in meshed and unmeshed objects in
+ *              order while the main thread forks: each child reads one
+ *              instant of the parent's heap, and none of the parent's
+ *              later writes.
  * Exit 0 on success. Every failure is printed on stderr with "FAIL".
  */
 #include <dirent.h>
@@ -368,6 +374,120 @@ static void case_threads(void) {
   check_heap("parent at the end");
 }
 
+/* ---- snapshot: exact at the clone while threads write ---------------------- */
+/* Two threads write, without any lock, a sequence number into an ordered
+ * list of cells (8-byte words of inherited objects, meshed ones and others
+ * interleaved), always from the first cell to the last. At any instant the
+ * list then reads s, ..., s, s-1, ..., s-1. A child whose heap is an exact
+ * snapshot at the clone reads the same shape; a child whose meshed pages
+ * were copied at another moment than the rest (before the clone, while the
+ * writers ran on) would read a later cell newer than an earlier one. The
+ * child also reads its cells twice, 20 ms apart: the parent's writers run
+ * on, and none of their writes may reach it. */
+enum { SNAP_WRITERS = 2, SNAP_CELLS = 3000, SNAP_FORKS = 30 };
+static _Atomic uint64_t *g_cells[SNAP_WRITERS][SNAP_CELLS];
+static atomic_int g_snap_stop;
+
+static void *snap_writer(void *arg) {
+  _Atomic uint64_t **cells = g_cells[(uintptr_t)arg];
+  atomic_fetch_add(&g_started, 1);
+  for (uint64_t seq = 1; !atomic_load_explicit(&g_snap_stop, memory_order_relaxed); seq++)
+    for (int i = 0; i < SNAP_CELLS; i++) atomic_store_explicit(cells[i], seq, memory_order_release);
+  return NULL;
+}
+
+static int snap_check(const char *what) {
+  int bad = 0;
+  for (int w = 0; w < SNAP_WRITERS; w++) {
+    uint64_t first = atomic_load(g_cells[w][0]), prev = first;
+    for (int i = 1; i < SNAP_CELLS; i++) {
+      uint64_t v = atomic_load(g_cells[w][i]);
+      if (v > prev || first - v > 1) {
+        if (bad++ < 3) FAIL("%s: writer %d cell %d reads %llu after %llu (first %llu)", what, w, i,
+                            (unsigned long long)v, (unsigned long long)prev, (unsigned long long)first);
+      }
+      prev = v;
+    }
+  }
+  return bad;
+}
+
+static uint64_t snap_sum(void) {
+  uint64_t h = 0;
+  for (int w = 0; w < SNAP_WRITERS; w++)
+    for (int i = 0; i < SNAP_CELLS; i++) h = h * 31 + atomic_load(g_cells[w][i]);
+  return h;
+}
+
+/* Registered before the heap's first use, so a child runs it before the
+ * core's own child handler: the child's first touch of a meshed range then
+ * comes before the core has mapped its copy there (as glibc's own reset of
+ * stdio locks does), and must still read the snapshot. */
+static atomic_int g_snap_armed;
+static void snap_early_child(void) {
+  if (!atomic_load(&g_snap_armed)) return;
+  g_who = "snapshot child";
+  snap_check("the child, before the core's atfork handler");
+}
+
+static void case_snapshot(void) {
+  if (pthread_atfork(NULL, NULL, snap_early_child)) DIE("pthread_atfork");
+  populate(17);
+  write_gen(1);
+  mesh_compact();
+  if (mesh_meshing_available() && stat_get("promoted_pages") == 0) DIE("nothing meshed: the case needs meshed spans");
+  /* cells, each a distinct word: word 0 of the fragmented survivors (most
+   * sit in meshed spans after the compaction), and every 7th one a word of
+   * the objects of 4 KiB and more, which are not meshed */
+  blk_t *big[N_OBJS];
+  int nbig = 0, nfrag = 0, nother = 0;
+  for (int i = 0; i < N_OBJS; i++)
+    if (g_objs[i].n >= 4096) big[nbig++] = &g_objs[i];
+  if (g_nfrag < SNAP_WRITERS * SNAP_CELLS) DIE("too few fragmented survivors for the cells");
+  for (int w = 0; w < SNAP_WRITERS; w++)
+    for (int i = 0; i < SNAP_CELLS; i++) {
+      unsigned char *at;
+      if (i % 7 == 3) {
+        at = big[nother % nbig]->p + 8 * (size_t)(nother / nbig);
+        nother++;
+      } else {
+        at = g_frag[nfrag++].p;
+      }
+      g_cells[w][i] = (_Atomic uint64_t *)(void *)at;
+      atomic_store(g_cells[w][i], 0);
+    }
+  pthread_t t[SNAP_WRITERS];
+  atomic_store(&g_started, 0);
+  for (uintptr_t w = 0; w < SNAP_WRITERS; w++) pthread_create(&t[w], NULL, snap_writer, (void *)w);
+  while (atomic_load(&g_started) < SNAP_WRITERS) usleep(100);
+  atomic_store(&g_snap_armed, 1);
+  for (int round = 0; round < SNAP_FORKS && !g_fail; round++) {
+    usleep(2000);
+    pid_t pid = fork_checked();
+    if (pid == 0) {
+      g_who = "snapshot child";
+      alarm(60);
+      snap_check("the child's heap is one instant of the parent's");
+      uint64_t h = snap_sum();
+      usleep(20000);
+      if (snap_sum() != h) FAIL("the parent's writes after fork reached the child");
+      check_heap("snapshot child");
+      child_exit();
+    }
+    reap(pid, "snapshot child");
+  }
+  atomic_store(&g_snap_armed, 0);
+  atomic_store(&g_snap_stop, 1);
+  for (int w = 0; w < SNAP_WRITERS; w++) pthread_join(t[w], NULL);
+  snap_check("parent after the forks");
+  uint64_t copied = stat_get("fork_copy_bytes_last"), promoted = stat_get("promoted_pages");
+  if (mesh_meshing_available() && (copied == 0 || copied > promoted * 4096))
+    FAIL("a fork copied %llu bytes with %llu pages in the memfd", (unsigned long long)copied,
+         (unsigned long long)promoted);
+  free_population();
+  check_heap("parent at the end");
+}
+
 /* ---- nested ---------------------------------------------------------------- */
 static void nested_level(int depth, uint64_t gen) {
   if (depth == 0) return;
@@ -557,7 +677,7 @@ static void case_growth(void) {
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
-  if (argc < 2) DIE("usage: fork isolation|threads|nested|spawn|growth|nofd");
+  if (argc < 2) DIE("usage: fork isolation|threads|nested|spawn|growth|nofd|snapshot");
   const char *c = argv[1];
   if (strcmp(c, "isolation") == 0) case_isolation();
   else if (strcmp(c, "threads") == 0) case_threads();
@@ -565,6 +685,7 @@ int main(int argc, char **argv) {
   else if (strcmp(c, "spawn") == 0) case_spawn();
   else if (strcmp(c, "growth") == 0) case_growth();
   else if (strcmp(c, "nofd") == 0) case_nofd();
+  else if (strcmp(c, "snapshot") == 0) case_snapshot();
   else DIE("unknown case %s", c);
   printf("fork %s: %s\n", c, g_fail ? "FAILED" : "ok");
   return g_fail ? 1 : 0;
