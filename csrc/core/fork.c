@@ -31,11 +31,13 @@
  *
  * So fork costs O(meshed pages + mappings), not O(heap), and is an exact
  * snapshot at the clone even with other threads writing: writes before
- * prepare's protection are in the copy, later ones wait for the fork. The
- * one exception is a wrapped system call (barrier.c) already writing into a
- * meshed range when prepare starts: that range is not write-protected (the
- * call would fail with EFAULT), and the kernel's write may or may not reach
- * the child, as with any write racing a fork.
+ * prepare's protection are in the copy, later ones wait for the fork. Not
+ * protected, because that would break the program: a range a wrapped
+ * system call (barrier.c) is already writing into (it would fail with
+ * EFAULT), and pinned spans (protections the program set, stdio buffers);
+ * a write racing the fork there may or may not reach the child, as with any
+ * write racing a fork. Without our fault handler installed nothing is
+ * protected or marked DONTFORK at all.
  *
  * Without a memfd for the child (descriptor table full, seccomp), the copy
  * goes into private anonymous memory instead, one copy per virtual range
@@ -65,12 +67,18 @@ static size_t child_copy_len;
 static bool child_taken;             /* the child mapped its heap (the copy's one use) */
 static bool copy_failed;             /* neither copy could be made: the child cannot run on */
 static bool child_received_memfd;    /* the child maps the memfd prepared for it */
+static bool guarded;                 /* prepare protected the ranges and marked them DONTFORK */
 
 /* ---- the memfd's virtual ranges ----------------------------------------- */
 
 enum range_kind { RANGE_DEST, RANGE_ALIAS, RANGE_RETIRED };
 
 typedef void (*range_fn)(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg);
+
+/* The record the page table names at pg (a destination for its aliases). */
+static bool pinned_at(uint32_t pg) {
+  return mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[pg]))->flags & SPAN_PINNED;
+}
 
 /* Calls fn for every virtual span backed by the memfd, in address order.
  * Lock held (or in the child, single-threaded). */
@@ -115,6 +123,12 @@ static void join_add(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind 
   (void)phys;
   (void)kind;
   joined_t *j = arg;
+  /* the program set these pages' protection itself (mesh_pin): it is
+   * neither tightened nor lifted here */
+  if (pinned_at(vpage)) {
+    join_flush(j);
+    return;
+  }
   if (j->len && j->start + j->len == vpage) {
     j->len += n;
     return;
@@ -252,14 +266,18 @@ static void prepare(void) {
 static void prepare_child_heap(void) {
   int saved = errno;
   uint64_t t0 = _mesh_os_now_ns();
-  /* our fault handler first, for the child's faults (a handler installed
-   * on top of it since the last pass is chained, not lost) */
-  _mesh_barrier_ensure();
+  /* Our fault handler first, for the child's faults (a handler installed
+   * on top of it since the last pass is chained, not lost). Without it
+   * nothing may be protected: the ranges are copied as they are, and the
+   * child inherits the parent's mapping until its handler maps the copy. */
+  guarded = _mesh_barrier_ensure();
   _mesh_barrier_begin();
-  each_run(protect_unless_in_call, NULL);
-  /* refused (mapping limit): the child maps over what it inherits */
-  bool dontfork = true;
-  each_run(advise, &dontfork);
+  if (guarded) {
+    each_run(protect_unless_in_call, NULL);
+    /* refused (mapping limit): the child maps over what it inherits */
+    bool dontfork = true;
+    each_run(advise, &dontfork);
+  }
   long long copied = prepare_copy();
   if (copied < 0) {
     /* The child would share the memfd's pages with the parent. It cannot
@@ -283,9 +301,11 @@ static void parent(void) {
   if (mesh_load_relaxed(&fork_parent)) {
     mesh_store_release(&fork_parent, 0);
     bool dofork = false;
-    each_run(advise, &dofork);
-    if (each_run(unprotect, NULL) != 0)
-      _mesh_fatal("fork: cannot make meshed pages writable again (errno %d)", errno);
+    if (guarded) {
+      each_run(advise, &dofork);
+      if (each_run(unprotect, NULL) != 0)
+        _mesh_fatal("fork: cannot make meshed pages writable again (errno %d)", errno);
+    }
     _mesh_barrier_end();
     drop_copy();
   }

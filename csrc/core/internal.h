@@ -60,7 +60,6 @@ int _mesh_os_ftruncate(int fd, size_t size);
 long long _mesh_os_seek_data(int fd, size_t off);
 long long _mesh_os_seek_hole(int fd, size_t off);
 int _mesh_os_close(int fd);
-int _mesh_os_pipe(int fds[2]);
 ssize_t _mesh_os_read(int fd, void *buf, size_t len);
 int _mesh_os_write_all(int fd, const void *buf, size_t len);
 int _mesh_os_pwrite_all(int fd, const void *buf, size_t len, size_t off);

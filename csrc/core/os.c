@@ -140,8 +140,6 @@ long long _mesh_os_seek_hole(int fd, size_t off) { return (long long)lseek(fd, (
 
 int _mesh_os_ftruncate(int fd, size_t size) { return ftruncate(fd, (off_t)size); }
 int _mesh_os_close(int fd) { return close(fd); }
-int _mesh_os_pipe(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
-
 ssize_t _mesh_os_read(int fd, void *buf, size_t len) {
   ssize_t r;
   do r = syscall(SYS_read, fd, buf, len); while (r < 0 && errno == EINTR); /* raw: libmesh.so wraps read */
