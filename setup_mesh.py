@@ -172,7 +172,7 @@ def core_sources():
 def core_headers():
     return _sorted_glob(os.path.join("csrc", "*.h")) + _sorted_glob(
         os.path.join("csrc", "core", "*.h")
-    )
+    ) + _sorted_glob(os.path.join("csrc", "faces", "*.h"))
 
 
 def compile_args():
@@ -180,6 +180,11 @@ def compile_args():
     if _debug_enabled():
         args += DEBUG_CFLAGS
     return args
+
+
+# The CPython face: the module and its PyMem hooks (tests/py/build_ext.py
+# compiles the same list).
+PY_FACE_SOURCES = [os.path.join("csrc", "faces", "pymodule.c"), os.path.join("csrc", "faces", "pyhooks.c")]
 
 
 def get_extensions():
@@ -202,7 +207,7 @@ def get_extensions():
 
     pymodule = Extension(
         "meshalloc._meshalloc",
-        sources=core + [os.path.join("csrc", "faces", "pymodule.c")],
+        sources=core + PY_FACE_SOURCES,
         include_dirs=list(INCLUDE_DIRS),
         depends=headers,
         # Keep the extension's core private (see the module docstring).

@@ -63,6 +63,15 @@ MESH_API int    mesh_meshing_available(void);
  * least 1/16 of what the class's first one did; then returns freed pages to
  * the OS. Returns the number of physical pages meshing freed. */
 MESH_API size_t mesh_compact(void);
+/* mesh_compact, also telling in *pages_returned (if not NULL) how many
+ * pages went back to the OS during the call: freed by meshing, and dirty
+ * free pages (another thread's activity meanwhile included). */
+MESH_API size_t mesh_compact_ex(size_t *pages_returned);
+/* How long until the next periodic meshing pass is due, in ns: 0 when it
+ * is due now, -1 when periodic meshing is off (option mesh or period_ms 0,
+ * or no meshing possible). The wait is period_ms, doubled mesh_pace_level
+ * times, from the end of the last pass or compaction step. */
+MESH_API long long mesh_periodic_wait_ns(void);
 MESH_API const char *mesh_version(void);
 
 /* ---- options ----------------------------------------------------------
@@ -92,19 +101,26 @@ MESH_API int    mesh_stats_read(uint64_t *out, int n);
 /* Per size class: its spans and how full they are. mesh_class_stats fills
  * out[0..n) (classes in size order) under the global lock, walking the span
  * table (cost grows with the heap: for monitoring, not hot loops), and
- * returns the number of classes. Fields are 64-bit so bindings need no
- * layout knowledge beyond "nine uint64_t". */
+ * returns the number of classes. Every field is a uint64_t, in the order of
+ * MESH_CLASS_STATS, so bindings need no layout knowledge beyond the field
+ * names mesh_class_stats_name(i) gives (NULL past the end).
+ * X(field, doc): */
+#define MESH_CLASS_STATS(X)                                                                        \
+  X(object_size, "bytes per object of the class")                                                  \
+  X(span_bytes, "bytes per span (1-4 pages)")                                                      \
+  X(spans, "physical spans of the class: attached + partial + full")                               \
+  X(spans_attached, "attached to a thread heap (allocating)")                                      \
+  X(spans_partial, "detached, with free slots (reusable, meshing candidates)")                     \
+  X(spans_full, "detached, every slot live")                                                       \
+  X(slots, "object slots in those spans")                                                          \
+  X(objects_in_use, "live objects (slots waiting in thread heaps excluded)")                       \
+  X(meshed_spans, "virtual spans meshed onto the class's spans (each saved one span of memory)")
 typedef struct mesh_class_stats_s {
-  uint64_t object_size;     /* bytes per object of the class */
-  uint64_t span_bytes;      /* bytes per span (1-4 pages) */
-  uint64_t spans;           /* physical spans of the class: attached + partial + full */
-  uint64_t spans_attached;  /* attached to a thread heap (allocating) */
-  uint64_t spans_partial;   /* detached, with free slots (reusable, meshing candidates) */
-  uint64_t spans_full;      /* detached, every slot live */
-  uint64_t slots;           /* object slots in those spans */
-  uint64_t objects_in_use;  /* live objects (slots waiting in thread heaps excluded) */
-  uint64_t meshed_spans;    /* virtual spans meshed onto the class's spans (each saved one span of memory) */
+#define MESH_CLASS_FIELD(name, doc) uint64_t name;
+  MESH_CLASS_STATS(MESH_CLASS_FIELD)
+#undef MESH_CLASS_FIELD
 } mesh_class_stats_t;
+MESH_API const char *mesh_class_stats_name(int i);
 MESH_API int    mesh_class_stats(mesh_class_stats_t *out, int n);
 /* Never meshes the spans under [addr, addr+len) again (as source or
  * destination): for memory whose protection the program changes, or that

@@ -30,23 +30,11 @@ import json
 import os
 import subprocess
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Optional, Sequence, TextIO, Tuple
 
 from . import _remote
 
 MIB = 1048576.0
-
-
-class RecordError(Exception):
-    """A recording or plot that cannot be made; ``status`` is the CLI's exit code."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _pss(pid: int) -> Optional[int]:
-    return _remote._pss_bytes(pid)
 
 
 def _sample(pid: int, t0: float, last_counters: Dict[str, int], last_pass: int) -> Tuple[Dict[str, Any], int]:
@@ -55,8 +43,8 @@ def _sample(pid: int, t0: float, last_counters: Dict[str, int], last_pass: int) 
     line: Dict[str, Any] = {"t": round(now - t0, 4)}
     try:
         got = _remote.read(pid)
-    except _remote.RemoteError:
-        line.update({"pss_bytes": _pss(pid), "arena_memfd_bytes": None, "counters": None, "passes": []})
+    except _remote.Failure:
+        line.update({"pss_bytes": _remote.pss_bytes(pid), "arena_memfd_bytes": None, "counters": None, "passes": []})
         return line, last_pass
     counters = got["counters"]
     assert isinstance(counters, dict)
@@ -83,15 +71,15 @@ def record(command: Sequence[str], env: Dict[str, str], path: str, interval: flo
     try:
         f = open(path, "w")
     except OSError as exc:
-        raise RecordError("run --record: cannot write %s: %s" % (path, exc.strerror)) from None
+        raise _remote.Failure("run --record: cannot write %s: %s" % (path, exc.strerror)) from None
     with f:
         t0 = time.monotonic()
         try:
             child = subprocess.Popen(list(command), env=env, stdout=stdout, stderr=stderr)
         except FileNotFoundError:
-            raise RecordError("run: %s: command not found" % command[0], 127) from None
+            raise _remote.Failure("run: %s: command not found" % command[0], 127) from None
         except OSError as exc:
-            raise RecordError("run: %s: %s" % (command[0], exc.strerror), 126) from None
+            raise _remote.Failure("run: %s: %s" % (command[0], exc.strerror), 126) from None
         f.write(json.dumps({"record": 1, "command": list(command), "pid": child.pid, "interval": interval,
                             "start": t0}) + "\n")
         counters: Dict[str, int] = {}
@@ -126,11 +114,11 @@ def read_record(path: str) -> Dict[str, Any]:
         with open(path) as f:
             lines = [json.loads(x) for x in f if x.strip()]
     except OSError as exc:
-        raise RecordError("cannot read %s: %s" % (path, exc.strerror)) from None
+        raise _remote.Failure("cannot read %s: %s" % (path, exc.strerror)) from None
     except ValueError as exc:
-        raise RecordError("%s is not a meshalloc record: %s" % (path, exc)) from None
+        raise _remote.Failure("%s is not a meshalloc record: %s" % (path, exc)) from None
     if not lines or not isinstance(lines[0], dict) or lines[0].get("record") != 1:
-        raise RecordError("%s is not a meshalloc record (no header line)" % path)
+        raise _remote.Failure("%s is not a meshalloc record (no header line)" % path)
     samples, passes, status = [], [], None
     counters: Dict[str, int] = {}
     for x in lines[1:]:
@@ -160,7 +148,7 @@ def plot(paths: Sequence[str], output: str, labels: Optional[Sequence[str]] = No
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RecordError("plot needs matplotlib: pip install 'meshalloc[plot]' (or pip install matplotlib)") \
+        raise _remote.Failure("plot needs matplotlib: pip install 'meshalloc[plot]' (or pip install matplotlib)") \
             from None
     records = [read_record(p) for p in paths]
     labels = list(labels) if labels else [os.path.basename(p) for p in paths]
@@ -201,7 +189,7 @@ def plot(paths: Sequence[str], output: str, labels: Optional[Sequence[str]] = No
     try:
         fig.savefig(output, format="png")
     except OSError as exc:
-        raise RecordError("plot: cannot write %s: %s" % (output, exc.strerror)) from None
+        raise _remote.Failure("plot: cannot write %s: %s" % (output, exc.strerror)) from None
     finally:
         plt.close(fig)
     w, h = fig.get_size_inches() * fig.dpi

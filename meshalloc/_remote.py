@@ -26,12 +26,13 @@ MAGIC = b"MESHSTAT"
 PAGE = 4096
 
 
-class RemoteError(Exception):
-    """Why another process's counters cannot be read; ``status`` is the exit
-    code the CLI uses (2: no such process or no access, 1: it does not use
-    meshalloc or shares no counters)."""
+class Failure(Exception):
+    """A failure the CLI reports as ``meshalloc: <message>`` with exit code
+    ``status`` (here: 2 no such process or no access, 1 it does not use
+    meshalloc or shares no counters). ``run --record``, ``plot`` and the CLI
+    raise it too."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
         self.status = status
 
@@ -42,9 +43,9 @@ def _fd_targets(pid: int) -> "Dict[str, str]":
     try:
         names = os.listdir(base)
     except FileNotFoundError:
-        raise RemoteError("no process %d" % pid, 2) from None
+        raise Failure("no process %d" % pid, 2) from None
     except PermissionError:
-        raise RemoteError("cannot look into process %d: it belongs to another user" % pid, 2) from None
+        raise Failure("cannot look into process %d: it belongs to another user" % pid, 2) from None
     found = {}
     for n in names:
         try:
@@ -57,13 +58,16 @@ def _fd_targets(pid: int) -> "Dict[str, str]":
     return found
 
 
-def _pss_bytes(pid: int) -> "Optional[int]":
+def pss_bytes(pid: "int | str" = "self") -> "Optional[int]":
+    """The proportional set size of a process (/proc/PID/smaps_rollup), in
+    bytes, or None when it cannot be read. PSS, never RSS: a meshed page is
+    mapped twice."""
     try:
-        with open("/proc/%d/smaps_rollup" % pid) as f:
+        with open("/proc/%s/smaps_rollup" % pid, "rb") as f:
             for line in f:
-                if line.startswith("Pss:"):
+                if line.startswith(b"Pss:"):
                     return int(line.split()[1]) * 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         return None
     return None
 
@@ -98,7 +102,7 @@ def read(pid: int) -> "Dict[str, object]":
     if "meshalloc-stats" not in fds:
         why = ("it uses meshalloc, but shares no counters (started with MESH_STATS_PAGE=0, or it closed "
                "the descriptor)" if "meshalloc-arena" in fds else "it does not use meshalloc")
-        raise RemoteError("process %d: %s" % (pid, why), 1)
+        raise Failure("process %d: %s" % (pid, why), 1)
     try:
         with open(fds["meshalloc-stats"], "rb") as f:
             data = f.read(2 * PAGE)
@@ -108,18 +112,18 @@ def read(pid: int) -> "Dict[str, object]":
                 f.seek(offset)
                 log = (f.read(length * words * 8), length, words)
     except PermissionError:
-        raise RemoteError("cannot read process %d's counters: it belongs to another user" % pid, 2) from None
+        raise Failure("cannot read process %d's counters: it belongs to another user" % pid, 2) from None
     except OSError as exc:
-        raise RemoteError("process %d: %s" % (pid, exc), 2) from None
+        raise Failure("process %d: %s" % (pid, exc), 2) from None
     if len(data) < 2 * PAGE or data[PAGE:PAGE + 8] != MAGIC:
-        raise RemoteError("process %d: its counters page is not one this meshalloc reads" % pid, 1)
+        raise Failure("process %d: its counters page is not one this meshalloc reads" % pid, 1)
     version, count, width = struct.unpack_from("<III", data, PAGE + 8)
     if version not in (1, 2) or width != 8 or count > PAGE // 8:
-        raise RemoteError("process %d: counters page version %d (this meshalloc reads 1 and 2)" % (pid, version), 1)
+        raise Failure("process %d: counters page version %d (this meshalloc reads 1 and 2)" % (pid, version), 1)
     names_at = PAGE + 32 if version >= 2 else PAGE + 24
     names = data[names_at:2 * PAGE].split(b"\0")[:count]
     values = struct.unpack_from("<%dQ" % count, data, 0)
-    out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)}, "pss_bytes": _pss_bytes(pid),
+    out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)}, "pss_bytes": pss_bytes(pid),
            "passes": _pass_log(log) if log else []}
     arena = fds.get("meshalloc-arena")
     if arena:

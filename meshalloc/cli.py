@@ -38,12 +38,7 @@ EXIT_NOT_FOUND = 127
 _PRELOAD_SEPARATORS = (":", " ")
 
 
-class CliError(Exception):
-    """A failure reported as ``meshalloc: <message>`` with an exit status."""
-
-    def __init__(self, message: str, status: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.status = status
+from ._remote import Failure as CliError  # noqa: E402 -- one failure type for the CLI and its helpers
 
 
 def _require_libmesh() -> str:
@@ -154,10 +149,7 @@ def _mib(n: "Optional[int]") -> str:
 def _remote_stats(args: argparse.Namespace, out: TextIO) -> int:
     from . import _remote
 
-    try:
-        got = _remote.read(args.pid)
-    except _remote.RemoteError as exc:
-        raise CliError(str(exc), exc.status) from None
+    got = _remote.read(args.pid)
     if args.watch is None:
         if args.json:
             json.dump(got, out, indent=2)
@@ -208,11 +200,11 @@ def _watch(args: argparse.Namespace, out: TextIO, prev: "Dict[str, object]") -> 
             got = _remote.read(args.pid)
         except KeyboardInterrupt:
             return EXIT_OK
-        except _remote.RemoteError as exc:
+        except CliError as exc:
             if exc.status == 2 and not os.path.exists("/proc/%d" % args.pid):
                 out.write("process %d exited\n" % args.pid)
                 return EXIT_OK
-            raise CliError(str(exc), exc.status) from None
+            raise
         now = time.monotonic()
         dt = max(now - t_prev, 1e-9)
         c, p = got["counters"], prev["counters"]
@@ -327,10 +319,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         from . import _record
         if args.interval <= 0:
             raise CliError("run: --interval must be positive", EXIT_USAGE)
-        try:
-            return _record.record(command, env, args.record, args.interval, sys.stderr)
-        except _record.RecordError as exc:
-            raise CliError(str(exc), exc.status) from None
+        return _record.record(command, env, args.record, args.interval, sys.stderr)
     try:
         os.execvpe(command[0], command, env)
     except FileNotFoundError:
@@ -449,10 +438,7 @@ def cmd_plot(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError("plot: give one --label per FILE (%d files, %d labels)" % (len(args.files), len(args.label)),
                        EXIT_USAGE)
     output = args.output or os.path.splitext(args.files[0])[0] + ".png"
-    try:
-        w, h = _record.plot(args.files, output, args.label, args.title)
-    except _record.RecordError as exc:
-        raise CliError(str(exc), exc.status) from None
+    w, h = _record.plot(args.files, output, args.label, args.title)
     out.write("wrote %s (%dx%d)\n" % (output, w, h))
     return EXIT_OK
 

@@ -30,11 +30,9 @@ PLOT_INTERVAL_S = 0.1
 
 
 def _pss_kib() -> int:
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return 0
+    from meshalloc._remote import pss_bytes
+
+    return (pss_bytes() or 0) // 1024
 
 
 def child(count: int, keep_pct: float) -> Dict[str, Any]:
@@ -130,11 +128,11 @@ def run(count: int = COUNT, keep_pct: float = KEEP_PCT, out: Optional[TextIO] = 
                   % ((mesh["idle"] - mesh["base"]) / (ref["idle"] - ref["base"]), IDLE_S,
                      (mesh["compacted"] - mesh["base"]) / (ref["compacted"] - ref["base"])))
     if plot and tmp is not None:
-        from meshalloc import _record
+        from meshalloc import _record, _remote
         try:
             w, h = _record.plot(records, plot, [name for name, _ in configs],
                                 "demo: %d objects, %g %% kept (compact() at the end)" % (count, keep_pct))
-        except _record.RecordError as exc:
+        except _remote.Failure as exc:
             out.write("demo: %s\n" % exc)
             return 1
         finally:

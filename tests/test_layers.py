@@ -123,3 +123,21 @@ def test_every_documented_upward_call_still_exists():
     callers_of = {fn for _, fn in found}
     stale = sorted((c, fn) for c, fn in allowed() if (c, fn) not in found and not (c == "*" and fn in callers_of))
     assert not stale, "docs/design.md lists upward calls the code no longer makes: %s" % stale
+
+
+FACES = ROOT / "csrc" / "faces"
+
+
+def test_faces_see_the_core_only_through_mesh_h_and_face_h():
+    """A face includes no core header but mesh.h and core/face.h (a face's
+    own headers aside) and names no internal (_mesh_) symbol: face.h gives
+    it what it needs from inside, so that window is written down once."""
+    files = sorted(p for p in FACES.iterdir() if p.suffix in (".c", ".h"))
+    assert {"libmesh.c", "pymodule.c", "pyhooks.c"} <= {p.name for p in files}
+    for f in files:
+        text = f.read_text()
+        local = re.findall(r'#include\s+"([^"]+)"', text)
+        core = [inc for inc in local if not (FACES / inc).is_file()]
+        assert set(core) <= {"../mesh.h", "../core/face.h"}, (f.name, core)
+        internal = sorted(set(re.findall(r"\b_mesh_\w+", strip_c(text))))
+        assert not internal, (f.name, internal)

@@ -1,4 +1,4 @@
-"""meshalloc.stats(): the Stats dataclass against the core, the CLI's JSON,
+"""meshalloc.stats(): the Stats dataclass against the C tables, the CLI's JSON,
 the package's typing (py.typed, mypy --strict when installed).
 
 The hook counters themselves are checked in fresh interpreters by
@@ -8,7 +8,6 @@ tests/test_python_install.py (scenarios ``stats``, ``stats_threads``,
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import importlib.util
 import json
 import os
@@ -19,15 +18,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _stats_module():
-    spec = importlib.util.spec_from_file_location("meshalloc_stats_under_test",
-                                                  ROOT / "meshalloc" / "_stats.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses looks the module up
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -42,49 +32,56 @@ def installed(tmp_path_factory) -> Path:
     return cwd
 
 
-def test_core_fields_equal_the_cores_stats_table(libmesh):
-    """Stats declares every field of the core's table, by name and in order:
-    a counter added to (or renamed in) the core fails here until the
-    dataclass and docs follow."""
+def _core_names(libmesh, table):
     lib = ctypes.CDLL(str(libmesh))
-    lib.mesh_stats_name.restype = ctypes.c_char_p
-    names = tuple(lib.mesh_stats_name(i).decode() for i in range(lib.mesh_stats_count()))
-    mod = _stats_module()
-    assert mod.CORE_FIELDS == names
-    declared = mod.Stats.field_names()
-    assert declared[:len(names)] == names
-    assert not set(declared[len(names):]) & set(names)
-    for f in dataclasses.fields(mod.Stats):
-        if f.name not in ("installed_domains", "size_classes", "extra"):
-            assert f.type in (int, "int"), (f.name, f.type)
+    fn = getattr(lib, table)
+    fn.restype = ctypes.c_char_p
+    names, i = [], 0
+    while fn(i) is not None:
+        names.append(fn(i).decode())
+        i += 1
+    return names
 
 
-def test_stats_from_the_extension_match(helpers, installed):
-    """The extension's stats() reports exactly the declared core fields."""
-    code = ("import json, meshalloc\n"
+def test_stats_fields_are_the_c_tables(helpers, installed, libmesh):
+    """Stats has every field of the core's stats table, by name and in
+    order, then the hook counters of the extension's table, then the
+    Python side's; SizeClassStats has mesh_class_stats's fields. They are
+    read from the C tables, so a counter added in C shows up with nothing
+    to change in Python. Both backends."""
+    code = ("import dataclasses, json, meshalloc\n"
             "s = meshalloc.stats()\n"
-            "core = list(meshalloc._load_backend().stats())\n"
-            "print(json.dumps({'extra': s.extra, 'core': core, 'declared': list(s.CORE_FIELDS)}))\n")
-    r = helpers.run([sys.executable, "-c", code], timeout=60, cwd=installed, env=helpers.env())
-    helpers.assert_ok(r, "stats() from the extension")
-    got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["extra"] == {} and got["core"] == got["declared"], got
+            "print(json.dumps({'core': list(s.CORE_FIELDS), 'hooks': list(s.HOOK_FIELDS),\n"
+            "    'fields': list(s.field_names()), 'extra': s.extra, 'dict': list(s.to_dict()),\n"
+            "    'classes': list(meshalloc.SizeClassStats.FIELDS), 'docs': meshalloc.stats_docs(),\n"
+            "    'types': {f.name: type(getattr(s, f.name)).__name__ for f in dataclasses.fields(s)}}))\n")
+    core = _core_names(libmesh, "mesh_stats_name")
+    classes = _core_names(libmesh, "mesh_class_stats_name")
+    for got in json_from_both_backends(helpers, installed, code, "Stats fields"):
+        assert got["core"] == core, set(got["core"]) ^ set(core)
+        hooks = ["%s_%s" % (d, k) for d in ("raw", "mem", "obj")
+                 for k in ("allocs", "reallocs", "frees", "foreign_reallocs", "foreign_frees")]
+        assert got["hooks"] == hooks + ["foreign_reallocs", "foreign_frees"], got["hooks"]
+        tail = ["pss_bytes", "installed_domains", "size_classes", "extra"]
+        assert got["fields"] == core + got["hooks"] + tail and got["extra"] == {}
+        assert got["dict"] == got["fields"][:-1]
+        assert got["classes"] == classes and "meshed_spans" in classes
+        assert all(got["types"][n] == "int" for n in got["fields"][:-3]), got["types"]
+        assert all(got["docs"].get(n) for n in got["fields"]), [n for n in got["fields"] if not got["docs"].get(n)]
 
 
-def test_to_dict_round_trip_without_a_build():
-    mod = _stats_module()
-    s = mod.Stats.from_parts({"mesh_count": 3, "bytes_in_use": 4096, "brand_new": 7},
-                             {"obj_allocs": 10, "obj_foreign_frees": 2, "mem_foreign_frees": 1,
-                              "raw_foreign_reallocs": 5},
-                             ("mem", "obj"), 123)
-    assert s.mesh_count == 3 and s.obj_allocs == 10 and s.pss_bytes == 123
-    assert s.foreign_frees == 3 and s.foreign_reallocs == 5
-    assert s.extra == {"brand_new": 7}
-    d = s.to_dict()
-    assert d["brand_new"] == 7 and d["installed_domains"] == ["mem", "obj"] and "extra" not in d
-    assert json.loads(s.to_json()) == d
-    assert mod.Stats.from_dict(json.loads(s.to_json())) == s
-    hash(s)  # frozen snapshot: usable as a key
+def test_to_dict_round_trip_keeps_unknown_fields_in_extra(helpers, installed):
+    code = ("import json, meshalloc\n"
+            "s = meshalloc.stats(pss=True)\n"
+            "d = s.to_dict(); d['brand_new'] = 7\n"
+            "t = meshalloc.Stats.from_dict(d)\n"
+            "hash(s)\n"  # a frozen snapshot: usable as a key
+            "print(json.dumps({'same': meshalloc.Stats.from_dict(json.loads(s.to_json())) == s,\n"
+            "    'extra': t.extra, 'back': t.to_dict() == d, 'pss': s.pss_bytes,\n"
+            "    'totals': s.foreign_frees == s.raw_foreign_frees + s.mem_foreign_frees + s.obj_foreign_frees}))\n")
+    for got in json_from_both_backends(helpers, installed, code, "to_dict round trip"):
+        assert got == {"same": True, "extra": {"brand_new": 7}, "back": True, "pss": got["pss"], "totals": True}
+        assert got["pss"] > 0
 
 
 def json_from_both_backends(helpers, cwd, code, what, timeout=60):
@@ -158,7 +155,10 @@ def test_span_tail_waste_up_to_1_28_keeps_spans_at_one_page(helpers, installed):
 def test_cli_stats_json(helpers, installed):
     """python -m meshalloc stats --json prints JSON with every Stats field;
     under MESHALLOC=1 the CLI's own interpreter is installed."""
-    mod = _stats_module()
+    r = helpers.run([sys.executable, "-c", "import json, meshalloc; print(json.dumps(meshalloc.Stats.field_names()))"],
+                    timeout=60, cwd=installed, env=helpers.env())
+    helpers.assert_ok(r, "Stats.field_names()")
+    names = json.loads(r.stdout)
     for env, domains in (({}, []), ({"MESHALLOC": "1"}, ["mem", "obj"])):
         r = helpers.run([sys.executable, "-m", "meshalloc", "stats", "--json"], timeout=60,
                         cwd=installed, env=helpers.env(**env))
@@ -166,7 +166,7 @@ def test_cli_stats_json(helpers, installed):
         out = json.loads(r.stdout)
         assert set(out) == {"preloaded", "backend", "stats"}
         stats = out["stats"]
-        assert [k for k in stats] == [n for n in mod.Stats.field_names() if n != "extra"]
+        assert [k for k in stats] == [n for n in names if n != "extra"]
         assert stats["installed_domains"] == domains
         assert stats["pss_bytes"] > 0, "the CLI reads PSS"
         if domains:
@@ -184,14 +184,14 @@ def test_py_typed_is_installed(installed):
                         "meshalloc.__file__))"], cwd=installed, capture_output=True, text=True,
                        timeout=60, check=True)
     pkg = Path(p.stdout.strip())
-    for name in ("py.typed", "_meshalloc.pyi", "_stats.py"):
+    for name in ("py.typed", "_meshalloc.pyi"):
         assert (pkg / name).is_file(), "%s is not installed with the package" % name
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
 def test_mypy_strict(helpers, tmp_path):
     """The public API type-checks under mypy --strict (skipped without mypy)."""
-    files = [str(ROOT / "meshalloc" / n) for n in ("__init__.py", "_stats.py", "cli.py")]
+    files = [str(ROOT / "meshalloc" / n) for n in ("__init__.py", "cli.py")]
     r = helpers.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
                      "--cache-dir", str(tmp_path / "cache"), *files], timeout=300, cwd=ROOT,
                     env=helpers.env())

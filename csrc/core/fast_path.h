@@ -1,8 +1,8 @@
 /* fast_path.h - the inline fast paths of malloc and free.
  *
  * alloc.c builds mesh_malloc/mesh_free on them, and the Python face
- * (faces/pymodule.c) inlines them into its PyMem hooks when the extension's
- * own core is the heap, so a Python allocation pays no call into the core
+ * (faces/pyhooks.c, through face.h) inlines them into its PyMem hooks when
+ * the extension's own core is the heap, so a Python allocation pays no call into the core
  * and one range check decides "ours, free it" (the hook used to call
  * mesh_owns and then mesh_free, which checked the range again).
  *

@@ -408,10 +408,12 @@ void _mesh_file_detached(uint32_t id);
 unsigned _mesh_span_live(const span_t *s);
 void _mesh_global_after_fork_child(void);
 
-/* A face's fast-path counter k (< MESH_FACE_COUNTS) in heap h: four per
- * cache line, in the store zone of the header's two lines (types.h). */
+/* A face's counter k (< MESH_FACE_COUNTS) in heap h: four per cache line,
+ * in the store zone of the header's lines (types.h). */
 MESH_INLINE _Atomic uint64_t *mesh_face_count(thread_heap_t *h, unsigned k) {
-  return k < MESH_FACE_COUNTS_PER_LINE ? &h->face_counts_0[k] : &h->face_counts_1[k - MESH_FACE_COUNTS_PER_LINE];
+  return k < MESH_FACE_COUNTS_PER_LINE
+             ? &h->face_counts_0[k]
+             : &h->face_lines[k / MESH_FACE_COUNTS_PER_LINE - 1].n[k % MESH_FACE_COUNTS_PER_LINE];
 }
 
 /* ---- thread_heap.c -------------------------------------------------- */
@@ -434,7 +436,12 @@ void *_mesh_heap_alloc_slow(size_t size);
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv);
 /* (lock) Sets up class cls's vector in its heap on first use. */
 void _mesh_heap_sv_prepare(shuffle_vector_t *sv, unsigned cls);
-/* The sum of face_counts over every heap ever created (takes the lock). */
+/* Face count k of a thread with no heap of this core (before its first
+ * allocation, after its exit, or when another copy of the core is the
+ * process's heap): one atomic add to a shared counter. */
+void _mesh_face_count_shared(unsigned k);
+/* The sum of face counts over every heap ever created and the shared ones
+ * (takes the lock). */
 void _mesh_heaps_face_counts(uint64_t out[MESH_FACE_COUNTS]);
 void _mesh_heap_validate_all(int *problems);
 void _mesh_heaps_after_fork_child(void);

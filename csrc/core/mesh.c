@@ -931,6 +931,13 @@ size_t mesh_compact(void) {
   return total;
 }
 
+size_t mesh_compact_ex(size_t *pages_returned) {
+  uint64_t before = mesh_stat_get(pages_punched);
+  size_t freed = mesh_compact();
+  if (pages_returned) *pages_returned = (size_t)(mesh_stat_get(pages_punched) - before);
+  return freed;
+}
+
 /* Pins the spans under [addr, addr+len): they are never meshed again, as
  * source or destination (mesh.h: mesh_pin). For a page meshed already, the
  * span holding its objects is pinned (its alias keeps its mapping until

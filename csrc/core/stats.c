@@ -59,6 +59,16 @@ int mesh_stats_count(void) { return STATS_TOTAL; }
 const char *mesh_stats_name(int i) { return i >= 0 && i < STATS_TOTAL ? names[i] : NULL; }
 const char *mesh_stats_doc(int i) { return i >= 0 && i < STATS_TOTAL ? docs[i] : NULL; }
 
+static const char *const class_names[] = {
+#define MESH_NAME(n, doc) #n,
+    MESH_CLASS_STATS(MESH_NAME)
+#undef MESH_NAME
+};
+#define CLASS_FIELDS ((int)(sizeof class_names / sizeof class_names[0]))
+_Static_assert(sizeof(mesh_class_stats_t) == CLASS_FIELDS * sizeof(uint64_t), "mesh_class_stats_t is uint64_t only");
+
+const char *mesh_class_stats_name(int i) { return i >= 0 && i < CLASS_FIELDS ? class_names[i] : NULL; }
+
 int mesh_class_stats(mesh_class_stats_t *out, int n) {
   mesh_class_stats_t cs[MESH_NUM_CLASSES];
   if (mesh_load_acquire(&_mesh_init_state) == 2) {

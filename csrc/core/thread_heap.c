@@ -206,8 +206,12 @@ void *_mesh_heap_alloc_slow(size_t size) {
   return p;
 }
 
+static _Atomic uint64_t face_counts_shared[MESH_FACE_COUNTS];
+
+void _mesh_face_count_shared(unsigned k) { mesh_fetch_add_relaxed(&face_counts_shared[k], 1); }
+
 void _mesh_heaps_face_counts(uint64_t out[MESH_FACE_COUNTS]) {
-  for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] = 0;
+  for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] = mesh_load_relaxed(&face_counts_shared[k]);
   _mesh_lock();
   for (thread_heap_t *h = all_heaps; h; h = h->all_next)
     for (unsigned k = 0; k < MESH_FACE_COUNTS; k++) out[k] += mesh_load_relaxed(mesh_face_count(h, k));

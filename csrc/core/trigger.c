@@ -83,6 +83,17 @@ static uint64_t pass_wait_ns(long period_ms) {
   return ((uint64_t)period_ms * 1000000u) << mesh_stat_get(mesh_pace_level);
 }
 
+/* mesh.h: the same wait, for a face that meshes at moments of its own
+ * choosing (the Python face, after a full garbage collection). */
+long long mesh_periodic_wait_ns(void) {
+  long period = mesh_opt(MESH_OPT_PERIOD_MS);
+  if (period <= 0 || !_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH)) return -1;
+  _mesh_lock();
+  uint64_t since = _mesh_os_now_ns() - _mesh_last_pass_ns(), wait = pass_wait_ns(period);
+  _mesh_unlock();
+  return since >= wait ? 0 : (long long)(wait - since);
+}
+
 static uint64_t pause_budget_ns(void) { return (uint64_t)mesh_opt(MESH_OPT_MAX_PAUSE_US) * 1000u; }
 
 /* An inline periodic pass with the pacing marks around it: the next due

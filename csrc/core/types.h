@@ -59,7 +59,7 @@
  * every entry is a distinct free slot of an attached span. */
 #define MESH_VECTOR_CAPACITY 256
 #define MESH_MAX_ATTACHED 8
-#define MESH_FACE_COUNTS 8 /* thread_heap_t.face_counts_0/1, see mesh_face_count() */
+#define MESH_FACE_COUNTS 16 /* thread_heap_t.face_counts_0 and face_lines[], see mesh_face_count() */
 #define MESH_ATTACH_MAX_BYTES (128 * 1024)
 
 /* Occupancy bins for detached partial spans: reuse prefers fuller spans. */
@@ -159,13 +159,21 @@ typedef struct shuffle_vector_s {
 _Static_assert(offsetof(shuffle_vector_t, att) % 64 == 0 && sizeof(shuffle_vector_t) % 64 == 0,
                "attachment records must start on cache lines");
 
-/* Counters a face keeps on its fast paths (the Python hooks: allocs and
- * frees per domain), in the thread heap because the fast path already holds
- * it: no second thread-local access. Written by the owner only (relaxed load
- * + store); they stay with the heap when its thread exits, so the sum over
- * every heap ever created is exact. Four per cache line, in the line's store
- * zone (see "Store and load zones" below); mesh_face_count() indexes them. */
+/* Counters a face keeps on its hot paths (the Python hooks: per domain,
+ * blocks allocated, reallocated and freed, and foreign blocks handed on),
+ * in the thread heap because the fast path already holds it: no second
+ * thread-local access. Written by the owner only (relaxed load + store);
+ * they stay with the heap when its thread exits, so the sum over every
+ * heap ever created is exact. Four per cache line, in the line's store
+ * zone (see "Store and load zones" below); mesh_face_count() indexes them.
+ * A thread with no heap counts into shared atomics instead (face.h). */
 #define MESH_FACE_COUNTS_PER_LINE 4
+
+typedef struct face_count_line_s {
+  uint64_t load_zone[2];
+  _Atomic uint64_t n[MESH_FACE_COUNTS_PER_LINE]; /* store zone */
+  uint64_t tail[2];
+} face_count_line_t;
 
 typedef struct thread_heap_s {
   /* line 0 */
@@ -176,9 +184,8 @@ typedef struct thread_heap_s {
   uint32_t id;                 /* > 0; MESH_OWNER_SENTINEL for the sentinels (load slot) */
   uint16_t live;               /* 1 while registered to a running thread */
   uint16_t shuffle;            /* allocation order mode (the shuffle option at creation) */
-  /* line 1 */
-  _Alignas(64) uint64_t unused[2];
-  _Atomic uint64_t face_counts_1[MESH_FACE_COUNTS_PER_LINE]; /* counts 4..7 (store zone) */
+  /* lines 1..3: counts 4..15 */
+  _Alignas(64) face_count_line_t face_lines[MESH_FACE_COUNTS / MESH_FACE_COUNTS_PER_LINE - 1];
   shuffle_vector_t sv[MESH_NUM_CLASSES];
 } thread_heap_t;
 
@@ -229,8 +236,8 @@ _Static_assert(MESH_IN_LOAD_SLOT(span_t, owner) && MESH_IN_LOAD_SLOT(span_t, nob
                    MESH_IN_LOAD_SLOT(span_t, cls) && MESH_IN_LOAD_SLOT(span_t, state) && MESH_IN_LOAD_ZONE(span_t, att),
                "span record zones (bits excepted)");
 _Static_assert(MESH_IN_LOAD_SLOT(thread_heap_t, id) && MESH_IN_STORE_ZONE(thread_heap_t, face_counts_0) &&
-                   MESH_IN_STORE_ZONE(thread_heap_t, face_counts_1) && offsetof(thread_heap_t, face_counts_1) == 80 &&
-                   MESH_FACE_COUNTS == 2 * MESH_FACE_COUNTS_PER_LINE,
+                   MESH_IN_STORE_ZONE(face_count_line_t, n) && sizeof(face_count_line_t) == 64 &&
+                   offsetof(thread_heap_t, face_lines) == 64 && MESH_FACE_COUNTS % MESH_FACE_COUNTS_PER_LINE == 0,
                "thread heap header zones");
 
 /* One line per class: the free path of a span the thread does not hold

@@ -7,6 +7,7 @@
  * single-threaded, which also registers the fork handlers before any other
  * library's; with MALLOCSTATS=1 a destructor prints the summary at exit.
  * There is no teardown: blocks are still freed after the destructor runs.
+ * It sees the core through mesh.h and core/face.h only.
  *
  * Two more things only the process-malloc face can do (core/barrier.c):
  *   - sigaction()/signal() for SIGSEGV are interposed: once the write
@@ -40,8 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../core/fast_path.h"
-#include "../core/internal.h"
+#include "../core/face.h"
+#include "../mesh.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -75,8 +76,8 @@ EXPORT size_t malloc_usable_size(void *p) { return mesh_usable_size(p); }
  * (mesh_compact also returns dirty free pages). */
 EXPORT int malloc_trim(size_t pad) {
   (void)pad;
-  size_t before = mesh_load_relaxed(&_mesh_counters[MESH_CTR_pages_punched]);
-  return mesh_compact() > 0 || mesh_load_relaxed(&_mesh_counters[MESH_CTR_pages_punched]) > before;
+  size_t returned;
+  return mesh_compact_ex(&returned) > 0 || returned > 0;
 }
 
 /* Initialise at load only when this copy is the process malloc (preloaded
@@ -91,14 +92,14 @@ __attribute__((constructor)) static void libmesh_init(void) {
   Dl_info self, found;
   void *m = dlsym(RTLD_DEFAULT, "malloc");
   if (m && dladdr(m, &found) && dladdr((void *)libmesh_init, &self) && found.dli_fbase == self.dli_fbase) {
-    mesh_ensure_init();
+    mesh_face_init();
     find_stdio_allocator();
   }
 }
 
 __attribute__((destructor)) static void libmesh_fini(void) {
-  const char *s = _mesh_os_getenv("MALLOCSTATS");
-  if (!s || !*s || (s[0] == '0' && !s[1]) || mesh_load_acquire(&_mesh_init_state) != 2) return;
+  const char *s = mesh_face_getenv("MALLOCSTATS");
+  if (!s || !*s || (s[0] == '0' && !s[1]) || !mesh_face_heap_ready()) return;
   mesh_stats_print(2);
   if (s[0] == '2' && !s[1]) mesh_stats_print_all(2); /* MALLOCSTATS=2: every counter too */
 }
@@ -122,7 +123,7 @@ extern int __sigaction(int sig, const struct sigaction *act, struct sigaction *o
  * (blocking a synchronous SIGSEGV never deferred it: the kernel kills); a
  * SIGSEGV sent with kill() is delivered at once instead of waiting. */
 static const sigset_t *segv_unblocked(const sigset_t *set, sigset_t *copy) {
-  if (!set || !_mesh_arena.meshable || !sigismember(set, SIGSEGV)) return set;
+  if (!set || !mesh_face_meshable() || !sigismember(set, SIGSEGV)) return set;
   *copy = *set;
   sigdelset(copy, SIGSEGV);
   return copy;
@@ -144,19 +145,19 @@ EXPORT int pthread_sigmask(int how, const sigset_t *set, sigset_t *old) {
 
 EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
   struct sigaction copy;
-  if (act && _mesh_arena.meshable && sigismember(&act->sa_mask, SIGSEGV)) {
+  if (act && mesh_face_meshable() && sigismember(&act->sa_mask, SIGSEGV)) {
     copy = *act;
     sigdelset(&copy.sa_mask, SIGSEGV);
     act = &copy;
   }
-  if (sig == SIGSEGV && _mesh_barrier_user_sigaction(act, old) == 0) return 0;
+  if (sig == SIGSEGV && mesh_face_user_sigaction(act, old) == 0) return 0;
   return __sigaction(sig, act, old);
 }
 
 EXPORT sighandler_t signal(int sig, sighandler_t handler) {
   /* glibc's signal(): BSD semantics, SA_RESTART, the signal blocked in it */
   struct sigaction act, old;
-  _mesh_fill(&act, 0, sizeof act);
+  mesh_face_zero(&act, sizeof act);
   act.sa_handler = handler;
   sigemptyset(&act.sa_mask);
   sigaddset(&act.sa_mask, sig);
@@ -187,9 +188,9 @@ EXPORT sighandler_t signal(int sig, sighandler_t handler) {
 #define WRAP(ret, name, params, args, range)                 \
   EXPORT ret name params {                                  \
     REAL(name)                                              \
-    int token_ = _mesh_syscall_enter(range);                \
+    int token_ = mesh_face_syscall_enter(range);                \
     ret r_ = ((ret(*) params)fn_##name) args;               \
-    _mesh_syscall_exit(token_);                             \
+    mesh_face_syscall_exit(token_);                             \
     return r_;                                              \
   }
 
@@ -244,9 +245,9 @@ WRAP(ssize_t, getrandom, (void *buf, size_t n, unsigned fl), (buf, n, fl), SPAN_
 /* clock_gettime is called by the core itself, under its lock: the real one
  * is looked up in the constructor, never here (dlsym may allocate) */
 EXPORT int clock_gettime(clockid_t c, struct timespec *ts) {
-  int token = _mesh_syscall_enter(SPAN_OF(ts, sizeof *ts));
+  int token = mesh_face_syscall_enter(SPAN_OF(ts, sizeof *ts));
   int r = real_clock_gettime ? real_clock_gettime(c, ts) : (int)syscall(SYS_clock_gettime, c, ts);
-  _mesh_syscall_exit(token);
+  mesh_face_syscall_exit(token);
   return r;
 }
 WRAP(pid_t, waitpid, (pid_t pid, int *st, int o), (pid, st, o), SPAN_OF(st, st ? sizeof *st : 0))
@@ -264,9 +265,9 @@ EXPORT ssize_t readv(int fd, const struct iovec *iov, int cnt) {
   REAL(readv)
   const char *lo, *hi;
   iov_hull(iov, cnt, &lo, &hi);
-  int token = _mesh_syscall_enter(lo, hi);
+  int token = mesh_face_syscall_enter(lo, hi);
   ssize_t r = ((ssize_t(*)(int, const struct iovec *, int))fn_readv)(fd, iov, cnt);
-  _mesh_syscall_exit(token);
+  mesh_face_syscall_exit(token);
   return r;
 }
 
@@ -274,9 +275,9 @@ EXPORT ssize_t preadv(int fd, const struct iovec *iov, int cnt, off_t off) {
   REAL(preadv)
   const char *lo, *hi;
   iov_hull(iov, cnt, &lo, &hi);
-  int token = _mesh_syscall_enter(lo, hi);
+  int token = mesh_face_syscall_enter(lo, hi);
   ssize_t r = ((ssize_t(*)(int, const struct iovec *, int, off_t))fn_preadv)(fd, iov, cnt, off);
-  _mesh_syscall_exit(token);
+  mesh_face_syscall_exit(token);
   return r;
 }
 
@@ -286,9 +287,9 @@ EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int 
   REAL(preadv2)
   const char *lo, *hi;
   iov_hull(iov, cnt, &lo, &hi);
-  int token = _mesh_syscall_enter(lo, hi);
+  int token = mesh_face_syscall_enter(lo, hi);
   ssize_t r = ((ssize_t(*)(int, const struct iovec *, int, off_t, int))fn_preadv2)(fd, iov, cnt, off, fl);
-  _mesh_syscall_exit(token);
+  mesh_face_syscall_exit(token);
   return r;
 }
 
@@ -296,9 +297,9 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
   REAL(recvmsg)
   const char *lo, *hi;
   msg_hull(msg, &lo, &hi);
-  int token = _mesh_syscall_enter(lo, hi);
+  int token = mesh_face_syscall_enter(lo, hi);
   ssize_t r = ((ssize_t(*)(int, struct msghdr *, int))fn_recvmsg)(fd, msg, flags);
-  _mesh_syscall_exit(token);
+  mesh_face_syscall_exit(token);
   return r;
 }
 
@@ -314,9 +315,9 @@ EXPORT int recvmmsg(int fd, struct mmsghdr *v, unsigned n, int flags, struct tim
   const char *vl = (const char *)v, *vh = vl + n * sizeof *v; /* msg_len is written too */
   if (!hi || vl < lo) lo = vl;
   if (vh > hi) hi = vh;
-  int token = _mesh_syscall_enter(lo, hi);
+  int token = mesh_face_syscall_enter(lo, hi);
   int r = ((int (*)(int, struct mmsghdr *, unsigned, int, struct timespec *))fn_recvmmsg)(fd, v, n, flags, t);
-  _mesh_syscall_exit(token);
+  mesh_face_syscall_exit(token);
   return r;
 }
 

@@ -5,8 +5,8 @@ The test venv has one Python; the plugin must work on every CPython from
 setuptools in each interpreter (3.12+ pyenv builds have none) and recompiles
 the core every time, so this helper compiles the core once (it does not
 depend on the Python version) with setup_mesh.py's flags and ``MESH_API=``
-(the extension's core stays private), then compiles
-``csrc/faces/pymodule.c`` against each interpreter's headers and links
+(the extension's core stays private), then compiles the CPython face
+(``setup_mesh.PY_FACE_SOURCES``) against each interpreter's headers and links
 ``_meshalloc<EXT_SUFFIX>``.
 
 The result is a throw-away venv (``--without-pip``) per interpreter whose
@@ -82,7 +82,7 @@ def build_venv(python: str, outdir: Path, core_objs: list, cc: str = "gcc",
                extra_cflags: tuple = ()) -> Path:
     """A venv for ``python`` with meshalloc in its site-packages; returns its python.
 
-    ``extra_cflags`` go to the compilation of pymodule.c only (the tests
+    ``extra_cflags`` go to the compilation of the CPython face only (the tests
     use ``-DMESHALLOC_TEST_FREE_THREADED``)."""
     sm = _setup_mesh()
     outdir = Path(outdir)
@@ -97,11 +97,12 @@ def build_venv(python: str, outdir: Path, core_objs: list, cc: str = "gcc",
     pkg = purelib / "meshalloc"
     shutil.copytree(REPO / "meshalloc", pkg,
                     ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
-    obj = outdir / ("pymodule-%s.o" % info["version"])
-    _run([cc, *cflags(), *extra_cflags, "-I" + info["include"], "-c",
-          REPO / "csrc" / "faces" / "pymodule.c",
-          "-o", obj], timeout=300)
-    _run([cc, "-shared", "-pthread", "-o", pkg / ("_meshalloc" + info["suffix"]), obj, *core_objs,
+    face_objs = []
+    for src in sm.PY_FACE_SOURCES:
+        face_objs.append(outdir / ("%s-%s.o" % (Path(src).stem, info["version"])))
+        _run([cc, *cflags(), *extra_cflags, "-I" + info["include"], "-c", REPO / src, "-o", face_objs[-1]],
+             timeout=300)
+    _run([cc, "-shared", "-pthread", "-o", pkg / ("_meshalloc" + info["suffix"]), *face_objs, *core_objs,
           "-ldl"], timeout=300)
     libmesh = _installed_libmesh()
     if libmesh is not None:

@@ -3,7 +3,7 @@
     python tests/py/hook_bench.py [--rounds N] LABEL=PYTHON [LABEL=PYTHON ...]
 
 Each LABEL=PYTHON is an interpreter that can import meshalloc (for example
-two venvs made by tests/py/build_ext.py from two versions of pymodule.c).
+two venvs made by tests/py/build_ext.py from two versions of the face).
 A label ending in ``:off`` runs that interpreter without meshalloc
 (pymalloc), for reference. Every round starts one fresh process per
 interpreter, in rotating order, with ``MESHALLOC=1
