@@ -59,10 +59,8 @@ void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_
     for (unsigned i = 0; i < mesh_bitmap_words_n(nobjects); i++)
       if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
   }
-  if (was_full_word || maybe_empty) {
-    _mesh_global_free_transition(s, id);
-    mesh_mesher_poll(); /* the free is done: a safe place to start a thread */
-  }
+  /* (a meshing thread this asks for starts at the next malloc: trigger.c) */
+  if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
 }
 
 /* Every free into a span not attached to the caller that

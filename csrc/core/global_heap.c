@@ -257,7 +257,6 @@ void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte) {
   _mesh_arena_free_span(id);
   _mesh_maybe_mesh(true);
   _mesh_unlock();
-  mesh_mesher_poll();
 }
 
 bool _mesh_large_resize(const void *p, size_t size) {
