@@ -94,7 +94,7 @@ def config_env(name: str, lib: str | None = None) -> dict[str, str]:
     if LIB in want.values() and not lib:
         sys.exit("configuration %s preloads a library and none was found (for libmesh.so: install meshalloc "
                  "into the benchmarked interpreter, `make -C csrc`, or --lib PATH)" % name)
-    return {k: lib if v == LIB else v for k, v in want.items()}  # type: ignore[misc]
+    return {k: v.replace(LIB, lib or "") for k, v in want.items()}
 
 
 def base_env() -> dict[str, str]:
