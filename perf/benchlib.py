@@ -1,20 +1,32 @@
-"""benchlib - what every perf/bm_<name>/run_benchmark.py shares.
+"""benchlib - what every benchmark in perf/ shares: the allocator
+configurations, how memory is read, and the pyperf plumbing of the
+bm_<name>/run_benchmark.py scripts.
 
-A benchmark script is a pyperf script (one ``pyperf.Runner``, a manager
-process that spawns worker processes, each of which runs the workload).
-This module adds three things pyperf does not know about:
+Users: the pyperf scripts (``import benchlib`` with perf/ on sys.path), the
+``python -m perf`` commands (runner.py, instructions.py, report.py, as
+``perf.benchlib``) and the older runners (churn/, frag/, redis/). It imports
+nothing from perf/, so it can never be part of an import circle, and it
+imports the heavy modules (ctypes, subprocess, argparse, pyperf) only in the
+functions that need them: churn.py reads its PSS with this module loaded.
 
-* **The allocator configuration is checked in every process.** The script
-  is told which configuration it should run under (``--alloc-config NAME``,
-  which the manager passes on to its workers; without it, the manager infers
-  it from its own environment). Each process -- manager and every worker --
-  then *detects* what is really active (which library defines the process's
-  ``malloc``, what CPython's PyMem allocator is, whether meshalloc's hooks
-  are installed) and exits with an error when it does not match. A worker
-  that lost ``MESHALLOC=1`` or ``LD_PRELOAD`` on the way (pyperf workers only
-  inherit whitelisted environment variables) therefore fails the benchmark
-  instead of silently measuring the default allocator. The manager also adds
-  the variables that select an allocator to pyperf's ``--inherit-environ``.
+* **Configurations**: one name per way of choosing the allocator, and one
+  table of the environment variables each sets (:data:`CONFIGS`; extra
+  libraries such as jemalloc get :data:`EXTRA`'s). Every child process starts
+  from :func:`base_env`, this environment less every allocator variable, so
+  no configuration silently inherits another's choice; ``MESH_*`` options
+  pass through to all.
+* **The allocator configuration is checked in every process.** A pyperf
+  script is told which configuration it should run under (``--alloc-config
+  NAME``, which the manager passes on to its workers; without it, the
+  manager infers it from its own environment). Each process -- manager and
+  every worker -- then *detects* what is really active (which library
+  defines the process's ``malloc``, what CPython's PyMem allocator is,
+  whether meshalloc's hooks are installed) and exits with an error when it
+  does not match. A worker that lost ``MESHALLOC=1`` or ``LD_PRELOAD`` on the
+  way (pyperf workers only inherit whitelisted environment variables)
+  therefore fails the benchmark instead of silently measuring the default
+  allocator. The manager also adds the variables that select an allocator to
+  pyperf's ``--inherit-environ``.
 * **Run metadata**: the requested and detected configuration, the library
   that defines ``malloc``, the PyMem allocator, meshalloc's options (when it
   is active), the ``MESH_*`` environment, the scale and the git revision of
@@ -30,32 +42,133 @@ pyperf the already-measured number, so that the PSS time series and the
 other quantities of that very run can go into the run's metadata (pyperf
 copies metadata before it calls the benchmark function).
 
-Memory is PSS (``/proc/self/smaps_rollup``), never RSS: after meshing, one
-physical page is mapped at two addresses and RSS counts it twice.
+Memory is PSS (:func:`pss_bytes`, the one reader of ``smaps_rollup`` in
+perf/'s Python), never RSS: after meshing, one physical page is mapped at two
+addresses and RSS counts it twice. What the whole machine holds is
+:func:`system_bytes` (Shmem + AnonPages of /proc/meminfo): it also sees
+memfd pages that no process maps, which PSS misses.
 """
 from __future__ import annotations
 
-import argparse
-import ctypes
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable, Sequence
 
-PERF_DIR = Path(__file__).resolve().parent
-REPO = PERF_DIR.parent
+# str paths, and annotations with builtin types only: pathlib and typing
+# would add ~1.3 MiB to the PSS that churn.py reports
+PERF_DIR = os.path.dirname(os.path.realpath(__file__))
+REPO = os.path.dirname(PERF_DIR)
 
-# Environment variables that select an allocator or its options. The
-# runner removes them from the base environment and pyperf workers must
-# inherit the ones a configuration sets.
+# ---------------------------------------------------------------------------
+# configurations
+# ---------------------------------------------------------------------------
+
+# The variables each configuration sets. LIB stands for the preloaded
+# library: libmesh.so for preload, the named library for an extra
+# configuration (``--extra NAME=LIB``, e.g. jemalloc), which sets EXTRA. In a
+# C program (perf/frag, perf/redis) PYTHONMALLOC means nothing: there malloc
+# is glibc's malloc and preload is libmesh.so.
+LIB = "<lib>"
+CONFIGS: dict[str, dict[str, str]] = {
+    "pymalloc": {},                                         # CPython's default
+    "malloc": {"PYTHONMALLOC": "malloc"},                   # every object through glibc malloc
+    "meshalloc": {"MESHALLOC": "1"},                        # the start-up hook installs meshalloc's PyMem hooks
+    "preload": {"LD_PRELOAD": LIB, "PYTHONMALLOC": "malloc"},  # libmesh.so is the process malloc
+}
+EXTRA = {"LD_PRELOAD": LIB, "PYTHONMALLOC": "malloc"}
+
+# Environment variables that select an allocator or its options: removed
+# from every child's base environment; pyperf workers must inherit the ones
+# a configuration sets (and the MESH_* options).
 ALLOCATOR_VARS = ("LD_PRELOAD", "PYTHONMALLOC", "MESHALLOC", "MESHALLOC_DOMAINS", "MESHALLOC_BACKEND",
-                  "MALLOCSTATS")
+                  "MALLOCSTATS", "PYTHONDEVMODE")
 OPTION_PREFIX = "MESH_"
 
-CONFIG_NAMES = ("pymalloc", "malloc", "meshalloc", "preload")  # plus "extra:<name>"
+
+def config_env(name: str, lib: str | None = None) -> dict[str, str]:
+    """The variables configuration ``name`` sets (a name not in CONFIGS is an
+    extra library's), with ``lib`` as the preloaded library."""
+    want = CONFIGS.get(name, EXTRA)
+    if LIB in want.values() and not lib:
+        sys.exit("configuration %s preloads a library and none was found (for libmesh.so: install meshalloc "
+                 "into the benchmarked interpreter, `make -C csrc`, or --lib PATH)" % name)
+    return {k: v.replace(LIB, lib or "") for k, v in want.items()}
+
+
+def base_env() -> dict[str, str]:
+    """This process's environment without any variable that selects an
+    allocator, nor the scale of a pyperf script (MESH_* options are kept:
+    they are passed on to every configuration and recorded in the metadata)."""
+    return {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARS and k != "MESHPERF_SCALE"}
+
+
+def find_libmesh(python: str = sys.executable, explicit: str | None = None) -> str | None:
+    """libmesh.so for the preload configuration: ``explicit`` (--lib), else
+    the one shipped in ``python``'s installed meshalloc (the same build as its
+    extension), else csrc/build/libmesh.so; None if there is none."""
+    import subprocess
+    if explicit:
+        p = os.path.realpath(explicit)
+        if not os.path.isfile(p):
+            sys.exit("libmesh.so not found at %s" % p)
+        return p
+    try:
+        # -I and cwd=/ so that this source tree's meshalloc/ cannot shadow
+        # the installed package
+        r = subprocess.run([python, "-I", "-c", "import meshalloc; print(meshalloc.libmesh_path())"],
+                           capture_output=True, text=True, timeout=60, cwd="/", env=base_env())
+        cand = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
+        if cand and os.path.isfile(cand):
+            return cand
+    except (OSError, subprocess.SubprocessError):
+        pass
+    built = os.path.join(REPO, "csrc", "build", "libmesh.so")
+    return built if os.path.isfile(built) else None
+
+
+def child_json(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run a measuring child of the older runners and return the JSON of its
+    last output line; exit with its stderr if it fails."""
+    import subprocess
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        sys.exit("%s failed (exit %d):\n%s" % (" ".join(cmd), out.returncode, out.stderr[-3000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def inherit_names(env=None) -> list[str]:
+    """Variables a pyperf worker must inherit for the allocator to be the
+    same as its manager's: those of ALLOCATOR_VARS and every MESH_* option."""
+    env = os.environ if env is None else env
+    return sorted(n for n in env if n in ALLOCATOR_VARS or n.startswith(OPTION_PREFIX))
+
+
+def expected_from_env(env=None) -> str:
+    """The configuration a standalone run's environment asks for."""
+    env = os.environ if env is None else env
+    pre = env.get("LD_PRELOAD", "")
+    if env.get("MESHALLOC") == "1":
+        return "meshalloc"
+    if pre:
+        return "preload" if "libmesh" in pre else "extra:" + os.path.basename(pre.split()[0])
+    if env.get("PYTHONMALLOC") == "malloc":
+        return "malloc"
+    return "pymalloc"
+
+
+def round_order(names: Sequence, r: int) -> list:
+    """The configurations of round ``r``, rotated so that over the rounds
+    every one runs first, second, ... equally often (a slow minute on the
+    shared machine then hits them alike)."""
+    k = r % len(names)
+    return list(names[k:]) + list(names[:k])
+
+
+# ---------------------------------------------------------------------------
+# scales
+# ---------------------------------------------------------------------------
 
 # Workload constants are written for the full scale; the others multiply
 # them. fast is for smoke-testing the whole pipeline in minutes: its numbers
@@ -64,7 +177,7 @@ SCALES = {"full": 1.0, "fast": 0.2, "smoke": 0.01}
 
 # pyperf Runner defaults per kind of benchmark and scale (command-line
 # options such as -p still override them).
-PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
+PROFILES: dict[str, dict[str, dict[str, object]]] = {
     # timed Python code: pyperf calibrates the loop count. Full scale: 9
     # processes of 2 values rather than 6 of 3 -- the values of one process
     # fall in the same phase of this shared VM's speed (which flips by up to
@@ -93,10 +206,6 @@ PROFILES: Dict[str, Dict[str, Dict[str, object]]] = {
 _scale_name = "full"
 
 
-def scale_name() -> str:
-    return _scale_name
-
-
 def scaled(n: int, minimum: int = 1) -> int:
     """A workload constant at the current scale."""
     return max(minimum, int(n * SCALES[_scale_name]))
@@ -107,13 +216,36 @@ def scaled(n: int, minimum: int = 1) -> int:
 # ---------------------------------------------------------------------------
 
 def pss_bytes(pid: object = "self") -> int:
-    """A process's PSS in bytes (smaps_rollup; this one by default). PSS,
-    not RSS: a meshed page mapped at two addresses counts once."""
-    with open("/proc/%s/smaps_rollup" % pid) as f:
+    """A process's PSS in bytes (this one by default), from
+    /proc/PID/smaps_rollup; -1 when it cannot be read (the process is gone,
+    or a kernel without smaps_rollup). PSS, not RSS: a meshed page mapped at
+    two addresses counts once."""
+    try:
+        with open("/proc/%s/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return -1
+
+
+def meminfo() -> dict[str, int]:
+    """/proc/meminfo as {field: value}, kB fields in bytes."""
+    out = {}
+    with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no Pss line in /proc/self/smaps_rollup")
+            key, _, rest = line.partition(":")
+            v = rest.split()
+            out[key] = int(v[0]) * (1024 if v[1:] == ["kB"] else 1)
+    return out
+
+
+def system_bytes() -> int:
+    """Shmem + AnonPages of the whole machine, bytes: its growth is what a
+    process costs the system, memfd pages that nobody maps included."""
+    m = meminfo()
+    return m.get("Shmem", 0) + m.get("AnonPages", 0)
 
 
 _SHARED_INTS = range(-5, 257)
@@ -154,11 +286,13 @@ class PssRecorder:
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
-        self.samples: List[List[object]] = []
+        self.samples: list[list[object]] = []
         self.peak = 0
 
     def mark(self, label: str = "") -> int:
         p = pss_bytes()
+        if p < 0:
+            raise RuntimeError("cannot read this process's PSS")
         self.peak = max(self.peak, p)
         self.samples.append([round(time.perf_counter() - self.t0, 4), p, label])
         return p
@@ -174,14 +308,15 @@ class PssRecorder:
 # what is really active in this process
 # ---------------------------------------------------------------------------
 
-class _DlInfo(ctypes.Structure):
-    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
-
-
 def malloc_library() -> str:
     """Real path of the shared object that defines this process's ``malloc``
     (global symbol lookup, as every caller of malloc sees it)."""
+    import ctypes
+
+    class _DlInfo(ctypes.Structure):
+        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
     libc = ctypes.CDLL(None)
     addr = ctypes.cast(libc.malloc, ctypes.c_void_p).value
     info = _DlInfo()
@@ -224,7 +359,7 @@ def pymem_allocator() -> str:
         return "hooked"
 
 
-def detect() -> Dict[str, object]:
+def detect() -> dict[str, object]:
     """What allocator this process really runs under."""
     mod = sys.modules.get("meshalloc")
     installed = bool(mod is not None and mod.is_installed())
@@ -240,20 +375,7 @@ def detect() -> Dict[str, object]:
             "libmesh_preloaded": preloaded}
 
 
-def expected_from_env(env=None) -> str:
-    """The configuration a standalone run's environment asks for."""
-    env = os.environ if env is None else env
-    pre = env.get("LD_PRELOAD", "")
-    if env.get("MESHALLOC") == "1":
-        return "meshalloc"
-    if pre:
-        return "preload" if "libmesh" in pre else "extra:" + os.path.basename(pre.split()[0])
-    if env.get("PYTHONMALLOC") == "malloc":
-        return "malloc"
-    return "pymalloc"
-
-
-def check(config: str, actual: Dict[str, object], extra_lib: Optional[str] = None) -> List[str]:
+def check(config: str, actual: dict[str, object], extra_lib: str | None = None) -> list[str]:
     """Mismatches between configuration ``config`` and ``actual`` (empty: OK)."""
     lib = str(actual["malloc_library"])
     libc_malloc = "libc" in os.path.basename(lib)
@@ -289,7 +411,7 @@ def check(config: str, actual: Dict[str, object], extra_lib: Optional[str] = Non
     return problems
 
 
-def meshalloc_active(actual: Dict[str, object]) -> bool:
+def meshalloc_active(actual: dict[str, object]) -> bool:
     return bool(actual["meshalloc_installed"] or actual["libmesh_preloaded"])
 
 
@@ -299,7 +421,7 @@ def meshalloc_options() -> str:
     return ",".join("%s=%s" % (n, meshalloc.get_option(n)) for n in meshalloc.option_names())
 
 
-def meshalloc_stats() -> Dict[str, int]:
+def meshalloc_stats() -> dict[str, int]:
     """meshalloc.stats() as a dict, whether it returns a dict or a typed
     object with to_dict()."""
     import meshalloc
@@ -312,7 +434,7 @@ def meshalloc_stats() -> Dict[str, int]:
 IDLE_S = 3.0
 
 
-def settle() -> Dict[str, object]:
+def settle() -> dict[str, object]:
     """The 'settled' step: what the program gets with no API call. The
     workload goes on lightly for IDLE_S seconds (a few small allocations
     every 100 ms, as a service between requests does), so that whatever the
@@ -321,7 +443,7 @@ def settle() -> Dict[str, object]:
     explicit figure is taken after it (:func:`compact_step`)."""
     idle = IDLE_S * min(1.0, max(0.1, SCALES[_scale_name]))
     t0 = time.perf_counter()
-    keep: List[object] = []
+    keep: list[object] = []
     while time.perf_counter() - t0 < idle:
         time.sleep(0.1)
         keep.append(["idle-%d" % i for i in range(10)])
@@ -330,7 +452,7 @@ def settle() -> Dict[str, object]:
     return {"idle_s": round(idle, 3)}
 
 
-def compact_step(actual: Dict[str, object]) -> Dict[str, object]:
+def compact_step(actual: dict[str, object]) -> dict[str, object]:
     """The 'compacted' step, after the settled PSS was read: gc.collect(),
     then meshalloc.compact() when meshalloc is the allocator; nothing else
     otherwise (no malloc_trim: the default allocators are measured as a
@@ -338,7 +460,7 @@ def compact_step(actual: Dict[str, object]) -> Dict[str, object]:
     import gc
     t0 = time.perf_counter()
     gc.collect()
-    out: Dict[str, object] = {}
+    out: dict[str, object] = {}
     if meshalloc_active(actual):
         import meshalloc
         r = meshalloc.compact()
@@ -352,23 +474,32 @@ def git_revision() -> str:
     perf/instructions.py sets it, because under valgrind a subprocess's vfork
     runs as a fork without atfork handlers, whose child shares meshalloc's
     heap with the parent until it execs (docs/design.md, "fork")."""
+    import subprocess
     if os.environ.get("MESHPERF_REVISION"):
         return os.environ["MESHPERF_REVISION"]
     try:
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short=12", "HEAD"], capture_output=True,
                              text=True, timeout=20).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
 
 
-def inherit_names(env=None) -> List[str]:
-    """Variables a pyperf worker must inherit for the allocator to be the
-    same as its manager's: those of ALLOCATOR_VARS and every MESH_* option."""
-    env = os.environ if env is None else env
-    return sorted(n for n in env if n in ALLOCATOR_VARS or n.startswith(OPTION_PREFIX))
+def loadavg() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return -1.0
+
+
+def machine_meta() -> dict[str, object]:
+    """Where a result of the older runners (churn/, frag/, redis/) was
+    measured (the pyperf scripts get theirs from pyperf)."""
+    return {"python": sys.executable, "python_version": sys.version.split()[0], "nproc": os.cpu_count(),
+            "loadavg": loadavg(), "uname": " ".join(os.uname())}
 
 
 # ---------------------------------------------------------------------------
@@ -378,7 +509,7 @@ def inherit_names(env=None) -> List[str]:
 class Context:
     """What a benchmark script knows after :func:`make_runner`."""
 
-    def __init__(self, runner, config: str, actual: Dict[str, object]) -> None:
+    def __init__(self, runner, config: str, actual: dict[str, object]) -> None:
         self.runner = runner
         self.config = config
         self.actual = actual
@@ -388,10 +519,10 @@ class Context:
     def is_worker(self) -> bool:
         return bool(self.runner.args.worker)
 
-    def settle(self) -> Dict[str, object]:
+    def settle(self) -> dict[str, object]:
         return settle()
 
-    def compact(self) -> Dict[str, object]:
+    def compact(self) -> dict[str, object]:
         return compact_step(self.actual)
 
 
@@ -399,6 +530,7 @@ def make_runner(kind: str, description: str = "") -> Context:
     """Create the script's pyperf Runner, check the allocator configuration
     in this process and record it in the run metadata."""
     global _scale_name
+    import argparse
     import pyperf
 
     pre = argparse.ArgumentParser(add_help=False)
@@ -406,7 +538,7 @@ def make_runner(kind: str, description: str = "") -> Context:
     known, _ = pre.parse_known_args()
     _scale_name = known.scale
 
-    def pass_args(cmd: List[str], args) -> None:
+    def pass_args(cmd: list[str], args) -> None:
         cmd.extend(["--scale", args.scale, "--alloc-config", args.alloc_config, "--git-revision", args.git_revision])
         if args.alloc_lib:
             cmd.extend(["--alloc-lib", args.alloc_lib])
@@ -460,7 +592,7 @@ def make_runner(kind: str, description: str = "") -> Context:
     return Context(runner, args.alloc_config, actual)
 
 
-def memory_bench(ctx: Context, name: str, workload: Callable[[Context], Dict[str, object]],
+def memory_bench(ctx: Context, name: str, workload: Callable[[Context], dict[str, object]],
                  value_key: str = "settled") -> None:
     """Register a memory benchmark measured once per worker process.
 
@@ -474,7 +606,7 @@ def memory_bench(ctx: Context, name: str, workload: Callable[[Context], Dict[str
         return
     result = workload(ctx)
     value = max(1, int(result[value_key]))
-    md: Dict[str, object] = {"unit": "byte"}
+    md: dict[str, object] = {"unit": "byte"}
     for k, v in result.items():
         if isinstance(v, (int, float, str)) and not isinstance(v, bool):
             md["frag_" + k if not k.startswith("frag_") else k] = v
@@ -491,14 +623,14 @@ PASS_FIELDS = ("passes", "meshes", "pages", "pass_ns")
 
 
 def frag_result(rec: PssRecorder, base: int, peak: int, after_free: int, settled: int, live: int,
-                extra: Optional[Dict[str, object]] = None, ctx: "Optional[Context]" = None) -> Dict[str, object]:
+                extra: dict[str, object] | None = None, ctx: Context | None = None) -> dict[str, object]:
     """The dict a fragmentation workload returns: PSS above the process's
     baseline at the peak, after the frees, settled (after an idle period,
     no API call: the headline) and compacted (then gc.collect() and, under
     meshalloc, compact(): taken here, after the settled figure), the live
     bytes, and recovery = (peak - settled) / (peak - live)."""
     peak = max(peak, rec.peak - base)
-    out: Dict[str, object] = {"base": base, "peak": peak, "after_free": after_free, "settled": settled,
+    out: dict[str, object] = {"base": base, "peak": peak, "after_free": after_free, "settled": settled,
                               "live": live}
     if extra:
         out.update(extra)

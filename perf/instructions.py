@@ -35,9 +35,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-from . import runner
+from . import benchlib, runner
 
 ALLOC_FILES = ("csrc/", "obmalloc.c", "malloc/malloc.c", "malloc/arena.c", "malloc/hooks.c")
 ALLOC_OBJECTS = ("libmesh", "_meshalloc", "jemalloc", "mimalloc", "tcmalloc")
@@ -121,7 +121,7 @@ def cmd_instructions(args) -> int:
     if "pymalloc" not in names:
         names.insert(0, "pymalloc")  # the reference
     configs = runner.make_configs(names, args.extra or [],
-                                  runner.libmesh_for(python, args.lib) if "preload" in names else None)
+                                  benchlib.find_libmesh(python, args.lib) if "preload" in names else None)
     benches = runner.select(runner.load_manifest(), args.bench or "speed")
     out_dir = Path(args.output_dir).resolve() if args.output_dir else runner.RESULTS
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def cmd_instructions(args) -> int:
           % (python, args.scale, 1 + k, len(benches), len(configs)), flush=True)
     results: Dict[str, Dict[str, Dict[str, float]]] = {}
     failed = []
-    revision = runner.benchlib.git_revision()
+    revision = benchlib.git_revision()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="perf-instr-") as tmp:
         work = Path(tmp)
@@ -169,8 +169,8 @@ def cmd_instructions(args) -> int:
 
 def add_arguments(p) -> None:
     p.add_argument("--configs", default="pymalloc,meshalloc,preload",
-                   help="comma list from pymalloc, malloc, meshalloc, preload and --extra names "
-                        "(pymalloc, the reference, is always added)")
+                   help="comma list from %s and --extra names "
+                        "(pymalloc, the reference, is always added)" % ", ".join(benchlib.CONFIGS))
     p.add_argument("--extra", action="append", metavar="NAME=LIB", help="another malloc to preload (repeatable)")
     p.add_argument("--bench", help="benchmarks and/or groups (default: speed)")
     p.add_argument("--python", help="interpreter to count (absolute path; default: this one)")

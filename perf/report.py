@@ -30,13 +30,12 @@ import math
 import os
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from . import benchlib
-from .runner import load_manifest
+from .runner import REPO, load_manifest
 
-REPO = benchlib.REPO
-ORDER = ("pymalloc", "malloc", "meshalloc", "preload")
+ORDER = tuple(benchlib.CONFIGS)
 REF = "pymalloc"
 MIB = 1 << 20
 FRAG_KEYS = ("peak", "after_free", "settled", "compacted", "live")
@@ -304,14 +303,14 @@ def repeat_section(first, second) -> Tuple[List[str], str]:
 # plots
 # ---------------------------------------------------------------------------
 
-COLORS = {"pymalloc": "tab:blue", "malloc": "tab:orange", "meshalloc": "tab:green", "preload": "tab:red"}
+COLORS = dict(zip(ORDER, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
 # for --extra libraries, in the order they are first drawn
 EXTRA_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 
 
 def color_of(config: str) -> str:
     if config not in COLORS:
-        used = sum(1 for c in COLORS if c not in ("pymalloc", "malloc", "meshalloc", "preload"))
+        used = sum(1 for c in COLORS if c not in ORDER)
         COLORS[config] = EXTRA_COLORS[used % len(EXTRA_COLORS)]
     return COLORS[config]
 

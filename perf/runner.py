@@ -2,7 +2,7 @@
 configuration, one pyperf JSON file per configuration.
 
 Configurations (each an environment for the benchmark script *and* its pyperf
-workers):
+workers; the table is benchlib.CONFIGS):
 
     pymalloc   CPython's default (no allocator variable set)
     malloc     PYTHONMALLOC=malloc (every object through glibc malloc)
@@ -47,7 +47,6 @@ exit status is non-zero if anything failed.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -60,12 +59,12 @@ from typing import Dict, List, Optional, Tuple
 
 from . import benchlib
 
-PERF_DIR = benchlib.PERF_DIR
-REPO = benchlib.REPO
+PERF_DIR = Path(benchlib.PERF_DIR)
+REPO = PERF_DIR.parent
 RESULTS = PERF_DIR / "results"
 MANIFEST = PERF_DIR / "MANIFEST"
 GROUPS = ("speed", "fragmentation", "system")
-DEFAULT_CONFIGS = ("pymalloc", "malloc", "meshalloc", "preload")
+DEFAULT_CONFIGS = tuple(benchlib.CONFIGS)
 # fragmentation metadata that become benchmarks of their own
 DERIVED = ("peak", "after_free", "live")
 TIMEOUTS = {"full": 1800, "fast": 300, "smoke": 180}
@@ -157,26 +156,6 @@ class Config:
         return "%s (%s)" % (self.name, " ".join("%s=%s" % kv for kv in self.env.items()) or "default")
 
 
-def libmesh_for(python: str, explicit: Optional[str]) -> Optional[str]:
-    """libmesh.so for preload: --lib, else the one shipped in the target
-    interpreter's installed meshalloc (the same build as its extension),
-    else csrc/build/libmesh.so."""
-    if explicit:
-        return str(Path(explicit).resolve())
-    try:
-        # -I and cwd=/ so that this source tree's meshalloc/ cannot shadow
-        # the installed package
-        p = subprocess.run([python, "-I", "-c", "import meshalloc; print(meshalloc.libmesh_path())"],
-                           capture_output=True, text=True, timeout=60, cwd="/", env=base_env())
-        cand = p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else ""
-        if cand and Path(cand).is_file():
-            return cand
-    except (OSError, subprocess.SubprocessError):
-        pass
-    built = REPO / "csrc" / "build" / "libmesh.so"
-    return str(built) if built.is_file() else None
-
-
 def make_configs(names: List[str], extras: List[str], libmesh: Optional[str]) -> List[Config]:
     """The built-in configurations named in --configs, then every --extra.
     An --extra's name may also appear in --configs (it runs once, with the
@@ -186,19 +165,10 @@ def make_configs(names: List[str], extras: List[str], libmesh: Optional[str]) ->
     for n in names:
         if n in extra_names and n not in DEFAULT_CONFIGS:
             continue
-        if n == "pymalloc":
-            out.append(Config(n, {}, n))
-        elif n == "malloc":
-            out.append(Config(n, {"PYTHONMALLOC": "malloc"}, n))
-        elif n == "meshalloc":
-            out.append(Config(n, {"MESHALLOC": "1"}, n))
-        elif n == "preload":
-            if not libmesh:
-                sys.exit("preload: no libmesh.so found (install meshalloc into --python, `make -C csrc`, or --lib)")
-            out.append(Config(n, {"LD_PRELOAD": libmesh, "PYTHONMALLOC": "malloc"}, n))
-        else:
+        if n not in DEFAULT_CONFIGS:
             sys.exit("unknown configuration %r (known: %s; others with --extra NAME=LIB)"
                      % (n, ", ".join(DEFAULT_CONFIGS)))
+        out.append(Config(n, benchlib.config_env(n, libmesh), n))
     for spec in extras:
         name, sep, lib = spec.partition("=")
         if not sep or not name or not lib:
@@ -208,21 +178,13 @@ def make_configs(names: List[str], extras: List[str], libmesh: Optional[str]) ->
         if not Path(lib).is_file():
             sys.exit("--extra %s: %s does not exist" % (name, lib))
         lib = str(Path(lib).resolve())
-        out.append(Config(name, {"LD_PRELOAD": lib, "PYTHONMALLOC": "malloc"}, "extra:" + name, lib))
+        out.append(Config(name, benchlib.config_env(name, lib), "extra:" + name, lib))
     return out
 
 
-def base_env() -> Dict[str, str]:
-    """This process's environment without any variable that selects an
-    allocator (MESH_* options are kept: they are passed on to every
-    configuration and recorded in the metadata)."""
-    return {k: v for k, v in os.environ.items() if k not in benchlib.ALLOCATOR_VARS and k != "MESHPERF_SCALE"}
-
-
 def config_env(cfg: Config) -> Dict[str, str]:
-    env = base_env()
-    env.update(cfg.env)
-    return env
+    """The whole environment of a child under ``cfg``."""
+    return dict(benchlib.base_env(), **cfg.env)
 
 
 def inherit_list(cfg: Config) -> List[str]:
@@ -244,22 +206,10 @@ def _group_pss(pgid: int) -> int:
                 stat = f.read()
             if int(stat[stat.rfind(")") + 2:].split()[2]) != pgid:
                 continue
-            with open("/proc/%s/smaps_rollup" % name) as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
-                        break
         except (OSError, ValueError, IndexError):
             continue
+        total += max(0, benchlib.pss_bytes(name))  # -1: it exited meanwhile
     return total
-
-
-def _mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 62
 
 
 def run_guarded(cmd: List[str], env: Dict[str, str], timeout: float, pss_cap: int,
@@ -269,7 +219,7 @@ def run_guarded(cmd: List[str], env: Dict[str, str], timeout: float, pss_cap: in
     MemAvailable falls below ``min_available``. Returns (rc, stdout,
     stderr, why it was killed or None)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=str(REPO))
+                            start_new_session=True, cwd=REPO)
     killed: List[str] = []
     done = threading.Event()
     start = time.monotonic()
@@ -285,7 +235,7 @@ def run_guarded(cmd: List[str], env: Dict[str, str], timeout: float, pss_cap: in
         while not done.wait(1.0):
             if time.monotonic() - start > timeout:
                 return kill("timeout after %.0f s" % timeout)
-            avail = _mem_available()
+            avail = benchlib.meminfo().get("MemAvailable", 1 << 62)
             if avail < min_available:
                 return kill("MemAvailable fell to %d MiB" % (avail // MIB))
             pss = _group_pss(proc.pid)
@@ -377,11 +327,12 @@ def cmd_run(args) -> int:
     benches = select(load_manifest(), args.bench)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
     needs_mesh = "preload" in names
-    configs = make_configs(names, args.extra or [], libmesh_for(python, args.lib) if needs_mesh else None)
+    configs = make_configs(names, args.extra or [], benchlib.find_libmesh(python, args.lib) if needs_mesh else None)
     if not configs:
         sys.exit("no configuration selected")
     for n in ("pyperf",):
-        p = subprocess.run([python, "-c", "import %s" % n], capture_output=True, text=True, env=base_env())
+        p = subprocess.run([python, "-c", "import %s" % n], capture_output=True, text=True,
+                           env=benchlib.base_env())
         if p.returncode != 0:
             sys.exit("%s cannot import %s: pip install 'meshalloc[perf]' (or pip install pyperf)" % (python, n))
     t_start = time.monotonic()
@@ -407,8 +358,7 @@ def cmd_run(args) -> int:
                 fresh.unlink()
             took[cfg.name] = 0.0
         for r, nproc in enumerate(shares):
-            k = (i + r) % len(configs)
-            for cfg in configs[k:] + configs[:k]:
+            for cfg in benchlib.round_order(configs, i + r):
                 if cfg.name in failed:
                     continue
                 fresh = out_dir / (".%s.%s.json" % (cfg.name, name))

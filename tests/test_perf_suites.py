@@ -11,6 +11,7 @@ takes well under a minute on 2 cores.
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -176,6 +177,88 @@ def test_live_size_counts_each_object_once_and_skips_small_ints():
               + sys.getsizeof(n) + sys.getsizeof("k"))
     assert benchlib.live_size(roots) == expect
     assert benchlib.live_size([[1, 2, 3]]) == sys.getsizeof([1, 2, 3])
+
+
+def _perf_trees():
+    """{path relative to perf/: its AST} of every Python file in perf/."""
+    return {p.relative_to(PERF).as_posix(): ast.parse(p.read_text(), str(p)) for p in sorted(PERF.rglob("*.py"))}
+
+
+def _strings_by_function(tree):
+    """(name of the innermost enclosing function or "<module>", string
+    constant) for every string in the code, docstrings left out."""
+    out = []
+
+    def visit(node, where):
+        body = getattr(node, "body", None)
+        doc = (body[0].value if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+               and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) else None)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child, child.name)
+            elif isinstance(child, ast.Expr) and child.value is doc:
+                continue
+            elif isinstance(child, ast.Constant) and isinstance(child.value, str):
+                out.append((where, child.value))
+            else:
+                visit(child, where)
+
+    visit(tree, "<module>")
+    return out
+
+
+def test_perf_reads_pss_and_meminfo_in_one_function_each():
+    # one reader of each: copies drift apart in units, fallbacks and what
+    # they count (six PSS readers had grown in perf/ before benchlib's)
+    found = {"smaps": set(), "Pss:": set(), "meminfo": set()}
+    for rel, tree in _perf_trees().items():
+        for where, text in _strings_by_function(tree):
+            for needle in found:
+                if needle in text:
+                    found[needle].add((rel, where))
+    assert found == {"smaps": {("benchlib.py", "pss_bytes")}, "Pss:": {("benchlib.py", "pss_bytes")},
+                     "meminfo": {("benchlib.py", "meminfo")}}
+
+
+def test_perf_modules_import_no_circle():
+    # the bm_* scripts and the older runners import benchlib as a top-level
+    # module (perf/ on sys.path), the package's modules import each other
+    # relatively; both are edges between the same modules
+    trees = _perf_trees()
+    mods = {"perf." + rel[:-3].replace("/", ".") for rel in trees}
+    edges = {}
+    for rel, tree in trees.items():
+        src = "perf." + rel[:-3].replace("/", ".")
+        pkg = src.rsplit(".", 1)[0]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = (pkg + ("." + node.module if node.module else "")) if node.level == 1 else node.module or ""
+                targets = [base] + [base + "." + a.name for a in node.names]
+            else:
+                continue
+            for t in targets:
+                t = t if t.startswith("perf.") else "perf." + t
+                if t in mods and t != src:
+                    edges.setdefault(src, set()).add(t)
+    assert {"perf.instructions", "perf.runner", "perf.report"} <= edges["perf.cli"]
+    assert "perf.benchlib" in edges["perf.bm_fork.run_benchmark"] and "perf.benchlib" in edges["perf.churn.churn"]
+    assert "perf.benchlib" not in edges, "benchlib imports nothing from perf/: %s" % edges.get("perf.benchlib")
+    done, path = set(), []
+
+    def walk(m):
+        assert m not in path, "import circle: %s" % " -> ".join(path[path.index(m):] + [m])
+        if m in done:
+            return
+        path.append(m)
+        for t in sorted(edges.get(m, ())):
+            walk(t)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(mods):
+        walk(m)
 
 
 @pytest.fixture(scope="module")

@@ -56,21 +56,10 @@ def build_heap(target_bytes):
             return heap
 
 
-def system_bytes():
-    """Shmem + AnonPages of the whole machine, bytes."""
-    got = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("Shmem", "AnonPages"):
-                got[key] = int(rest.split()[0]) * 1024
-    return got.get("Shmem", 0) + got.get("AnonPages", 0)
-
-
 def child_memory():
     """(system bytes, PSS bytes) an idle fork child adds."""
     r, w = os.pipe()
-    before = system_bytes()
+    before = benchlib.system_bytes()
     pid = os.fork()
     if pid == 0:
         os.close(r)
@@ -80,7 +69,7 @@ def child_memory():
     os.close(w)
     os.read(r, 1)
     time.sleep(0.2)
-    grown = system_bytes() - before
+    grown = benchlib.system_bytes() - before
     pss = benchlib.pss_bytes(pid)
     os.kill(pid, 9)
     os.waitpid(pid, 0)

@@ -49,7 +49,8 @@ def workload(ctx):
     settled = rec.mark("settled") - base
     live = benchlib.live_size([d])
     assert len(d) == n - n * DELETE_PCT // 100
-    return benchlib.frag_result(rec, base, peak, after_free, settled, live, {"entries": n, "left": len(d), **info}, ctx=ctx)
+    return benchlib.frag_result(rec, base, peak, after_free, settled, live, {"entries": n, "left": len(d), **info},
+                                ctx=ctx)
 
 
 if __name__ == "__main__":

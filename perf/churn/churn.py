@@ -13,9 +13,11 @@ allocator configuration executes exactly the same object operations (the
 printed checksum must match across configurations).
 
 Only the rounds are timed (wall clock, and the process's CPU time, which a
-busy machine disturbs less: time spent descheduled is not counted). After them the process reads its own PSS from
-/proc/self/smaps_rollup (with the survivor pool still alive) and prints one
-JSON line (--json) or a short text report.
+busy machine disturbs less: time spent descheduled is not counted). After
+them the process reads its own PSS (benchlib.pss_bytes, with the survivor
+pool still alive), then detects which allocator it ran under
+(benchlib.detect, which loads ctypes: after the PSS), and prints one JSON
+line (--json) or a short text report.
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ import os
 import random
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+import benchlib  # noqa: E402  (no pathlib here: it would add to the PSS this reports)
 
 # ---- workload parameters (module constants, as in pyperformance) ----------
 SEED = 20190622          # PLDI 2019
@@ -90,37 +95,16 @@ def status_kb(field: str) -> int:
     return -1
 
 
-def pss_kb() -> int:
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return -1
-
-
-def libmesh_loaded() -> bool:
-    with open("/proc/self/maps") as f:
-        return any("libmesh" in line for line in f)
-
-
-def meshing_figures() -> dict:
+def meshing_figures(actual: dict) -> dict:
     """Time and work of meshalloc's passes in this process, when meshalloc is
     the allocator (MESHALLOC=1, or libmesh.so preloaded): what pacing must
-    keep small on a churn that meshing cannot help for long. Imports
-    meshalloc only then, so the other configurations run untouched."""
-    if not (os.environ.get("MESHALLOC") or libmesh_loaded()):
+    keep small on a churn that meshing cannot help for long."""
+    if not benchlib.meshalloc_active(actual):
         return {}
-    try:
-        import meshalloc
-    except ImportError:  # libmesh.so preloaded into an interpreter without the package
-        return {}
-    if not (meshalloc.is_installed() or meshalloc.is_preloaded()):
-        return {}
-    st = meshalloc.stats()
-    return {"meshalloc_active": True, "mesh_pass_s": st.mesh_pause_ns_total / 1e9, "mesh_passes": st.mesh_passes,
-            "mesh_count": st.mesh_count, "meshed_pages_total": st.meshed_pages_total,
-            "dirty_pages": st.dirty_pages, "pages_decayed": st.pages_decayed,
-            "mesher_thread_starts": st.mesher_thread_starts}
+    st = benchlib.meshalloc_stats()
+    return {"mesh_pass_s": st["mesh_pause_ns_total"] / 1e9,
+            **{k: st[k] for k in ("mesh_passes", "mesh_count", "meshed_pages_total", "dirty_pages", "pages_decayed",
+                                  "mesher_thread_starts")}}
 
 
 def main() -> None:
@@ -144,22 +128,22 @@ def main() -> None:
     result = {
         "time_s": elapsed,
         "cpu_s": cpu,
-        "pss_kb": pss_kb(),
+        "pss_kb": benchlib.pss_bytes() // 1024,
         "rss_kb": status_kb("VmRSS"),
         "hwm_kb": status_kb("VmHWM"),
         "checksum": checksum,
         "survivors": len(survivors),
-        "pythonmalloc": os.environ.get("PYTHONMALLOC", ""),
-        "libmesh_loaded": libmesh_loaded(),
         "python": sys.version.split()[0],
+        "config": benchlib.expected_from_env(),
+        "alloc": benchlib.detect(),
     }
-    result.update(meshing_figures())
+    result.update(meshing_figures(result["alloc"]))
     if args.json:
         print(json.dumps(result))
     else:
-        print("churn: %.3f s, PSS %.1f MiB, VmHWM %.1f MiB, checksum %d (PYTHONMALLOC=%s, libmesh %s)"
-              % (elapsed, result["pss_kb"] / 1024, result["hwm_kb"] / 1024, checksum,
-                 result["pythonmalloc"] or "(default)", "loaded" if result["libmesh_loaded"] else "not loaded"))
+        print("churn: %.3f s, PSS %.1f MiB, VmHWM %.1f MiB, checksum %d (%s: PyMem %s, malloc from %s)"
+              % (elapsed, result["pss_kb"] / 1024, result["hwm_kb"] / 1024, checksum, result["config"],
+                 result["alloc"]["pymem"], result["alloc"]["malloc_library"]))
         if "mesh_pass_s" in result:
             print("meshing: %d passes, %d meshes, %.4f s in passes (%.2f %% of the run)"
                   % (result["mesh_passes"], result["mesh_count"], result["mesh_pass_s"],

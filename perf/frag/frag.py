@@ -6,17 +6,19 @@ Two workloads, each run in fresh processes, configurations interleaved:
   C   fragmenter.c (built here on first use): --count small blocks of
       16..256 bytes, a random 90-98 % freed; PSS after allocating, after
       freeing, after malloc_trim(0) (glibc: trims its heap; libmesh.so:
-      meshes, then returns free pages). Configs: glibc, mesh (LD_PRELOAD).
+      meshes, then returns free pages). Configurations: malloc (glibc's),
+      preload (LD_PRELOAD=libmesh.so).
   py  a CPython child: --py-count small objects (strs, tuples, lists), a
       random 2 % kept, the rest dropped; PSS after allocating, after the
       frees (meshing already runs on frees under meshalloc), and after an
       explicit compaction (mesh_compact() under meshalloc, malloc_trim(0)
       under glibc, nothing more for pymalloc). The kept objects are checked
-      intact at the end. Configs: pymalloc, glibc (PYTHONMALLOC=malloc),
-      mesh (+ LD_PRELOAD=libmesh.so).
+      intact at the end. Configurations: pymalloc, malloc, preload
+      (benchlib.CONFIGS); the child then detects its allocator and the
+      driver stops if it is not the configuration's (benchlib.check).
 
-PSS is read from /proc/self/smaps_rollup by the child itself (never RSS: a
-meshed page is mapped twice).
+PSS is read by the child itself (benchlib.pss_bytes; never RSS: a meshed
+page is mapped twice).
 
     python perf/frag/frag.py [--rounds 3] [--keep 2,5,10] [--lib PATH] [--json FILE]
 """
@@ -27,6 +29,7 @@ import gc
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -34,7 +37,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-import perfutil  # noqa: E402
+import benchlib  # noqa: E402
 
 FRAGMENTER_SRC = HERE / "fragmenter.c"
 FRAGMENTER = HERE / "build" / "fragmenter"
@@ -52,7 +55,7 @@ SEED = 7
 def py_child(count: int, keep_pct: float) -> None:
     """Runs inside the measured interpreter: allocate, keep a few, report."""
     def pss() -> int:
-        return perfutil.read_pss_kb()
+        return benchlib.pss_bytes() // 1024
 
     rng = random.Random(SEED)
     gc.collect()
@@ -92,9 +95,8 @@ def py_child(count: int, keep_pct: float) -> None:
     check = [objs_i for objs_i in kept]  # touch every survivor after compaction
     assert len(check) == len(kept) and all(x is not None for x in check)
     print(json.dumps({"pss_base_kb": base, "pss_alloc_kb": after_alloc, "pss_free_kb": after_free,
-                      "pss_compact_kb": after_compact,
-                      "kept": len(kept), "count": count, "pythonmalloc": os.environ.get("PYTHONMALLOC", ""),
-                      "libmesh": mesh_count >= 0, "mesh_count": mesh_count}))
+                      "pss_compact_kb": after_compact, "kept": len(kept), "count": count,
+                      "mesh_count": mesh_count, "alloc": benchlib.detect()}))
 
 
 def mesh_counter(name: str) -> int:
@@ -123,13 +125,6 @@ def build_fragmenter() -> str:
     return str(FRAGMENTER)
 
 
-def run_json(cmd: list, env: dict) -> dict:
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        sys.exit("%s failed (exit %d):\n%s" % (cmd, out.returncode, out.stderr[-3000:]))
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def mib(kb: float) -> float:
     return kb / 1024.0
 
@@ -151,63 +146,61 @@ def main() -> None:
         py_child(args.py_count, PY_KEEP_PCT)
         return
 
-    lib = perfutil.find_libmesh(args.lib)
-    base = perfutil.base_env()
-    out = {"benchmark": "meshalloc-frag", "meta": perfutil.machine_meta(), "c": {}, "py": {}}
+    lib = benchlib.find_libmesh(args.python, args.lib)
+    base = dict(benchlib.base_env(), PYTHONHASHSEED="0")  # the same dict/set layouts in every child
+    cfgs = {n: benchlib.config_env(n, lib) for n in ("pymalloc", "malloc", "preload")}
+    out = {"benchmark": "meshalloc-frag", "meta": benchlib.machine_meta(), "c": {}, "py": {}}
     out["meta"].update({"libmesh": lib, "rounds": args.rounds})
     t_start = time.time()
-    print("frag: %d rounds, libmesh %s, loadavg %.2f" % (args.rounds, lib, perfutil.loadavg()))
+    print("frag: %d rounds, libmesh %s, loadavg %.2f" % (args.rounds, lib, benchlib.loadavg()))
 
     if args.only in (None, "c"):
         exe = build_fragmenter()
-        cfgs = perfutil.c_configs(lib)
-        names = list(cfgs)
+        names = ["malloc", "preload"]  # for a C program, glibc's malloc and libmesh.so
         keeps = [float(k) for k in args.keep.split(",") if k]
         samples = {(n, k): [] for n in names for k in keeps}
         for r in range(args.rounds):
             for k in keeps:
-                for n in perfutil.round_order(names, r):
-                    env = dict(base)
-                    env.update(cfgs[n])
-                    res = run_json([exe, "--count", str(args.count), "--keep-pct", str(k)], env)
-                    if res["libmesh"] != (n == "mesh"):
+                for n in benchlib.round_order(names, r):
+                    res = benchlib.child_json([exe, "--count", str(args.count), "--keep-pct", str(k)],
+                                              dict(base, **cfgs[n]))
+                    if res["libmesh"] != (n == "preload"):
                         sys.exit("configuration %s did not take effect: %r" % (n, res))
                     samples[(n, k)].append(res)
         print("\nC fragmenter: %d blocks of 16..256 B, random %%kept survive; PSS above the baseline, MiB "
               "(medians of %d)" % (args.count, args.rounds))
-        print("  %-6s %6s %9s %10s %10s %10s %11s %10s" % ("alloc", "kept%", "live MiB", "allocated", "freed",
+        print("  %-7s %6s %9s %10s %10s %10s %11s %10s" % ("alloc", "kept%", "live MiB", "allocated", "freed",
                                                          "trimmed", "trim/live", "mesh_count"))
         for k in keeps:
             row = {}
             for n in names:
                 s = samples[(n, k)]
-                d = {f: perfutil.median(x[f] - x["pss_base_kb"] for x in s)
+                d = {f: statistics.median(x[f] - x["pss_base_kb"] for x in s)
                      for f in ("pss_alloc_kb", "pss_free_kb", "pss_trim_kb")}
                 live = s[0]["live_bytes"] / 1048576
                 row[n] = d
                 out["c"]["%s/keep%g" % (n, k)] = {"live_mib": live, **{f: mib(v) for f, v in d.items()},
                                                    "mesh_count": s[0]["mesh_count"], "samples": s}
-                print("  %-6s %6g %9.1f %10.1f %10.1f %10.1f %11.1f %10s" % (
+                print("  %-7s %6g %9.1f %10.1f %10.1f %10.1f %11.1f %10s" % (
                     n, k, live, mib(d["pss_alloc_kb"]), mib(d["pss_free_kb"]), mib(d["pss_trim_kb"]),
                     mib(d["pss_trim_kb"]) / live, s[0]["mesh_count"] if s[0]["mesh_count"] >= 0 else "-"))
-            if "glibc" in row and "mesh" in row:
-                print("  %-6s %6g %9s %10.3f %10.3f %10.3f   (mesh/glibc)" % (
-                    "ratio", k, "", row["mesh"]["pss_alloc_kb"] / row["glibc"]["pss_alloc_kb"],
-                    row["mesh"]["pss_free_kb"] / row["glibc"]["pss_free_kb"],
-                    row["mesh"]["pss_trim_kb"] / row["glibc"]["pss_trim_kb"]))
+            if "malloc" in row and "preload" in row:
+                print("  %-7s %6g %9s %10.3f %10.3f %10.3f   (preload/malloc)" % (
+                    "ratio", k, "", row["preload"]["pss_alloc_kb"] / row["malloc"]["pss_alloc_kb"],
+                    row["preload"]["pss_free_kb"] / row["malloc"]["pss_free_kb"],
+                    row["preload"]["pss_trim_kb"] / row["malloc"]["pss_trim_kb"]))
 
     if args.only in (None, "py"):
-        cfgs = perfutil.python_configs(lib)
         names = list(cfgs)
         samples = {n: [] for n in names}
         cmd = [args.python, str(Path(__file__).resolve()), "--py-child", "--py-count", str(args.py_count)]
         for r in range(args.rounds):
-            for n in perfutil.round_order(names, r):
-                env = dict(base)
-                env.update(cfgs[n])
-                res = run_json(cmd, env)
-                if res["libmesh"] != (n == "mesh") or res["pythonmalloc"] != cfgs[n].get("PYTHONMALLOC", ""):
-                    sys.exit("configuration %s did not take effect: %r" % (n, res))
+            for n in benchlib.round_order(names, r):
+                res = benchlib.child_json(cmd, dict(base, **cfgs[n]))
+                problems = benchlib.check(n, res["alloc"])
+                if problems:
+                    sys.exit("configuration %s did not take effect (expected: %s): %r"
+                             % (n, "; ".join(problems), res))
                 samples[n].append(res)
         print("\nPython: %d small objects, random %d %% kept; PSS above the child's baseline, MiB "
               "(medians of %d)" % (args.py_count, PY_KEEP_PCT, args.rounds))
@@ -216,16 +209,16 @@ def main() -> None:
         ref = None
         for n in names:
             s = samples[n]
-            a = perfutil.median(x["pss_alloc_kb"] - x["pss_base_kb"] for x in s)
-            f = perfutil.median(x["pss_free_kb"] - x["pss_base_kb"] for x in s)
-            c = perfutil.median(x["pss_compact_kb"] - x["pss_base_kb"] for x in s)
+            a = statistics.median(x["pss_alloc_kb"] - x["pss_base_kb"] for x in s)
+            f = statistics.median(x["pss_free_kb"] - x["pss_base_kb"] for x in s)
+            c = statistics.median(x["pss_compact_kb"] - x["pss_base_kb"] for x in s)
             ref = ref or c
             out["py"][n] = {"alloc_mib": mib(a), "free_mib": mib(f), "compact_mib": mib(c),
                             "mesh_count": s[0]["mesh_count"], "samples": s}
             print("  %-9s %10.1f %10.1f %11.1f %12.3f %10s" % (n, mib(a), mib(f), mib(c), c / ref,
                                                              s[0]["mesh_count"] if s[0]["mesh_count"] >= 0 else "-"))
 
-    print("\nwall %.0f s, loadavg now %.2f" % (time.time() - t_start, perfutil.loadavg()))
+    print("\nwall %.0f s, loadavg now %.2f" % (time.time() - t_start, benchlib.loadavg()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:

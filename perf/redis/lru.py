@@ -14,10 +14,11 @@ under meshalloc, the server's ``MALLOCSTATS`` summary at exit. Configurations
 run interleaved, rotating which goes first.
 
     jemalloc   Debian's redis-server as built (linked with libjemalloc)
-    mesh       the same binary under LD_PRELOAD=libmesh.so (Redis calls the
-               unprefixed malloc, so meshalloc serves every allocation)
-    glibc      optional (--configs): LD_PRELOAD of a library that exports
-               glibc's malloc is not possible, so this needs a redis-server
+    preload    the same binary under LD_PRELOAD=libmesh.so (benchlib's
+               preload: Redis calls the unprefixed malloc, so meshalloc
+               serves every allocation), with MALLOCSTATS=2
+    malloc     optional (--configs): glibc's malloc cannot be preloaded
+               over the jemalloc linked in, so this needs a redis-server
                built with MALLOC=libc (--glibc-server PATH)
 
 Needs redis-server and redis-benchmark on PATH (Debian: redis-server,
@@ -29,9 +30,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-import perfutil  # noqa: E402
+import benchlib  # noqa: E402
 
 MAXMEMORY = "100mb"
 PHASES = ((240, 1_000_000), (492, 1_000_000))  # (value bytes, SET requests)
@@ -86,18 +87,18 @@ def run_one(server: str, env: dict, idle: float, workdir: str) -> dict:
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(port, proc)
-        base = perfutil.read_pss_kb(proc.pid)
+        base = benchlib.pss_bytes(proc.pid) // 1024
         t0 = time.monotonic()
         for size, n in PHASES:
             subprocess.run(["redis-benchmark", "-p", str(port), "-t", "set", "-n", str(n), "-r", str(KEYSPACE),
                             "-d", str(size), "-P", "16", "-q"], check=True, capture_output=True, timeout=600)
         fill_s = time.monotonic() - t0
-        filled = perfutil.read_pss_kb(proc.pid)
+        filled = benchlib.pss_bytes(proc.pid) // 1024
         series = [(0.0, filled)]
         t1 = time.monotonic()
         while time.monotonic() - t1 < idle:
             time.sleep(0.5)
-            series.append((round(time.monotonic() - t1, 2), perfutil.read_pss_kb(proc.pid)))
+            series.append((round(time.monotonic() - t1, 2), benchlib.pss_bytes(proc.pid) // 1024))
         mem = info_memory(port)
         keys = redis_cmd(port, "DBSIZE").strip()
         redis_cmd(port, "SHUTDOWN", "NOSAVE")
@@ -119,29 +120,28 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of idle after the fill (default 10)")
     ap.add_argument("--lib", help="path of libmesh.so")
-    ap.add_argument("--configs", default="jemalloc,mesh")
-    ap.add_argument("--glibc-server", help="a redis-server built with MALLOC=libc, for the glibc configuration")
+    ap.add_argument("--configs", default="jemalloc,preload")
+    ap.add_argument("--glibc-server", help="a redis-server built with MALLOC=libc, for the malloc configuration")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if not shutil.which(tool):
             sys.exit("%s not found (Debian: apt-get install redis-server redis-tools)" % tool)
-    lib = perfutil.find_libmesh(args.lib)
-    base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    configs = {
-        "jemalloc": ("redis-server", dict(base)),
-        "mesh": ("redis-server", dict(base, LD_PRELOAD=lib, MALLOCSTATS="2")),
-    }
-    if args.glibc_server:
-        configs["glibc"] = (args.glibc_server, dict(base))
     names = [c for c in args.configs.split(",") if c]
+    lib = benchlib.find_libmesh(sys.executable, args.lib) if "preload" in names else None
+    base = benchlib.base_env()
+    configs = {"jemalloc": ("redis-server", base)}
+    if "preload" in names:
+        configs["preload"] = ("redis-server", dict(base, MALLOCSTATS="2", **benchlib.config_env("preload", lib)))
+    if args.glibc_server:
+        configs["malloc"] = (args.glibc_server, base)
     for n in names:
         if n not in configs:
             sys.exit("unknown configuration %r (known: %s)" % (n, ", ".join(configs)))
     results = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as wd:
         for r in range(args.rounds):
-            for n in perfutil.round_order(names, r):
+            for n in benchlib.round_order(names, r):
                 server, env = configs[n]
                 res = run_one(server, env, args.idle, wd)
                 results[n].append(res)
@@ -152,14 +152,14 @@ def main() -> None:
     print("%-9s %12s %12s %14s" % ("config", "filled MiB", "idle MiB", "used_memory"))
     for n in names:
         rs = results[n]
-        print("%-9s %12.1f %12.1f %14.1f" % (n, perfutil.median(x["filled_kib"] for x in rs) / 1024,
-                                              perfutil.median(x["idle_kib"] for x in rs) / 1024,
-                                              perfutil.median(x["used_memory"] for x in rs) / 2**20))
-    if "mesh" in results and results["mesh"][-1]["mallocstats"]:
+        print("%-9s %12.1f %12.1f %14.1f" % (n, statistics.median(x["filled_kib"] for x in rs) / 1024,
+                                              statistics.median(x["idle_kib"] for x in rs) / 1024,
+                                              statistics.median(x["used_memory"] for x in rs) / 2**20))
+    if "preload" in results and results["preload"][-1]["mallocstats"]:
         print("\nmeshalloc's MALLOCSTATS at exit (last round):")
-        print("\n".join(results["mesh"][-1]["mallocstats"]))
+        print("\n".join(results["preload"][-1]["mallocstats"]))
     if args.json:
-        meta = perfutil.machine_meta()
+        meta = benchlib.machine_meta()
         meta.update({"maxmemory": MAXMEMORY, "phases": PHASES, "keyspace": KEYSPACE, "idle_s": args.idle,
                      "libmesh": lib})
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
