@@ -35,6 +35,12 @@ static pthread_mutex_t direct_lock = PTHREAD_MUTEX_INITIALIZER;
 static direct_t *table; /* (direct_lock) */
 static size_t cap;      /* (direct_lock) slots, a power of two */
 static size_t used;     /* (direct_lock) live entries */
+/* Set (release) before the first direct block is handed out: until then
+ * every lookup answers "not a direct block" without the lock, which the
+ * Python face asks for every foreign block it frees (pymalloc's, from
+ * before install). A pointer that is a direct block reached its user after
+ * the store, so the acquire load sees it. */
+static _Atomic bool any_direct;
 
 static size_t home(uintptr_t addr) {
   uint64_t h = (uint64_t)(addr >> MESH_PAGE_SHIFT) * 0x9E3779B97F4A7C15ull;
@@ -112,6 +118,7 @@ void *_mesh_direct_alloc(size_t size, size_t align) {
   }
   table[find((uintptr_t)p)] = (direct_t){(uintptr_t)p, len};
   used++;
+  mesh_store_release(&any_direct, true);
   pthread_mutex_unlock(&direct_lock);
   mesh_stat_add(direct_alloc_count, 1);
   mesh_stat_add(direct_bytes_in_use, len);
@@ -119,7 +126,7 @@ void *_mesh_direct_alloc(size_t size, size_t align) {
 }
 
 size_t _mesh_direct_size(const void *p) {
-  if ((uintptr_t)p & (MESH_PAGE_SIZE - 1)) return 0;
+  if (((uintptr_t)p & (MESH_PAGE_SIZE - 1)) || !mesh_load_acquire(&any_direct)) return 0;
   pthread_mutex_lock(&direct_lock);
   size_t len = 0;
   if (cap) {
@@ -131,7 +138,7 @@ size_t _mesh_direct_size(const void *p) {
 }
 
 bool _mesh_direct_free(void *p) {
-  if ((uintptr_t)p & (MESH_PAGE_SIZE - 1)) return false;
+  if (((uintptr_t)p & (MESH_PAGE_SIZE - 1)) || !mesh_load_acquire(&any_direct)) return false;
   pthread_mutex_lock(&direct_lock);
   size_t i = cap ? find((uintptr_t)p) : 0, len = cap ? table[i].len : 0;
   bool ours = cap && table[i].addr != 0;

@@ -33,9 +33,16 @@
  * on NULL, so a caller can keep its own fast path free of calls. */
 MESH_INLINE void *mesh_malloc_try(thread_heap_t *h, size_t size) {
   shuffle_vector_t *sv;
-  /* size 0 wraps round and takes the slow path, which serves it as 16 */
-  if (mesh_unlikely(size - 1 >= MESH_SMALL_MAX)) return NULL;
-  sv = &h->sv[mesh_class_of(size)];
+  unsigned cls;
+  /* size 0 wraps round and takes the slow path, which serves it as 16; the
+   * commonest sizes pass one compare */
+  if (mesh_likely(size - 1 < 512)) {
+    cls = (unsigned)((size - 1) >> 4);
+  } else {
+    if (mesh_unlikely(size - 1 >= MESH_SMALL_MAX)) return NULL;
+    cls = mesh_class_of(size);
+  }
+  sv = &h->sv[cls];
   MESH_OPAQUE(sv);
   return mesh_sv_try_pop(sv);
 }

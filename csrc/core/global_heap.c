@@ -30,9 +30,11 @@ void _mesh_lock(void) { pthread_mutex_lock(&_mesh_global_lock); }
 void _mesh_unlock(void) { pthread_mutex_unlock(&_mesh_global_lock); }
 
 unsigned _mesh_span_live(const span_t *s) {
-  unsigned n = 0;
-  for (unsigned w = 0; w < mesh_bitmap_words(s); w++)
-    n += (unsigned)mesh_popcount64(mesh_load_seq_cst(&s->bits[w]) & mesh_bitmap_mask(s, w));
+  /* (the geometry read once: the seq_cst loads would make the compiler
+   * read it again for every word) */
+  unsigned nobjects = s->nobjects, words = mesh_bitmap_words_n(nobjects), n = 0;
+  for (unsigned w = 0; w + 1 < words; w++) n += mesh_popcount64(mesh_load_seq_cst(&s->bits[w]));
+  if (words) n += mesh_popcount64(mesh_load_seq_cst(&s->bits[words - 1]) & mesh_bitmap_mask_n(nobjects, words - 1));
   return n;
 }
 

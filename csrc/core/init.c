@@ -17,6 +17,7 @@ void _mesh_init_slow(void) {
     pthread_mutex_lock(&init_lock);
     if (mesh_load_acquire(&_mesh_init_state) == 0) {
       mesh_store_relaxed(&_mesh_init_state, 1);
+      _mesh_os_cpu_init();
       _mesh_options_init();
       _mesh_stats_page_init();
       _mesh_size_classes_init();

@@ -18,6 +18,9 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 #ifndef MFD_CLOEXEC
 #define MFD_CLOEXEC 0x0001U
@@ -205,6 +208,15 @@ uint64_t _mesh_os_thread_cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID)
 uint64_t _mesh_os_process_cpu_ns(void) { return clock_ns(CLOCK_PROCESS_CPUTIME_ID); }
 
 bool _mesh_os_secure(void) { return getauxval(AT_SECURE) != 0; }
+
+bool _mesh_os_has_popcnt;
+
+void _mesh_os_cpu_init(void) {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  _mesh_os_has_popcnt = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_POPCNT);
+#endif
+}
 
 const char *_mesh_os_getenv(const char *name) {
   /* setuid/setgid programs ignore tunables, as glibc ignores MALLOC_* */

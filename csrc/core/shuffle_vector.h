@@ -49,7 +49,7 @@ MESH_INLINE unsigned mesh_sv_slot(const shuffle_vector_t *sv, uint32_t off) {
  * mesh_sv_pop, on the slow path, reports it. Checking before taking keeps
  * every failure a plain "go slow" with nothing to undo. */
 MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
-  uint16_t len = sv->len;
+  uint32_t len = sv->len;
   if (mesh_unlikely(len == 0)) return NULL;
   len--;
   uint32_t e = sv->entries[len], off = mesh_sv_entry_off(e);
@@ -140,7 +140,7 @@ MESH_INLINE void mesh_sv_fill(thread_heap_t *h, shuffle_vector_t *sv, const sv_g
     mesh_sv_write_run(sv, a, g->bits[a], k, m, rot ? k + rot - 1 : k + m - 1);
     k += m;
   }
-  sv->len = (uint16_t)k;
+  sv->len = k;
   if (h->shuffle == MESH_ORDER_OBJECTS) {
     uint32_t *e = sv->entries;
     for (uint32_t i = k; i > from + 1; i--) {

@@ -28,7 +28,7 @@ static pthread_key_t heap_key;
 static thread_heap_t *all_heaps;   /* (lock) */
 static thread_heap_t *heap_pool;   /* (lock) released heaps */
 /* Created on first use, under the orphan lock (most processes never need
- * it: a heap is 83 KiB); read by the validators and fork under the global
+ * it: a heap is 104 KiB of address space); read by the validators and fork under the global
  * lock, hence atomic. */
 static thread_heap_t *_Atomic orphan_heap;
 static uint32_t next_heap_id = 1;  /* (lock) */
@@ -65,7 +65,7 @@ void _mesh_heap_sv_prepare(shuffle_vector_t *sv, unsigned cls) {
   sv->cls = (uint8_t)cls;
   sv->size = _mesh_classes[cls].size;
   sv->recip = _mesh_classes[cls].recip;
-  mesh_stat_add(thread_heap_bytes, sizeof *sv);
+  mesh_stat_add(thread_heap_bytes, MESH_SV_USED_BYTES);
 }
 
 /* Lock held. */
