@@ -235,7 +235,12 @@ def system_section(suites) -> List[str]:
             rel = fmt_ratio(*ratio(b, rb)) if rb is not None and c != REF else ""
             extra = ""
             if n == "fork":
-                extra = " (heap %s MB)" % run_metadata(b)[0].get("fork_heap_mb", "?")
+                mds = run_metadata(b)
+                extra = " (heap %s MB)" % mds[0].get("fork_heap_mb", "?")
+                if all("prefork_idle_added_mb" in m for m in mds):
+                    extra += "; 4 preforked workers add %.1f MB idle, %.1f MB rewriting a tenth of the objects" % (
+                        statistics.mean(float(m["prefork_idle_added_mb"]) for m in mds),
+                        statistics.mean(float(m["prefork_rewrite_added_mb"]) for m in mds))
             rows.append("| %s | %s | %s | %d%s |" % (c, fmt_ms_pm(m, sd), rel, k, extra))
         if rows:
             lines += ["", "**%s** — %s:" % (n, what), "", "| config | mean ±sd | vs %s | values |" % REF,

@@ -3,21 +3,25 @@
 Each worker builds a deterministic heap of mixed objects (small strs,
 tuples, dicts, lists of ints, bytes up to 4 KiB) until its PSS has grown by
 HEAP_MB, then times fork() + the child's immediate os._exit(0) + waitpid().
-meshalloc's object memory is a MAP_SHARED memfd, so a child must copy the
-live heap into a memfd of its own before it runs any code, and fork()
-returns in the parent only after that copy; pymalloc's and glibc's heaps are
-copy-on-write and cost the kernel only page tables. (The original Mesh took
-206 ms vs pymalloc's 9 ms for 200 MB: docs/design.md, "fork".)
+pymalloc's and glibc's heaps are copy-on-write and cost the kernel only page
+tables; so is meshalloc's, but for meshed spans, whose pages live in a
+shared memfd and are copied for the child before the clone (docs/design.md,
+"fork"). (The original Mesh copied the whole heap: 206 ms vs pymalloc's 9 ms
+for 200 MB.)
 
 Timed: fork through waitpid, one fork per value (the heap is built outside
 the timed region, once per worker).
 
-Memory, once per worker, into the run's metadata: a child that stays alive
-(idle, before exiting) is measured as the system sees it, the growth of
-``Shmem + AnonPages`` in /proc/meminfo (``fork_child_system_mb``), beside
-its PSS (``fork_child_pss_mb``). PSS alone misses a meshalloc child's copy:
-it is written into the child's memfd with ``pwrite`` and not mapped until
-touched (docs/options.md, ``arena_memfd_bytes``).
+Memory, once per worker, into the run's metadata:
+- an idle child as the system sees it, the growth of ``Shmem + AnonPages``
+  in /proc/meminfo (``fork_child_system_mb``), beside its PSS
+  (``fork_child_pss_mb``); PSS alone misses memfd pages written with
+  ``pwrite`` and not yet touched;
+- a preforked service: PREFORK workers forked from the heap, idle
+  (``prefork_idle_added_mb``) or each rewriting a tenth of the objects
+  (``prefork_rewrite_added_mb``): what they add to the parent's memory,
+  the sum of every process's PSS (shared pages split between them) plus the
+  bytes the workers' arena memfds hold that no PSS shows.
 """
 import os
 import sys
@@ -77,13 +81,53 @@ def child_memory():
     return grown, pss
 
 
+PREFORK = 4
+
+
+def footprint(pid):
+    return benchlib.pss_bytes(pid) + benchlib.memfd_bytes(pid)
+
+
+def prefork_added(heap, rewrite):
+    """Bytes PREFORK workers add once each has (if rewrite) rewritten every
+    tenth object of its share of the heap, and then idles."""
+    before = footprint(os.getpid())
+    pids, pipes = [], []
+    for w in range(PREFORK):
+        r, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            if rewrite:
+                for chunk in heap[w::PREFORK]:
+                    for k in range(0, len(chunk), 10):
+                        chunk[k] = ("rewritten", k)
+            os.write(wfd, b"x")
+            time.sleep(60)
+            os._exit(0)
+        os.close(wfd)
+        pids.append(pid)
+        pipes.append(r)
+    for r in pipes:
+        os.read(r, 1)
+        os.close(r)
+    time.sleep(0.3)
+    total = footprint(os.getpid()) + sum(footprint(p) for p in pids)
+    for p in pids:
+        os.kill(p, 9)
+        os.waitpid(p, 0)
+    return total - before
+
+
 def prepare(runner):
     """In a worker, before pyperf copies the metadata into the run: the heap,
-    and what an idle child of it costs."""
+    and what an idle child and a set of preforked workers of it cost."""
     _state["heap"] = build_heap(benchlib.scaled(HEAP_MB, 1) * 1024 * 1024)
     grown, pss = child_memory()
     runner.metadata["fork_child_system_mb"] = round(grown / 1048576.0, 1)
     runner.metadata["fork_child_pss_mb"] = round(pss / 1048576.0, 1)
+    for key, rewrite in (("prefork_idle_added_mb", False), ("prefork_rewrite_added_mb", True)):
+        runner.metadata[key] = round(prefork_added(_state["heap"], rewrite) / 1048576.0, 1)
 
 
 def bench(loops):
