@@ -52,25 +52,28 @@ static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, 
  * Called only when the word was full or is now empty (cheap tests,
  * mesh_after_shared_clear), which this refines: the word full and the span
  * not already partial; every other word empty too. */
-void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects) {
+void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects,
+                       const void *caller) {
   bool was_full_word = old == mesh_bitmap_mask_n(nobjects, w) && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
   bool maybe_empty = (old & ~bit) == 0;
   if (maybe_empty) {
     for (unsigned i = 0; i < mesh_bitmap_words_n(nobjects); i++)
       if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
   }
-  /* (a meshing thread this asks for starts at the next malloc: trigger.c) */
-  if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
+  if (was_full_word || maybe_empty) {
+    _mesh_global_free_transition(s, id);
+    mesh_mesher_poll_free(caller); /* the free is done: a place to start a thread, unless the loader called */
+  }
 }
 
 /* Every free into a span not attached to the caller that
  * mesh_free_shared_try (fast_path.h) did not do: large blocks, spans meshed
  * away (the bit is cleared in the span that holds the objects now), double
  * and invalid frees. Starts from scratch: the fast try changed nothing. */
-void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
+void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte, const void *caller) {
   uint8_t st = mesh_load_relaxed(&s->state);
   if (mesh_unlikely(st == SPAN_LARGE)) {
-    _mesh_large_free(s, id, p, pte);
+    _mesh_large_free(s, id, p, pte, caller);
     return;
   }
   if (mesh_unlikely(id == MESH_NIL || st > SPAN_ALIAS || !(FREEABLE_STATES >> st & 1u))) {
@@ -94,7 +97,7 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
   unsigned nobjects = sc->nobjects;
   uint64_t old;
   s = clear_slow(p, s, &id, w, bit, &old);
-  if (s) mesh_after_shared_clear(s, id, w, old, bit, nobjects);
+  if (s) mesh_after_shared_clear(s, id, w, old, bit, nobjects, caller);
 }
 
 void mesh_free(void *p) {

@@ -74,7 +74,7 @@ MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uin
   uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
   if (mesh_unlikely(!(old & bit))) return false;
   /* the bit is clear: from here the record may be reused (alloc.c) */
-  mesh_after_shared_clear(s, id, w, old, bit, nobjects);
+  mesh_after_shared_clear(s, id, w, old, bit, nobjects, __builtin_return_address(0));
   return true;
 }
 
@@ -118,7 +118,7 @@ MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
     return MESH_FREE_LOCAL;
   }
   if (mesh_likely(mesh_free_shared_try(off, s, id, pte))) return MESH_FREE_OTHER;
-  _mesh_free_nonlocal(p, s, id, pte);
+  _mesh_free_nonlocal(p, s, id, pte, __builtin_return_address(0));
   return MESH_FREE_OTHER;
 }
 

@@ -242,7 +242,7 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   return p;
 }
 
-void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte) {
+void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte, const void *caller) {
   if ((uintptr_t)p != mesh_page_addr((uint32_t)(pte >> 32)) || (uint32_t)(pte >> 32) != s->page) {
     _mesh_report_bad_free(p, "invalid free (pointer inside a large block)");
     return;
@@ -259,6 +259,7 @@ void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte) {
   _mesh_arena_free_span(id);
   _mesh_maybe_mesh(true);
   _mesh_unlock();
+  mesh_mesher_poll_free(caller);
 }
 
 bool _mesh_large_resize(const void *p, size_t size) {

@@ -9,6 +9,7 @@
 #include "internal.h"
 
 _Atomic int _mesh_init_state;
+uintptr_t _mesh_ldso_lo, _mesh_ldso_len;
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic int fork_registered;
 
@@ -18,6 +19,7 @@ void _mesh_init_slow(void) {
     if (mesh_load_acquire(&_mesh_init_state) == 0) {
       mesh_store_relaxed(&_mesh_init_state, 1);
       _mesh_os_cpu_init();
+      _mesh_os_loader_text(&_mesh_ldso_lo, &_mesh_ldso_len);
       _mesh_options_init();
       _mesh_stats_page_init();
       _mesh_size_classes_init();

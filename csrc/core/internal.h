@@ -74,6 +74,7 @@ void _mesh_os_abort(void) __attribute__((noreturn));
 void *_mesh_os_move_over(void *src, size_t len, void *dst); /* mremap(MREMAP_FIXED) */
 int _mesh_os_protect_read(void *addr, size_t len);
 int _mesh_os_protect_rw(void *addr, size_t len);   /* raw mprotect, read-write */
+void _mesh_os_loader_text(uintptr_t *lo, uintptr_t *len); /* the dynamic loader's code range, or 0, 0 */
 int _mesh_os_advise_fork(void *addr, size_t len, bool dontfork); /* MADV_DONTFORK / MADV_DOFORK */
 long _mesh_os_max_map_count(void);
 long _mesh_os_count_maps(void);
@@ -403,7 +404,7 @@ void _mesh_global_detach_all(thread_heap_t *h);
 /* A non-local free saw a bitmap word go from full or to empty. */
 void _mesh_global_free_transition(span_t *s, uint32_t id);
 void *_mesh_large_alloc(size_t size, size_t align, bool zero);
-void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte);
+void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte, const void *caller);
 /* Resizes the large block p in place; false if it cannot (then move it). */
 bool _mesh_large_resize(const void *p, size_t size);
 
@@ -464,18 +465,21 @@ void _mesh_heaps_after_fork_child(void);
 void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]);
 
 /* ---- alloc.c -------------------------------------------------------- */
-void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte);
-void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects);
+/* caller: the return address of the allocator entry point the program
+ * called (free, a PyMem hook), for mesh_mesher_poll_free. */
+void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte, const void *caller);
+void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects,
+                       const void *caller);
 /* After a free cleared bit of word w (old: the word before) in span s, not
  * attached to the caller: nothing more if the span is attached to some
  * thread heap (its owner takes the slot back at its next reclaim); a
  * detached span that was full or is now empty changes bins (the global
  * lock), which the two cheap tests here leave to _mesh_after_clear. */
 MESH_INLINE void mesh_after_shared_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit,
-                                         unsigned nobjects) {
+                                         unsigned nobjects, const void *caller) {
   if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
   if (mesh_unlikely((old & ~bit) == 0 || old == mesh_bitmap_mask_n(nobjects, w)))
-    _mesh_after_clear(s, id, w, old, bit, nobjects);
+    _mesh_after_clear(s, id, w, old, bit, nobjects, caller);
 }
 
 /* ---- barrier.c ------------------------------------------------------ */
@@ -527,6 +531,15 @@ void _mesh_mesher_poll_slow(void);
  * starts the meshing thread if a trigger asked for it. */
 MESH_INLINE void mesh_mesher_poll(void) {
   if (mesh_unlikely(mesh_load_relaxed(&_mesh_mesher_wanted))) _mesh_mesher_poll_slow();
+}
+/* The same at the end of a free, which the dynamic loader may have called
+ * (caller: the free's return address) while glibc holds its stack cache
+ * lock, which pthread_create and pthread_join take: the thread is then left
+ * to the next allocator call. */
+extern uintptr_t _mesh_ldso_lo, _mesh_ldso_len; /* the dynamic loader's code (init.c) */
+MESH_INLINE void mesh_mesher_poll_free(const void *caller) {
+  if (mesh_unlikely(mesh_load_relaxed(&_mesh_mesher_wanted)) && (uintptr_t)caller - _mesh_ldso_lo >= _mesh_ldso_len)
+    _mesh_mesher_poll_slow();
 }
 void _mesh_mesher_start_background(void); /* after init, outside every lock */
 void _mesh_mesher_before_fork(void);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
+#include <elf.h>
 #endif
 
 #ifndef MFD_CLOEXEC
@@ -343,3 +344,25 @@ void _mesh_os_block_async_signals(sigset_t *old) {
 }
 
 void _mesh_os_restore_signals(const sigset_t *old) { syscall(SYS_rt_sigprocmask, SIG_SETMASK, old, NULL, _NSIG / 8); }
+
+/* The dynamic loader's code, from its ELF headers in memory (AT_BASE is
+ * where the kernel loaded it; 0 for a static program). No dladdr: that
+ * takes the loader's lock, and this runs inside the first malloc. */
+void _mesh_os_loader_text(uintptr_t *lo, uintptr_t *len) {
+  *lo = *len = 0;
+  uintptr_t base = (uintptr_t)getauxval(AT_BASE);
+  if (!base) return;
+  const Elf64_Ehdr *eh = (const Elf64_Ehdr *)base;
+  if (__builtin_memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_phentsize != sizeof(Elf64_Phdr)) return;
+  const Elf64_Phdr *ph = (const Elf64_Phdr *)(base + eh->e_phoff);
+  uintptr_t first = UINTPTR_MAX, last = 0;
+  for (unsigned i = 0; i < eh->e_phnum; i++) {
+    if (ph[i].p_type != PT_LOAD || !(ph[i].p_flags & PF_X)) continue;
+    if (base + ph[i].p_vaddr < first) first = base + ph[i].p_vaddr;
+    if (base + ph[i].p_vaddr + ph[i].p_memsz > last) last = base + ph[i].p_vaddr + ph[i].p_memsz;
+  }
+  if (last > first) {
+    *lo = first;
+    *len = last - first;
+  }
+}

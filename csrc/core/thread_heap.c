@@ -187,13 +187,8 @@ static thread_heap_t *heap_create_for_thread(void) {
 
 void *_mesh_heap_alloc_slow(size_t size) {
   mesh_ensure_init();
-  /* Before anything changes: pthread_create may call malloc. Only here,
-   * never in a free: glibc frees thread-local blocks from inside its stack
-   * cache lock (a thread's exit, pthread_join), which pthread_create and
-   * pthread_join take too, so a thread started or joined in that free
-   * waited on its own caller forever (seen in CPython's
-   * test_reinit_tls_after_fork under libmesh.so). No malloc runs under
-   * that lock. */
+  /* before anything changes: pthread_create may call malloc (no malloc
+   * runs under glibc's stack cache lock: see mesh_mesher_poll_free) */
   mesh_mesher_poll();
   if (size > MESH_SMALL_MAX) return _mesh_large_alloc(size, 0, false);
   unsigned cls = mesh_class_of(size);

@@ -25,12 +25,12 @@
  * epoch's end, by whichever of the inline triggers or the thread gets there.
  *
  * The thread is created (and an exited one joined) outside every lock of
- * ours, at the start of a malloc's slow path (_mesh_mesher_poll):
- * pthread_create may itself call malloc. Never from a free: glibc calls free
- * with its stack cache lock held (freeing a dead thread's TLS), and
- * pthread_create/pthread_join take that lock. A trigger in a free only asks
- * (_mesh_mesher_wanted); a program that frees and then never allocates
- * again is meshed by the inline passes of its frees alone. It blocks every signal, so no handler of the
+ * ours, at the start of a malloc's slow path or at the end of a free
+ * (_mesh_mesher_poll, _poll_free): pthread_create may itself call malloc.
+ * Not at the end of a free the dynamic loader called: glibc frees a dead
+ * thread's TLS blocks that way while it holds its stack cache lock, which
+ * pthread_create and pthread_join take too (the thread is then started by
+ * the next allocator call). It blocks every signal, so no handler of the
  * program ever runs on it while it holds the global lock or waits in a
  * mesh. fork stops it (the prepare handler joins it, so a forking program
  * never has our thread running at the fork and CPython 3.12+ has no reason
