@@ -20,7 +20,8 @@ CORE = ROOT / "csrc" / "core"
 DESIGN = ROOT / "docs" / "design.md"
 
 # inline helpers of internal.h that stand for a call into another file
-THROUGH = {"mesh_ensure_init": "_mesh_init_slow", "mesh_mesher_poll": "_mesh_mesher_poll_slow"}
+THROUGH = {"mesh_ensure_init": "_mesh_init_slow", "mesh_mesher_poll": "_mesh_mesher_poll_slow",
+           "mesh_mesher_poll_free": "_mesh_mesher_poll_slow"}
 
 
 def strip_c(src: str) -> str:
