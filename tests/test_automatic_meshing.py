@@ -45,7 +45,7 @@ def test_fork_stops_the_meshing_thread_and_both_processes_go_on(helpers, cbuild,
 PY_CHILD = textwrap.dedent("""
     import json, os, random, sys, time
     import meshalloc
-    from meshalloc._stats import read_pss as pss
+    from meshalloc._remote import pss_bytes as pss
 
     def threads():
         with open("/proc/self/status") as f:

@@ -80,10 +80,11 @@ def test_writers_that_block_every_signal_survive_meshing(helpers, libmesh, hosti
 
 
 @pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("case", ["dgram", "dgram-syscall"])  # libc's wrappers; syscall(2) with numbers
 def test_datagrams_and_eventfd_counts_received_into_meshed_buffers_are_never_lost(
-        helpers, libmesh, hostile, tmp_path, config):
-    r = run_case(helpers, [str(hostile), "dgram"], case_env(helpers, libmesh, config), tmp_path, timeout=120)
-    assert r.returncode == 0 and "dgram: ok" in r.stderr, r.describe()
+        helpers, libmesh, hostile, tmp_path, config, case):
+    r = run_case(helpers, [str(hostile), case], case_env(helpers, libmesh, config), tmp_path, timeout=120)
+    assert r.returncode == 0 and f"{case}: ok" in r.stderr, r.describe()
 
 
 @pytest.mark.parametrize("config", CONFIGS)

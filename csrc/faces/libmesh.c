@@ -28,6 +28,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -292,6 +293,79 @@ EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int cnt, off_t off, int 
   mesh_face_syscall_exit(token);
   return r;
 }
+
+#if defined(__x86_64__)
+/* syscall(2) with a number: the calls that write into a buffer the
+ * program passes get it published as their libc wrappers do; any other
+ * number is passed on as it is (docs/meshing.md, "System calls"). The
+ * core's own raw system calls come here too under libmesh.so, with buffers
+ * on the stack, outside the arena, which the core ignores. */
+static void syscall_range(long nr, const long a[6], const char **lo, const char **hi) {
+  const char *p = NULL;
+  size_t n = 0;
+  switch (nr) {
+    case SYS_read: case SYS_pread64: case SYS_getdents64: case SYS_readlinkat:
+      if (nr == SYS_readlinkat) p = (const char *)a[2], n = (size_t)a[3];
+      else p = (const char *)a[1], n = (size_t)a[2];
+      break;
+    case SYS_readlink: case SYS_getcwd:
+      if (nr == SYS_getcwd) p = (const char *)a[0], n = (size_t)a[1];
+      else p = (const char *)a[1], n = (size_t)a[2];
+      break;
+    case SYS_recvfrom: p = (const char *)a[1], n = (size_t)a[2]; break;
+    case SYS_getrandom: p = (const char *)a[0], n = (size_t)a[1]; break;
+    case SYS_readv: case SYS_preadv: case SYS_preadv2:
+      iov_hull((const struct iovec *)a[1], a[2], lo, hi);
+      return;
+    case SYS_recvmsg:
+      msg_hull((const struct msghdr *)a[1], lo, hi);
+      return;
+    case SYS_epoll_wait: case SYS_epoll_pwait:
+      p = (const char *)a[1], n = (size_t)a[2] * sizeof(struct epoll_event);
+      break;
+    case SYS_poll: case SYS_ppoll: p = (const char *)a[0], n = (size_t)a[1] * sizeof(struct pollfd); break;
+    case SYS_fstat: p = (const char *)a[1], n = sizeof(struct stat); break;
+    case SYS_newfstatat: p = (const char *)a[2], n = sizeof(struct stat); break;
+    case SYS_statx: p = (const char *)a[4], n = 256; break;
+    case SYS_wait4: p = (const char *)a[1], n = a[1] ? sizeof(int) : 0; break;
+    case SYS_clock_gettime: p = (const char *)a[1], n = sizeof(struct timespec); break;
+    default: break;
+  }
+  *lo = p;
+  *hi = p ? p + n : NULL;
+}
+
+/* The system call itself, not libc's syscall(): this one is it, for the
+ * whole process and for the core's own raw calls too, and looking libc's up
+ * with dlsym from inside the first malloc is not safe. */
+static long raw_syscall6(long nr, long a, long b, long c, long d, long e, long f) {
+  register long r10 __asm__("r10") = d, r8 __asm__("r8") = e, r9 __asm__("r9") = f;
+  long r;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  if ((unsigned long)r > -4096UL) {
+    errno = (int)-r;
+    return -1;
+  }
+  return r;
+}
+
+EXPORT long syscall(long nr, ...) {
+  va_list ap;
+  va_start(ap, nr);
+  long a[6];
+  for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
+  va_end(ap);
+  const char *lo = NULL, *hi = NULL;
+  syscall_range(nr, a, &lo, &hi);
+  int token = lo && hi > lo ? mesh_face_syscall_enter(lo, hi) : -1;
+  long r = raw_syscall6(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+  int saved = errno;
+  mesh_face_syscall_exit(token);
+  errno = saved;
+  return r;
+}
+#endif
 
 EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
   REAL(recvmsg)

@@ -78,6 +78,7 @@
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <time.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -362,6 +363,7 @@ static int case_many_mappings(void) {
 
 #define NDGRAM 200000
 static int dgram_fds[2], efd;
+static int raw_syscalls; /* dgram-syscall: the receiver calls syscall(2) with numbers */
 static volatile int dgram_failed;
 
 static void *dgram_receiver(void *arg) {
@@ -387,7 +389,7 @@ static void *dgram_receiver(void *arg) {
       for (int j = 0; j < NBUF * 7; j++) free(junk[j]);
     }
     uint32_t *b = bufs[want % NBUF];
-    ssize_t r = recv(dgram_fds[1], b, 48, 0);
+    ssize_t r = raw_syscalls ? syscall(SYS_recvfrom, dgram_fds[1], b, 48, 0, NULL, NULL) : recv(dgram_fds[1], b, 48, 0);
     if (r != 48 || b[0] != want) {
       fprintf(stderr, "FAIL: datagram %u: recv returned %zd (errno %d), got number %u\n", want, r, errno,
               r >= 4 ? b[0] : 0);
@@ -396,7 +398,7 @@ static void *dgram_receiver(void *arg) {
     }
     if (want % 64 == 63) {
       uint64_t *c = (uint64_t *)bufs[(want + 1) % NBUF];
-      ssize_t r8 = read(efd, c, 8);
+      ssize_t r8 = raw_syscalls ? syscall(SYS_read, efd, c, 8) : read(efd, c, 8);
       if (r8 == 8) counted += *c;
       else if (r8 >= 0 || errno != EAGAIN) { /* EAGAIN: the sender is behind, nothing posted yet */
         fprintf(stderr, "FAIL: eventfd read failed (errno %d)\n", errno);
@@ -737,7 +739,7 @@ static int case_stdio_closed(void) {
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: hostile addr-limit|closerange|closerange-fork|alarm-writer|blocked-writers|many-mappings|dgram|mprotect|dup2-over|stdio-closed [seed]\n");
+    fprintf(stderr, "usage: hostile addr-limit|closerange|closerange-fork|alarm-writer|blocked-writers|many-mappings|dgram|mprotect|dup2-over|stdio-closed|stdio-reader|dgram-syscall [seed]\n");
     return 2;
   }
   if (argc > 2) rng ^= strtoull(argv[2], NULL, 0) * 0x2545f4914f6cdd1dull;
@@ -749,6 +751,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "alarm-writer")) rc = case_alarm_writer();
   else if (!strcmp(argv[1], "many-mappings")) rc = case_many_mappings();
   else if (!strcmp(argv[1], "dgram")) rc = case_dgram();
+  else if (!strcmp(argv[1], "dgram-syscall")) raw_syscalls = 1, rc = case_dgram();
   else if (!strcmp(argv[1], "addr-limit")) rc = case_addr_limit();
   else if (!strcmp(argv[1], "blocked-writers")) rc = case_blocked_writers();
   else if (!strcmp(argv[1], "mprotect")) rc = case_mprotect();
