@@ -303,11 +303,16 @@ MESH_INLINE uint32_t mesh_rand_below(uint64_t *state, uint32_t n) {
   return (uint32_t)(((uint64_t)(uint32_t)mesh_rand(state) * n) >> 32);
 }
 
+/* ---- span.c (global lock held for everything that changes state) ---- */
+uint32_t _mesh_span_record_new(void);
+void _mesh_span_record_free(uint32_t id);
+bool _mesh_span_record_used(uint32_t id); /* id names a record handed out at some time */
+void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
+int _mesh_span_validate(uint32_t id); /* lock held */
+
 /* ---- arena.c (global lock held for everything that changes state) ---- */
 extern arena_t _mesh_arena;
 bool _mesh_arena_init(void);
-uint32_t _mesh_span_record_new(void);
-void _mesh_span_record_free(uint32_t id);
 /* A span of npages whose first page is aligned to align_pages (power of
  * two, 1 = any); sets its page-table entries. *clean says whether the pages
  * are known zero. Returns MESH_NIL when the arena is exhausted. */
@@ -321,12 +326,15 @@ size_t _mesh_arena_scavenge(void);
 /* Ends a decay epoch: returns the pages that stayed dirty all through it
  * (how many); the next epoch starts from the dirty pages now. */
 uint64_t _mesh_arena_decay(void);
-void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
+/* Turns record id (page, npages set) into a free run of that kind, merged
+ * with its neighbours. */
+void _mesh_arena_run_insert(uint32_t id, bool dirty);
 int _mesh_arena_validate(void);
-int _mesh_span_validate(uint32_t id); /* lock held */
 uint32_t _mesh_arena_top(void);
 bool _mesh_arena_has_dirty(uint32_t npages);
 void _mesh_arena_split(uint32_t id, uint32_t npages, uint32_t k, uint32_t *ids);
+
+/* ---- memfd.c (global lock held) -------------------------------------- */
 /* The memfd page behind a virtual arena page, or MESH_PHYS_ANON for private
  * anonymous memory (every page but meshing destinations and their aliases). */
 #define MESH_PHYS_ANON UINT32_MAX
@@ -342,6 +350,11 @@ bool _mesh_arena_promote(uint32_t id);
  * arena is then orphaned: no meshing, the number never used again). */
 int _mesh_arena_fd(void);
 void _mesh_arena_retry_retired(void); /* lock held: restores retired ranges the kernel now lets us map */
+/* A span being freed: its aliases get anonymous pages back (clean runs, or
+ * retired); a destination's memfd pages are returned and its range becomes
+ * a clean run (or is retired). */
+void _mesh_arena_unalias_all(uint32_t id);
+void _mesh_arena_drop_file(uint32_t id);
 
 /* Bits set in x. The x86-64 baseline has no popcnt, and
  * __builtin_popcountll there is a call into libgcc (seen at 0.5 % of a
