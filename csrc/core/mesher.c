@@ -15,10 +15,9 @@
  *
  * Invariants, between steps as within one:
  *   - cand[0..batch.total) holds distinct span ids, the open batch of class
- *     batch.cls; clive[q] is at least cand[q]'s live count (racing frees
- *     only lower it), so it is a hint: every span is checked again
- *     (is_candidate) before it is used, since the lock is dropped between
- *     steps;
+ *     batch.cls; clive[q] is cand[q]'s live count when last looked at, a
+ *     hint: the lock is dropped between steps, so every span is checked
+ *     again (is_candidate) before it is used;
  *   - kept[0..nkept) are positions in cand[] of spans that stay physical,
  *     densest first (best fit; the split mesher keeps its second half);
  *   - each class's sweep cursor names the span its next step walks from,

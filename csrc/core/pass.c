@@ -8,10 +8,10 @@
  * trigger.c's business: this file runs one when asked.
  *
  * Invariants:
- *   - every pass and every compaction step ends by a deadline a quarter
- *     short of max_pause_us (deadline_after), is recorded once (pause_done:
- *     the totals, the histogram, its kind), and holds asynchronous signals
- *     back for its length;
+ *   - every pass and every compaction step works until a deadline a
+ *     quarter short of its budget, max_pause_us (deadline_after), holds
+ *     asynchronous signals back for its length, and is recorded once
+ *     (pause_done: the totals, the histogram, its kind);
  *   - the predictor's times are CPU time per unit of work (1 + the
  *     source's chain length), one per mesh made or refused by mesh.c;
  *   - last_pass_ns is when the last pass or step ended.
