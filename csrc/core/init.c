@@ -26,7 +26,10 @@ void _mesh_init_slow(void) {
       if (!_mesh_arena_init())
         _mesh_warning("cannot reserve any arena: every allocation will fail with ENOMEM");
       _mesh_thread_heaps_init();
-      if (_mesh_arena.meshable) _mesh_meshing_init();
+      if (_mesh_arena.meshable) {
+        _mesh_mesher_init();
+        _mesh_meshing_init();
+      }
       _mesh_triggers_init();
       mesh_store_release(&_mesh_init_state, 2);
     }

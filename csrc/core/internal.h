@@ -3,12 +3,13 @@
  *
  * Name tiers: public mesh_* (mesh.h), cross-file _mesh_*, everything else
  * static. Layers, lowest first: os.c → libc.c, options.c, stats.c,
- * random.c, size_class.c → arena.c → direct.c → global_heap.c,
- * thread_heap.c → barrier.c, mesh.c, trigger.c → alloc.c, fast_path.h,
- * fork.c, init.c → faces/. A file calls only lower layers, but for the few
- * upward calls docs/design.md lists with their reasons (initialisation on
- * first use, the global lock, stats that walk the heaps, the inline
- * trigger); tests/test_layers.py checks the code against that page.
+ * random.c, size_class.c → span.c, arena.c, memfd.c → direct.c →
+ * global_heap.c, thread_heap.c → barrier.c, mesh.c, mesher.c, pass.c,
+ * trigger.c → alloc.c, fast_path.h, fork.c, init.c → faces/. A file calls
+ * only lower layers, but for the few upward calls docs/design.md lists with
+ * their reasons (initialisation on first use, the global lock, stats that
+ * walk the heaps, the inline trigger); tests/test_layers.py checks the code
+ * against that page.
  *
  * Lock order (the only locks in the core), outermost first:
  *   1. _mesh_orphan_lock  - serialises threads whose heap is gone (thread
@@ -304,11 +305,16 @@ MESH_INLINE uint32_t mesh_rand_below(uint64_t *state, uint32_t n) {
   return (uint32_t)(((uint64_t)(uint32_t)mesh_rand(state) * n) >> 32);
 }
 
+/* ---- span.c (global lock held for everything that changes state) ---- */
+uint32_t _mesh_span_record_new(void);
+void _mesh_span_record_free(uint32_t id);
+bool _mesh_span_record_used(uint32_t id); /* id names a record handed out at some time */
+void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
+int _mesh_span_validate(uint32_t id); /* lock held */
+
 /* ---- arena.c (global lock held for everything that changes state) ---- */
 extern arena_t _mesh_arena;
 bool _mesh_arena_init(void);
-uint32_t _mesh_span_record_new(void);
-void _mesh_span_record_free(uint32_t id);
 /* A span of npages whose first page is aligned to align_pages (power of
  * two, 1 = any); sets its page-table entries. *clean says whether the pages
  * are known zero. Returns MESH_NIL when the arena is exhausted. */
@@ -322,12 +328,15 @@ size_t _mesh_arena_scavenge(void);
 /* Ends a decay epoch: returns the pages that stayed dirty all through it
  * (how many); the next epoch starts from the dirty pages now. */
 uint64_t _mesh_arena_decay(void);
-void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
+/* Turns record id (page, npages set) into a free run of that kind, merged
+ * with its neighbours. */
+void _mesh_arena_run_insert(uint32_t id, bool dirty);
 int _mesh_arena_validate(void);
-int _mesh_span_validate(uint32_t id); /* lock held */
 uint32_t _mesh_arena_top(void);
 bool _mesh_arena_has_dirty(uint32_t npages);
 void _mesh_arena_split(uint32_t id, uint32_t npages, uint32_t k, uint32_t *ids);
+
+/* ---- memfd.c (global lock held) -------------------------------------- */
 /* The memfd page behind a virtual arena page, or MESH_PHYS_ANON for private
  * anonymous memory (every page but meshing destinations and their aliases). */
 #define MESH_PHYS_ANON UINT32_MAX
@@ -343,6 +352,11 @@ bool _mesh_arena_promote(uint32_t id);
  * arena is then orphaned: no meshing, the number never used again). */
 int _mesh_arena_fd(void);
 void _mesh_arena_retry_retired(void); /* lock held: restores retired ranges the kernel now lets us map */
+/* A span being freed: its aliases get anonymous pages back (clean runs, or
+ * retired); a destination's memfd pages are returned and its range becomes
+ * a clean run (or is retired). */
+void _mesh_arena_unalias_all(uint32_t id);
+void _mesh_arena_drop_file(uint32_t id);
 
 /* Bits set in x. The x86-64 baseline has no popcnt, and
  * __builtin_popcountll there is a call into libgcc (seen at 0.5 % of a
@@ -416,7 +430,7 @@ void *_mesh_direct_realloc(void *p, size_t size);    /* NULL (p untouched) on fa
 void _mesh_direct_before_fork(void);
 void _mesh_direct_after_fork(bool child);
 int _mesh_global_validate(void);
-/* for mesh.c (lock held) */
+/* for the mesher (lock held) */
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin);
 void _mesh_partial_unlink(uint32_t id);
 void _mesh_file_detached(uint32_t id);
@@ -502,12 +516,29 @@ void _mesh_syscall_exit(int token);
 bool _mesh_syscall_overlaps(uintptr_t lo, uintptr_t hi); /* mesher: a published buffer meets [lo, hi) */
 
 /* ---- mesh.c --------------------------------------------------------- */
+void _mesh_meshing_init(void);
+/* Lock held: meshes src onto dst (both detached and unlinked). Returns
+ * false, with nothing changed, if the mapping budget or the kernel refuses. */
+bool _mesh_mesh_pair(uint32_t dst_id, uint32_t src_id);
+void _mesh_count_other_mappings(void); /* without the lock: refresh the mapping budget */
+bool _mesh_mapping_count_stale(void); /* near the kernel's limit, and counted too long ago */
+/* The virtual spans a span's chain maps: itself and its aliases. */
+MESH_INLINE unsigned mesh_chain_len(const span_t *s) { return 1u + s->naliases; }
+
+/* ---- mesher.c (lock held) ------------------------------------------- */
+void _mesh_mesher_init(void);
+/* Meshes class cls until deadline; returns pages freed. Sets *out_of_time,
+ * *stop (mapping budget), *more (sweep or batch goes on), *step_meshed. */
+size_t _mesh_mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more,
+                        bool *step_meshed);
+void _mesh_mesher_restart(unsigned cls); /* a fresh sweep of cls, no batch open */
+
+/* ---- pass.c (lock held) --------------------------------------------- */
 /* Who ran a pass; each kind has its own stats (passes_*, meshes_*, ...). */
 enum mesh_pass_kind { MESH_PASS_triggered, MESH_PASS_thread, MESH_PASS_compact };
-void _mesh_meshing_init(void);
-/* Lock held: one pass bounded by budget_ns; returns physical pages freed. */
+/* One pass bounded by budget_ns; returns physical pages freed. */
 size_t _mesh_mesh_pass(uint64_t budget_ns, enum mesh_pass_kind kind, bool *more); /* *more: work left */
-uint64_t _mesh_last_pass_ns(void); /* lock held: when the last pass or step ended */
+uint64_t _mesh_last_pass_ns(void); /* when the last pass or step ended */
 /* A compaction in bounded steps (mesh_compact): zero-initialised, then
  * _mesh_compact_step with the lock held until finished. */
 typedef struct {
@@ -516,8 +547,10 @@ typedef struct {
   bool in_sweep, finished;
 } compact_state_t;
 size_t _mesh_compact_step(compact_state_t *st, enum mesh_pass_kind kind);
-void _mesh_count_other_mappings(void); /* without the lock: refresh the mapping budget */
-bool _mesh_mapping_count_stale(void); /* near the kernel's limit, and counted too long ago */
+/* Whether meshing src now would likely end past deadline (the pause predictor). */
+bool _mesh_pause_predicted_past(uint32_t src, uint64_t deadline);
+/* Unlinks both, meshes src onto dst, times it; the caller files them again. */
+bool _mesh_mesh_timed(uint32_t dst, uint32_t src);
 
 /* ---- trigger.c ------------------------------------------------------ */
 void _mesh_triggers_init(void);

@@ -1,6 +1,6 @@
 /* trigger.c - when meshing runs, and when unused free pages go back to the OS.
  *
- * mesh.c knows how to mesh within a bound (a pass); this file decides when:
+ * pass.c knows how to mesh within a bound (a pass); this file decides when:
  *
  *   - inline: a free that makes a detached span partial or empty, and every
  *     refill of a thread heap, call _mesh_maybe_mesh with the lock held; it
@@ -239,6 +239,97 @@ static void want_thread(void) {
   mesh_store_relaxed(&_mesh_mesher_wanted, true);
 }
 
+/* Decides whether the program has gone quiet (no busy window for
+ * QUIET_NS). Pacing answers a program that takes the freed pages straight
+ * back; one that has gone quiet takes nothing, so its pages stay free and
+ * meshing pays again (frag_bands: rounds of allocation paced the thread,
+ * which then slept through the idle time after the last round). */
+static bool quiet_unpaced(uint64_t now) {
+  if (program_busy(now)) th.active_ns = now;
+  bool quiet = now - th.active_ns >= QUIET_NS;
+  if (quiet && mesh_stat_get(mesh_pace_level) > 0) {
+    mesh_stat_set(mesh_pace_level, 0);
+    pace_meshed_mark = mesh_stat_get(meshed_pages_total);
+    pace_fresh_mark = mesh_stat_get(fresh_pages_total);
+    th.backlog = true;
+  }
+  return quiet;
+}
+
+/* Decides, after a pass of the thread that freed pages (more: the sweep
+ * of every class has not ended), whether the next pass follows back to
+ * back (th.backlog). */
+static void judge_sweep(size_t freed, bool more) {
+  th.sweep_freed += freed;
+  th.win_pages += freed;
+  if (more) {
+    /* inside a sweep: back to back while the last THREAD_WINDOW passes
+     * freed something (a stretch of spans that fit nothing is crossed
+     * at the periodic rate, not at half a CPU); a productive pass at the
+     * periodic rate starts a new run */
+    if (!th.backlog) th.backlog = freed > 0, th.win_passes = 0, th.win_pages = 0;
+    else if (++th.win_passes == THREAD_WINDOW) th.backlog = th.win_pages > 0, th.win_passes = 0, th.win_pages = 0;
+  } else { /* every class's sweep ended with this pass */
+    th.recount = true;
+    th.backlog = false;
+    uint64_t got = th.sweep_freed;
+    th.sweep_freed = 0;
+    if (got == 0) {
+      th.idle_sweeps++;
+      th.streak_first = 0;
+    } else {
+      th.idle_sweeps = 0;
+      if (!th.streak_first) th.streak_first = got;
+      /* sweeps that still pay go on back to back: the survivors they
+       * filled may fit each other again (chains grow) */
+      if (got * THREAD_DIMINISHING >= th.streak_first) th.backlog = true;
+      else th.streak_first = 0;
+    }
+  }
+  if (mesh_stat_get(mesh_pace_level) > 0) th.backlog = false; /* the program takes the pages back */
+}
+
+/* Runs a due pass on the thread; returns how long it took (wall clock). */
+static uint64_t thread_pass(uint64_t now, long period) {
+  /* pacing judges the thread's passes at the periodic rate, not at each
+   * back-to-back pass, so its window is the same as for inline passes */
+  if (period > 0 && now - th.last_judge >= (uint64_t)period * 1000000u) {
+    th.last_judge = now;
+    if (pace_judge() && mesh_stat_get(mesh_pace_level) > 0) th.backlog = false;
+  }
+  /* The marks are not moved around the thread's passes: its judge, once
+   * a period, weighs everything its back-to-back passes freed in the
+   * period against the clean pages the program took in the same time.
+   * (Marks moved around each pass would judge only the last pass against
+   * the short gap after it, and a steady churn that takes every page
+   * back would be meshed at half a CPU: measured 2 % of its run.) */
+  bool more;
+  uint64_t t0 = _mesh_os_now_ns();
+  size_t freed = _mesh_mesh_pass(pause_budget_ns(), MESH_PASS_thread, &more);
+  uint64_t took = _mesh_os_now_ns() - t0;
+  frees_since_pass = 0;
+  judge_sweep(freed, more);
+  return took;
+}
+
+/* Decides when the thread's next turn is, with no pass back to back: the
+ * next pass is due a wait after the last one; a sweep that found nothing
+ * makes the wait longer each time while the program is busy (up to 64
+ * periods): idle sweeps cost scans for nothing. Dirty pages waiting to
+ * decay may call it earlier. */
+static uint64_t next_turn_in(bool meshing, bool keep, uint64_t wait, uint64_t decay) {
+  uint64_t next = UINT64_MAX;
+  if (meshing && wait != UINT64_MAX) {
+    unsigned backoff = keep ? 0 : th.idle_sweeps < PACE_MAX_LEVEL ? th.idle_sweeps : PACE_MAX_LEVEL;
+    uint64_t since = _mesh_os_now_ns() - _mesh_last_pass_ns();
+    next = wait << backoff;
+    next = next > since ? next - since : 1;
+  }
+  if (decay && decay < next) next = decay;
+  if (next == UINT64_MAX) next = 1000000000u; /* nothing to time: look again in a second */
+  return next;
+}
+
 /* One turn of the thread, under the global lock: runs a pass if one is due,
  * decays dirty pages, and says how long to wait before the next turn.
  * Returns false when the thread should exit. */
@@ -247,18 +338,7 @@ static bool thread_turn(uint64_t *wait_ns) {
   long period = mesh_opt(MESH_OPT_PERIOD_MS), bg = mesh_opt(MESH_OPT_BACKGROUND_MS);
   bool keep = bg > 0; /* background_ms: the thread lives as long as the process */
   bool meshing = _mesh_arena.meshable && mesh_opt(MESH_OPT_MESH) && (period > 0 || bg > 0);
-  if (program_busy(now)) th.active_ns = now;
-  bool quiet = now - th.active_ns >= QUIET_NS;
-  /* Pacing answers a program that takes the freed pages straight back; one
-   * that has gone quiet takes nothing, so its pages stay free and meshing
-   * pays again (frag_bands: rounds of allocation paced the thread, which
-   * then slept through the idle time after the last round). */
-  if (quiet && mesh_stat_get(mesh_pace_level) > 0) {
-    mesh_stat_set(mesh_pace_level, 0);
-    pace_meshed_mark = mesh_stat_get(meshed_pages_total);
-    pace_fresh_mark = mesh_stat_get(fresh_pages_total);
-    th.backlog = true;
-  }
+  bool quiet = quiet_unpaced(now);
   decay_tick(now);
   _mesh_stats_publish(now);
   if (!keep && !mesh_opt(MESH_OPT_MESHER_THREAD)) return false;
@@ -266,50 +346,7 @@ static bool thread_turn(uint64_t *wait_ns) {
   if (bg > 0 && (uint64_t)bg * 1000000u < wait) wait = (uint64_t)bg * 1000000u;
   bool due = th.backlog || now - _mesh_last_pass_ns() >= wait;
   if (meshing && due) {
-    /* pacing judges the thread's passes at the periodic rate, not at each
-     * back-to-back pass, so its window is the same as for inline passes */
-    if (period > 0 && now - th.last_judge >= (uint64_t)period * 1000000u) {
-      th.last_judge = now;
-      if (pace_judge() && mesh_stat_get(mesh_pace_level) > 0) th.backlog = false;
-    }
-    /* The marks are not moved around the thread's passes: its judge, once
-     * a period, weighs everything its back-to-back passes freed in the
-     * period against the clean pages the program took in the same time.
-     * (Marks moved around each pass would judge only the last pass against
-     * the short gap after it, and a steady churn that takes every page
-     * back would be meshed at half a CPU: measured 2 % of its run.) */
-    bool more;
-    uint64_t t0 = _mesh_os_now_ns();
-    size_t freed = _mesh_mesh_pass(pause_budget_ns(), MESH_PASS_thread, &more);
-    uint64_t took = _mesh_os_now_ns() - t0;
-    frees_since_pass = 0;
-    th.sweep_freed += freed;
-    th.win_pages += freed;
-    if (more) {
-      /* inside a sweep: back to back while the last THREAD_WINDOW passes
-       * freed something (a stretch of spans that fit nothing is crossed
-       * at the periodic rate, not at half a CPU); a productive pass at the
-       * periodic rate starts a new run */
-      if (!th.backlog) th.backlog = freed > 0, th.win_passes = 0, th.win_pages = 0;
-      else if (++th.win_passes == THREAD_WINDOW) th.backlog = th.win_pages > 0, th.win_passes = 0, th.win_pages = 0;
-    } else { /* every class's sweep ended with this pass */
-      th.recount = true;
-      th.backlog = false;
-      uint64_t got = th.sweep_freed;
-      th.sweep_freed = 0;
-      if (got == 0) {
-        th.idle_sweeps++;
-        th.streak_first = 0;
-      } else {
-        th.idle_sweeps = 0;
-        if (!th.streak_first) th.streak_first = got;
-        /* sweeps that still pay go on back to back: the survivors they
-         * filled may fit each other again (chains grow) */
-        if (got * THREAD_DIMINISHING >= th.streak_first) th.backlog = true;
-        else th.streak_first = 0;
-      }
-    }
-    if (mesh_stat_get(mesh_pace_level) > 0) th.backlog = false; /* the program takes the pages back */
+    uint64_t took = thread_pass(now, period);
     if (th.backlog) {
       uint64_t gap = th.busy ? BUSY_GAP * took : took;
       *wait_ns = gap > THREAD_MIN_GAP_NS ? gap : THREAD_MIN_GAP_NS;
@@ -324,19 +361,7 @@ static bool thread_turn(uint64_t *wait_ns) {
     _mesh_stats_publish(0); /* the last figure before the program is left alone */
     return false;
   }
-  /* the next pass is due a wait after the last one; a sweep that found
-   * nothing makes the wait longer each time while the program is busy (up
-   * to 64 periods): idle sweeps cost scans for nothing */
-  uint64_t next = UINT64_MAX;
-  if (meshing && wait != UINT64_MAX) {
-    unsigned backoff = keep ? 0 : th.idle_sweeps < PACE_MAX_LEVEL ? th.idle_sweeps : PACE_MAX_LEVEL;
-    uint64_t since = _mesh_os_now_ns() - _mesh_last_pass_ns();
-    next = wait << backoff;
-    next = next > since ? next - since : 1;
-  }
-  if (decay && decay < next) next = decay;
-  if (next == UINT64_MAX) next = 1000000000u; /* nothing to time: look again in a second */
-  *wait_ns = next;
+  *wait_ns = next_turn_in(meshing, keep, wait, decay);
   return true;
 }
 
