@@ -85,7 +85,9 @@ void _mesh_barrier_end(void) {
 }
 
 void _mesh_barrier_wait(uint32_t gen) {
-  while (mesh_load_seq_cst(&_mesh_mesh_gen) == gen) futex_wait(&_mesh_mesh_gen, gen);
+  /* a fork child, before its atfork handler, inherits the parent's open
+   * barrier, which nobody there would end: it maps its heap and ends it */
+  while (mesh_load_seq_cst(&_mesh_mesh_gen) == gen && !_mesh_fork_child_fault()) futex_wait(&_mesh_mesh_gen, gen);
 }
 
 static void apply_default(int sig, siginfo_t *info) {

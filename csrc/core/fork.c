@@ -367,6 +367,7 @@ static void take_heap(void) {
     }
   }
   child_taken = true;
+  _mesh_barrier_after_fork_child(); /* the parent's open barrier ends here: nothing is protected in the child */
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof(uint64_t));
 }
 
