@@ -503,7 +503,7 @@ typedef struct {
 } compact_state_t;
 size_t _mesh_compact_step(compact_state_t *st, enum mesh_pass_kind kind);
 /* Whether meshing src now would likely end past deadline (the pause predictor). */
-bool _mesh_pause_predicted_past(uint32_t src, uint64_t deadline);
+bool _mesh_pause_predicted_past(uint32_t dst, uint32_t src, uint64_t deadline);
 /* Unlinks both, meshes src onto dst, times it; the caller files them again. */
 bool _mesh_mesh_timed(uint32_t dst, uint32_t src);
 

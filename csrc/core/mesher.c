@@ -286,7 +286,7 @@ static size_t extend_run(uint32_t src, uint32_t dst, unsigned cls, unsigned max_
       if (a->npages != n || b->npages != n || !disjoint(a, b) || mesh_chain_len(a) + mesh_chain_len(b) > max_chain ||
           alias_cost(s2, d2) > 0)
         break;
-      if (_mesh_pause_predicted_past(s2, deadline)) {
+      if (_mesh_pause_predicted_past(d2, s2, deadline)) {
         *out_of_time = true;
         return freed;
       }
@@ -474,7 +474,7 @@ static int mesh_with_partner(const class_step_t *c, unsigned i, const choice_t *
   int j = ch->pick >= 0 ? kept[ch->pick] : -1; /* the partner's place in cand[], if kept */
   unsigned partner_live = j >= 0 ? clive[j] : _mesh_span_live(mesh_span(ch->partner));
   uint32_t src = ch->l_is_src ? cand[i] : ch->partner, dst = ch->l_is_src ? ch->partner : cand[i];
-  if (*c->step_meshed && _mesh_pause_predicted_past(src, c->deadline)) {
+  if (*c->step_meshed && _mesh_pause_predicted_past(dst, src, c->deadline)) {
     *c->out_of_time = true;
     return SOURCE_HALT;
   }

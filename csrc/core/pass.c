@@ -52,11 +52,16 @@ static uint64_t mesh_ns_avg;
 static uint64_t mesh_ns_recent[RECENT_MESHES];
 static unsigned mesh_ns_next;
 
-static uint64_t mesh_units(uint32_t src) { return 1u + mesh_chain_len(mesh_span(src)); }
+/* A mesh's work in units of one remapped virtual span: the source's chain,
+ * one more, and one for promoting a destination not yet in the memfd (a
+ * pwrite and a remap of its own: memfd.c). */
+static uint64_t mesh_units(uint32_t dst, uint32_t src) {
+  return 1u + mesh_chain_len(mesh_span(src)) + !(mesh_span(dst)->flags & SPAN_FILE);
+}
 
 /* Whether meshing src now would likely end past the deadline: its work
  * times the second longest recent (or twice the average) time per unit. */
-bool _mesh_pause_predicted_past(uint32_t src, uint64_t deadline) {
+bool _mesh_pause_predicted_past(uint32_t dst, uint32_t src, uint64_t deadline) {
   uint64_t first = 0, second = 0;
   for (unsigned i = 0; i < RECENT_MESHES; i++) {
     uint64_t x = mesh_ns_recent[i];
@@ -64,13 +69,13 @@ bool _mesh_pause_predicted_past(uint32_t src, uint64_t deadline) {
     else if (x > second) second = x;
   }
   uint64_t per_unit = 2 * mesh_ns_avg > second ? 2 * mesh_ns_avg : second;
-  return _mesh_os_now_ns() + mesh_units(src) * per_unit >= deadline;
+  return _mesh_os_now_ns() + mesh_units(dst, src) * per_unit >= deadline;
 }
 
 /* Unlinks both spans, meshes src onto dst (mesh.c) and times it. The
  * caller files them again. */
 bool _mesh_mesh_timed(uint32_t dst, uint32_t src) {
-  uint64_t units = mesh_units(src);
+  uint64_t units = mesh_units(dst, src);
   _mesh_partial_unlink(src);
   _mesh_partial_unlink(dst);
   uint64_t m0 = _mesh_os_thread_cpu_ns();
