@@ -24,20 +24,18 @@ static MESH_NOINLINE void bad_free(const void *p, const char *what) { _mesh_repo
 /* The states a block can be freed from (a bit per enum span_state). */
 #define FREEABLE_STATES (1u << SPAN_ATTACHED | 1u << SPAN_PARTIAL | 1u << SPAN_FULL | 1u << SPAN_ALIAS)
 
-/* Clears slot bit (word w) of the span that holds p's objects now: a span
- * meshed away forwards to the span that now holds them. Returns that span
- * with *old the word before the clear, or NULL after reporting a double
- * free. A clear the fast try made and found the bit already clear is
- * simply repeated (clearing a clear bit changes nothing). */
-static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, unsigned w, uint64_t bit,
-                                        uint64_t *old) {
+/* Clears slot's bit in the span that holds p's objects now: a span meshed
+ * away forwards to the span that now holds them. Returns that span, or NULL
+ * after reporting a double free. A clear the fast try made and found the
+ * bit already clear is simply repeated (clearing a clear bit changes
+ * nothing). */
+static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, uint32_t slot) {
   for (;;) {
     while (mesh_load_seq_cst(&s->state) == SPAN_ALIAS) {
       *id = mesh_load_seq_cst(&s->mesh_dst);
       s = mesh_span(*id);
     }
-    *old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
-    if (*old & bit) return s;
+    if (mesh_bit_clear_seq_cst(&s->bits[slot >> 6], slot)) return s;
     /* Bit already clear: a double free, unless a mesh moved the bitmap to
      * its destination between our state check and the clear (mesh.c). */
     if (mesh_load_seq_cst(&s->state) != SPAN_ALIAS) {
@@ -47,20 +45,19 @@ static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, 
   }
 }
 
-/* After a free cleared word w of detached span s from old: moves the span
- * to the partial bins if it was full, or frees it if it is now empty.
- * Called only when the word was full or is now empty (cheap tests,
- * mesh_after_shared_clear), which this refines: the word full and the span
- * not already partial; every other word empty too. */
-void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects) {
-  bool was_full_word = old == mesh_bitmap_mask_n(nobjects, w) && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
-  bool maybe_empty = (old & ~bit) == 0;
-  if (maybe_empty) {
+/* After a free cleared a slot of detached span s (and the inline
+ * tests found the span maybe FULL or maybe empty): moves the span to the
+ * partial bins if it is FULL, or frees it if it is empty, under the lock,
+ * where _mesh_global_free_transition re-derives both from the bitmap. A
+ * PARTIAL span goes there only when every word is 0: of two last frees on
+ * different words (seq_cst clears and loads) at least one sees that. */
+void _mesh_after_clear(span_t *s, uint32_t id, unsigned nobjects) {
+  if (mesh_load_seq_cst(&s->state) == SPAN_PARTIAL) {
     for (unsigned i = 0; i < mesh_bitmap_words_n(nobjects); i++)
-      if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
+      if (mesh_load_seq_cst(&s->bits[i]) != 0) return;
   }
   /* (a meshing thread this asks for starts at the next malloc: trigger.c) */
-  if (was_full_word || maybe_empty) _mesh_global_free_transition(s, id);
+  _mesh_global_free_transition(s, id);
 }
 
 /* Every free into a span not attached to the caller that
@@ -86,15 +83,12 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte) {
     bad_free(p, "invalid free (not the start of a block)");
     return;
   }
-  unsigned w = slot >> 6;
-  uint64_t bit = 1ull << (slot & 63);
   /* Once the bit is clear this free no longer keeps the span alive and the
    * record may be released and reused under us: everything needed below is
    * read before, or comes from the immutable class table. */
   unsigned nobjects = sc->nobjects;
-  uint64_t old;
-  s = clear_slow(p, s, &id, w, bit, &old);
-  if (s) mesh_after_shared_clear(s, id, w, old, bit, nobjects);
+  s = clear_slow(p, s, &id, slot);
+  if (s) mesh_after_shared_clear(s, id, slot >> 6, nobjects);
 }
 
 void mesh_free(void *p) {
