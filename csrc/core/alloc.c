@@ -24,20 +24,18 @@ static MESH_NOINLINE void bad_free(const void *p, const char *what) { _mesh_repo
 /* The states a block can be freed from (a bit per enum span_state). */
 #define FREEABLE_STATES (1u << SPAN_ATTACHED | 1u << SPAN_PARTIAL | 1u << SPAN_FULL | 1u << SPAN_ALIAS)
 
-/* Clears slot bit (word w) of the span that holds p's objects now: a span
- * meshed away forwards to the span that now holds them. Returns that span
- * with *old the word before the clear, or NULL after reporting a double
- * free. A clear the fast try made and found the bit already clear is
- * simply repeated (clearing a clear bit changes nothing). */
-static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, unsigned w, uint64_t bit,
-                                        uint64_t *old) {
+/* Clears slot's bit in the span that holds p's objects now: a span meshed
+ * away forwards to the span that now holds them. Returns that span, or NULL
+ * after reporting a double free. A clear the fast try made and found the
+ * bit already clear is simply repeated (clearing a clear bit changes
+ * nothing). */
+static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, uint32_t slot) {
   for (;;) {
     while (mesh_load_seq_cst(&s->state) == SPAN_ALIAS) {
       *id = mesh_load_seq_cst(&s->mesh_dst);
       s = mesh_span(*id);
     }
-    *old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
-    if (*old & bit) return s;
+    if (mesh_bit_clear_seq_cst(&s->bits[slot >> 6], slot)) return s;
     /* Bit already clear: a double free, unless a mesh moved the bitmap to
      * its destination between our state check and the clear (mesh.c). */
     if (mesh_load_seq_cst(&s->state) != SPAN_ALIAS) {
@@ -47,23 +45,19 @@ static MESH_NOINLINE span_t *clear_slow(const void *p, span_t *s, uint32_t *id, 
   }
 }
 
-/* After a free cleared word w of detached span s from old: moves the span
- * to the partial bins if it was full, or frees it if it is now empty.
- * Called only when the word was full or is now empty (cheap tests,
- * mesh_after_shared_clear), which this refines: the word full and the span
- * not already partial; every other word empty too. */
-void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects,
-                       const void *caller) {
-  bool was_full_word = old == mesh_bitmap_mask_n(nobjects, w) && mesh_load_relaxed(&s->state) != SPAN_PARTIAL;
-  bool maybe_empty = (old & ~bit) == 0;
-  if (maybe_empty) {
+/* After a free cleared a slot of detached span s (and the inline
+ * tests found the span maybe FULL or maybe empty): moves the span to the
+ * partial bins if it is FULL, or frees it if it is empty, under the lock,
+ * where _mesh_global_free_transition re-derives both from the bitmap. A
+ * PARTIAL span goes there only when every word is 0: of two last frees on
+ * different words (seq_cst clears and loads) at least one sees that. */
+void _mesh_after_clear(span_t *s, uint32_t id, unsigned nobjects, const void *caller) {
+  if (mesh_load_seq_cst(&s->state) == SPAN_PARTIAL) {
     for (unsigned i = 0; i < mesh_bitmap_words_n(nobjects); i++)
-      if (i != w && mesh_load_seq_cst(&s->bits[i]) != 0) { maybe_empty = false; break; }
+      if (mesh_load_seq_cst(&s->bits[i]) != 0) return;
   }
-  if (was_full_word || maybe_empty) {
-    _mesh_global_free_transition(s, id);
-    mesh_mesher_poll_free(caller); /* the free is done: a place to start a thread, unless the loader called */
-  }
+  _mesh_global_free_transition(s, id);
+  mesh_mesher_poll_free(caller); /* the free is done: a place to start a thread, unless the loader called */
 }
 
 /* Every free into a span not attached to the caller that
@@ -89,15 +83,12 @@ void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte, const vo
     bad_free(p, "invalid free (not the start of a block)");
     return;
   }
-  unsigned w = slot >> 6;
-  uint64_t bit = 1ull << (slot & 63);
   /* Once the bit is clear this free no longer keeps the span alive and the
    * record may be released and reused under us: everything needed below is
    * read before, or comes from the immutable class table. */
   unsigned nobjects = sc->nobjects;
-  uint64_t old;
-  s = clear_slow(p, s, &id, w, bit, &old);
-  if (s) mesh_after_shared_clear(s, id, w, old, bit, nobjects, caller);
+  s = clear_slow(p, s, &id, slot);
+  if (s) mesh_after_shared_clear(s, id, slot >> 6, nobjects, caller);
 }
 
 void mesh_free(void *p) {
@@ -165,34 +156,89 @@ void *mesh_calloc(size_t count, size_t size) {
   return p;
 }
 
+/* The size a growing realloc asks for: what it was asked, plus a quarter.
+ * A block that grows through realloc usually goes on growing (CPython's
+ * lists and bytearrays by 1/8 a step, +16 bytes), and every change of small
+ * class is a copy: with the headroom about every other step copies instead
+ * of every one, and a large block grows by runs of pages, one lock for two
+ * steps. The price: a block grown by realloc holds up to a quarter more
+ * than asked (usable_size reports it) until it is freed or shrunk. */
+static size_t grow_target(size_t size) {
+  size_t more = size / 4;
+  return size + more < size ? size : size + more;
+}
+
+/* Whether a small block of old usable bytes keeps a realloc to size <= old
+ * in place: its class is at most the one grow_target(size) would pick. */
+static bool small_keeps(size_t old, size_t size) {
+  size_t g = grow_target(size);
+  return mesh_class_of(old) <= mesh_class_of(g < MESH_SMALL_MAX ? g : MESH_SMALL_MAX);
+}
+
+/* The size of p if it is a live block of a small span that is not meshed
+ * away (realloc's common case, read as the free path reads it), else 0 and
+ * block_size sorts it out. */
+static inline size_t small_block_size(const void *p) {
+  uintptr_t off = (uintptr_t)p - _mesh_arena.base;
+  if (mesh_unlikely(off >= _mesh_arena.size)) return 0;
+  uint64_t pte = mesh_load_relaxed(&_mesh_arena.pagetable[off >> MESH_PAGE_SHIFT]);
+  span_t *s = mesh_span((uint32_t)pte);
+  uint8_t st = mesh_load_seq_cst(&s->state);
+  if (mesh_unlikely((uint8_t)(st - SPAN_ATTACHED) > 2)) return 0;
+  const size_class_t *sc = &_mesh_classes[s->cls];
+  uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
+  uint32_t slot = mesh_slot_at(voff, sc->size, sc->recip, s->nobjects);
+  if (mesh_unlikely(slot == MESH_NO_SLOT) || !(mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1)) return 0;
+  return sc->size;
+}
+
+/* Moves p (old usable bytes) to a new block of want bytes, or of size if
+ * that fails (the headroom is a wish, and its failure leaves errno alone). */
+static void *realloc_move(void *p, size_t old, size_t size, size_t want) {
+  void *q = mesh_malloc_inline(want);
+  if (mesh_unlikely(!q) && want != size) {
+    int saved = errno;
+    q = mesh_malloc_inline(size);
+    if (q) errno = saved;
+  }
+  if (!q) return NULL; /* errno set; p untouched */
+  memcpy(q, p, size < old ? size : old);
+  mesh_free(p);
+  return q;
+}
+
 void *mesh_realloc(void *p, size_t size) {
   if (!p) return mesh_malloc(size);
   if (size == 0) { /* glibc: realloc(p, 0) frees and returns NULL */
     mesh_free(p);
     return NULL;
   }
-  size_t old = block_size(p, true);
+  /* A small block stays while it is no bigger than a growing realloc to
+   * the new size would make it (so the same size never moves a block that
+   * grew with headroom); one that grows moves with headroom. */
+  size_t old = small_block_size(p);
+  if (mesh_likely(old != 0)) {
+    if (size <= old) return small_keeps(old, size) ? p : realloc_move(p, old, size, size);
+    return realloc_move(p, old, size, grow_target(size));
+  }
+  old = block_size(p, true);
   if (old == 0) {
     errno = EINVAL;
     return NULL;
   }
-  /* Small blocks stay while the class is the same. A large block grows
-   * into the free pages after it, or gives back its tail, in place; it is
-   * copied only when it must move between small and large or the pages
-   * after it are taken. */
-  if (!mesh_in_arena(p)) { /* a direct block: mremap, or out to the heap when it shrinks to small */
+  /* A large block grows into the free pages after it, or gives back its
+   * tail, in place; it is copied only when it must move between small and
+   * large or the pages after it are taken. A direct block moves with
+   * mremap, or out to the heap when it shrinks to small. */
+  if (!mesh_in_arena(p)) {
     if (size > MESH_SMALL_MAX) return _mesh_direct_realloc(p, size);
-  } else if (old <= MESH_SMALL_MAX) {
-    if (size <= old && mesh_class_of(size) == mesh_class_of(old)) return p;
+  } else if (old <= MESH_SMALL_MAX) { /* a small block of a span meshed away */
+    if (size <= old && small_keeps(old, size)) return p;
   } else if (size > MESH_SMALL_MAX) {
     if (size <= old && size > old / 2) return p;
-    if (_mesh_large_resize(p, size)) return p;
+    if (_mesh_large_resize(p, size > old ? grow_target(size) : size)) return p;
   }
-  void *q = mesh_malloc(size);
-  if (!q) return NULL; /* errno set; p untouched */
-  memcpy(q, p, size < old ? size : old);
-  mesh_free(p);
-  return q;
+  return realloc_move(p, old, size, size > old ? grow_target(size) : size);
 }
 
 void *mesh_reallocarray(void *p, size_t count, size_t size) {

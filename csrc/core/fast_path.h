@@ -53,6 +53,34 @@ MESH_INLINE void *mesh_malloc_inline(size_t size) {
   return _mesh_heap_alloc_slow(size);
 }
 
+/* Clears bit b (< 64) of *word; true iff it was set. Only the old bit is
+ * asked for, so GCC emits one `lock btr` (a fetch_and whose whole old word
+ * is used is a load + `lock cmpxchg` loop: ~9 instructions more, a retry
+ * per racing free). */
+MESH_INLINE bool mesh_bit_clear_seq_cst(_Atomic uint64_t *word, unsigned b) {
+  uint64_t bit = 1ull << (b & 63);
+  return (mesh_fetch_and_seq_cst(word, ~bit) & bit) != 0;
+}
+
+/* After a free cleared a slot of word w of span s, not attached to the
+ * caller: nothing more while the span is attached to some thread heap (its
+ * owner takes the slot back at its next reclaim). A detached span that may
+ * have been FULL (its state is anything but PARTIAL: FULL, or ATTACHED in
+ * the moment a detach files it) or may be empty now (word w is 0) goes to
+ * _mesh_after_clear, which refines and changes its bins under the lock.
+ * The loads come after the clear (docs/design.md, "Fast paths and locking"):
+ * a detach whose fetch_and preceded the clear has stored owner NONE before
+ * it, so the owner load sees NONE, and the state is read no earlier than
+ * that detach's filing could make it FULL. The record may have been
+ * released and reused meanwhile: every test here only sends the free to the
+ * lock, where the transition re-derives everything. */
+MESH_INLINE void mesh_after_shared_clear(span_t *s, uint32_t id, unsigned w, unsigned nobjects,
+                                         const void *caller) {
+  if (mesh_load_seq_cst(&s->owner) != MESH_OWNER_NONE) return;
+  if (mesh_unlikely(mesh_load_seq_cst(&s->state) != SPAN_PARTIAL || mesh_load_seq_cst(&s->bits[w]) == 0))
+    _mesh_after_clear(s, id, nobjects, caller);
+}
+
 /* The common free into a span the caller does not hold: attached to
  * another thread, or detached and not meshed away. One atomic bit clear
  * (the span's other frees may race with it); see alloc.c and global_heap.c
@@ -70,11 +98,9 @@ MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uin
   uint32_t slot = mesh_slot_at(voff, sc->size, sc->recip, s->nobjects);
   if (mesh_unlikely(slot == MESH_NO_SLOT)) return false;
   unsigned w = slot >> 6, nobjects = sc->nobjects;
-  uint64_t bit = 1ull << (slot & 63);
-  uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~bit);
-  if (mesh_unlikely(!(old & bit))) return false;
+  if (mesh_unlikely(!mesh_bit_clear_seq_cst(&s->bits[w], slot))) return false;
   /* the bit is clear: from here the record may be reused (alloc.c) */
-  mesh_after_shared_clear(s, id, w, old, bit, nobjects, __builtin_return_address(0));
+  mesh_after_shared_clear(s, id, w, nobjects, __builtin_return_address(0));
   return true;
 }
 

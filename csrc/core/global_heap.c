@@ -6,13 +6,14 @@
  * nearly-empty spans are left to drain and be released (or meshed).
  *
  * Transitions of a detached span happen under _mesh_global_lock; the free
- * that causes one is lock-free up to the point where it sees it (a bitmap
- * word that was full, or that became empty with every other word empty) and
- * then calls _mesh_global_free_transition, which re-derives the state from
- * the bitmap under the lock. Detach stores owner = NONE before its fetch_and
- * of each word: a racing remote free whose clear lands after that fetch_and
- * sees owner NONE and re-checks under the lock; one that lands before it is
- * counted by detach itself. Either way no free slot is lost.
+ * that causes one is lock-free up to the point where it sees it (after its
+ * bit clear, a state other than PARTIAL: the span may be FULL; or every
+ * word empty) and then calls _mesh_global_free_transition, which re-derives
+ * the state from the bitmap under the lock. Detach stores owner = NONE
+ * before its fetch_and of each word: a racing remote free whose clear lands
+ * after that fetch_and sees owner NONE, and a state of ATTACHED or FULL, so
+ * it re-checks under the lock; one that lands before it is counted by
+ * detach itself. Either way no free slot is lost.
  *
  * Locking: _mesh_global_lock protects everything here and in arena.c.
  */

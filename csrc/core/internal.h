@@ -437,19 +437,9 @@ void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]);
 /* caller: the return address of the allocator entry point the program
  * called (free, a PyMem hook), for mesh_mesher_poll_free. */
 void _mesh_free_nonlocal(void *p, span_t *s, uint32_t id, uint64_t pte, const void *caller);
-void _mesh_after_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit, unsigned nobjects,
-                       const void *caller);
-/* After a free cleared bit of word w (old: the word before) in span s, not
- * attached to the caller: nothing more if the span is attached to some
- * thread heap (its owner takes the slot back at its next reclaim); a
- * detached span that was full or is now empty changes bins (the global
- * lock), which the two cheap tests here leave to _mesh_after_clear. */
-MESH_INLINE void mesh_after_shared_clear(span_t *s, uint32_t id, unsigned w, uint64_t old, uint64_t bit,
-                                         unsigned nobjects, const void *caller) {
-  if (mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE) return;
-  if (mesh_unlikely((old & ~bit) == 0 || old == mesh_bitmap_mask_n(nobjects, w)))
-    _mesh_after_clear(s, id, w, old, bit, nobjects, caller);
-}
+/* The lock-free free's follow-up when a detached span may have been FULL
+ * or may be empty (fast_path.h, mesh_after_shared_clear). */
+void _mesh_after_clear(span_t *s, uint32_t id, unsigned nobjects, const void *caller);
 
 /* ---- barrier.c ------------------------------------------------------ */
 extern _Atomic uint32_t _mesh_mesh_gen;
