@@ -36,12 +36,6 @@ def test_a_steady_churn_is_not_meshed_for_nothing(helpers, cbuild):
     assert "churn ok" in r.stdout, r.describe()
 
 
-@pytest.mark.parametrize("config", ["release", "debug"])
-def test_an_idle_program_returns_the_pages_of_its_free_span_records(helpers, cbuild, config):
-    r = run_c(helpers, cbuild, "mesh_idle", ["records", SESSION_SEED], config=config, timeout=240)
-    assert "records ok" in r.stdout, r.describe()
-
-
 @pytest.mark.parametrize("seed", [1, SESSION_SEED])
 def test_fork_stops_the_meshing_thread_and_both_processes_go_on(helpers, cbuild, seed):
     r = run_c(helpers, cbuild, "mesh_idle", ["fork", seed], timeout=120)

@@ -59,10 +59,10 @@ static bool reserve(size_t size, int fd) {
   if (!base) return false;
   size_t npages = size >> MESH_PAGE_SHIFT;
   void *pt = _mesh_os_alloc(npages * sizeof(pte_t));
-  bool sp = _mesh_span_records_reserve((uint32_t)npages + 2);
+  void *sp = _mesh_os_alloc((npages + 2) * sizeof(span_t));
   if (!pt || !sp) {
     if (pt) _mesh_os_free(pt, npages * sizeof(pte_t));
-    if (sp) _mesh_span_records_unreserve();
+    if (sp) _mesh_os_free(sp, (npages + 2) * sizeof(span_t));
     _mesh_os_free(base, size + guard);
     return false;
   }
@@ -73,6 +73,8 @@ static bool reserve(size_t size, int fd) {
   _mesh_arena.meshable = fd >= 0;
   _mesh_arena.memfd_mapped = fd >= 0;
   _mesh_arena.pagetable = pt;
+  _mesh_arena.spans = sp;
+  _mesh_arena.max_spans = (uint32_t)npages + 2;
   return true;
 }
 
@@ -171,35 +173,25 @@ static uint32_t run_starting_at(uint32_t page, bool dirty) {
 }
 
 /* Turns record id (page, npages set) into a free run, merged with
- * neighbours of the same kind, and links it. The merged run keeps the
- * lowest of the records (a free run's record is named by nothing but its
- * boundary entries and its bin), so the records in use drift to the bottom
- * of their array and the pages above can drain (span.c). */
+ * neighbours of the same kind, and links it. */
 static void run_insert(uint32_t id, bool dirty) {
   span_t *r = mesh_span(id);
-  uint32_t page = r->page, npages = r->npages, keep = id;
-  uint32_t left = run_ending_at(page, dirty);
-  if (left) {
-    run_unlink(left);
-    page = mesh_span(left)->page;
-    npages += mesh_span(left)->npages;
-    keep = left < keep ? left : keep;
-  }
-  uint32_t right = run_starting_at(page + npages, dirty);
-  if (right) {
-    run_unlink(right);
-    npages += mesh_span(right)->npages;
-    keep = right < keep ? right : keep;
-  }
-  if (id != keep) _mesh_span_record_free(id);
-  if (left && left != keep) _mesh_span_record_free(left);
-  if (right && right != keep) _mesh_span_record_free(right);
-  r = mesh_span(keep);
-  r->page = page;
-  r->npages = npages;
   mesh_store_relaxed(&r->state, SPAN_FREE);
   mesh_store_relaxed(&r->bits[0], dirty ? 1u : 0u);
-  run_link(keep);
+  uint32_t left = run_ending_at(r->page, dirty);
+  if (left) {
+    run_unlink(left);
+    r->page = mesh_span(left)->page;
+    r->npages += mesh_span(left)->npages;
+    _mesh_span_record_free(left);
+  }
+  uint32_t right = run_starting_at(r->page + r->npages, dirty);
+  if (right) {
+    run_unlink(right);
+    r->npages += mesh_span(right)->npages;
+    _mesh_span_record_free(right);
+  }
+  run_link(id);
 }
 
 /* For memfd.c, which gives freed aliases and destinations back as clean
@@ -353,7 +345,6 @@ static size_t scavenge_to(uint64_t target) {
 
 size_t _mesh_arena_scavenge(void) {
   _mesh_arena_retry_retired();
-  _mesh_span_records_return(true);
   return scavenge_to(0);
 }
 
@@ -361,7 +352,6 @@ uint64_t _mesh_arena_decay(void) {
   uint64_t d = mesh_stat_get(dirty_pages), unused = dirty_low_mark < d ? dirty_low_mark : d;
   size_t punched = unused ? scavenge_to(d - unused) : 0;
   dirty_low_mark = mesh_stat_get(dirty_pages);
-  _mesh_span_records_return(false); /* the record pages unused through the epoch, likewise */
   return punched >> MESH_PAGE_SHIFT;
 }
 
@@ -495,7 +485,7 @@ int _mesh_arena_validate(void) {
     pg += s->npages;
   }
   bad += check_counters(&t);
-  return bad + check_free_bins() + _mesh_span_records_validate();
+  return bad + check_free_bins();
 }
 #undef BAD
 

@@ -158,11 +158,6 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(spans_free_count, "span records released (the original's MH Free Count)") \
   X(spans_live, "spans currently in use") \
   X(spans_hwm, "peak of spans_live (the original's MH High Water Mark)") \
-  X(span_records_live, "span records in use: spans, free page runs, aliases, retired ranges") \
-  X(span_records_top, "span record ids ever handed out (ids are handed out lowest first)") \
-  X(span_record_pages, "pages of the span record array in memory (64 records each)") \
-  X(span_record_pages_free, "of those, pages whose records are all free: returned at the end of the next decay epoch") \
-  X(span_record_pages_returned, "pages of span records returned to the OS, summed") \
   X(large_alloc_count, "large (> 16 KiB) allocations") \
   X(large_free_count, "large frees") \
   X(large_bytes_in_use, "bytes in live large spans (page rounded)") \
@@ -266,15 +261,9 @@ MESH_INLINE uint32_t mesh_rand_below(uint64_t *state, uint32_t n) {
 }
 
 /* ---- span.c (global lock held for everything that changes state) ---- */
-bool _mesh_span_records_reserve(uint32_t max); /* maps the record array (_mesh_arena.spans) */
-void _mesh_span_records_unreserve(void);
-uint32_t _mesh_span_record_new(void); /* the lowest free id; MESH_NIL when none is left */
+uint32_t _mesh_span_record_new(void);
 void _mesh_span_record_free(uint32_t id);
-bool _mesh_span_record_used(uint32_t id); /* id names a record in use (handed out, not freed) */
-/* Returns the pages of 64 free records: all of them, or those none of whose
- * records was handed out since the last call (a decay epoch). Returns how many. */
-size_t _mesh_span_records_return(bool all);
-int _mesh_span_records_validate(void);
+bool _mesh_span_record_used(uint32_t id); /* id names a record handed out at some time */
 void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
 int _mesh_span_validate(uint32_t id); /* lock held */
 

@@ -30,7 +30,7 @@ _Static_assert(sizeof _mesh_pass_log % 4096 == 0, "the pass log fills whole page
   X(arena_reserved_bytes, "virtual bytes reserved for the arena") \
   X(arena_base, "first address of the arena: its mappings in /proc/PID/maps are the lines within [arena_base, arena_base + arena_reserved_bytes)") \
   X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
-  X(metadata_bytes, "bytes of metadata in use: page table, span record pages in memory, thread heaps") \
+  X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \
   X(meshing_available, "1 when the arena is memfd-backed and spans can be meshed") \
   X(meshed_bytes_per_mapping, "meshed bytes per kernel mapping meshing added: meshed_pages x 4 KiB / (arena_mappings - 1)") \
   X(arena_memfd_bytes, "bytes the arena's memfd really holds (its allocated blocks, fstat): pages a fork child wrote with pwrite, or never mapped, count here but not in PSS or RSS; 0 without a memfd")
@@ -98,11 +98,9 @@ static void stats_fill(uint64_t v[STATS_TOTAL], bool derived) {
       so += cs[c].objects_in_use;
       sb += cs[c].objects_in_use * cs[c].object_size;
     }
-    /* the page table up to the arena's top, the record pages in memory
-     * with the free index's bit per record, the thread heaps */
     d[MESH_DER_metadata_bytes] = (uint64_t)v[MESH_CTR_arena_top_pages] * sizeof(pte_t) +
-                                 v[MESH_CTR_span_record_pages] * MESH_PAGE_SIZE +
-                                 (v[MESH_CTR_span_records_top] + 7) / 8 + v[MESH_CTR_thread_heap_bytes];
+                                 (uint64_t)(v[MESH_CTR_spans_hwm] + 64) * sizeof(span_t) +
+                                 v[MESH_CTR_thread_heap_bytes];
   }
   d[MESH_DER_small_bytes_in_use] = sb;
   d[MESH_DER_small_objects_in_use] = so;

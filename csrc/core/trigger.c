@@ -22,9 +22,7 @@
  *
  * Decay: free pages the program did not reuse during a whole dirty_decay_ms
  * epoch (the fewest dirty pages seen in it, arena.c) are returned at the
- * epoch's end, by whichever of the inline triggers or the thread gets there;
- * so are the pages of span records none of which was handed out in it
- * (span.c), and the thread waits for those as for dirty pages.
+ * epoch's end, by whichever of the inline triggers or the thread gets there.
  *
  * The thread is created (and an exited one joined) outside every lock of
  * ours, at the start of a malloc's slow path or at the end of a free
@@ -124,11 +122,11 @@ static void decay_tick(uint64_t now) {
   mesh_stat_add(pages_decayed, _mesh_arena_decay());
 }
 
-/* Nanoseconds until the decay epoch ends, if dirty pages or pages of free
- * span records wait for it; 0 if none do (or decay is off). */
+/* Nanoseconds until the decay epoch ends, if dirty pages wait for it; 0 if
+ * none do (or decay is off). */
 static uint64_t decay_wait_ns(uint64_t now) {
   long ms = mesh_opt(MESH_OPT_DIRTY_DECAY_MS);
-  if (ms <= 0 || (mesh_stat_get(dirty_pages) == 0 && mesh_stat_get(span_record_pages_free) == 0)) return 0;
+  if (ms <= 0 || mesh_stat_get(dirty_pages) == 0) return 0;
   uint64_t end = decay_epoch_ns + (uint64_t)ms * 1000000u;
   return end > now ? end - now : 1;
 }

@@ -12,13 +12,6 @@
  *                          taken straight back): passes may run, but pacing
  *                          must keep them under 5 % of the time; then the
  *                          program sleeps and the thread, if any, exits.
- *   mesh_idle records SEED allocates N objects, frees all but the first 2 % in
- *                          random order and only sleeps: the pages of the
- *                          span records freed must go back to the OS with no
- *                          call (decay), down to what the records in use
- *                          need, before the thread exits; records handed
- *                          out again are sound, and mesh_scavenge returns
- *                          their pages at once when they are freed.
  *   mesh_idle fork SEED    the thread is meshing when the program forks: the
  *                          parent has one thread right after fork (the
  *                          prepare handler stopped it), the child reads every
@@ -166,51 +159,6 @@ static int mode_churn(uint64_t seed) {
   return 0;
 }
 
-/* Record pages in memory beyond what the records in use need: 64 a page,
- * one page more for where they end, and one for each span the thread heap
- * still has attached (the last ones made, at any id). */
-static long long record_pages_over(void) {
-  return (long long)stat_get("span_record_pages") - (long long)(stat_get("span_records_live") / 64 + 2 + 8);
-}
-
-static int mode_records(uint64_t seed) {
-  enum { KEEP = N / 50 };
-  rng_t r;
-  rng_seed(&r, seed);
-  static unsigned idx[N];
-  for (int i = 0; i < N; i++) {
-    objs[i] = mesh_malloc(SIZE);
-    CHECK(objs[i], "malloc failed");
-    pat_fill(objs[i], SIZE, (uint64_t)i);
-    idx[i] = (unsigned)i;
-  }
-  uint64_t peak = stat_get("span_record_pages");
-  for (int i = N - 1; i > 0; i--) { /* a random order of frees */
-    unsigned j = (unsigned)rng_below(&r, (uint64_t)i + 1), t = idx[i];
-    idx[i] = idx[j], idx[j] = t;
-  }
-  for (int i = 0; i < N; i++)
-    if (idx[i] >= KEEP) mesh_free(objs[idx[i]]), objs[idx[i]] = NULL;
-  int gone = wait_single_thread(10000);
-  printf("records: %llu record pages at the peak, %llu after the sleep for %llu records in use (%llu returned); "
-         "single thread after %d ms\n", (unsigned long long)peak, (unsigned long long)stat_get("span_record_pages"),
-         (unsigned long long)stat_get("span_records_live"), (unsigned long long)stat_get("span_record_pages_returned"),
-         gone);
-  CHECK(gone >= 0, "the meshing thread did not exit");
-  CHECK(peak > 20 && record_pages_over() <= 0 && stat_get("span_record_pages_free") == 0,
-        "an idle program kept %lld pages of free span records", record_pages_over());
-  CHECK(corrupt() == 0 && mesh_check_heap() == 0, "heap damaged after the record pages went back");
-  for (int i = KEEP; i < N; i++) objs[i] = mesh_malloc(SIZE), pat_fill(objs[i], SIZE, (uint64_t)i);
-  CHECK(corrupt() == 0 && mesh_check_heap() == 0, "heap damaged after records were handed out again");
-  for (int i = KEEP; i < N; i++) mesh_free(objs[i]), objs[i] = NULL;
-  mesh_scavenge();
-  CHECK(record_pages_over() <= 0 && stat_get("span_record_pages_free") == 0,
-        "mesh_scavenge kept %lld pages of free span records", record_pages_over());
-  CHECK(corrupt() == 0 && mesh_check_heap() == 0, "heap damaged after a scavenge");
-  puts("records ok");
-  return 0;
-}
-
 static int mode_fork(uint64_t seed) {
   /* short passes: the work takes the thread long enough to fork during it */
   CHECK(mesh_option_set("max_pause_us", 50) == 0, "max_pause_us");
@@ -251,11 +199,10 @@ static int mode_fork(uint64_t seed) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) DIE("usage: mesh_idle idle|churn|fork|records [SEED]");
+  if (argc < 2) DIE("usage: mesh_idle idle|churn|fork [SEED]");
   uint64_t seed = parse_u64(argc > 2 ? argv[2] : NULL, 1);
   if (!strcmp(argv[1], "idle")) return mode_idle(seed);
   if (!strcmp(argv[1], "churn")) return mode_churn(seed);
   if (!strcmp(argv[1], "fork")) return mode_fork(seed);
-  if (!strcmp(argv[1], "records")) return mode_records(seed);
   DIE("unknown mode %s", argv[1]);
 }
