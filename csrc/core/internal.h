@@ -169,6 +169,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(arena_top_pages, "arena pages ever used (high-water mark of the bump pointer)") \
   X(pages_punched, "free pages returned to the OS, summed") \
   X(pages_decayed, "free pages returned because they went unused for dirty_decay_ms (part of pages_punched)") \
+  X(dropped_pages_total, "pages of freed meshing destinations returned to the OS at once (a later span on them is not new demand for pacing), summed") \
   X(fresh_pages_total, "pages of new spans carved from clean memory (never used, or returned to the OS), summed") \
   X(punch_calls, "fallocate(PUNCH_HOLE)/madvise calls made to return pages") \
   X(thread_heaps_created, "thread heaps created") \

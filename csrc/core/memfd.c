@@ -265,6 +265,7 @@ void _mesh_arena_drop_file(uint32_t id) {
   }
   s->flags &= (uint8_t)~SPAN_FILE;
   mesh_stat_add(arena_mappings, d);
+  mesh_stat_add(dropped_pages_total, n);
   _mesh_pagetable_set(s->page, n, 0, MESH_NIL);
   _mesh_arena_run_insert(id, false);
 }

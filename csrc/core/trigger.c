@@ -62,12 +62,29 @@
 #define PACE_MAX_LEVEL 6
 static uint64_t pace_meshed_mark; /* meshed_pages_total before the last pass */
 static uint64_t pace_fresh_mark;  /* fresh_pages_total after it */
+static uint64_t pace_dropped_mark; /* dropped_pages_total then */
+
+/* Clean pages new spans took since the marks that were not already the
+ * program's: a freed meshing destination returns its pages at once (its
+ * memfd pages cannot stay dirty in an anonymous free run), and a span
+ * later carved from them is the program reusing its own memory, not
+ * demand that meshing's freed pages would otherwise have met. */
+static uint64_t pace_taken(void) {
+  uint64_t taken = mesh_stat_get(fresh_pages_total) - pace_fresh_mark;
+  uint64_t dropped = mesh_stat_get(dropped_pages_total) - pace_dropped_mark;
+  return taken > dropped ? taken - dropped : 0;
+}
+
+static void pace_mark_taken(void) {
+  pace_fresh_mark = mesh_stat_get(fresh_pages_total);
+  pace_dropped_mark = mesh_stat_get(dropped_pages_total);
+}
 
 /* Judges the meshing done since the marks (passes and compactions): true
  * if there was some, the level then updated and the marks moved on. */
 static bool pace_judge(void) {
-  uint64_t meshed = mesh_stat_get(meshed_pages_total), fresh = mesh_stat_get(fresh_pages_total);
-  uint64_t freed = meshed - pace_meshed_mark, taken = fresh - pace_fresh_mark;
+  uint64_t meshed = mesh_stat_get(meshed_pages_total);
+  uint64_t freed = meshed - pace_meshed_mark, taken = pace_taken();
   if (freed == 0) return false;
   uint64_t level = mesh_stat_get(mesh_pace_level);
   if (2 * taken >= freed) {
@@ -79,7 +96,7 @@ static bool pace_judge(void) {
     mesh_stat_set(mesh_pace_level, 0);
   }
   pace_meshed_mark = meshed;
-  pace_fresh_mark = fresh;
+  pace_mark_taken();
   return true;
 }
 
@@ -105,7 +122,7 @@ static uint64_t pause_budget_ns(void) { return (uint64_t)mesh_opt(MESH_OPT_MAX_P
 static size_t paced_pass(bool *more) {
   pace_meshed_mark = mesh_stat_get(meshed_pages_total);
   size_t freed = _mesh_mesh_pass(pause_budget_ns(), MESH_PASS_triggered, more);
-  pace_fresh_mark = mesh_stat_get(fresh_pages_total);
+  pace_mark_taken();
   return freed;
 }
 
@@ -250,7 +267,7 @@ static bool quiet_unpaced(uint64_t now) {
   if (quiet && mesh_stat_get(mesh_pace_level) > 0) {
     mesh_stat_set(mesh_pace_level, 0);
     pace_meshed_mark = mesh_stat_get(meshed_pages_total);
-    pace_fresh_mark = mesh_stat_get(fresh_pages_total);
+    pace_mark_taken();
     th.backlog = true;
   }
   return quiet;
