@@ -431,24 +431,20 @@ static int check_record(uint32_t pg, uint32_t id, const span_t *s, tiling_tally_
   return bad;
 }
 
-static int check_counters(const tiling_tally_t *t) {
+/* 1 (reported) when what the walk counted is not what the counter says. */
+static int counter_differs(const char *what, uint64_t walked, uint64_t counted) {
   int bad = 0;
-  if (t->retired != mesh_stat_get(retired_pages))
-    BAD("retired pages %llu, counter says %llu\n", (unsigned long long)t->retired,
-        (unsigned long long)mesh_stat_get(retired_pages));
-  if (t->span_pages != mesh_stat_get(span_pages))
-    BAD("span pages %llu, counter says %llu\n", (unsigned long long)t->span_pages,
-        (unsigned long long)mesh_stat_get(span_pages));
-  if (t->promoted != mesh_stat_get(promoted_pages))
-    BAD("pages in the memfd %llu, counter says %llu\n", (unsigned long long)t->promoted,
-        (unsigned long long)mesh_stat_get(promoted_pages));
-  if (t->meshed != mesh_stat_get(meshed_pages))
-    BAD("meshed pages %llu, counter says %llu\n", (unsigned long long)t->meshed,
-        (unsigned long long)mesh_stat_get(meshed_pages));
-  if (t->dirty != mesh_stat_get(dirty_pages))
-    BAD("dirty pages %llu, counter says %llu\n", (unsigned long long)t->dirty,
-        (unsigned long long)mesh_stat_get(dirty_pages));
+  if (walked != counted)
+    BAD("%s %llu, counter says %llu\n", what, (unsigned long long)walked, (unsigned long long)counted);
   return bad;
+}
+
+static int check_counters(const tiling_tally_t *t) {
+  return counter_differs("retired pages", t->retired, mesh_stat_get(retired_pages)) +
+         counter_differs("span pages", t->span_pages, mesh_stat_get(span_pages)) +
+         counter_differs("pages in the memfd", t->promoted, mesh_stat_get(promoted_pages)) +
+         counter_differs("meshed pages", t->meshed, mesh_stat_get(meshed_pages)) +
+         counter_differs("dirty pages", t->dirty, mesh_stat_get(dirty_pages));
 }
 
 static int check_free_bins(void) {
