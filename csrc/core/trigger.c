@@ -379,6 +379,12 @@ static bool thread_turn(uint64_t *wait_ns) {
     return false;
   }
   *wait_ns = next_turn_in(meshing, keep, wait, decay);
+  /* Held by pacing while the program is busy: look again after QUIET_NS,
+   * not a whole paced wait (up to 6.4 s) later, so that a program that has
+   * just gone quiet is unpaced and compacted within half a second. (The
+   * pass that ends the wait cannot tell: its judge weighs the pages the
+   * program took before it went quiet.) A look is two clock reads. */
+  if (meshing && !quiet && mesh_stat_get(mesh_pace_level) > 0 && *wait_ns > QUIET_NS) *wait_ns = QUIET_NS;
   return true;
 }
 
