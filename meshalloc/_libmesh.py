@@ -1,14 +1,8 @@
 """The cffi backend: the core's raw surface from ``libmesh.so`` (ABI mode).
 
 The same functions and results as the core part of the ``_meshalloc``
-extension (their types: ``_meshalloc.pyi``). It talks to the core whose
-``mesh_*`` symbols the process already has (``LD_PRELOAD``), as the
-extension does, so a process never gets a second heap from here; otherwise
-to the package's ``libmesh.so``, opened ``RTLD_LOCAL`` (its malloc does not
-replace the process's) and ``RTLD_NODELETE`` (a malloc is never unloaded
-while blocks from it may be live). (``ffi.dlopen(path, RTLD_NOLOAD)`` would
-be the obvious probe, but it crashes when the library is not loaded, with
-cffi 2.0 and glibc 2.36.)
+extension (typed in ``_meshalloc.pyi``), from the core the process already
+has, else from the package's ``libmesh.so`` (docs/python.md, "Backends").
 """
 
 from __future__ import annotations
@@ -59,34 +53,32 @@ def _open() -> Any:
     """The preloaded core if the process has one, else the package's copy."""
     global _preloaded, _path
     process = ffi.dlopen(None)
+    # A symbol lookup, not ffi.dlopen(path, RTLD_NOLOAD): that crashes the
+    # interpreter when the library is not loaded (cffi 2.0, glibc 2.36).
+    if hasattr(process, "mesh_version"):
+        _preloaded = True
+        info = ffi.new("void *[4]")  # Dl_info: its first field is the file name
+        if process.dladdr(ffi.cast("void *", process.mesh_version), info) and info[0] != ffi.NULL:
+            _path = os.fsdecode(ffi.string(ffi.cast("char *", info[0])))
+        return process
+    from . import _not_built_reason, libmesh_path
+    path = libmesh_path()
+    if not os.path.exists(path):
+        raise ImportError("%s is missing; %s" % (path, _not_built_reason()))
     try:
-        process.mesh_version  # noqa: B018 -- a symbol lookup, nothing more
-    except AttributeError:
-        from . import _not_built_reason, libmesh_path
-
-        path = libmesh_path()
-        if not os.path.exists(path):
-            raise ImportError("%s is missing; %s" % (path, _not_built_reason())) from None
-        try:
-            found = ffi.dlopen(path, ffi.RTLD_NOW | ffi.RTLD_LOCAL | getattr(ffi, "RTLD_NODELETE", 0))
-        except OSError as exc:
-            raise ImportError("cannot load %s: %s" % (path, exc)) from exc
-        _path = path
-        return found
-    _preloaded = True
-    info = ffi.new("void *[4]")  # Dl_info: its first field is the file name
-    if process.dladdr(ffi.cast("void *", process.mesh_version), info) and info[0] != ffi.NULL:
-        _path = os.fsdecode(ffi.string(ffi.cast("char *", info[0])))
-    return process
+        found = ffi.dlopen(path, ffi.RTLD_NOW | ffi.RTLD_LOCAL | getattr(ffi, "RTLD_NODELETE", 0))
+    except OSError as exc:
+        raise ImportError("cannot load %s: %s" % (path, exc)) from exc
+    _path = path
+    return found
 
 
 def lib() -> Any:
     """The cffi library object of the libmesh in use (opened on first use)."""
     global _lib
-    if _lib is None:
-        with _lock:
-            if _lib is None:
-                _lib = _open()
+    with _lock:
+        if _lib is None:
+            _lib = _open()
     return _lib
 
 
@@ -144,14 +136,16 @@ def stats_read(n: int) -> List[int]:
     total = lib().mesh_stats_count()
     n = total if n < 0 or n > total else n
     out = ffi.new("uint64_t[]", n + 1)
-    return list(out)[:min(n, lib().mesh_stats_read(out, n))]
+    got = lib().mesh_stats_read(out, n)
+    return list(out)[:min(n, got)]
 
 
 def class_stats() -> List[List[int]]:
     fields = _class_fields()
     out = ffi.new("uint64_t[]", 256 * fields)
+    n = min(256, lib().mesh_class_stats(out, 256))
     rows = list(out)
-    return [rows[i * fields:(i + 1) * fields] for i in range(min(256, lib().mesh_class_stats(out, 256)))]
+    return [rows[i * fields:(i + 1) * fields] for i in range(n)]
 
 
 def option_get(name: str) -> Tuple[int, int]:
