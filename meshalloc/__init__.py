@@ -1,14 +1,9 @@
 """meshalloc: the Mesh compacting allocator for CPython and any C program.
 
-:func:`install` makes it the allocator of this interpreter's PyMem blocks
-(``MESHALLOC=1`` does it at start-up), :func:`compact` meshes now,
-:func:`stats` reads the counters, and :func:`libmesh_path` is the drop-in
-malloc for ``LD_PRELOAD``. docs/python.md documents the API and the two
-backends it runs on (``MESHALLOC_BACKEND``). Every name this package
-reports (stats fields, options, PyMem domains, hook counters) comes from
-the C tables, so a counter added in C needs nothing here. Importing it is
-cheap: a start-up hook imports it in every interpreter, so typing is for
-the type checker only and no backend loads before a function needs one.
+The API, and the two backends under it, are in docs/python.md. Every name
+it reports (stats fields, options, domains, hook counters) comes from the C
+tables. Importing it must stay cheap, as a start-up hook imports it in every
+interpreter: typing is for the type checker only, backends load on first use.
 """
 
 import os
@@ -17,7 +12,6 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, ClassVar, Dict, List, Optional, Tuple
-
     Table = List[Tuple[Optional[str], Optional[str]]]
 
 __version__ = "0.1.0"
@@ -31,13 +25,14 @@ __all__ = [
 ]
 
 _PAGE_SIZE = 4096  # the core's page (docs/design.md)
-# The backend module: the _meshalloc extension (its surface is typed in
-# _meshalloc.pyi) or _libmesh, which offers the same core part through cffi.
+# The backend: the _meshalloc extension (typed in _meshalloc.pyi) or _libmesh,
+# the same core part through cffi; _ext: the extension once install() & co. loaded it.
 _impl: "Any" = None
+_ext: "Any" = None
 
 
 def libmesh_path() -> str:
-    """Absolute path of the package's ``libmesh.so`` (``LD_PRELOAD=$(python -m meshalloc libpath)``)."""
+    """Absolute path of the package's ``libmesh.so``, for ``LD_PRELOAD``."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmesh.so")
 
 
@@ -117,7 +112,6 @@ def scavenge() -> int:
 def owns(addr: int) -> bool:
     """True if address ``addr`` lies inside the meshalloc arena (compared, never read)."""
     import operator
-
     value = operator.index(addr)
     if not 0 <= value <= 2 * sys.maxsize + 1:
         raise OverflowError("address does not fit a pointer")
@@ -147,7 +141,6 @@ def set_option(name: str, value: int) -> None:
     """Set option ``name`` now (``MESH_<NAME>`` sets it at start-up); ``KeyError``
     for an unknown name, ``ValueError`` for a bad value or a read-only option."""
     import errno
-
     _option_name(name)
     if not isinstance(value, int):
         raise TypeError("option value must be int, not %s" % type(value).__name__)
@@ -255,13 +248,12 @@ class _StatsBase:
     def to_json(self, **kwargs: "Any") -> str:
         """:meth:`to_dict` as JSON (``kwargs`` go to ``json.dumps``)."""
         import json
-
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_dict(cls, data: "Dict[str, Any]") -> "_StatsBase":
         """The inverse of :meth:`to_dict` (e.g. after ``json.loads``)."""
-        known, sc = set(cls.field_names()), _size_class_type()
+        known, sc = set(cls.field_names()), _type("SizeClassStats")
         extra: "Dict[str, int]" = dict(data.get("extra") or {})
         values: "Dict[str, Any]" = {"extra": extra}
         for name, value in data.items():
@@ -277,38 +269,31 @@ class _StatsBase:
 _types: "Dict[str, Any]" = {}
 
 
-def _dataclass(name: str, fields: "List[Tuple[str, Any]]", base: type, **namespace: "Any") -> "Any":
-    """A frozen dataclass of base; a field whose default is None is a dict left out of the hash."""
-    import dataclasses
-
-    spec = [(n, dict, dataclasses.field(default_factory=dict, hash=False)) if d is None
-            else (n, type(d), dataclasses.field(default=d)) for n, d in fields]
-    return dataclasses.make_dataclass(name, spec, bases=(base,), frozen=True,
-                                      namespace=dict(namespace, __module__=__name__,
-                                                     __doc__=base.__doc__))
-
-
-def _size_class_type() -> "Any":
-    if "SizeClassStats" not in _types:
-        names = _names(_load_backend().class_names())
-        _types["SizeClassStats"] = _dataclass("SizeClassStats", [(n, 0) for n in names],
-                                              _SizeClassBase, FIELDS=names)
-    return _types["SizeClassStats"]
-
-
-def _stats_type() -> "Any":
-    if "Stats" not in _types:
-        core, hook = _names(_load_backend().stats_names()), _names(_hook_table())
-        fields = [(n, 0) for n in core + hook] + [(n, d) for n, (d, _doc) in _PY_FIELDS.items()]
-        _types["Stats"] = _dataclass("Stats", fields, _StatsBase, CORE_FIELDS=core, HOOK_FIELDS=hook)
-    return _types["Stats"]
+def _type(name: str) -> "Any":
+    """Stats or SizeClassStats: a frozen dataclass built from the core's tables on first use."""
+    if name not in _types:
+        import dataclasses
+        if name == "Stats":
+            core, hook = _names(_load_backend().stats_names()), _names(_hook_table())
+            fields = [(n, 0) for n in core + hook] + [(n, d) for n, (d, _) in _PY_FIELDS.items()]
+            base: type = _StatsBase
+            names = {"CORE_FIELDS": core, "HOOK_FIELDS": hook}
+        else:
+            classes = _names(_load_backend().class_names())
+            fields, base, names = [(n, 0) for n in classes], _SizeClassBase, {"FIELDS": classes}
+        # a field whose default is None is the extra dict, left out of the hash
+        spec = [(n, dict, dataclasses.field(default_factory=dict, hash=False)) if d is None
+                else (n, type(d), dataclasses.field(default=d)) for n, d in fields]
+        _types[name] = dataclasses.make_dataclass(
+            name, spec, bases=(base,), frozen=True,
+            namespace=dict(names, __module__=__name__, __doc__=base.__doc__))
+    return _types[name]
 
 
 def __getattr__(name: str) -> "Any":
-    # Stats and SizeClassStats are built from the core's tables on first use;
-    # DOMAINS is the extension's.
+    # Stats and SizeClassStats are built on first use; DOMAINS is the extension's.
     if name in ("Stats", "SizeClassStats"):
-        return _stats_type() if name == "Stats" else _size_class_type()
+        return _type(name)
     if name == "DOMAINS":
         return tuple(_extension(False).DOMAINS)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
@@ -323,18 +308,16 @@ if TYPE_CHECKING:
 def stats(pss: bool = False) -> "Stats":
     """A snapshot of the allocator's counters, a :class:`Stats` (docs/python.md);
     ``pss=True`` also reads the process's PSS, about 10 ms per 100 MiB."""
-    impl, cls, sc = _load_backend(), _stats_type(), _size_class_type()
+    impl, cls, sc = _load_backend(), _type("Stats"), _type("SizeClassStats")
     values: "Dict[str, Any]" = dict(zip(cls.CORE_FIELDS, impl.stats_read(-1)))
     if cls.HOOK_FIELDS:
         from . import _meshalloc
-
         values.update(zip(cls.HOOK_FIELDS, _meshalloc.hook_counts()))
     classes = (sc(**dict(zip(sc.FIELDS, row))) for row in impl.class_stats())
     values["size_classes"] = tuple(c for c in classes if c.spans or c.meshed_spans)
     values["installed_domains"] = installed_domains()
     if pss:
         from ._remote import pss_bytes
-
         values["pss_bytes"] = pss_bytes() or 0
     return cls(**values)  # type: ignore[no-any-return]
 
@@ -396,9 +379,6 @@ class CompactResult(tuple):  # type: ignore[type-arg]
 
     def __repr__(self) -> str:
         return "CompactResult(%s)" % ", ".join("%s=%r" % kv for kv in zip(self._fields, self))
-
-
-_ext: "Any" = None  # the extension once install() & co. loaded it
 
 
 def _extension(for_install: bool = True) -> "Any":
@@ -474,7 +454,6 @@ def _tracemalloc_if_started() -> "Any":
     if not started:
         return None
     import _tracemalloc
-
     return _tracemalloc
 
 
@@ -539,7 +518,6 @@ def allocators() -> "Dict[str, Dict[str, object]]":
 def compact() -> "CompactResult":
     """Mesh now, pass after pass, until a pass frees nothing (the GIL is released)."""
     import time
-
     start = time.monotonic()
     pages, returned = (_ext or _load_backend()).compact()
     return CompactResult(int(pages), int(pages) * _PAGE_SIZE, int(returned) * _PAGE_SIZE,
@@ -553,7 +531,6 @@ def compact() -> "CompactResult":
 # pass is due (mesh_periodic_wait_ns) and 50 times the last compaction's
 # duration passed, so that this costs at most ~2 % of the wall-clock time.
 _GC_DUTY = 50.0
-_gc_registered = False
 _gc_last_end = -1e18
 _gc_last_pause = 0.0
 _gc_compactions = 0  # how many compactions the callback ran (tests, docs)
@@ -565,23 +542,19 @@ def _gc_callback(phase: str, info: "Dict[str, int]") -> None:
         return
     try:
         import time
-
-        if _ext.periodic_wait_ns() != 0 or time.monotonic() - _gc_last_end < _GC_DUTY * _gc_last_pause:
-            return
-        _gc_last_pause = compact().pause_seconds
-        _gc_last_end = time.monotonic()
-        _gc_compactions += 1
+        waited = time.monotonic() - _gc_last_end
+        if _ext.periodic_wait_ns() == 0 and waited >= _GC_DUTY * _gc_last_pause:
+            _gc_last_pause = compact().pause_seconds
+            _gc_last_end = time.monotonic()
+            _gc_compactions += 1
     except Exception:  # never let the allocator break a collection
         return
 
 
 def _register_gc_callback() -> None:
-    global _gc_registered
-    if not _gc_registered:
-        import gc
-
+    import gc
+    if _gc_callback not in gc.callbacks:
         gc.callbacks.append(_gc_callback)
-        _gc_registered = True
 
 
 # ---- the start-up switch (meshalloc-autoinstall.pth) --------------------------
@@ -633,8 +606,8 @@ def _autoinstall() -> None:
             return
         reason = _debug_hooks_reason()
         if reason is not None:
-            sys.stderr.write("meshalloc: %s: the debug hooks stay in charge (call meshalloc.install() "
-                             "to wrap them anyway)\n" % reason)
+            sys.stderr.write("meshalloc: %s: the debug hooks stay in charge (call "
+                             "meshalloc.install() to wrap them anyway)\n" % reason)
             return
         # PYTHONTRACEMALLOC / -X tracemalloc started tracing before site ran:
         # restart it on top of meshalloc (only start-up traces are lost).
@@ -646,4 +619,5 @@ def _autoinstall() -> None:
     except _SubinterpreterError:
         return  # site.py runs in subinterpreters too; the main interpreter decided
     except Exception as exc:
-        sys.stderr.write("meshalloc: not installed at start-up: %s: %s\n" % (type(exc).__name__, exc))
+        sys.stderr.write("meshalloc: not installed at start-up: %s: %s\n"
+                         % (type(exc).__name__, exc))

@@ -98,9 +98,10 @@ def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     preloaded = "no"
     if info["preloaded"]:
         preloaded = "yes (%s)" % info["preloaded_path"] if info["preloaded_path"] else "yes"
-    for key, value in (("meshalloc", info["package_version"]), ("core version", info["core_version"]),
-                       ("libmesh.so", info["libmesh_path"] + ("" if info["libmesh_present"]
-                                                              else "  (MISSING)")),
+    missing = "" if info["libmesh_present"] else "  (MISSING)"
+    for key, value in (("meshalloc", info["package_version"]),
+                       ("core version", info["core_version"]),
+                       ("libmesh.so", info["libmesh_path"] + missing),
                        ("backend", info["backend"]), ("preloaded", preloaded),
                        ("meshing available", "yes" if info["meshing_available"] else "no")):
         out.write("%-18s %s\n" % (key + ":", value))
@@ -124,7 +125,7 @@ def _longest(got: Dict[str, Any], prev: Dict[str, Any], d: Dict[str, int]) -> st
         return "-"
     passes = [p for p in got["passes"] if first <= p["number"] <= last]
     if len(passes) == last - first + 1:
-        return "%.2f/%.2f" % (max(p["wall"] for p in passes) * 1e3, max(p["cpu"] for p in passes) * 1e3)
+        return "%.2f/%.2f" % tuple(max(p[k] for p in passes) * 1e3 for k in ("wall", "cpu"))
     return next((label for key, label in _PAUSE_BUCKETS if d.get(key, 0) > 0), "-")
 
 
@@ -245,14 +246,9 @@ def _preload_env(env: Dict[str, str], libpath: str) -> None:
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     """run a command with meshalloc turned on
 
-    Run CMD with meshalloc. With --preload: LD_PRELOAD=<libmesh.so>
-    (prepended to any existing value) and PYTHONMALLOC=malloc, so the whole
-    process, C extensions included, allocates from meshalloc. Without it:
-    sets MESHALLOC=1 for CMD and its children, so every Python interpreter
-    among them that can import meshalloc installs it at start-up (the
-    meshalloc-autoinstall.pth hook: PyMem MEM and OBJ domains,
-    MESHALLOC_DOMAINS=raw,mem,obj adds RAW; C extensions' own malloc calls
-    are not covered)."""
+    Run CMD with MESHALLOC=1, so that every Python interpreter of its tree
+    installs meshalloc at start-up (PyMem only), or with --preload under
+    LD_PRELOAD=<libmesh.so> PYTHONMALLOC=malloc: the whole process."""
     command: List[str] = list(args.command)
     if not command:
         raise CliError("run: missing command (usage: run [--preload] -- CMD [ARGS...])", EXIT_USAGE)
@@ -306,9 +302,10 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m meshalloc", description="meshalloc: the Mesh "
-                                     "compacting allocator for CPython and C.")
-    parser.add_argument("--version", action="version", version="meshalloc %s" % meshalloc.__version__)
+    parser = argparse.ArgumentParser(prog="python -m meshalloc", description="meshalloc: the "
+                                     "Mesh compacting allocator for CPython and C.")
+    parser.add_argument("--version", action="version",
+                        version="meshalloc %s" % meshalloc.__version__)
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     cmd = {}
     for func in (cmd_libpath, cmd_info, cmd_stats, cmd_run, cmd_plot, cmd_demo):
@@ -321,32 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd["stats"]
     p.add_argument("--docs", action="store_true", help="add each counter's doc")
     p.add_argument("--summary", action="store_true", help="print the MALLOCSTATS summary instead")
-    p.add_argument("--pid", type=int, metavar="PID",
-                   help="the counters of another running process that uses meshalloc (either "
-                        "mode), read from the page it shares (option stats_page), without "
-                        "stopping it")
-    p.add_argument("--watch", type=float, metavar="SECONDS",
-                   help="with --pid: a line every SECONDS: PSS, the arena memfd's real size, "
-                        "committed bytes, bytes in use (as the process last published them), "
-                        "meshes and MiB given back per second, passes and the longest pause of "
-                        "the interval (wall/CPU ms), kernel mappings (Ctrl-C ends it)")
-    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # --watch lines, for tests
+    p.add_argument("--pid", type=int, metavar="PID", help="the counters of another running "
+                   "process that uses meshalloc, read without stopping it (option stats_page)")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="with --pid: a line of memory "
+                   "and meshing figures every SECONDS (docs/python.md; Ctrl-C ends it)")
+    p.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)  # --watch lines (tests)
     p = cmd["run"]
     p.usage = ("python -m meshalloc run [-h] [--preload] [--record FILE [--interval S]] -- "
                "CMD [ARGS...]")
     p.add_argument("--preload", action="store_true",
                    help="use libmesh.so as the process malloc (LD_PRELOAD)")
-    p.add_argument("--record", metavar="FILE",
-                   help="run CMD as a child and sample its PSS, arena memfd size, counters and "
-                        "meshing pauses every --interval seconds into FILE (JSON lines) until it "
-                        "exits; 'python -m meshalloc plot FILE' draws them")
+    p.add_argument("--record", metavar="FILE", help="run CMD as a child and sample its memory, "
+                   "counters and pauses into FILE (JSON lines; 'plot FILE' draws them)")
     p.add_argument("--interval", type=float, default=0.5, metavar="SECONDS",
                    help="with --record: seconds between samples (default 0.5)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
                    help="the command to run (put it after --)")
     p = cmd["plot"]
     p.add_argument("files", nargs="+", metavar="FILE", help="a recording (JSON lines)")
-    p.add_argument("-o", "--output", metavar="PNG", help="the image to write (default: FILE with .png)")
+    p.add_argument("-o", "--output", metavar="PNG",
+                   help="the image to write (default: FILE with .png)")
     p.add_argument("--label", action="append", metavar="NAME",
                    help="a legend name per FILE, in order (default: the file names)")
     p.add_argument("--title", help="the plot's title")
@@ -387,6 +378,3 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None) -> 
             pass
         return EXIT_OK
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -89,7 +89,8 @@ def _run_child(count: int, keep_pct: float, on: str, record: Optional[str]) -> "
         raise RuntimeError("failed (exit %d):\n%s" % (code, stderr[-2000:]))
     got: Dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     if got["installed"] != (on == "1"):
-        raise RuntimeError("did not run under the intended allocator (installed=%s)" % got["installed"])
+        raise RuntimeError("did not run under the intended allocator (installed=%s)"
+                           % got["installed"])
     return got
 
 
