@@ -174,14 +174,10 @@ def option_names() -> "List[str]":
 
 # The fields stats() adds to the C tables': {name: (default, doc)}.
 _PY_FIELDS: "Dict[str, Tuple[Any, str]]" = {
-    "pss_bytes": (0, "proportional set size of the whole process (/proc/self/smaps_rollup), "
-                     "bytes; only read by stats(pss=True), else 0"),
-    "installed_domains": ((), "the PyMem domains whose new blocks come from meshalloc now, "
-                              "e.g. (\"mem\", \"obj\")"),
-    "size_classes": ((), "per size class with spans: the fields of mesh_class_stats "
-                         "(docs/python.md) and occupancy (objects_in_use / slots)"),
-    "extra": (None, "fields from_dict() was given that this heap's stats table does not have "
-                    "(a snapshot from another version); normally empty"),
+    "pss_bytes": (0, "the process's proportional set size, bytes; read by stats(pss=True), else 0"),
+    "installed_domains": ((), "the PyMem domains whose new blocks come from meshalloc now"),
+    "size_classes": ((), "per size class with spans: mesh_class_stats's fields and occupancy"),
+    "extra": (None, "fields from_dict() got that this heap's stats table lacks; normally empty"),
 }
 
 

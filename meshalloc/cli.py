@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 import meshalloc
 
+from . import _remote
 from ._remote import Failure as CliError  # one failure type for the CLI and its helpers
 
 EXIT_OK = 0
@@ -142,8 +143,6 @@ def _watch_line(got: Dict[str, Any], prev: Dict[str, Any], seconds: float, dt: f
 
 def _watch(args: argparse.Namespace, out: TextIO, prev: Dict[str, Any]) -> int:
     """One line per interval: memory now, and what meshing did in the interval."""
-    from . import _remote
-
     interval = max(0.1, float(args.watch))
     out.write("%8s %9s %9s %9s %9s %9s %8s %10s %7s %15s %9s\n" % (
         "seconds", "PSS MiB", "memfd MiB", "spans MiB", "dirty MiB", "in use", "meshes/s",
@@ -171,8 +170,6 @@ def _watch(args: argparse.Namespace, out: TextIO, prev: Dict[str, Any]) -> int:
 
 
 def _remote_stats(args: argparse.Namespace, out: TextIO) -> int:
-    from . import _remote
-
     got = _remote.read(args.pid)
     if args.watch is not None:
         return _watch(args, out, got)
