@@ -1,155 +1,81 @@
 """meshalloc: the Mesh compacting allocator for CPython and any C program.
 
-Two faces of one C core:
-
-* ``libmesh.so`` (see :func:`libmesh_path`): a drop-in malloc for
-  ``LD_PRELOAD``; ``python -m meshalloc run --preload -- CMD`` sets it up.
-* the ``meshalloc._meshalloc`` extension module, which can also become the
-  allocator of the running interpreter: :func:`install` wraps CPython's
-  ``PyMem`` allocators (``MEM`` and ``OBJ`` by default, ``RAW`` on request),
-  :func:`uninstall` is a soft switch, :func:`compact` meshes now. The
-  ``meshalloc-autoinstall.pth`` start-up hook installs it before user code
-  when ``MESHALLOC=1`` or ``python -X meshalloc``. See docs/python.md.
-
-This module is the whole user-facing surface: dicts, dataclasses,
-exceptions and their texts. Under it, one of two backends with the same
-small raw surface (counters as a list, names and docs from the core's
-tables, options returning an errno, compaction returning pages), picked
-once on first use:
-
-* ``cext`` -- the ``_meshalloc`` extension (default; csrc/faces/pymodule.c);
-* ``cffi`` -- the ABI-mode cffi binding to ``libmesh.so`` (``_libmesh``).
-
-``MESHALLOC_BACKEND=cext|cffi`` forces one; the default is ``cext`` with a
-fallback to ``cffi`` when the extension cannot be imported. Both route to a
-libmesh that is already the process malloc (``LD_PRELOAD``), so a process
-never runs two meshalloc heaps. Every name this package reports (stats
-fields, size-class fields, options, PyMem domains, hook counters) comes from
-the C tables: a counter added in C needs nothing here.
-
-Importing this package is cheap: no backend is loaded until a function that
-needs one is called.
+The API, and the two backends under it, are in docs/python.md. Every name
+it reports (stats fields, options, domains, hook counters) comes from the C
+tables. Importing it must stay cheap, as a start-up hook imports it in every
+interpreter: typing is for the type checker only, backends load on first use.
 """
 
 import os
 import sys
 
-# typing is imported for the type checker only: this package must stay cheap
-# to import (a start-up hook imports it in every interpreter).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple
-
+    from typing import Any, ClassVar, Dict, List, Optional, Tuple
     Table = List[Tuple[Optional[str], Optional[str]]]
-
-    class _Backend(Protocol):
-        """The raw surface both backends offer (_meshalloc and _libmesh)."""
-
-        def version(self) -> Optional[str]: ...
-        def is_preloaded(self) -> bool: ...
-        def library_path(self) -> Optional[str]: ...
-        def stats_names(self) -> Table: ...
-        def option_names(self) -> Table: ...
-        def class_names(self) -> Table: ...
-        def stats_read(self, n: int, /) -> List[int]: ...
-        def class_stats(self) -> List[List[int]]: ...
-        def option_get(self, name: str, /) -> Tuple[int, int]: ...
-        def option_set(self, name: str, value: int, /) -> int: ...
-        def compact(self) -> Tuple[int, int]: ...
-        def scavenge(self) -> int: ...
-        def check_heap(self) -> int: ...
-        def print_stats(self, fd: int, /) -> None: ...
-        def periodic_wait_ns(self) -> int: ...
-        def meshing_available(self) -> bool: ...
-        def owns(self, addr: int, /) -> bool: ...
-
-    class _Extension(_Backend, Protocol):
-        """What only the ``_meshalloc`` extension offers: the hooks."""
-
-        DOMAINS: Tuple[str, ...]
-
-        def hook_names(self) -> Table: ...
-        def hook_counts(self) -> List[int]: ...
-        def install_refusal(self) -> int: ...
-        def _install(self, mask: int, force: bool, /) -> int: ...
-        def _uninstall(self) -> bool: ...
-        def installed_domains(self) -> int: ...
-        def allocators(self) -> Dict[str, Dict[str, object]]: ...
-        def set_install_error(self, cls: type, /) -> None: ...
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "libmesh_path", "backend", "version", "is_preloaded", "library_path", "stats", "Stats",
-    "SizeClassStats", "stats_docs", "print_stats", "get_option", "set_option", "option_names", "option_docs",
-    "meshing_available", "check_heap", "scavenge", "owns", "install", "uninstall", "is_installed",
-    "installed_domains", "allocators", "compact", "CompactResult", "InstallError", "DOMAINS",
+    "__version__", "libmesh_path", "backend", "version", "is_preloaded", "library_path", "stats",
+    "Stats", "SizeClassStats", "stats_docs", "print_stats", "get_option", "set_option",
+    "option_names", "option_docs", "meshing_available", "check_heap", "scavenge", "owns",
+    "install", "uninstall", "is_installed", "installed_domains", "allocators", "compact",
+    "CompactResult", "InstallError", "DOMAINS",
 ]
 
-BACKENDS = ("cext", "cffi")
-_BACKEND_ENV = "MESHALLOC_BACKEND"
 _PAGE_SIZE = 4096  # the core's page (docs/design.md)
-
-_impl: "Optional[_Backend]" = None
-_impl_name: "Optional[str]" = None
+# The backend: the _meshalloc extension (typed in _meshalloc.pyi) or _libmesh,
+# the same core part through cffi; _ext: the extension once install() & co. loaded it.
+_impl: "Any" = None
+_ext: "Any" = None
 
 
 def libmesh_path() -> str:
-    """Absolute path of the ``libmesh.so`` shipped in this package.
-
-    Use it as ``LD_PRELOAD=$(python -m meshalloc libpath)``.
-    """
+    """Absolute path of the package's ``libmesh.so``, for ``LD_PRELOAD``."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmesh.so")
 
 
 def _not_built_reason() -> str:
-    """Why this copy of the package has no libmesh.so, for error messages.
-
-    The usual cause is running from the root of a source checkout: the
-    current directory comes first on sys.path, so its unbuilt ``meshalloc/``
-    shadows the installed package."""
+    """Why this copy of the package has no libmesh.so, for error messages."""
     here = os.path.dirname(os.path.abspath(__file__))
     if os.path.isfile(os.path.join(os.path.dirname(here), "setup_mesh.py")):
-        return ("%s is meshalloc's source tree, not an installed copy: it shadows the "
-                "installed package when Python starts in %s: run it from another directory"
+        # the current directory comes first on sys.path, before the installed package
+        return ("%s is meshalloc's source tree, not an installed copy: it shadows the installed "
+                "package when Python starts in %s: run it from another directory"
                 % (here, os.path.dirname(here)))
     return "the package was not built or installed correctly (reinstall meshalloc)"
 
 
-def _load_backend() -> "_Backend":
-    global _impl, _impl_name
-    if _impl is not None:
-        return _impl
-    wanted = os.environ.get(_BACKEND_ENV, "").strip().lower() or "default"
-    if wanted not in BACKENDS + ("default",):
-        raise ImportError("%s=%r: expected one of %s" % (_BACKEND_ENV, wanted, ", ".join(BACKENDS)))
-    module: "_Backend"
-    name = "cffi"
-    if wanted in ("cext", "default"):
-        try:
-            from . import _meshalloc
-
-            module, name = _meshalloc, "cext"
-        except ImportError:
-            if wanted == "cext":
-                raise
-    if name == "cffi":
-        from . import _libmesh
-
-        module = _libmesh
-    _impl, _impl_name = module, name
-    return module
+def _load_backend() -> "Any":
+    """The backend, picked on first use: the extension unless
+    ``MESHALLOC_BACKEND=cffi``, cffi also when the extension cannot load."""
+    global _impl
+    if _impl is None:
+        wanted = os.environ.get("MESHALLOC_BACKEND", "").strip().lower()
+        if wanted not in ("", "cext", "cffi"):
+            raise ImportError("MESHALLOC_BACKEND=%r: expected one of cext, cffi" % wanted)
+        if wanted != "cffi":
+            try:
+                from . import _meshalloc
+                _impl = _meshalloc
+            except ImportError:
+                if wanted == "cext":
+                    raise
+        if _impl is None:
+            from . import _libmesh
+            _impl = _libmesh
+    return _impl
 
 
 def backend() -> str:
     """Name of the backend in use: ``"cext"`` or ``"cffi"``."""
-    _load_backend()
-    return _impl_name or ""
+    return "cffi" if _load_backend().__name__.endswith("._libmesh") else "cext"
 
 
 def version() -> str:
     """Version string of the meshalloc core in use."""
-    return _load_backend().version() or ""
+    return str(_load_backend().version() or "")
 
 
 def is_preloaded() -> bool:
@@ -159,7 +85,8 @@ def is_preloaded() -> bool:
 
 def library_path() -> "Optional[str]":
     """Path of the preloaded libmesh in use, if any (cffi: or the one opened)."""
-    return _load_backend().library_path()
+    path: "Optional[str]" = _load_backend().library_path()
+    return path
 
 
 def print_stats(fd: int = 2) -> None:
@@ -183,10 +110,8 @@ def scavenge() -> int:
 
 
 def owns(addr: int) -> bool:
-    """True if address ``addr`` lies inside the meshalloc arena (it is
-    compared, never read)."""
+    """True if address ``addr`` lies inside the meshalloc arena (compared, never read)."""
     import operator
-
     value = operator.index(addr)
     if not 0 <= value <= 2 * sys.maxsize + 1:
         raise OverflowError("address does not fit a pointer")
@@ -213,14 +138,9 @@ def get_option(name: str) -> int:
 
 
 def set_option(name: str, value: int) -> None:
-    """Set option ``name`` at run time.
-
-    ``KeyError`` for an unknown name, ``ValueError`` for a value out of range
-    or a read-only option. The environment variable ``MESH_<NAME>`` sets the
-    start-up value.
-    """
+    """Set option ``name`` now (``MESH_<NAME>`` sets it at start-up); ``KeyError``
+    for an unknown name, ``ValueError`` for a bad value or a read-only option."""
     import errno
-
     _option_name(name)
     if not isinstance(value, int):
         raise TypeError("option value must be int, not %s" % type(value).__name__)
@@ -231,63 +151,72 @@ def set_option(name: str, value: int) -> None:
     if err == errno.ENOENT:
         raise KeyError(name)
     if err == errno.EINVAL:
-        raise ValueError("invalid value %d for option %r (out of range or read-only)" % (value, name))
+        raise ValueError("invalid value %d for option %r (out of range or read-only)"
+                         % (value, name))
     if err == errno.EPERM:
-        raise ValueError("option %r can only be set before the heap starts (environment variable MESH_%s)"
-                         % (name, name.upper()))
+        raise ValueError("option %r can only be set before the heap starts (environment "
+                         "variable MESH_%s)" % (name, name.upper()))
     if err:
         raise OSError(err, os.strerror(err))
 
 
+def option_docs() -> "Dict[str, str]":
+    """The documentation line of every option, ``{name: doc}``, in the core's order."""
+    return {name: doc or "" for name, doc in _load_backend().option_names() if name}
+
+
 def option_names() -> "List[str]":
     """Every option name, in the core's order (environment: ``MESH_<NAME>``)."""
-    return [name for name, _doc in _load_backend().option_names() if name]
-
-
-def option_docs() -> "Dict[str, str]":
-    """The documentation line of every option, ``{name: doc}``."""
-    return {name: doc or "" for name, doc in _load_backend().option_names() if name}
+    return list(option_docs())
 
 
 # ---- stats() ----------------------------------------------------------------
 
-# The fields stats() adds to the C tables' (docs/options.md, docs/python.md).
+# The fields stats() adds to the C tables': {name: (default, doc)}.
 _PY_FIELDS: "Dict[str, Tuple[Any, str]]" = {
-    "pss_bytes": (0, "proportional set size of the whole process (/proc/self/smaps_rollup), bytes; only read "
-                     "by stats(pss=True), else 0"),
-    "installed_domains": ((), "the PyMem domains whose new blocks come from meshalloc now, e.g. "
-                              "(\"mem\", \"obj\")"),
-    "size_classes": ((), "per size class with spans: the fields of mesh_class_stats (object_size, span_bytes, "
-                         "spans: attached/partial/full, slots, objects_in_use, meshed_spans) and occupancy "
-                         "(objects_in_use / slots)"),
-    "extra": (None, "fields from_dict() was given that this heap's stats table does not have (a snapshot "
-                    "from another version); normally empty"),
+    "pss_bytes": (0, "the process's proportional set size, bytes; read by stats(pss=True), else 0"),
+    "installed_domains": ((), "the PyMem domains whose new blocks come from meshalloc now"),
+    "size_classes": ((), "per size class with spans: mesh_class_stats's fields and occupancy"),
+    "extra": (None, "fields from_dict() got that this heap's stats table lacks; normally empty"),
 }
 
 
+def _names(table: "Table") -> "Tuple[str, ...]":
+    return tuple(name for name, _doc in table if name)
+
+
+def _hook_table() -> "Table":
+    """The extension's hook counters, (name, doc) rows; none without it."""
+    try:
+        from . import _meshalloc
+    except ImportError:
+        return []
+    return _meshalloc.hook_names()
+
+
 class _SizeClassBase:
-    """Methods of SizeClassStats, whose fields are the core's
-    ``mesh_class_stats`` fields (``MESH_CLASS_STATS`` in csrc/mesh.h)."""
+    """One size class's spans: the core's ``mesh_class_stats`` fields (csrc/mesh.h)."""
 
     FIELDS: "ClassVar[Tuple[str, ...]]" = ()
     if TYPE_CHECKING:
-        def __init__(self, *values: int, **named: int) -> None: ...
+        def __init__(self, **values: int) -> None: ...
         def __getattr__(self, name: str) -> int: ...
 
     @property
     def occupancy(self) -> float:
         """Live objects / slots of the class's spans (0.0 with no spans)."""
-        slots = getattr(self, "slots")
-        return float(getattr(self, "objects_in_use")) / slots if slots else 0.0
+        return float(self.objects_in_use) / self.slots if self.slots else 0.0
 
     def to_dict(self) -> "Dict[str, Any]":
-        d: "Dict[str, Any]" = {name: getattr(self, name) for name in self.FIELDS}
-        d["occupancy"] = round(self.occupancy, 4)
-        return d
+        return dict({n: getattr(self, n) for n in self.FIELDS}, occupancy=round(self.occupancy, 4))
 
 
 class _StatsBase:
-    """Methods of Stats, whose fields are built from the C tables."""
+    """A snapshot of meshalloc's counters (:func:`meshalloc.stats`), a frozen dataclass.
+
+    Its fields, in order: the core's stats table (``CORE_FIELDS``), the PyMem
+    hooks' counters (``HOOK_FIELDS``), ``pss_bytes``, ``installed_domains``,
+    ``size_classes`` and ``extra``; docs/python.md, "stats()", explains them."""
 
     CORE_FIELDS: "ClassVar[Tuple[str, ...]]" = ()
     HOOK_FIELDS: "ClassVar[Tuple[str, ...]]" = ()
@@ -305,107 +234,62 @@ class _StatsBase:
         return cls.CORE_FIELDS + cls.HOOK_FIELDS + tuple(_PY_FIELDS)
 
     def to_dict(self) -> "Dict[str, Any]":
-        """``{field: value}`` in field order: ints, ``installed_domains`` as a
-        list of str, ``size_classes`` as a list of dicts; the ``extra`` fields
-        (normally none) are flattened into the dict. ``json.dumps`` accepts it
-        as it is."""
-        out: "Dict[str, Any]" = {}
-        for name in self.field_names()[:-1]:
-            value = getattr(self, name)
-            if name == "installed_domains":
-                value = list(value)
-            elif name == "size_classes":
-                value = [c.to_dict() for c in value]
-            out[name] = value
-        for name, value in self.extra.items():
-            out.setdefault(name, value)
+        """``{field: value}`` in field order as plain data, ``extra`` flattened in."""
+        out = {name: getattr(self, name) for name in self.field_names()[:-1]}
+        out["installed_domains"] = list(self.installed_domains)
+        out["size_classes"] = [c.to_dict() for c in self.size_classes]
+        out.update((k, v) for k, v in self.extra.items() if k not in out)
         return out
 
     def to_json(self, **kwargs: "Any") -> str:
         """:meth:`to_dict` as JSON (``kwargs`` go to ``json.dumps``)."""
         import json
-
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
     def from_dict(cls, data: "Dict[str, Any]") -> "_StatsBase":
         """The inverse of :meth:`to_dict` (e.g. after ``json.loads``)."""
-        known = set(cls.field_names())
-        values: "Dict[str, Any]" = {}
+        known, sc = set(cls.field_names()), _type("SizeClassStats")
         extra: "Dict[str, int]" = dict(data.get("extra") or {})
+        values: "Dict[str, Any]" = {"extra": extra}
         for name, value in data.items():
             if name == "installed_domains":
                 values[name] = tuple(value)
             elif name == "size_classes":
-                values[name] = tuple(_size_class_type()(**{k: int(c.get(k, 0)) for k in _size_class_type().FIELDS})
-                                     for c in value)
-            elif name in known and name != "extra":
-                values[name] = int(value)
+                values[name] = tuple(sc(**{k: int(c.get(k, 0)) for k in sc.FIELDS}) for c in value)
             elif name != "extra":
-                extra[name] = int(value)
-        return cls(extra=extra, **values)
+                (values if name in known else extra)[name] = int(value)
+        return cls(**values)
 
 
 _types: "Dict[str, Any]" = {}
 
 
-def _dataclass(name: str, fields: "Sequence[Tuple[str, Any]]", base: type, **namespace: "Any") -> "Any":
-    import dataclasses
-
-    spec = [(n, type(d) if d is not None else dict,
-             dataclasses.field(default_factory=dict, hash=False) if d is None else dataclasses.field(default=d))
-            for n, d in fields]
-    return dataclasses.make_dataclass(name, spec, bases=(base,), frozen=True,
-                                      namespace=dict(namespace, __module__=__name__))
-
-
-def _size_class_type() -> "Any":
-    if "SizeClassStats" not in _types:
-        names = tuple(n for n, _doc in _load_backend().class_names() if n)
-        _types["SizeClassStats"] = _dataclass("SizeClassStats", [(n, 0) for n in names], _SizeClassBase,
-                                              FIELDS=names, __doc__=_SizeClassBase.__doc__)
-    return _types["SizeClassStats"]
-
-
-def _hooks() -> "Optional[_Extension]":
-    """The extension, which keeps the hook counters, or None without it."""
-    if _ext is not None:
-        return _ext
-    try:
-        from . import _meshalloc
-    except ImportError:
-        return None
-    return _meshalloc
-
-
-def _stats_type() -> "Any":
-    if "Stats" not in _types:
-        core = tuple(n for n, _doc in _load_backend().stats_names() if n)
-        hooks = _hooks()
-        hook = tuple(n for n, _doc in hooks.hook_names() if n) if hooks is not None else ()
-        fields = [(n, 0) for n in core + hook] + [(n, d) for n, (d, _doc) in _PY_FIELDS.items()]
-        _types["Stats"] = _dataclass("Stats", fields, _StatsBase, CORE_FIELDS=core, HOOK_FIELDS=hook,
-                                     __doc__=_STATS_DOC)
-    return _types["Stats"]
-
-
-_STATS_DOC = """A snapshot of meshalloc's counters (:func:`meshalloc.stats`), a frozen dataclass.
-
-Its fields, in order: the core's stats table under the core's names
-(``CORE_FIELDS``, docs/options.md), what the PyMem hooks did
-(``HOOK_FIELDS``: exact per-thread counts summed when read), then
-``pss_bytes``, ``installed_domains`` (a tuple of str), ``size_classes`` (a
-tuple of :class:`SizeClassStats`) and ``extra`` (a dict, normally empty).
-``to_dict()`` and ``to_json()`` give plain data."""
+def _type(name: str) -> "Any":
+    """Stats or SizeClassStats: a frozen dataclass built from the core's tables on first use."""
+    if name not in _types:
+        import dataclasses
+        if name == "Stats":
+            core, hook = _names(_load_backend().stats_names()), _names(_hook_table())
+            fields = [(n, 0) for n in core + hook] + [(n, d) for n, (d, _) in _PY_FIELDS.items()]
+            base: type = _StatsBase
+            names = {"CORE_FIELDS": core, "HOOK_FIELDS": hook}
+        else:
+            classes = _names(_load_backend().class_names())
+            fields, base, names = [(n, 0) for n in classes], _SizeClassBase, {"FIELDS": classes}
+        # a field whose default is None is the extra dict, left out of the hash
+        spec = [(n, dict, dataclasses.field(default_factory=dict, hash=False)) if d is None
+                else (n, type(d), dataclasses.field(default=d)) for n, d in fields]
+        _types[name] = dataclasses.make_dataclass(
+            name, spec, bases=(base,), frozen=True,
+            namespace=dict(names, __module__=__name__, __doc__=base.__doc__))
+    return _types[name]
 
 
 def __getattr__(name: str) -> "Any":
-    # Stats and SizeClassStats are built from the core's tables on first use;
-    # DOMAINS is the extension's.
-    if name == "Stats":
-        return _stats_type()
-    if name == "SizeClassStats":
-        return _size_class_type()
+    # Stats and SizeClassStats are built on first use; DOMAINS is the extension's.
+    if name in ("Stats", "SizeClassStats"):
+        return _type(name)
     if name == "DOMAINS":
         return tuple(_extension(False).DOMAINS)
     raise AttributeError("module %r has no attribute %r" % (__name__, name))
@@ -418,58 +302,39 @@ if TYPE_CHECKING:
 
 
 def stats(pss: bool = False) -> "Stats":
-    """A snapshot of the allocator's counters, as a :class:`Stats`.
-
-    The core's counters (docs/options.md, by the core's names), what the
-    PyMem hooks did per domain (blocks allocated, reallocated and freed by
-    meshalloc, and foreign blocks handed to the wrapped allocator), the
-    installed domains, and ``size_classes``: per size class in use, its
-    spans and how full they are (:class:`SizeClassStats`). With ``pss=True``
-    also the process's PSS (``pss_bytes``, else 0): reading it walks the page
-    tables of the whole process, about 10 ms per 100 MiB. ``stats().to_dict()``
-    and ``stats().to_json()`` give plain data. See docs/python.md.
-    """
-    impl = _load_backend()
-    cls = _stats_type()
+    """A snapshot of the allocator's counters, a :class:`Stats` (docs/python.md);
+    ``pss=True`` also reads the process's PSS, about 10 ms per 100 MiB."""
+    impl, cls, sc = _load_backend(), _type("Stats"), _type("SizeClassStats")
     values: "Dict[str, Any]" = dict(zip(cls.CORE_FIELDS, impl.stats_read(-1)))
-    hooks = _hooks()
-    if hooks is not None and cls.HOOK_FIELDS:
-        values.update(zip(cls.HOOK_FIELDS, hooks.hook_counts()))
-    sc = _size_class_type()
-    rows = (dict(zip(sc.FIELDS, row)) for row in impl.class_stats())
-    values["size_classes"] = tuple(sc(**r) for r in rows if r.get("spans") or r.get("meshed_spans"))
+    if cls.HOOK_FIELDS:
+        from . import _meshalloc
+        values.update(zip(cls.HOOK_FIELDS, _meshalloc.hook_counts()))
+    classes = (sc(**dict(zip(sc.FIELDS, row))) for row in impl.class_stats())
+    values["size_classes"] = tuple(c for c in classes if c.spans or c.meshed_spans)
     values["installed_domains"] = installed_domains()
     if pss:
         from ._remote import pss_bytes
-
         values["pss_bytes"] = pss_bytes() or 0
     return cls(**values)  # type: ignore[no-any-return]
 
 
 def stats_docs() -> "Dict[str, str]":
-    """The documentation line of every :class:`Stats` field, ``{name: doc}``
-    (the core's fields first, then the hooks', then the Python side's)."""
-    hooks = _hooks()
-    rows = list(_load_backend().stats_names()) + (list(hooks.hook_names()) if hooks is not None else [])
-    docs = {name: doc or "" for name, doc in rows if name}
-    docs.update((name, doc) for name, (_d, doc) in _PY_FIELDS.items())
+    """The documentation line of every :class:`Stats` field, ``{name: doc}``."""
+    docs = {name: doc or "" for name, doc in _load_backend().stats_names() + _hook_table() if name}
+    docs.update((name, doc) for name, (_default, doc) in _PY_FIELDS.items())
     return docs
 
 
 # ---- the CPython allocator (docs/python.md) ---------------------------------
 
+# RAW is opt-in: CPython swaps RAW back to libc malloc for moments of its
+# finalization (docs/python.md, "Domains: MEM and OBJ by default, RAW on request").
 DEFAULT_DOMAINS = ("mem", "obj")
-"""What :func:`install` covers unless told otherwise. RAW is opt-in: CPython
-swaps RAW back to libc ``malloc`` for a moment during finalization, and a
-daemon thread freeing a meshalloc RAW block in that window crashes the
-process (docs/python.md, "Domains: MEM and OBJ by default, RAW on request")."""
-
-_DOMAINS_ENV = "MESHALLOC_DOMAINS"
 _NOT_MAIN = "install() must be called from the main interpreter, not a subinterpreter"
 # The refusals the extension reports by number (install_refusal(), _install()).
 _REFUSALS = {
-    1: "this is a free-threaded CPython build (Py_GIL_DISABLED): its garbage collector walks mimalloc's heaps, "
-       "so objects must come from mimalloc",
+    1: "this is a free-threaded CPython build (Py_GIL_DISABLED): its garbage collector walks "
+       "mimalloc's heaps, so objects must come from mimalloc",
     2: _NOT_MAIN + " (the allocator is process-wide)",
 }
 
@@ -479,8 +344,7 @@ class InstallError(RuntimeError):
 
 
 class _SubinterpreterError(InstallError):
-    """install() called from a subinterpreter (the start-up switch, which
-    site.py also runs in subinterpreters, ignores it silently)."""
+    """install() called from a subinterpreter (which the start-up switch ignores)."""
 
 
 def _refuse(code: int) -> None:
@@ -489,22 +353,11 @@ def _refuse(code: int) -> None:
 
 
 class CompactResult(tuple):  # type: ignore[type-arg]
-    """What :func:`compact` did (a tuple of four, also by name).
+    """What :func:`compact` did: ``(pages_freed, bytes_freed, bytes_returned,
+    pause_seconds)``, also by name (docs/python.md, "Meshing")."""
 
-    * ``pages_freed`` -- physical pages meshing freed (each mesh frees the
-      source span's pages);
-    * ``bytes_freed`` -- the same in bytes;
-    * ``bytes_returned`` -- bytes given back to the OS during the call (freed
-      pages and dirty free pages punched; another thread's activity in the
-      same moment is counted too);
-    * ``pause_seconds`` -- how long the call took. The GIL is released
-      meanwhile, so other threads run; each meshing pass inside is bounded by
-      the ``max_pause_us`` option.
-
-    (Not a ``collections.namedtuple``: importing collections would add ~3 ms
-    to every start-up with ``MESHALLOC=1``.)
-    """
-
+    # Not a collections.namedtuple: importing collections would add ~3 ms to
+    # every start-up with MESHALLOC=1.
     __slots__ = ()
     _fields = ("pages_freed", "bytes_freed", "bytes_returned", "pause_seconds")
 
@@ -524,12 +377,9 @@ class CompactResult(tuple):  # type: ignore[type-arg]
         return "CompactResult(%s)" % ", ".join("%s=%r" % kv for kv in zip(self._fields, self))
 
 
-_ext: "Optional[_Extension]" = None  # the extension once install() & co. loaded it
-
-
-def _extension(for_install: bool = True) -> "_Extension":
+def _extension(for_install: bool = True) -> "Any":
     """The ``_meshalloc`` extension, ready to install (InstallError if absent)."""
-    global _ext, _impl, _impl_name
+    global _ext, _impl
     if _ext is not None:
         return _ext
     try:
@@ -537,15 +387,13 @@ def _extension(for_install: bool = True) -> "_Extension":
     except ImportError as exc:
         if _in_subinterpreter_py():
             raise _SubinterpreterError("%s (%s)" % (_NOT_MAIN, exc)) from None
-        raise InstallError("install() needs the meshalloc._meshalloc extension, which cannot be imported: %s"
-                           % exc) from exc
-    if not for_install:
-        return _meshalloc
-    _meshalloc.set_install_error(InstallError)
-    _ext = _meshalloc
-    # One heap per process: once the extension allocates for the interpreter,
-    # the module functions (stats, options, ...) must describe its heap.
-    _impl, _impl_name = _meshalloc, "cext"
+        raise InstallError("install() needs the meshalloc._meshalloc extension, which cannot be "
+                           "imported: %s" % exc) from exc
+    if for_install:
+        _meshalloc.set_install_error(InstallError)
+        # One heap per process: once the extension allocates for the
+        # interpreter, the module functions must describe its heap.
+        _ext = _impl = _meshalloc
     return _meshalloc
 
 
@@ -560,80 +408,58 @@ def _in_subinterpreter_py() -> bool:
             current, main = mod.get_current(), mod.get_main()
         except Exception:  # pragma: no cover - private API drift
             return False
-        if isinstance(current, tuple):
+        if isinstance(current, tuple):  # 3.13: (id, whence)
             current, main = current[0], main[0]
         return bool(current != main)
     return False
 
 
-def _parse_domains(domains: object, known: "Tuple[str, ...]") -> int:
+def _parse_domains(domains: "Any", known: "Tuple[str, ...]") -> int:
     """Domain names (or None: MESHALLOC_DOMAINS, else the default) -> mask."""
     source = "domains"
     if domains is None:
-        env = os.environ.get(_DOMAINS_ENV, "").strip()
-        domains, source = (env, _DOMAINS_ENV) if env else (DEFAULT_DOMAINS, source)
-    names = [n for n in domains.replace(" ", ",").split(",") if n] if isinstance(domains, str) \
-        else list(domains)  # type: ignore[call-overload]
+        env = os.environ.get("MESHALLOC_DOMAINS", "").strip()
+        domains, source = (env, "MESHALLOC_DOMAINS") if env else (DEFAULT_DOMAINS, source)
+    if isinstance(domains, str):
+        domains = [n for n in domains.replace(" ", ",").split(",") if n]
     mask = 0
-    for name in names:
+    for name in list(domains):
         key = str(name).strip().lower()
         key = key[len("pymem_domain_"):] if key.startswith("pymem_domain_") else key
-        if key == "all":
-            mask |= (1 << len(known)) - 1
-        elif key in known:
-            mask |= 1 << known.index(key)
-        else:
+        if key not in known + ("all",):
             raise ValueError("%s: unknown PyMem domain %r (expected some of %s, or all)"
                              % (source, name, ", ".join(known)))
+        mask |= (1 << len(known)) - 1 if key == "all" else 1 << known.index(key)
     if not mask:
         raise ValueError("%s: no PyMem domain given" % source)
     return mask
 
 
 def _free_threaded() -> bool:
-    # Free-threaded builds (3.13+) carry "t" in their ABI flags. Not
-    # sysconfig's Py_GIL_DISABLED: importing sysconfig at start-up imports
-    # threading and more, which the program may not want imported yet (gevent
-    # monkey-patching, test_threading). (The extension refuses too when it is
-    # built for such an interpreter: install_refusal().)
+    # A free-threaded build (3.13+) has "t" in its ABI flags. Not sysconfig's
+    # Py_GIL_DISABLED: importing sysconfig at start-up imports threading,
+    # which a program may need to import first itself (gevent).
     return sys.version_info >= (3, 13) and "t" in getattr(sys, "abiflags", "")
 
 
-def _tracemalloc_if_started() -> "Optional[Any]":
-    """The _tracemalloc module if tracing may be on, else None, without
-    importing it at start-up: tracing is on only if the tracemalloc module
-    started it (it imports _tracemalloc) or PYTHONTRACEMALLOC / -X
-    tracemalloc did."""
+def _tracemalloc_if_started() -> "Any":
+    """The _tracemalloc module if tracing may be on, without importing it at
+    start-up: only tracemalloc, PYTHONTRACEMALLOC or -X tracemalloc start it."""
     started = ("_tracemalloc" in sys.modules or "tracemalloc" in getattr(sys, "_xoptions", {})
                or (not sys.flags.ignore_environment and os.environ.get("PYTHONTRACEMALLOC")))
     if not started:
         return None
     import _tracemalloc
-
     return _tracemalloc
 
 
 def install(domains: object = None, force: bool = False, restart_tracemalloc: bool = False) -> bool:
-    """Make meshalloc the allocator of this interpreter's new blocks.
+    """Make meshalloc the allocator of new blocks of the PyMem ``domains`` ("raw",
+    "mem", "obj" or "all"; default ``MESHALLOC_DOMAINS``, else mem and obj).
 
-    Wraps CPython's ``PyMem`` allocators of ``domains`` (names from
-    ``"raw"``, ``"mem"``, ``"obj"``, or ``"all"``; default: the
-    ``MESHALLOC_DOMAINS`` environment variable, else ``("mem", "obj")``).
-    Blocks allocated before the call stay with the previous allocator and are
-    freed through it. Returns True when something was installed, False when
-    every requested domain already was (installing twice is a no-op).
-
-    Raises :class:`InstallError` with the reason on a free-threaded build,
-    from a subinterpreter, while ``tracemalloc`` is tracing (unless
-    ``restart_tracemalloc=True``: tracemalloc is stopped, meshalloc
-    installed, and tracemalloc restarted with the same frame limit; its
-    traces so far are lost), and when an unknown allocator hook was installed
-    after meshalloc was loaded (unless ``force=True``: meshalloc then wraps
-    it). ``PYTHONMALLOC=debug`` / ``-X dev`` debug hooks are wrapped: blocks
-    that come from meshalloc are then not debug-checked.
-
-    After a full (generation 2) garbage collection meshalloc meshes, rate
-    limited (see docs/python.md).
+    Returns False when they already were. :class:`InstallError` says why it
+    refuses (docs/python.md, "Refusals": ``restart_tracemalloc`` and ``force``
+    lift two of them); a full collection then meshes, rate limited.
     """
     ext = _extension()
     mask = _parse_domains(domains, tuple(ext.DOMAINS))
@@ -644,14 +470,14 @@ def install(domains: object = None, force: bool = False, restart_tracemalloc: bo
     tracing = tm is not None and tm.is_tracing()
     if tracing and not restart_tracemalloc:
         raise InstallError(
-            "tracemalloc is tracing: its hooks are on top of the allocator and tracemalloc.stop() would put "
-            "back what was under them, dropping meshalloc; call install() before tracemalloc.start(), or pass "
-            "restart_tracemalloc=True")
+            "tracemalloc is tracing: its hooks are on top of the allocator and tracemalloc.stop() "
+            "would put back what was under them, dropping meshalloc; call install() before "
+            "tracemalloc.start(), or pass restart_tracemalloc=True")
     frames = tm.get_traceback_limit() if tracing else 0
     if tracing:
         tm.stop()
     try:
-        changed = ext._install(mask, bool(force))
+        changed = int(ext._install(mask, bool(force)))
     finally:
         if tracing:
             tm.start(frames)
@@ -662,13 +488,8 @@ def install(domains: object = None, force: bool = False, restart_tracemalloc: bo
 
 
 def uninstall() -> bool:
-    """Soft switch: new blocks come from the previous allocators again.
-
-    The hooks stay in place for the life of the process and keep freeing the
-    blocks meshalloc handed out (restoring the previous allocator would crash
-    the next free of one of them). :func:`install` turns it back on. Returns
-    True when meshalloc was installed.
-    """
+    """Soft switch: new blocks come from the previous allocators again, the hooks
+    stay to free meshalloc's (docs/python.md); True when it was installed."""
     return _ext is not None and bool(_ext._uninstall())
 
 
@@ -686,43 +507,26 @@ def installed_domains() -> "Tuple[str, ...]":
 
 
 def allocators() -> "Dict[str, Dict[str, object]]":
-    """Diagnostics: for each PyMem domain, the allocator in place now.
-
-    ``{"raw"|"mem"|"obj": {"malloc": address, "object": file defining it,
-    "meshalloc": is it meshalloc's hook, "baseline": is it the allocator
-    recorded when the extension was loaded, "hooked", "diverting",
-    "wrapped_object": file of the allocator meshalloc wraps}}``.
-    """
-    return _extension().allocators()
+    """Diagnostics: the allocator in place for each PyMem domain (docs/python.md)."""
+    return dict(_extension().allocators())
 
 
 def compact() -> "CompactResult":
-    """Mesh now, pass after pass, until a pass frees nothing.
-
-    Each pass is bounded by the ``max_pause_us`` option and the GIL is
-    released during the call. Returns a :class:`CompactResult`.
-    """
+    """Mesh now, pass after pass, until a pass frees nothing (the GIL is released)."""
     import time
-
     start = time.monotonic()
     pages, returned = (_ext or _load_backend()).compact()
-    seconds = time.monotonic() - start
-    return CompactResult(int(pages), int(pages) * _PAGE_SIZE, int(returned) * _PAGE_SIZE, seconds)
+    return CompactResult(int(pages), int(pages) * _PAGE_SIZE, int(returned) * _PAGE_SIZE,
+                         time.monotonic() - start)
 
 
 # ---- meshing after full collections ------------------------------------------
 
-# A generation-2 collection has just visited every object, so the heap's
-# fragmentation is as high as it will get: a good moment to mesh. The
-# callback is cheap when it has nothing to do. It runs compact() only when
-# both
-#   * the core says a periodic pass is due (mesh_periodic_wait_ns: its wait
-#     between periodic passes, with pacing, has passed; off with mesh = 0 or
-#     period_ms = 0), and
-#   * at least 50 times the last compaction's duration passed, so that
-#     meshing after collections costs at most ~2 % of the wall-clock time.
+# A generation-2 collection has just visited every object, so fragmentation
+# is as high as it gets: a good moment to mesh, when the core says a periodic
+# pass is due (mesh_periodic_wait_ns) and 50 times the last compaction's
+# duration passed, so that this costs at most ~2 % of the wall-clock time.
 _GC_DUTY = 50.0
-_gc_registered = False
 _gc_last_end = -1e18
 _gc_last_pause = 0.0
 _gc_compactions = 0  # how many compactions the callback ran (tests, docs)
@@ -730,31 +534,23 @@ _gc_compactions = 0  # how many compactions the callback ran (tests, docs)
 
 def _gc_callback(phase: str, info: "Dict[str, int]") -> None:
     global _gc_last_end, _gc_last_pause, _gc_compactions
-    if phase != "stop" or info.get("generation") != 2:
-        return
-    ext = _ext
-    if ext is None or not ext.installed_domains():
+    if phase != "stop" or info.get("generation") != 2 or not is_installed():
         return
     try:
         import time
-
-        if ext.periodic_wait_ns() != 0 or time.monotonic() - _gc_last_end < _GC_DUTY * _gc_last_pause:
-            return
-        _gc_last_pause = compact().pause_seconds
-        _gc_last_end = time.monotonic()
-        _gc_compactions += 1
+        waited = time.monotonic() - _gc_last_end
+        if _ext.periodic_wait_ns() == 0 and waited >= _GC_DUTY * _gc_last_pause:
+            _gc_last_pause = compact().pause_seconds
+            _gc_last_end = time.monotonic()
+            _gc_compactions += 1
     except Exception:  # never let the allocator break a collection
         return
 
 
 def _register_gc_callback() -> None:
-    global _gc_registered
-    if _gc_registered:
-        return
     import gc
-
-    gc.callbacks.append(_gc_callback)
-    _gc_registered = True
+    if _gc_callback not in gc.callbacks:
+        gc.callbacks.append(_gc_callback)
 
 
 # ---- the start-up switch (meshalloc-autoinstall.pth) --------------------------
@@ -765,39 +561,31 @@ def _debug_hooks_reason() -> "Optional[str]":
     pymalloc = "" if sys.flags.ignore_environment else os.environ.get("PYTHONMALLOC", "")
     if pymalloc.endswith("debug"):
         return "PYTHONMALLOC=%s" % pymalloc
-    if getattr(sys.flags, "dev_mode", False) and not pymalloc:
-        return "-X dev"
-    return None
+    return "-X dev" if getattr(sys.flags, "dev_mode", False) and not pymalloc else None
 
 
 _autoinstall_done = False
 _in_autoinstall = False
 
-_ON = ("1", "yes", "true", "on")
-_OFF = ("", "0", "no", "false", "off")
-
 
 def _switch(value: "object", what: str) -> "Optional[bool]":
-    """True/False for the usual spellings of on and off (any case), None
-    (after one warning line) for anything else."""
+    """True/False for the usual spellings of on and off (any case), None (after
+    one warning line) for anything else."""
     if value is True:  # a bare -X meshalloc
         return True
     v = str(value).strip().lower()
-    if v in _ON or v in _OFF:
-        return v in _ON
-    sys.stderr.write("meshalloc: %s=%s is not understood (on: 1, yes, true, on; off: 0, no, false, off); "
-                     "meshalloc stays off\n" % (what, value))
+    if v in ("1", "yes", "true", "on", "", "0", "no", "false", "off"):
+        return v in ("1", "yes", "true", "on")
+    sys.stderr.write("meshalloc: %s=%s is not understood (on: 1, yes, true, on; off: 0, no, false, "
+                     "off); meshalloc stays off\n" % (what, value))
     return None
 
 
 def _autoinstall() -> None:
-    """Called by meshalloc-autoinstall.pth when ``MESHALLOC`` is set to
-    something other than ``0`` or ``-X meshalloc`` is given. Never raises: a
-    refusal is one line on stderr. Imports nothing the interpreter does not
-    import anyway (the gc callback is registered only if gc already is).
-
-    Runs once per process: site.py may process the same site-packages twice
-    (a venv's ``lib64`` symlink to ``lib`` is a different path to it)."""
+    """The start-up switch, run by meshalloc-autoinstall.pth (docs/python.md,
+    "Start-up switch"). Never raises: a refusal is one line on stderr. Runs
+    once per process: site.py may see the same site-packages twice (a venv's
+    ``lib64`` symlink)."""
     global _autoinstall_done, _in_autoinstall
     if _autoinstall_done:
         return
@@ -809,15 +597,13 @@ def _autoinstall() -> None:
         if xopt is not None:
             if not _switch(xopt, "-X meshalloc") and not on:
                 return
-            # -X options are not passed on to child interpreters; the
-            # environment is.
-            os.environ["MESHALLOC"] = "1"
+            os.environ["MESHALLOC"] = "1"  # -X options are not passed on to child interpreters
         elif not on:
             return
         reason = _debug_hooks_reason()
         if reason is not None:
-            sys.stderr.write("meshalloc: %s: the debug hooks stay in charge (call meshalloc.install() to wrap "
-                             "them anyway)\n" % reason)
+            sys.stderr.write("meshalloc: %s: the debug hooks stay in charge (call "
+                             "meshalloc.install() to wrap them anyway)\n" % reason)
             return
         # PYTHONTRACEMALLOC / -X tracemalloc started tracing before site ran:
         # restart it on top of meshalloc (only start-up traces are lost).
@@ -827,8 +613,7 @@ def _autoinstall() -> None:
         finally:
             _in_autoinstall = False
     except _SubinterpreterError:
-        # site.py runs in every new subinterpreter too; the main interpreter
-        # installed the process-wide allocator already (or chose not to).
-        return
+        return  # site.py runs in subinterpreters too; the main interpreter decided
     except Exception as exc:
-        sys.stderr.write("meshalloc: not installed at start-up: %s: %s\n" % (type(exc).__name__, exc))
+        sys.stderr.write("meshalloc: not installed at start-up: %s: %s\n"
+                         % (type(exc).__name__, exc))

@@ -1,25 +1,15 @@
 """The cffi backend: the core's raw surface from ``libmesh.so`` (ABI mode).
 
-It offers the same functions, with the same results, as the core part of
-the ``_meshalloc`` extension (csrc/faces/pymodule.c); ``meshalloc``
-(``__init__.py``) builds everything users see on either.
-
-Which copy of the core it talks to: the one whose ``mesh_*`` symbols the
-process's global namespace holds (``LD_PRELOAD``, or loaded
-``RTLD_GLOBAL``), the same rule the extension applies, so a process never
-gets a second heap from here; otherwise the package's ``libmesh.so``, opened
-``RTLD_LOCAL`` (its malloc does not replace the process's) and
-``RTLD_NODELETE`` (a malloc is never unloaded while blocks from it may be
-live), on the first call. (``ffi.dlopen(path, RTLD_NOLOAD)`` would be the
-obvious probe, but it crashes the interpreter when the library is not
-loaded, with cffi 2.0 and glibc 2.36.)
+The same functions and results as the core part of the ``_meshalloc``
+extension (typed in ``_meshalloc.pyi``), from the core the process already
+has, else from the package's ``libmesh.so`` (docs/python.md, "Backends").
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from cffi import FFI  # type: ignore[import-untyped,unused-ignore]
 
@@ -56,45 +46,48 @@ _lock = threading.Lock()
 _lib: Optional[Any] = None
 _preloaded = False
 _path: Optional[str] = None
+Table = List[Tuple[Optional[str], Optional[str]]]
+
+
+def _open() -> Any:
+    """The preloaded core if the process has one, else the package's copy."""
+    global _preloaded, _path
+    process = ffi.dlopen(None)
+    # A symbol lookup, not ffi.dlopen(path, RTLD_NOLOAD): that crashes the
+    # interpreter when the library is not loaded (cffi 2.0, glibc 2.36).
+    if hasattr(process, "mesh_version"):
+        _preloaded = True
+        info = ffi.new("void *[4]")  # Dl_info: its first field is the file name
+        if process.dladdr(ffi.cast("void *", process.mesh_version), info) and info[0] != ffi.NULL:
+            _path = os.fsdecode(ffi.string(ffi.cast("char *", info[0])))
+        return process
+    from . import _not_built_reason, libmesh_path
+    path = libmesh_path()
+    if not os.path.exists(path):
+        raise ImportError("%s is missing; %s" % (path, _not_built_reason()))
+    try:
+        found = ffi.dlopen(path, ffi.RTLD_NOW | ffi.RTLD_LOCAL | getattr(ffi, "RTLD_NODELETE", 0))
+    except OSError as exc:
+        raise ImportError("cannot load %s: %s" % (path, exc)) from exc
+    _path = path
+    return found
 
 
 def lib() -> Any:
     """The cffi library object of the libmesh in use (opened on first use)."""
-    global _lib, _preloaded, _path
-    if _lib is not None:
-        return _lib
+    global _lib
     with _lock:
-        if _lib is not None:
-            return _lib
-        process = ffi.dlopen(None)
-        try:
-            process.mesh_version  # noqa: B018 -- a symbol lookup, nothing more
-            _preloaded, _lib = True, process
-            info = ffi.new("void *[4]")  # Dl_info: its first field is the file name
-            if process.dladdr(ffi.cast("void *", process.mesh_version), info) and info[0] != ffi.NULL:
-                _path = os.fsdecode(ffi.string(ffi.cast("char *", info[0])))
-            return _lib
-        except AttributeError:
-            pass
-        from . import _not_built_reason, libmesh_path
-
-        path = libmesh_path()
-        if not os.path.exists(path):
-            raise ImportError("%s is missing; %s" % (path, _not_built_reason()))
-        try:
-            _lib = ffi.dlopen(path, ffi.RTLD_NOW | ffi.RTLD_LOCAL | getattr(ffi, "RTLD_NODELETE", 0))
-        except OSError as exc:
-            raise ImportError("cannot load %s: %s" % (path, exc)) from exc
-        _path = path
-        return _lib
+        if _lib is None:
+            _lib = _open()
+    return _lib
 
 
 def _str(ptr: Any) -> Optional[str]:
     return None if ptr == ffi.NULL else str(ffi.string(ptr).decode("utf-8", "replace"))
 
 
-def _table(n: int, name: Any, doc: Any) -> List[Tuple[Optional[str], Optional[str]]]:
-    return [(_str(name(i)), _str(doc(i)) if doc else None) for i in range(max(0, n))]
+def _table(count: int, name: Any, doc: Any = None) -> Table:
+    return [(_str(name(i)), _str(doc(i)) if doc else None) for i in range(max(0, count))]
 
 
 def _class_fields() -> int:
@@ -104,8 +97,17 @@ def _class_fields() -> int:
     return n
 
 
-def version() -> Optional[str]:
-    return _str(lib().mesh_version())
+def _forward(symbol: str, result: Callable[[Any], Any]) -> Callable[..., Any]:
+    """A function calling the core's ``symbol`` and converting its result."""
+    return lambda *args: result(getattr(lib(), symbol)(*args))
+
+
+version = _forward("mesh_version", _str)
+scavenge = _forward("mesh_scavenge", int)
+check_heap = _forward("mesh_check_heap", int)
+print_stats = _forward("mesh_stats_print", lambda _none: None)
+periodic_wait_ns = _forward("mesh_periodic_wait_ns", int)
+meshing_available = _forward("mesh_meshing_available", bool)
 
 
 def is_preloaded() -> bool:
@@ -118,18 +120,16 @@ def library_path() -> Optional[str]:
     return _path
 
 
-def stats_names() -> List[Tuple[Optional[str], Optional[str]]]:
-    h = lib()
-    return _table(h.mesh_stats_count(), h.mesh_stats_name, h.mesh_stats_doc)
+def stats_names() -> Table:
+    return _table(lib().mesh_stats_count(), lib().mesh_stats_name, lib().mesh_stats_doc)
 
 
-def option_names() -> List[Tuple[Optional[str], Optional[str]]]:
-    h = lib()
-    return _table(h.mesh_option_count(), h.mesh_option_name, h.mesh_option_doc)
+def option_names() -> Table:
+    return _table(lib().mesh_option_count(), lib().mesh_option_name, lib().mesh_option_doc)
 
 
-def class_names() -> List[Tuple[Optional[str], Optional[str]]]:
-    return _table(_class_fields(), lib().mesh_class_stats_name, None)
+def class_names() -> Table:
+    return _table(_class_fields(), lib().mesh_class_stats_name)
 
 
 def stats_read(n: int) -> List[int]:
@@ -137,14 +137,15 @@ def stats_read(n: int) -> List[int]:
     n = total if n < 0 or n > total else n
     out = ffi.new("uint64_t[]", n + 1)
     got = lib().mesh_stats_read(out, n)
-    return [int(out[i]) for i in range(min(n, got))]
+    return list(out)[:min(n, got)]
 
 
 def class_stats() -> List[List[int]]:
     fields = _class_fields()
     out = ffi.new("uint64_t[]", 256 * fields)
     n = min(256, lib().mesh_class_stats(out, 256))
-    return [[int(out[i * fields + j]) for j in range(fields)] for i in range(n)]
+    rows = list(out)
+    return [rows[i * fields:(i + 1) * fields] for i in range(n)]
 
 
 def option_get(name: str) -> Tuple[int, int]:
@@ -162,26 +163,6 @@ def compact() -> Tuple[int, int]:
     returned = ffi.new("size_t *")
     pages = int(lib().mesh_compact_ex(returned))
     return pages, int(returned[0])
-
-
-def scavenge() -> int:
-    return int(lib().mesh_scavenge())
-
-
-def check_heap() -> int:
-    return int(lib().mesh_check_heap())
-
-
-def print_stats(fd: int) -> None:
-    lib().mesh_stats_print(fd)
-
-
-def periodic_wait_ns() -> int:
-    return int(lib().mesh_periodic_wait_ns())
-
-
-def meshing_available() -> bool:
-    return bool(lib().mesh_meshing_available())
 
 
 def owns(addr: int) -> bool:

@@ -1,18 +1,11 @@
 """Reading another process's meshalloc counters (``stats --pid``).
 
-A process that uses meshalloc (``MESHALLOC=1``, ``install()``, or
-``libmesh.so`` preloaded) keeps its counters in one page of a memfd named
-``meshalloc-stats`` (option ``stats_page``, on by default). Its owner (and
-root) can open that memfd through ``/proc/PID/fd`` and read it while the
-process runs: no signal, no ptrace, nothing on the process's hot paths. The
-file's second page says what the first holds: ``MESHSTAT``, a version, the
-number of counters, where the pass log lies (version 2: the last 256 pauses,
-each with its end time, wall and CPU time, meshes and pages freed) and the
-counters' names, in order.
-
-Besides the counters: the process's PSS (``/proc/PID/smaps_rollup``) and the
-bytes its arena memfd really holds (its allocated blocks: pages written with
-``pwrite`` or never mapped are invisible to PSS).
+A process that uses meshalloc keeps its counters in the first page of a
+memfd named ``meshalloc-stats`` (option ``stats_page``); its owner can read
+it through ``/proc/PID/fd`` while the process runs, at no cost to it. The
+second page says what the first holds: ``MESHSTAT``, a version, the number
+of counters, where the pass log lies (version 2) and the counters' names.
+docs/python.md, "Another process", describes it all.
 """
 
 import os
@@ -20,17 +13,15 @@ import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Dict, List, Optional
+    from typing import Any, Dict, List, Optional
 
 MAGIC = b"MESHSTAT"
 PAGE = 4096
 
 
 class Failure(Exception):
-    """A failure the CLI reports as ``meshalloc: <message>`` with exit code
-    ``status`` (here: 2 no such process or no access, 1 it does not use
-    meshalloc or shares no counters). ``run --record``, ``plot`` and the CLI
-    raise it too."""
+    """What the CLI reports as ``meshalloc: <message>``, exiting with ``status``
+    (here 2: no such process or no access; 1: it shares no counters)."""
 
     def __init__(self, message: str, status: int = 1) -> None:
         super().__init__(message)
@@ -59,9 +50,8 @@ def _fd_targets(pid: int) -> "Dict[str, str]":
 
 
 def pss_bytes(pid: "int | str" = "self") -> "Optional[int]":
-    """The proportional set size of a process (/proc/PID/smaps_rollup), in
-    bytes, or None when it cannot be read. PSS, never RSS: a meshed page is
-    mapped twice."""
+    """A process's PSS in bytes (None if unreadable); never RSS: a meshed
+    page is mapped twice."""
     try:
         with open("/proc/%s/smaps_rollup" % pid, "rb") as f:
             for line in f:
@@ -76,10 +66,9 @@ PASS_KINDS = ("triggered", "thread", "compact")
 
 
 def _pass_log(log: "tuple[bytes, int, int]") -> "List[Dict[str, object]]":
-    """The pauses still in the process's pass log, oldest first: number, end
-    (CLOCK_MONOTONIC seconds, the clock of ``time.monotonic()``), wall and
-    CPU seconds, meshes, pages freed, kind. Entries the process was writing
-    while the pages were copied are left out."""
+    """The pauses in the pass log, oldest first, less those being written
+    (an entry's number is its first and last word); ``end`` is
+    ``time.monotonic()`` seconds."""
     data, length, words = log
     if words < 8 or len(data) < length * words * 8:
         return []
@@ -95,40 +84,44 @@ def _pass_log(log: "tuple[bytes, int, int]") -> "List[Dict[str, object]]":
     return entries
 
 
-def read(pid: int) -> "Dict[str, object]":
+def read(pid: int) -> "Dict[str, Any]":
     """{"pid", "counters": {name: value}, "pss_bytes", "arena_memfd_bytes",
     "passes": the pass log (_pass_log)}."""
     fds = _fd_targets(pid)
     if "meshalloc-stats" not in fds:
-        why = ("it uses meshalloc, but shares no counters (started with MESH_STATS_PAGE=0, or it closed "
-               "the descriptor)" if "meshalloc-arena" in fds else "it does not use meshalloc")
+        why = "it does not use meshalloc"
+        if "meshalloc-arena" in fds:
+            why = ("it uses meshalloc, but shares no counters (started with MESH_STATS_PAGE=0, "
+                   "or it closed the descriptor)")
         raise Failure("process %d: %s" % (pid, why), 1)
     try:
         with open(fds["meshalloc-stats"], "rb") as f:
             data = f.read(2 * PAGE)
+            ours = len(data) == 2 * PAGE and data[PAGE:PAGE + 8] == MAGIC
+            header = struct.unpack_from("<III", data, PAGE + 8) if ours else (0, 0, 0)
+            version, count, width = header
             log = None
-            if len(data) == 2 * PAGE and data[PAGE:PAGE + 8] == MAGIC and struct.unpack_from("<I", data, PAGE + 8)[0] >= 2:
+            if version >= 2:
                 offset, length, words = struct.unpack_from("<III", data, PAGE + 20)
                 f.seek(offset)
                 log = (f.read(length * words * 8), length, words)
     except PermissionError:
-        raise Failure("cannot read process %d's counters: it belongs to another user" % pid, 2) from None
+        raise Failure("cannot read process %d's counters: it belongs to another user" % pid,
+                      2) from None
     except OSError as exc:
         raise Failure("process %d: %s" % (pid, exc), 2) from None
-    if len(data) < 2 * PAGE or data[PAGE:PAGE + 8] != MAGIC:
+    if not ours:
         raise Failure("process %d: its counters page is not one this meshalloc reads" % pid, 1)
-    version, count, width = struct.unpack_from("<III", data, PAGE + 8)
     if version not in (1, 2) or width != 8 or count > PAGE // 8:
-        raise Failure("process %d: counters page version %d (this meshalloc reads 1 and 2)" % (pid, version), 1)
-    names_at = PAGE + 32 if version >= 2 else PAGE + 24
-    names = data[names_at:2 * PAGE].split(b"\0")[:count]
+        raise Failure("process %d: counters page version %d (this meshalloc reads 1 and 2)"
+                      % (pid, version), 1)
+    names = data[PAGE + (32 if version >= 2 else 24):2 * PAGE].split(b"\0")[:count]
     values = struct.unpack_from("<%dQ" % count, data, 0)
-    out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)}, "pss_bytes": pss_bytes(pid),
-           "passes": _pass_log(log) if log else []}
-    arena = fds.get("meshalloc-arena")
-    if arena:
+    out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)},
+           "pss_bytes": pss_bytes(pid), "passes": _pass_log(log) if log else []}
+    if "meshalloc-arena" in fds:
         try:
-            out["arena_memfd_bytes"] = os.stat(arena).st_blocks * 512
+            out["arena_memfd_bytes"] = os.stat(fds["meshalloc-arena"]).st_blocks * 512
         except OSError:
             out["arena_memfd_bytes"] = None
     return out

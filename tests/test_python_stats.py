@@ -114,6 +114,24 @@ def test_size_classes_count_the_live_objects_of_each_class(helpers, installed):
         assert got["round_trip"], got
 
 
+def test_cffi_backend_reads_the_preloaded_heap(helpers, installed, libmesh):
+    """Under LD_PRELOAD the cffi backend reads the counters of the preloaded
+    heap the interpreter allocates from: its live objects and size classes
+    (MESHALLOC=1 would switch to the extension, so this is the cffi path)."""
+    code = ("import json, meshalloc\n"
+            "keep = [b'x' * 20 + b'%07d' % i for i in range(50000)]\n"
+            "s = meshalloc.stats()\n"
+            "print(json.dumps({'backend': meshalloc.backend(), 'preloaded': meshalloc.is_preloaded(),\n"
+            "    'small': s.small_objects_in_use, 'classes': len(s.size_classes),\n"
+            "    'owned': meshalloc.owns(id(keep[0]))}))\n")
+    env = helpers.env(LD_PRELOAD=str(libmesh), PYTHONMALLOC="malloc", MESHALLOC_BACKEND="cffi")
+    r = helpers.run([sys.executable, "-c", code], timeout=60, cwd=installed, env=env)
+    helpers.assert_ok(r, "cffi backend under LD_PRELOAD")
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["backend"] == "cffi" and got["preloaded"] and got["owned"], got
+    assert got["small"] >= 50000 and got["classes"] > 0, got
+
+
 def test_span_pages_option_sets_the_span_size_of_small_classes(helpers, installed):
     """MESH_SPAN_PAGES: by default the 64-byte class uses one-page spans (64
     slots: they mesh at higher occupancy); MESH_SPAN_PAGES=4 gives it

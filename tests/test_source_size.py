@@ -1,5 +1,8 @@
 """The C sources stay readable in pieces: no file of csrc/ over 600 lines and
-no function over 80 (docs/design.md, "Concept → file").
+no function over 80 (docs/design.md, "Concept → file"). The Python package
+stays small as a whole: meshalloc/*.py together under MAX_PACKAGE_LINES, in
+lines of at most 100 characters (so the count cannot be met by packing
+lines); what needs explaining goes to docs/python.md.
 
 Functions are found with a small scanner: comments, strings, character
 constants and preprocessor lines are blanked (newlines kept, so line
@@ -21,8 +24,11 @@ from typing import List, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
+PACKAGE = ROOT / "meshalloc"
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
+MAX_PACKAGE_LINES = 1650
+MAX_PYTHON_LINE = 100
 
 TOKEN = re.compile(r"""/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'|^[ \t]*\#(?:[^\n]*\\\n)*[^\n]*""",
                    re.S | re.M)
@@ -109,6 +115,24 @@ def test_no_c_source_file_is_over_600_lines():
 def test_no_c_function_is_over_80_lines():
     over = long_functions(MAX_FUNCTION_LINES)
     assert not over, "functions over %d lines (split them into named steps): %s" % (MAX_FUNCTION_LINES, over)
+
+
+
+def package_lines():
+    """{file name: its lines} of meshalloc/*.py."""
+    return {p.name: p.read_text().splitlines() for p in sorted(PACKAGE.glob("*.py"))}
+
+
+def test_the_python_package_is_under_its_line_budget():
+    sizes = {name: len(lines) for name, lines in package_lines().items()}
+    assert sum(sizes.values()) < MAX_PACKAGE_LINES, \
+        "meshalloc/*.py: %d lines, the budget is %d: %s" % (sum(sizes.values()), MAX_PACKAGE_LINES, sizes)
+
+
+def test_no_python_package_line_is_over_100_characters():
+    long = ["%s:%d" % (name, i + 1) for name, lines in package_lines().items()
+            for i, line in enumerate(lines) if len(line) > MAX_PYTHON_LINE]
+    assert not long, "lines of meshalloc/ over %d characters: %s" % (MAX_PYTHON_LINE, long)
 
 
 if __name__ == "__main__":
