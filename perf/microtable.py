@@ -176,9 +176,14 @@ def child(cmd: List[str], lib: Optional[str], timeout: float) -> Dict[str, objec
     env = benchlib.base_env()
     if lib:
         env["LD_PRELOAD"] = lib
-    p = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
+    line = " ".join(map(str, cmd))
+    try:
+        p = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        sys.exit("%s%s: no result within %.0f s" % ("LD_PRELOAD=%s " % lib if lib else "", line, timeout))
     if p.returncode != 0:
-        raise RuntimeError("%s exited %d: %s" % (" ".join(map(str, cmd)), p.returncode, p.stderr[-2000:]))
+        sys.exit("%s%s exited %d: %s" % ("LD_PRELOAD=%s " % lib if lib else "", line, p.returncode,
+                                         p.stderr[-2000:]))
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
@@ -245,6 +250,7 @@ def cmd_micro_table(args) -> int:
     binary = build()
     t_start = time.time()
     load0 = benchlib.loadavg()
+    revision = benchlib.git_revision()  # before the run: what was measured
     iters = calibrate(binary, tests, args.target_ms, args.timeout)
     mops = {(k, t): {n: [] for n in running} for k, *_ in tests for t in threads}
     ns = {(k, t): {n: [] for n in running} for k, *_ in tests for t in threads}
@@ -261,7 +267,7 @@ def cmd_micro_table(args) -> int:
         "kind": "micro_table",
         "date": datetime.datetime.fromtimestamp(t_start, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "minutes": round((time.time() - t_start) / 60, 1),
-        "revision": benchlib.git_revision(),
+        "revision": revision,
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model(),
         "loadavg": [load0, benchlib.loadavg()],
