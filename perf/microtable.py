@@ -239,7 +239,9 @@ def cmd_micro_table(args) -> int:
         sys.exit("micro-table: unknown allocator %s or test in %s, or bad --threads/--rounds"
                  % (unknown, args.tests))
     names = [REF] + [n for n in ALLOCATORS if n in wanted and n != REF]
-    given = dict(w.split("=", 1) for w in args.with_)
+    given = dict(w.split("=", 1) for w in args.with_ if "=" in w)
+    if len(given) != len(args.with_) or not set(given) <= set(ALLOCATORS) - {REF}:
+        sys.exit("micro-table: --with takes NAME=LIB, NAME among %s" % ",".join(ALLOCATORS[1:]))
     libmesh = benchlib.find_libmesh(explicit=args.lib) if "meshalloc" in names else None
     allocs = locate(names, libmesh, given)
     running = [n for n in names if allocs[n]["installed"]]
@@ -268,7 +270,9 @@ def cmd_micro_table(args) -> int:
         "date": datetime.datetime.fromtimestamp(t_start, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "minutes": round((time.time() - t_start) / 60, 1),
         "revision": revision,
-        "cpus": os.cpu_count(),
+        # the CPUs this process may run on (taskset, cgroups): what the threads share
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
         "loadavg": [load0, benchlib.loadavg()],
         "rounds": args.rounds,
@@ -314,7 +318,7 @@ def table(doc: Dict[str, object]) -> List[str]:
         ref = res[REF]
         t = int(c["threads"])
         over = t * per_t[c["test"]] > cpus
-        row = [labels[c["test"]] if c["test"] != last else "", "%d%s" % (t, "*" if over else ""),
+        row = [labels[c["test"]] if c["test"] != last else "", "%d%s" % (t, "\\*" if over else ""),
                "%s (%s)" % (fmt_num(ref["median_mops"]), fmt_num(ref["median_ns_per_op_thread"]))]
         last = c["test"]
         for n in others:
@@ -329,28 +333,29 @@ def table(doc: Dict[str, object]) -> List[str]:
 
 
 def notes(doc: Dict[str, object]) -> List[str]:
-    """How to read the table, from the run's own data."""
+    """How to read the table, from the run's own data: paragraphs."""
     allocs: Dict[str, Dict[str, object]] = doc["allocators"]  # type: ignore[assignment]
     cpus = int(doc["cpus"])  # type: ignore[arg-type]
     remote = any(t["test"] == "remote" for t in doc["tests"])  # type: ignore[union-attr]
     over = [t for t in doc["threads"] if t * (2 if remote else 1) > cpus]  # type: ignore[union-attr]
     versions = "; ".join("%s: %s" % (n, a["version"] or a["lib"]) if a["installed"] else "%s: not installed" % n
                          for n, a in allocs.items())
-    text = ("Machine: %d CPUs (%s), %s, revision %s, %d interleaved rounds (medians), load average %.1f → %.1f. "
-            "Ratio = median throughput / glibc's (> 1: faster than glibc); `~`: the per-round paired ratios "
-            "straddle 1.0 (not resolved). Every thread (in the cross-thread test: every producer/consumer "
-            "pair) does the same calibrated work at every T, so throughput is summed over threads and ns/op "
-            "per thread is the wall time over one thread's ops. The cross-thread test pins each pair's "
-            "producer and consumer to two different CPUs, so that the scheduler's placement does not decide "
-            "the figure (a pair sharing one CPU hands blocks over a ring-full at a time, in one cache). "
-            "Allocators: %s."
-            % (cpus, doc["cpu_model"], doc["date"], doc["revision"], doc["rounds"], doc["loadavg"][0],  # type: ignore
-               doc["loadavg"][1], versions))  # type: ignore[index]
+    out = ["**Run:** %d CPUs (%s), %s, revision %s, %d interleaved rounds, load average %.1f at the start and "
+           "%.1f at the end. Allocators: %s."
+           % (cpus, doc["cpu_model"], doc["date"], doc["revision"], doc["rounds"], doc["loadavg"][0],  # type: ignore
+              doc["loadavg"][1], versions), "",  # type: ignore[index]
+           "**Reading it:** each figure is a median over the rounds. Ratio = throughput / glibc's throughput "
+           "(> 1: faster than glibc); `~` marks a ratio whose per-round paired ratios straddle 1.0 (not "
+           "resolved). Every thread (in the cross-thread test, every producer/consumer pair) does the same "
+           "work at every T, so throughput is summed over the threads, and ns/op per thread is the wall time "
+           "over one thread's ops. The cross-thread test pins each pair's producer and consumer to two "
+           "different CPUs, so that the scheduler's placement does not decide the figure (a pair sharing one "
+           "CPU hands blocks over a ring-full at a time, in one cache)."]
     if over:
-        text += (" **Rows marked * have more threads than the machine has CPUs (%d): they measure "
-                 "oversubscription (threads taking turns on the CPUs%s), not parallel scaling.**"
-                 % (cpus, "; the cross-thread test runs 2T threads" if remote else ""))
-    return [text]
+        out += ["", "**Rows marked \\*** have more threads than the machine has CPUs (%d)%s: they measure "
+                "oversubscription, threads taking turns on the CPUs, not parallel scaling."
+                % (cpus, "; the cross-thread test runs 2T threads" if remote else "")]
+    return out
 
 
 def section(doc: Dict[str, object]) -> List[str]:
