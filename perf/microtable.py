@@ -352,9 +352,9 @@ def notes(doc: Dict[str, object]) -> List[str]:
            "different CPUs, so that the scheduler's placement does not decide the figure (a pair sharing one "
            "CPU hands blocks over a ring-full at a time, in one cache)."]
     if over:
-        out += ["", "**Rows marked \\*** have more threads than the machine has CPUs (%d)%s: they measure "
+        out += ["", "**Rows marked \\*** have more threads than the machine's %d CPUs%s: they measure "
                 "oversubscription, threads taking turns on the CPUs, not parallel scaling."
-                % (cpus, "; the cross-thread test runs 2T threads" if remote else "")]
+                % (cpus, " (the cross-thread test runs 2T threads)" if remote else "")]
     return out
 
 
