@@ -1,12 +1,12 @@
 """cli - ``python -m perf``: the commands over the modules that do the work
-(runner.py: run, list; instructions.py; report.py). The only module that
+(runner.py: run, list; instructions.py; microtable.py; report.py). The only module that
 imports them all; none of them imports it."""
 from __future__ import annotations
 
 import argparse
 from typing import List, Optional
 
-from . import instructions, report, runner
+from . import instructions, microtable, report, runner
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -20,6 +20,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                        "results"))
     instructions.add_arguments(sub.add_parser("instructions", help="the speed benchmarks counted in instructions "
                                                                    "(callgrind), ratios to pymalloc"))
+    microtable.add_arguments(sub.add_parser("micro-table", help="malloc in C, 1-16 threads, under glibc, meshalloc, "
+                                                                "jemalloc, tcmalloc and mimalloc (LD_PRELOAD)"))
     sub.add_parser("list", help="list the benchmarks and their groups")
     args = ap.parse_args(argv)
     if args.cmd == "run":
@@ -28,4 +30,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return report.main(args)
     if args.cmd == "instructions":
         return instructions.cmd_instructions(args)
+    if args.cmd == "micro-table":
+        return microtable.cmd_micro_table(args)
     return runner.cmd_list(args)

@@ -14,6 +14,8 @@ takes pymalloc as the reference and writes:
   and standard deviation over the runs;
 * system: start-up, fork with a big heap, and the meshing pause
   distribution from meshalloc.stats();
+* with ``micro_table.json`` beside the pyperf results (``python -m perf
+  micro-table``): the C allocators side by side, rendered by microtable.py;
 * with ``--repeat DIR``: a second run of the same configurations, benchmark
   by benchmark, and whether each mean lies within the spread of the first;
 * plots (matplotlib, the ``perf`` extra): PSS over time of each
@@ -32,10 +34,12 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from . import benchlib
+from . import benchlib, microtable
 from .runner import REPO, load_manifest
 
 ORDER = tuple(benchlib.CONFIGS)
+# results of the other commands that sit beside the pyperf files: not suites
+SIDE_FILES = ("instructions.json", microtable.RESULT_FILE)
 REF = "pymalloc"
 MIB = 1 << 20
 FRAG_KEYS = ("peak", "after_free", "settled", "compacted", "live")
@@ -63,7 +67,7 @@ def load_dir(path: str) -> Dict[str, object]:
     import pyperf
     d = Path(path)
     found = {p.name[:-len(".json")] if p.name.endswith(".json") else p.name[:-len(".json.gz")]: p
-             for p in sorted(d.glob("*.json*")) if not p.name.startswith(".") and p.name != "instructions.json"}
+             for p in sorted(d.glob("*.json*")) if not p.name.startswith(".") and p.name not in SIDE_FILES}
     names = [n for n in ORDER if n in found] + sorted(n for n in found if n not in ORDER)
     return {n: pyperf.BenchmarkSuite.load(str(found[n])) for n in names}
 
@@ -457,6 +461,9 @@ def main(args) -> int:
         if key in frag_names:
             lines += ["![%s PSS over time](%s/%s)" % (key, rel_img, name), ""]
     lines += ["## System", ""] + system_section(suites) + [""]
+    micro = Path(args.results) / microtable.RESULT_FILE
+    if micro.exists():
+        lines += microtable.section(json.loads(micro.read_text()))
     if args.repeat:
         second = load_dir(args.repeat)
         rep_lines, summary = repeat_section(suites, second)

@@ -404,3 +404,100 @@ def test_instruction_mode_counts_every_configuration_and_the_report_shows_the_ra
     helpers.assert_ok(r, "python -m perf report")
     text = md.read_text()
     assert "### Instructions" in text and "| object_churn |" in text.split("### Instructions")[1], text
+
+
+def _microtable():
+    _perf_package()
+    return importlib.import_module("perf.microtable")
+
+
+def test_micro_table_cells_run_under_glibc_and_libmesh_and_report_positive_rates(helpers, tmp_path):
+    # perf/micro/threads.c built as the Makefile builds it (warnings are
+    # errors here), one tiny cell per test kind at 2 threads, under glibc and
+    # under LD_PRELOAD=libmesh.so; each child names the malloc it ran with
+    import math
+    import subprocess
+    microtable = _microtable()
+    lib = benchlib.find_libmesh()
+    if lib is None:
+        pytest.skip("no libmesh.so: install meshalloc (pip install .) or build csrc/build/libmesh.so (make -C csrc)")
+    prog = tmp_path / "threads"
+    p = subprocess.run(["gcc", "-std=c11", "-O2", "-D_GNU_SOURCE", "-pthread", "-Wall", "-Wextra", "-Werror",
+                        str(PERF / "micro" / "threads.c"), "-o", str(prog), "-pthread", "-ldl"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-4000:]
+    steps, n = 0, 64  # realloc: CPython's growth, new = old + old/8 + 16 rounded to 16, from 64 B to the size
+    while n < 1 << 16:
+        n, steps = (n + (n >> 3) + 16) & ~15, steps + 1
+    cells = {"pair": (64, 20000, 1), "batch": (64, 5, 1000), "remote": (64, 5000, 1), "realloc": (1 << 16, 5, steps)}
+    assert {t[1] for t in microtable.TESTS} == set(cells), "every test kind of the table is exercised here"
+    for preload in (None, lib):
+        for test, (size, iters, ops_per_iter) in cells.items():
+            env = helpers.env(**({"LD_PRELOAD": preload} if preload else {}))
+            r = helpers.run([prog, "--test", test, "--size", size, "--threads", 2, "--iters", iters], timeout=60,
+                            pss_cap=1 << 30, cwd=tmp_path, env=env)
+            helpers.assert_ok(r, "threads --test %s under %s" % (test, preload or "glibc"))
+            d = json.loads(r.stdout.strip().splitlines()[-1])
+            assert d["test"] == test and d["threads"] == 2 and d["iters"] == iters, d
+            assert all(math.isfinite(d[k]) and d[k] > 0 for k in ("seconds", "mops", "ns_per_op_thread")), d
+            assert d["ops"] == 2 * iters * ops_per_iter, d
+            # the two figures describe the same run: ops / seconds, and seconds over one thread's ops
+            assert d["mops"] == pytest.approx(d["ops"] / d["seconds"] / 1e6, rel=1e-3), d
+            assert d["ns_per_op_thread"] == pytest.approx(d["seconds"] * 1e9 / (d["ops"] / 2), rel=1e-3), d
+            assert microtable.runs_under("meshalloc" if preload else "glibc", preload, d["malloc_library"]), d
+
+
+def test_micro_table_driver_keeps_every_round_and_the_report_shows_its_table(helpers, tmp_path):
+    # the whole command at a tiny size: 2 rounds of 2 rows at 1 and 3 threads
+    import shutil
+    import statistics
+    out = tmp_path / "res"
+    r = helpers.run([sys.executable, "-m", "perf", "micro-table", "--allocators", "glibc,meshalloc", "--tests",
+                     "pair16,remote64", "--threads", "1,3", "--rounds", "2", "--target-ms", "2", "--output-dir", out],
+                    timeout=120, pss_cap=1 << 30, cwd=REPO, env=helpers.env())
+    helpers.assert_ok(r, "python -m perf micro-table")
+    doc = json.loads((out / "micro_table.json").read_text())
+    assert [(c["test"], c["threads"]) for c in doc["cells"]] == [("pair16", 1), ("pair16", 3), ("remote64", 1),
+                                                                  ("remote64", 3)]
+    assert all(t["iters"] >= 1 for t in doc["tests"])
+    ran = [n for n, a in doc["allocators"].items() if a["installed"]]
+    assert ran[0] == "glibc"
+    for c in doc["cells"]:
+        assert set(c["results"]) == set(ran)
+        for name, res in c["results"].items():
+            assert len(res["mops"]) == len(res["ns_per_op_thread"]) == 2 and min(res["mops"]) > 0
+            assert res["median_mops"] == statistics.median(res["mops"])
+            assert res["paired_min"] <= res["paired_median"] <= res["paired_max"]
+        assert c["results"]["glibc"]["ratio"] == 1.0
+    assert "| malloc+free pair, 16 B | 1 |" in r.stdout
+    # rows with more threads than CPUs are marked as oversubscribed; the
+    # cross-thread test runs two threads per T
+    pair3, remote3 = [line for line in r.stdout.splitlines() if line.startswith("|  | 3")]
+    assert ("| 3\\* |" in pair3) == (doc["cpus"] < 3) and ("| 3\\* |" in remote3) == (doc["cpus"] < 6)
+    # the report adds the section when the file sits beside the pyperf results
+    res = tmp_path / "run"
+    shutil.copytree(REPO / "perf" / "report_data" / "run1", res)
+    shutil.copy(out / "micro_table.json", res)
+    md = tmp_path / "benchmarks.md"
+    r = helpers.run([sys.executable, "-m", "perf", "report", "--results", res, "--out", md, "--no-plots"],
+                    timeout=120, cwd=REPO, env=helpers.env())
+    helpers.assert_ok(r, "python -m perf report")
+    text = md.read_text()
+    assert "## C allocators side by side" in text and "| malloc+free pair, 16 B | 1 |" in text
+    assert text.index("## System") < text.index("## C allocators side by side") < text.index("## Reproduce")
+
+
+def test_micro_table_shows_a_missing_allocator_as_not_installed():
+    microtable = _microtable()
+    assert microtable.find_library("jemalloc", dirs=[]) is None
+    assert all(os.path.isdir(d) for d in microtable.library_dirs())
+    cell = {"mops": [2.0], "ns_per_op_thread": [500.0], "median_mops": 2.0, "median_ns_per_op_thread": 500.0,
+            "ratio": 1.0, "paired_min": 1.0, "paired_median": 1.0, "paired_max": 1.0}
+    doc = {"cpus": 2, "cpu_model": "x", "date": "d", "revision": "r", "rounds": 1, "loadavg": [0.0, 0.0],
+           "threads": [1], "tests": [{"key": "pair16", "test": "pair", "size": 16, "label": "pair 16", "iters": 1}],
+           "allocators": {"glibc": {"lib": None, "installed": True, "version": "glibc"},
+                          "jemalloc": {"lib": None, "installed": False, "version": ""}},
+           "cells": [{"test": "pair16", "threads": 1, "results": {"glibc": cell}}]}
+    text = "\n".join(microtable.section(doc))
+    assert "| pair 16 | 1 | 2 (500) | not installed |" in text and "jemalloc: not installed" in text
+    assert "oversubscription" not in text
