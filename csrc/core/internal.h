@@ -138,6 +138,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(mesh_bytes_copied, "bytes of live objects copied by meshing") \
   X(mesh_adjacent, "meshes whose alias continued a neighbour's mapping (no new VMA)") \
   X(mesh_budget_stops, "times meshing stopped because the mapping budget was reached") \
+  X(mesh_remap_failures, "mapping calls of a mesh (promotion, protection, remapping) the kernel refused, e.g. at vm.max_map_count: each mesh was undone, the heap unchanged") \
   X(mesh_pace_level, "periodic meshing waits period_ms << this: raised while the program takes the pages meshing freed straight back") \
   X(mesh_paced, "times pacing lengthened the wait between periodic passes") \
   X(passes_triggered, "meshing passes run inside malloc and free (period_ms)") \
