@@ -240,3 +240,16 @@ def test_program_at_the_kernels_mapping_limit_never_aborts_the_allocator(helpers
     helpers.assert_ok(r, "maplimit")
     assert "maplimit ok" in r.stdout
     assert r.stderr.count("meshalloc: warning") == 1 and "set aside" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_mapping_call_refused_in_the_middle_of_a_mesh_undoes_that_mesh(helpers, cbuild, tmp_path, config):
+    """The n-th mapping call of a compaction fails with ENOMEM, as at
+    vm.max_map_count (tests/c/mesh_faults.c, for every n, sources with and
+    without aliases): the mesh is undone, counted and warned about once, the
+    heap checks, every object keeps its bytes, and meshing goes on."""
+    r = run_case(helpers, [str(cbuild("mesh_faults", config))], helpers.env(), tmp_path, timeout=300)
+    helpers.assert_ok(r, "mesh_faults")
+    assert "mesh_faults ok" in r.stdout
+    refusals = [line for line in r.stderr.splitlines() if "refused" in line]
+    assert 1 <= len(refusals) <= 2, r.stderr  # one for a promotion, one for the rest of a mesh
