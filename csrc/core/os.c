@@ -128,6 +128,25 @@ void *_mesh_os_reserve(size_t size, int fd) {
   return p == MAP_FAILED ? NULL : p;
 }
 
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+/* Maps fresh anonymous memory exactly at addr, and only where nothing is
+ * mapped yet: EEXIST if something is (a kernel before 4.17 takes the flag
+ * as a hint, so an answer elsewhere is undone and reported the same way). */
+int _mesh_os_map_at(void *addr, size_t len) {
+  void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                 -1, 0);
+  if (p == MAP_FAILED) return -1;
+  if (p != addr) {
+    munmap(p, len);
+    errno = EEXIST;
+    return -1;
+  }
+  return 0;
+}
+
 void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd) {
   char *r = mmap(NULL, size + guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) return NULL;
