@@ -86,10 +86,13 @@ uint64_t _mesh_os_fd_blocks(int fd) {
  * count down from armed_nth; the nth one and the `count - 1` after it fail
  * with ENOMEM before reaching the kernel, as the kernel's own do at
  * vm.max_map_count (that check comes before the old mapping is touched).
- * Disarmed (0) in every program but those tests: one relaxed load. */
+ * The test's `at_failure`, if any, runs first (to write objects at that
+ * moment). Disarmed (0) in every program but those tests: one relaxed load. */
 static _Atomic unsigned armed_nth, armed_count;
+static void (*armed_hook)(void);
 
-void _mesh_os_fail_mappings(unsigned nth, unsigned count) {
+void _mesh_os_fail_mappings(unsigned nth, unsigned count, void (*at_failure)(void)) {
+  armed_hook = at_failure;
   mesh_store_relaxed(&armed_count, count);
   mesh_store_relaxed(&armed_nth, nth);
 }
@@ -104,6 +107,7 @@ static bool injected_failure(void) {
   unsigned c = mesh_load_relaxed(&armed_count);
   if (c <= 1) mesh_store_relaxed(&armed_nth, 0);
   else mesh_store_relaxed(&armed_count, c - 1);
+  if (armed_hook) armed_hook();
   errno = ENOMEM;
   return true;
 }

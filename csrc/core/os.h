@@ -54,8 +54,9 @@ void _mesh_os_loader_text(uintptr_t *lo, uintptr_t *len); /* the dynamic loader'
 int _mesh_os_advise_fork(void *addr, size_t len, bool dontfork); /* MADV_DONTFORK / MADV_DOFORK */
 long _mesh_os_max_map_count(void);
 /* Tests only: the nth arena mapping call from now on (MAP_FIXED mmap,
- * mprotect) and the count - 1 after it fail with ENOMEM; nth 0 disarms. */
-void _mesh_os_fail_mappings(unsigned nth, unsigned count);
+ * mprotect) and the count - 1 after it fail with ENOMEM, each after
+ * calling at_failure (if not NULL); nth 0 disarms. */
+void _mesh_os_fail_mappings(unsigned nth, unsigned count, void (*at_failure)(void));
 long _mesh_os_count_maps(void);
 void _mesh_os_after_fork_child(void); /* descriptors the child must not share */
 /* The CPU has the popcnt instruction (x86-64; cpuid, read once at init
