@@ -100,20 +100,62 @@ def test_blocks_the_program_protects_keep_their_protection(helpers, libmesh, hos
     assert r.returncode == 0 and "mprotect: ok" in r.stderr, r.describe()
 
 
-def test_address_space_limit_leaves_the_program_what_glibc_would(helpers, libmesh, hostile, tmp_path):
-    """ulimit -v 200000: the arena takes a quarter of the limit; large
-    blocks beyond it are mapped on their own, so the program gets about what
-    it gets under glibc (it got a quarter)."""
-    limit = 200000 * 1024
+@pytest.mark.parametrize("limit_kib", [200000, 1000000])
+@pytest.mark.parametrize("block", [64, 1 << 20])
+def test_address_space_limit_leaves_the_program_what_glibc_would(helpers, libmesh, hostile, tmp_path, limit_kib,
+                                                                  block):
+    """Under ulimit -v the arena is mapped as it is used (small blocks once
+    stopped at a quarter of the limit) and large blocks that do not fit are
+    mapped on their own: an 8 MiB block, then blocks until ENOMEM, reach
+    at least 90 % of what glibc reaches."""
+    limit = limit_kib * 1024
     wrapper = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (%d, %d)); "
                "os.execv(sys.argv[1], sys.argv[1:])" % (limit, limit))
     got = {}
     for config in CONFIGS:
-        r = run_case(helpers, [sys.executable, "-c", wrapper, str(hostile), "addr-limit"],
+        r = run_case(helpers, [sys.executable, "-c", wrapper, str(hostile), "addr-limit", str(block)],
                      case_env(helpers, libmesh, config), tmp_path, timeout=120)
         assert r.returncode == 0 and "addr-limit: ok" in r.stderr, r.describe()
         got[config] = int(re.search(r"addr-limit: (\d+) MiB", r.stderr).group(1))
     assert got["preload"] >= 0.9 * got["glibc"], got
+
+
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_arena_grows_under_an_address_space_limit_and_stops_at_a_mapping_in_its_way(helpers, cbuild, tmp_path,
+                                                                                  config):
+    """tests/c/arena_limit.c: under RLIMIT_AS the arena grows with its small
+    blocks; a page the program maps where it would grow next ends it there
+    (ENOMEM for small blocks, one warning, the page untouched), and large
+    blocks still come from mappings of their own."""
+    r = run_case(helpers, [str(cbuild("arena_limit", config))], helpers.env(), tmp_path, timeout=120)
+    helpers.assert_ok(r, "arena_limit")
+    assert "arena_limit ok" in r.stdout
+    assert r.stderr.count("meshalloc: warning") == 1 and "cannot grow past" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("config", ["meshalloc", "pymalloc"])
+def test_python_under_an_address_space_limit_gets_memory_error_not_a_crash(helpers, tmp_path, config):
+    """MESHALLOC=1 under ulimit -v: a list of bytes objects grows until
+    MemoryError, which the program catches and goes on from."""
+    limit = 400 << 20
+    code = ("import resource, os, sys\n"
+            "x = []\n"
+            "try:\n"
+            "    while True:\n"
+            "        x.append(b'x' * (16 + len(x) % 500))\n"
+            "except MemoryError:\n"
+            "    n = len(x)\n"
+            "del x\n"
+            "y = [b'again' * 10 for _ in range(100000)]\n"
+            "print('objects', n, 'then', len(y))\n")
+    wrapper = ("import os, resource, sys; resource.setrlimit(resource.RLIMIT_AS, (%d, %d)); "
+               "os.execv(sys.executable, [sys.executable, '-c', sys.argv[1]])" % (limit, limit))
+    env = helpers.env(MESHALLOC="1") if config == "meshalloc" else helpers.env()
+    r = helpers.run([sys.executable, "-c", wrapper, code], timeout=120, env=env, cwd=tmp_path,
+                    pss_cap=2 * helpers.GIB)
+    assert not r.killed and r.returncode == 0, r.describe()
+    m = re.search(r"objects (\d+) then 100000", r.stdout)
+    assert m and int(m.group(1)) > 100000, r.describe()
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -240,3 +282,16 @@ def test_program_at_the_kernels_mapping_limit_never_aborts_the_allocator(helpers
     helpers.assert_ok(r, "maplimit")
     assert "maplimit ok" in r.stdout
     assert r.stderr.count("meshalloc: warning") == 1 and "set aside" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("config", ["release", "debug"])
+def test_mapping_call_refused_in_the_middle_of_a_mesh_undoes_that_mesh(helpers, cbuild, tmp_path, config):
+    """The n-th mapping call of a compaction fails with ENOMEM, as at
+    vm.max_map_count (tests/c/mesh_faults.c, for every n, sources with and
+    without aliases): the mesh is undone, counted and warned about once, the
+    heap checks, every object keeps its bytes, and meshing goes on."""
+    r = run_case(helpers, [str(cbuild("mesh_faults", config))], helpers.env(), tmp_path, timeout=300)
+    helpers.assert_ok(r, "mesh_faults")
+    assert "mesh_faults ok" in r.stdout
+    refusals = [line for line in r.stderr.splitlines() if "refused" in line]
+    assert 1 <= len(refusals) <= 2, r.stderr  # one for a promotion, one for the rest of a mesh

@@ -56,6 +56,12 @@ def test_fork_is_clean_under_asan_ubsan(helpers, cbuild, case):
     run_sanitized(helpers, cbuild("fork", "asan"), [case], timeout=400)
 
 
+def test_undoing_a_mesh_the_kernel_refused_is_clean_under_asan_ubsan(helpers, cbuild):
+    r = run_sanitized(helpers, cbuild("mesh_faults", "asan"), [], timeout=400)
+    assert "mesh_faults ok" in r.stdout, r.describe()
+
+
+
 @pytest.mark.parametrize("seed", [7, 8])
 def test_stress_is_clean_under_tsan(helpers, cbuild, seed):
     r = run_sanitized(helpers, cbuild("stress", "tsan"), [seed, 3, 200000, 200], timeout=500)

@@ -1,9 +1,9 @@
-/* arena.c - the meshable arena: one reserved virtual range of private
- * anonymous memory, carved into spans and free page runs.
+/* arena.c - the meshable arena: one virtual range of private anonymous
+ * memory, carved into spans and free page runs.
  *
- * The arena is reserved once (smaller under an address-space limit) with a
- * memfd beside it that holds the physical pages of meshing destinations
- * (memfd.c). Spans are cut from free page runs, dirty ones first, or from
+ * The range is reserved (reserve.c: once, or as a growing prefix under an
+ * address-space limit) with a memfd beside it that holds the physical pages
+ * of meshing destinations (memfd.c). Spans are cut from free page runs, dirty ones first, or from
  * the untouched pages at the top; freed spans become dirty runs, merged
  * with their neighbours, and scavenging and decay return dirty runs to the
  * OS. Span records and the page table are span.c's.
@@ -15,6 +15,7 @@
  *     a free run has entries only on its first and last page, its interior
  *     is 0, so a stray free into free memory finds "no span";
  *   - pages >= top were never handed out and are untouched anonymous memory;
+ *     top <= npages, the pages mapped so far (reserve.c grows them);
  *   - free runs are homogeneous: all dirty (touched, still committed) or all
  *     clean (returned/never used); neighbours of the same kind are merged;
  *   - dirty_pages <= max_dirty_mb after every free (scavenge returns all).
@@ -33,90 +34,6 @@ arena_t _mesh_arena = {.fd = -1};
 static uint32_t top;                 /* bump pointer in pages */
 static uint32_t free_bins[2][MESH_FREE_BINS]; /* [dirty][bin] list heads */
 static uint64_t free_bins_nonempty[2];
-
-#define MIN_ARENA ((size_t)16 << 20)
-
-/* Address space left unused above the arena. The kernel places the arena
- * right under the mapping before it (ld.so's, with the thread-local block
- * and libc's data), so with a power-of-two arena size the first spans sat
- * exactly 2^k below those lines: the same low 28 address bits, hence the
- * same L1 set and the same way-predictor tag on AMD, and a block there
- * evicted the thread-local heap pointer on every access (+5 ns a
- * malloc/free pair in 3 of 50 processes of perf/micro bench a, for the
- * 64-byte class). This odd-sized gap (~43 MiB, bits 13-25 mixed) moves the
- * mirror of those lines far from where a heap starts. */
-#define ARENA_GUARD ((size_t)0x2B5A << MESH_PAGE_SHIFT)
-
-static bool reserve(size_t size, int fd) {
-  if (fd >= 0 && _mesh_os_ftruncate(fd, size) != 0) return false;
-  /* no gap under an address-space limit: it would count against it */
-  size_t guard = _mesh_os_as_limit() == SIZE_MAX ? ARENA_GUARD : 0;
-  void *base = _mesh_os_reserve_guarded(size, guard, -1);
-  if (!base) { /* a tight address-space limit: without the gap, then */
-    guard = 0;
-    base = _mesh_os_reserve(size, -1);
-  }
-  if (!base) return false;
-  size_t npages = size >> MESH_PAGE_SHIFT;
-  void *pt = _mesh_os_alloc(npages * sizeof(pte_t));
-  void *sp = _mesh_os_alloc((npages + 2) * sizeof(span_t));
-  if (!pt || !sp) {
-    if (pt) _mesh_os_free(pt, npages * sizeof(pte_t));
-    if (sp) _mesh_os_free(sp, (npages + 2) * sizeof(span_t));
-    _mesh_os_free(base, size + guard);
-    return false;
-  }
-  _mesh_arena.base = (uintptr_t)base;
-  _mesh_arena.size = size;
-  _mesh_arena.npages = (uint32_t)npages;
-  _mesh_arena.fd = fd;
-  _mesh_arena.meshable = fd >= 0;
-  _mesh_arena.memfd_mapped = fd >= 0;
-  _mesh_arena.pagetable = pt;
-  _mesh_arena.spans = sp;
-  _mesh_arena.max_spans = (uint32_t)npages + 2;
-  return true;
-}
-
-bool _mesh_arena_init(void) {
-  size_t want = (size_t)mesh_opt(MESH_OPT_ARENA_GB) << 30;
-  if (want > ((size_t)1 << 44)) want = (size_t)1 << 44; /* 2^32 pages of 4 KiB */
-  size_t limit = _mesh_os_as_limit();
-  size_t size = want;
-  /* Leave most of a finite address-space limit to the program itself. */
-  if (limit != SIZE_MAX && size > limit / 4) size = limit / 4;
-  size &= ~(MESH_PAGE_SIZE - 1);
-
-  int fd = -1;
-  if (mesh_opt(MESH_OPT_MEMFD)) {
-    fd = _mesh_os_memfd();
-    if (fd >= 0 && _mesh_os_fd_identity(fd, _mesh_arena.fd_id) != 0) {
-      _mesh_os_close(fd);
-      fd = -1;
-    }
-    if (fd < 0)
-      _mesh_warning("memfd_create failed (errno %d): running without meshing", errno);
-  } else {
-    _mesh_warning("MESH_MEMFD=0: anonymous arena, running without meshing");
-  }
-  for (; size >= MIN_ARENA; size = (size / 2) & ~(MESH_PAGE_SIZE - 1)) {
-    if (reserve(size, fd)) break;
-    /* A memfd that cannot be sized (odd seccomp/limits) is given up before
-     * shrinking to nothing: anonymous memory still works. */
-    if (fd >= 0 && size / 2 < MIN_ARENA) {
-      _mesh_warning("cannot size the arena's memfd (errno %d): running without meshing", errno);
-      _mesh_os_close(fd);
-      fd = -1;
-      size = want * 2;
-      if (limit != SIZE_MAX && size > limit / 2) size = limit / 2;
-    }
-  }
-  if (!_mesh_arena.base) return false;
-  if (size < want)
-    _mesh_warning("arena reduced to %zu MiB (address-space limit); large blocks beyond it are mapped on their own",
-                  size >> 20);
-  return true;
-}
 
 /* ---- free page runs ------------------------------------------------ */
 
@@ -271,7 +188,7 @@ uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *cle
     *clean = !dirty;
   } else {
     uint32_t gap = align_gap(top, align_pages);
-    if ((uint64_t)top + gap + npages > _mesh_arena.npages) {
+    if ((uint64_t)top + gap + npages > _mesh_arena.npages && !_mesh_arena_grow((uint64_t)top + gap + npages)) {
       _mesh_span_record_free(id);
       return MESH_NIL;
     }
@@ -521,7 +438,7 @@ bool _mesh_arena_grow_span(uint32_t id, uint32_t extra) {
   span_t *s = mesh_span(id);
   uint32_t end = s->page + s->npages;
   if (end == top) {
-    if ((uint64_t)top + extra > _mesh_arena.npages) return false;
+    if ((uint64_t)top + extra > _mesh_arena.npages && !_mesh_arena_grow((uint64_t)top + extra)) return false;
     top += extra;
     mesh_stat_set(arena_top_pages, top);
   } else {

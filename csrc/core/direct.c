@@ -1,11 +1,11 @@
 /* direct.c - large blocks the arena cannot hold, mapped on their own.
  *
- * The arena is one reservation made at start-up. Under an address-space
- * limit (ulimit -v) it takes a quarter of the limit, so that the program
- * keeps the rest for its stacks, libraries and own mappings; a large
- * request that does not fit in it (or finds no free run there) is served
- * here by a private anonymous mapping of its own, as glibc serves blocks
- * past its mmap threshold. Such a block is never meshed (it is not in the
+ * The arena is one range, reserved at start-up or, under an address-space
+ * limit (ulimit -v), mapped as it is used (reserve.c); a large request
+ * bigger than what it has mapped, or that finds no room there (the arena
+ * cannot grow: the limit, or a mapping in its way), is served here by a
+ * private anonymous mapping of its own, as glibc serves blocks past its
+ * mmap threshold. Such a block is never meshed (it is not in the
  * memfd) and goes back to the OS whole when freed; realloc moves it with
  * mremap. So a program can use what the limit lets it, not a quarter.
  *

@@ -223,7 +223,7 @@ static void count_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_ki
  * bytes copied, or -1 when neither could be made. */
 static long long prepare_copy(void) {
   child_fd = _mesh_arena_fd() >= 0 ? _mesh_os_memfd() : -1;
-  if (child_fd >= 0 && _mesh_os_ftruncate(child_fd, _mesh_arena.size) != 0) {
+  if (child_fd >= 0 && _mesh_os_ftruncate(child_fd, _mesh_arena.room) != 0) {
     _mesh_os_close(child_fd);
     child_fd = -1;
   }
@@ -388,7 +388,7 @@ static void child_own_memfd(bool prepared, bool received) {
   int old = _mesh_arena_fd(); /* -1 if the program closed or reused it: then it is left alone */
   int fd = !prepared && _mesh_arena.meshable ? _mesh_os_memfd() : -1;
   uint64_t id[2];
-  if (fd >= 0 && (_mesh_os_fd_identity(fd, id) != 0 || _mesh_os_ftruncate(fd, _mesh_arena.size) != 0)) {
+  if (fd >= 0 && (_mesh_os_fd_identity(fd, id) != 0 || _mesh_os_ftruncate(fd, _mesh_arena.room) != 0)) {
     _mesh_os_close(fd);
     fd = -1;
   }

@@ -3,7 +3,7 @@
  *
  * Name tiers: public mesh_* (mesh.h), cross-file _mesh_*, everything else
  * static. Layers, lowest first: os.c → libc.c, options.c, stats.c,
- * random.c, size_class.c → span.c, arena.c, memfd.c → direct.c →
+ * random.c, size_class.c → span.c, reserve.c, arena.c, memfd.c → direct.c →
  * global_heap.c, thread_heap.c → barrier.c, mesh.c, mesher.c, pass.c,
  * trigger.c → alloc.c, fast_path.h, fork.c, init.c → faces/. A file calls
  * only lower layers, but for the few upward calls docs/design.md lists with
@@ -59,7 +59,7 @@ void _mesh_fill(void *p, int c, size_t n);
 /* X(ENUM, name, default, min, max, settable_at_runtime, doc) */
 #define MESH_OPTIONS(X) \
   X(ARENA_GB, arena_gb, 64, 1, 4096, 0, \
-    "virtual address space reserved for the arena, in GiB (reduced automatically under a small RLIMIT_AS)") \
+    "virtual address space of the arena, in GiB: reserved at start-up, or under a finite RLIMIT_AS mapped as it is used (up to the limit)") \
   X(STATS_PAGE, stats_page, 1, 0, 1, 0, \
     "share the counters and the log of the last 256 meshing pauses in pages other processes of the same user can read (python -m meshalloc stats --pid, run --record); 0 keeps them private") \
   X(MEMFD, memfd, 1, 0, 1, 0, \
@@ -138,6 +138,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(mesh_bytes_copied, "bytes of live objects copied by meshing") \
   X(mesh_adjacent, "meshes whose alias continued a neighbour's mapping (no new VMA)") \
   X(mesh_budget_stops, "times meshing stopped because the mapping budget was reached") \
+  X(mesh_remap_failures, "mapping calls of a mesh (promotion, protection, remapping) the kernel refused, e.g. at vm.max_map_count: each mesh was undone, the heap unchanged") \
   X(mesh_pace_level, "periodic meshing waits period_ms << this: raised while the program takes the pages meshing freed straight back") \
   X(mesh_paced, "times pacing lengthened the wait between periodic passes") \
   X(passes_triggered, "meshing passes run inside malloc and free (period_ms)") \
@@ -185,6 +186,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(spans_pinned, "spans pinned against meshing (mesh_pin: mprotect, pkey_mprotect, setvbuf under libmesh.so)") \
   X(syscalls_in_flight_skips, "meshes skipped because a wrapped system call was writing into the source span (libmesh.so)") \
   X(promoted_pages, "pages of live spans held in the memfd (meshing destinations): the only arena pages a fork copies; the rest is private anonymous memory, shared copy-on-write with a fork child") \
+  X(arena_growths, "times the arena's mapped part grew (only under an address-space limit, where it is mapped as needed)") \
   X(retired_pages, "virtual pages of freed meshed spans whose own mapping could not be restored (mapping limit): set aside, retried later") \
   X(warnings_repeated, "warnings not printed because one of the same kind already was") \
   X(bytes_in_use_published, "bytes_in_use as last published for readers in other processes (stats --pid): at most every 500 ms, by allocator slow paths and the meshing thread; 0 before the first") \
@@ -268,9 +270,14 @@ bool _mesh_span_record_used(uint32_t id); /* id names a record handed out at som
 void _mesh_pagetable_set(uint32_t first, uint32_t npages, uint32_t vstart, uint32_t id);
 int _mesh_span_validate(uint32_t id); /* lock held */
 
+/* ---- reserve.c: the arena's address space -------------------------- */
+bool _mesh_arena_init(void);
+/* Lock held: maps the arena (and its page table and records) up to at
+ * least pages pages; false if it cannot grow (no limit: all is mapped). */
+bool _mesh_arena_grow(uint64_t pages);
+
 /* ---- arena.c (global lock held for everything that changes state) ---- */
 extern arena_t _mesh_arena;
-bool _mesh_arena_init(void);
 /* A span of npages whose first page is aligned to align_pages (power of
  * two, 1 = any); sets its page-table entries. *clean says whether the pages
  * are known zero. Returns MESH_NIL when the arena is exhausted. */

@@ -143,6 +143,13 @@ int _mesh_arena_punch(uint32_t page, uint32_t n) {
   return punch((size_t)page << MESH_PAGE_SHIFT, (size_t)n << MESH_PAGE_SHIFT, false);
 }
 
+/* A call of a promotion was refused (counted with meshing's refusals). */
+static void promote_refused(void) {
+  mesh_stat_add(mesh_remap_failures, 1);
+  _mesh_warning("meshing: the kernel refused to move a span into the memfd (errno %d; the mapping limit?); "
+                "that mesh was not made and meshing goes on", errno);
+}
+
 /* Promotion: the span's pages are copied into the memfd at its own page,
  * then that file range is mapped over it. The caller holds a meshing
  * barrier open; the span is write-protected from before the copy until the
@@ -158,16 +165,25 @@ bool _mesh_arena_promote(uint32_t id) {
   if (fd < 0) return false;
   void *addr = (void *)mesh_page_addr(s->page);
   size_t len = (size_t)n << MESH_PAGE_SHIFT, off = (size_t)s->page << MESH_PAGE_SHIFT;
-  if (_mesh_os_protect_read(addr, len) != 0) return false;
   int delta = _mesh_arena_map_delta(s->page, n, s->page);
-  if (_mesh_os_pwrite_all(fd, addr, len, off) != 0 || _mesh_os_map_fixed(addr, len, fd, off) != 0) {
-    int e = errno;
-    /* the anonymous pages are still there, only protected */
-    if (_mesh_os_protect_rw(addr, len) != 0)
-      _mesh_fatal("meshing: cannot make span pages writable again after a failed promotion (errno %d)", errno);
-    punch(off, len, false);
-    errno = e;
+  if (_mesh_os_protect_read(addr, len) != 0) {
+    promote_refused();
     return false;
+  }
+  bool copied = _mesh_os_pwrite_all(fd, addr, len, off) == 0;
+  if (!copied || _mesh_os_map_fixed(addr, len, fd, off) != 0) {
+    int e = errno;
+    promote_refused();
+    /* The kernel refused before touching the old mapping: the anonymous
+     * pages are still there, only protected. Should lifting that be refused
+     * too, the copy in the memfd is complete: mapping it is the promotion. */
+    if (_mesh_os_protect_rw(addr, len) == 0) {
+      punch(off, len, false);
+      errno = e;
+      return false;
+    }
+    if (!copied || _mesh_os_map_fixed(addr, len, fd, off) != 0)
+      _mesh_fatal("meshing: cannot make span pages writable again after a failed promotion (errno %d)", errno);
   }
   s->flags |= SPAN_FILE;
   mesh_stat_add(arena_mappings, delta);

@@ -17,20 +17,32 @@
  *   1. write-protect every virtual span of the source (barrier.c makes
  *      writers wait; readers are unaffected);
  *   2. snap = source bitmap; destination bitmap |= snap; copy snap's slots;
- *   3. source record becomes SPAN_ALIAS -> destination (seq_cst), the page
+ *   3. map each source virtual span onto the destination's memfd pages
+ *      (this also lifts the protection and drops the source's anonymous
+ *      pages; writes through it now land in the copies);
+ *   4. source record becomes SPAN_ALIAS -> destination (seq_cst), the page
  *      table of its virtual spans points at the destination;
- *   4. exchange the source bitmap with 0; bits in snap but no longer in the
- *      source were freed during 2-3 and are cleared in the destination;
- *   5. map each source virtual span onto the destination's memfd pages (this
- *      also lifts the protection and drops the source's anonymous pages),
+ *   5. exchange the source bitmap with 0; bits in snap but no longer in the
+ *      source were freed during 2-4 and are cleared in the destination;
  *      end the barrier; a source that was itself a destination has its
  *      memfd pages punched.
- * A free racing with this either clears the source bit before step 4 (and
- * step 4 forwards it) or finds the bit gone, sees SPAN_ALIAS and retries on
+ * A free racing with this either clears the source bit before step 5 (and
+ * step 5 forwards it) or finds the bit gone, sees SPAN_ALIAS and retries on
  * the destination (alloc.c), so no free is lost or reported twice.
  *
- * Budget: mappings are counted exactly (memfd.c) and a mesh is refused,
- * never aborted halfway, before max_mappings.
+ * Every mapping call is made before step 4, the first change a racing free
+ * can see, so a mesh the kernel refuses halfway is undone, never left half
+ * made. The kernel refuses (ENOMEM at vm.max_map_count, which the program's
+ * own mappings can reach) before it touches the old mapping, so a failed
+ * call leaves that range as it was: a failed promotion or protection is
+ * rolled back by lifting what was protected; a failed step 3 gives the
+ * virtual spans already remapped their own pages back (undo_remap). Each
+ * refusal is counted (mesh_remap_failures) and warned about once. Only a
+ * second refusal, of a call that restores the state the kernel had a moment
+ * before, is fatal: the heap could not be made consistent again.
+ *
+ * Budget: mappings are counted exactly (memfd.c) and a mesh is refused
+ * before max_mappings.
  *
  * Locking: a mesh, mesh_pin and the budget's limit run under the global
  * lock; the count of the program's other mappings is written without it
@@ -109,10 +121,18 @@ static bool protect(uint32_t page, uint32_t npages) {
   return _mesh_os_protect_read((void *)mesh_page_addr(page), (size_t)npages << MESH_PAGE_SHIFT) == 0;
 }
 
-static void map_or_die(uint32_t vpage, uint32_t n, uint32_t phys) {
-  /* Cannot fail within the budget; if it does the heap is inconsistent. */
-  if (_mesh_arena_map(vpage, n, phys) != 0)
-    _mesh_fatal("meshing: remapping %u pages at page %u failed (errno %d)", n, vpage, errno);
+/* A mapping call of a mesh was refused and the mesh undone. */
+static void note_refusal(void) {
+  mesh_stat_add(mesh_remap_failures, 1);
+  _mesh_warning("meshing: the kernel refused a mapping call (errno %d; the mapping limit?); that mesh was undone "
+                "and meshing goes on", errno);
+}
+
+/* Lifts the protection meshing put on a virtual span (the state it had a
+ * moment before: a refusal here cannot be undone). */
+static void unprotect_or_die(uint32_t page, uint32_t n) {
+  if (_mesh_os_protect_rw((void *)mesh_page_addr(page), (size_t)n << MESH_PAGE_SHIFT) != 0)
+    _mesh_fatal("meshing: cannot make span pages writable again (errno %d)", errno);
 }
 
 /* Step 0's guard: whether a wrapped system call is writing into a virtual
@@ -139,9 +159,8 @@ static bool protect_source(uint32_t src_id, unsigned nv, uint32_t n) {
   uint32_t vs = src_id;
   for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
     if (!protect(mesh_span(vs)->page, n)) {
-      for (uint32_t u = src_id; u != vs; u = mesh_span(u)->alias_next)
-        if (_mesh_os_protect_rw((void *)mesh_page_addr(mesh_span(u)->page), (size_t)n << MESH_PAGE_SHIFT) != 0)
-          _mesh_fatal("meshing: cannot make span pages writable again (errno %d)", errno);
+      note_refusal();
+      for (uint32_t u = src_id; u != vs; u = mesh_span(u)->alias_next) unprotect_or_die(mesh_span(u)->page, n);
       return false;
     }
   }
@@ -166,9 +185,9 @@ static uint64_t copy_live(span_t *d, span_t *s, uint64_t snap[MESH_BITMAP_WORDS]
   return copied;
 }
 
-/* Step 3: the source's records become aliases of the destination and its
+/* Step 4: the source's records become aliases of the destination and its
  * virtual spans' page-table entries name it. Returns the change in kernel
- * mappings that step 5 will make. */
+ * mappings that step 3 made. */
 static int redirect_source(uint32_t dst_id, uint32_t src_id, unsigned nv, uint32_t n) {
   span_t *d = mesh_span(dst_id), *s = mesh_span(src_id);
   mesh_store_seq_cst(&s->mesh_dst, dst_id);
@@ -184,7 +203,7 @@ static int redirect_source(uint32_t dst_id, uint32_t src_id, unsigned nv, uint32
   return delta;
 }
 
-/* Step 4: slots freed since the snapshot are cleared in the destination. */
+/* Step 5: slots freed since the snapshot are cleared in the destination. */
 static void forward_frees(span_t *d, span_t *s, const uint64_t snap[MESH_BITMAP_WORDS]) {
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
     uint64_t now = mesh_exchange_seq_cst(&s->bits[w], 0);
@@ -193,15 +212,49 @@ static void forward_frees(span_t *d, span_t *s, const uint64_t snap[MESH_BITMAP_
   }
 }
 
-/* Step 5: every virtual span of the source maps the destination's pages.
- * Returns the last record of the source's chain. */
-static uint32_t remap_source(const span_t *d, uint32_t src_id, unsigned nv, uint32_t n) {
-  uint32_t vs = src_id, last = src_id;
-  for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next) {
-    map_or_die(mesh_span(vs)->page, n, d->page);
-    last = vs;
+/* Step 3: every virtual span of the source maps the destination's pages.
+ * Returns how many do: nv, or the index of the one the kernel refused. */
+static unsigned remap_source(const span_t *d, uint32_t src_id, unsigned nv, uint32_t n) {
+  uint32_t vs = src_id;
+  for (unsigned i = 0; i < nv; i++, vs = mesh_span(vs)->alias_next)
+    if (_mesh_arena_map(mesh_span(vs)->page, n, d->page) != 0) return i;
+  return nv;
+}
+
+/* Step 3 was refused at virtual span `failed` of the source's chain; no
+ * record has changed yet, and that span still maps its old pages. The
+ * spans before it map the destination's pages, writable, so the latest
+ * data of the source's objects is there: those spans are protected again,
+ * the objects written back into the source's memfd pages (a source with
+ * more than one virtual span is a destination itself), and the spans
+ * mapped onto those pages again; the rest get write permission back, and
+ * the destination forgets the copied slots. A free racing this only ever
+ * saw the source (its bits, its page-table entries). */
+static void undo_remap(span_t *d, span_t *s, uint32_t src_id, unsigned failed, uint32_t n,
+                       const uint64_t snap[MESH_BITMAP_WORDS]) {
+  note_refusal();
+  uint32_t vs = src_id;
+  unsigned i = 0;
+  if (failed > 0) {
+    for (; i < failed; i++, vs = mesh_span(vs)->alias_next)
+      if (!protect(mesh_span(vs)->page, n)) _mesh_fatal("meshing: cannot undo a refused remapping (errno %d)", errno);
+    uint32_t size = _mesh_classes[s->cls].size;
+    const char *from = (const char *)mesh_page_addr(d->page);
+    int fd = _mesh_arena_fd();
+    for (unsigned w = 0; w < mesh_bitmap_words(s); w++)
+      for (uint64_t b = snap[w]; b; b &= b - 1) {
+        size_t off = (size_t)(w * 64 + (unsigned)__builtin_ctzll(b)) * size;
+        if (fd < 0 || _mesh_os_pwrite_all(fd, from + off, size, ((size_t)s->page << MESH_PAGE_SHIFT) + off) != 0)
+          _mesh_fatal("meshing: cannot undo a refused remapping (errno %d)", errno);
+      }
+    vs = src_id;
+    for (i = 0; i < failed; i++, vs = mesh_span(vs)->alias_next)
+      if (_mesh_arena_map(mesh_span(vs)->page, n, s->page) != 0)
+        _mesh_fatal("meshing: cannot undo a refused remapping (errno %d)", errno);
   }
-  return last;
+  for (; vs; vs = mesh_span(vs)->alias_next) unprotect_or_die(mesh_span(vs)->page, n);
+  for (unsigned w = 0; w < mesh_bitmap_words(s); w++)
+    if (snap[w]) mesh_fetch_and_seq_cst(&d->bits[w], ~snap[w]);
 }
 
 /* The source's own pages: anonymous ones went with the mapping that
@@ -221,8 +274,9 @@ static void release_source_file(span_t *s, uint32_t n) {
 
 /* The source's chain (itself first, last its last record) joins the
  * destination's, and the mesh is counted. */
-static void join_chains(span_t *d, uint32_t src_id, uint32_t last, unsigned nv, uint32_t n, int delta,
-                        uint64_t copied) {
+static void join_chains(span_t *d, uint32_t src_id, unsigned nv, uint32_t n, int delta, uint64_t copied) {
+  uint32_t last = src_id;
+  while (mesh_span(last)->alias_next) last = mesh_span(last)->alias_next;
   mesh_span(last)->alias_next = d->alias_next;
   d->alias_next = src_id;
   d->naliases = (uint8_t)(d->naliases + nv);
@@ -263,13 +317,18 @@ bool _mesh_mesh_pair(uint32_t dst_id, uint32_t src_id) {
     return false;
   }
   uint64_t snap[MESH_BITMAP_WORDS] = {0};
-  uint64_t copied = copy_live(d, s, snap);            /* 2. */
-  int delta = redirect_source(dst_id, src_id, nv, n); /* 3. */
-  forward_frees(d, s, snap);                          /* 4. */
-  uint32_t last = remap_source(d, src_id, nv, n);     /* 5. */
+  uint64_t copied = copy_live(d, s, snap); /* 2. */
+  unsigned mapped = remap_source(d, src_id, nv, n); /* 3. */
+  if (mapped < nv) {
+    undo_remap(d, s, src_id, mapped, n, snap);
+    _mesh_barrier_end();
+    return false;
+  }
+  int delta = redirect_source(dst_id, src_id, nv, n); /* 4. */
+  forward_frees(d, s, snap);                          /* 5. */
   _mesh_barrier_end();
   release_source_file(s, n);
-  join_chains(d, src_id, last, nv, n, delta, copied);
+  join_chains(d, src_id, nv, n, delta, copied);
   return true;
 }
 

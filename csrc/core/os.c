@@ -81,7 +81,39 @@ uint64_t _mesh_os_fd_blocks(int fd) {
   return (uint64_t)st.st_blocks;
 }
 
+/* Fault injection for the tests (tests/c/mesh_faults.c): the calls that
+ * change an arena mapping (the MAP_FIXED mmaps and the mprotects below)
+ * count down from armed_nth; the nth one and the `count - 1` after it fail
+ * with ENOMEM before reaching the kernel, as the kernel's own do at
+ * vm.max_map_count (that check comes before the old mapping is touched).
+ * The test's `at_failure`, if any, runs first (to write objects at that
+ * moment). Disarmed (0) in every program but those tests: one relaxed load. */
+static _Atomic unsigned armed_nth, armed_count;
+static void (*armed_hook)(void);
+
+void _mesh_os_fail_mappings(unsigned nth, unsigned count, void (*at_failure)(void)) {
+  armed_hook = at_failure;
+  mesh_store_relaxed(&armed_count, count);
+  mesh_store_relaxed(&armed_nth, nth);
+}
+
+static bool injected_failure(void) {
+  unsigned n = mesh_load_relaxed(&armed_nth);
+  if (mesh_likely(n == 0)) return false;
+  if (n > 1) {
+    mesh_store_relaxed(&armed_nth, n - 1);
+    return false;
+  }
+  unsigned c = mesh_load_relaxed(&armed_count);
+  if (c <= 1) mesh_store_relaxed(&armed_nth, 0);
+  else mesh_store_relaxed(&armed_count, c - 1);
+  if (armed_hook) armed_hook();
+  errno = ENOMEM;
+  return true;
+}
+
 int _mesh_os_map_anon_fixed(void *addr, size_t len) {
+  if (injected_failure()) return -1;
   void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? -1 : 0;
 }
@@ -100,6 +132,25 @@ void *_mesh_os_reserve(size_t size, int fd) {
   return p == MAP_FAILED ? NULL : p;
 }
 
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+/* Maps fresh anonymous memory exactly at addr, and only where nothing is
+ * mapped yet: EEXIST if something is (a kernel before 4.17 takes the flag
+ * as a hint, so an answer elsewhere is undone and reported the same way). */
+int _mesh_os_map_at(void *addr, size_t len) {
+  void *p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                 -1, 0);
+  if (p == MAP_FAILED) return -1;
+  if (p != addr) {
+    munmap(p, len);
+    errno = EEXIST;
+    return -1;
+  }
+  return 0;
+}
+
 void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd) {
   char *r = mmap(NULL, size + guard, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (r == MAP_FAILED) return NULL;
@@ -115,6 +166,7 @@ void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd) {
 }
 
 int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off) {
+  if (injected_failure()) return -1;
   /* Same flags as the reservation, or the kernel will not merge neighbours.
    * The raw system call, not libc's mmap: remapping a span onto identical
    * contents is invisible to the program, but a race detector's mmap
@@ -263,11 +315,15 @@ void *_mesh_os_move_over(void *src, size_t len, void *dst) {
 }
 
 /* raw: libmesh.so's mprotect pins spans (and takes the lock this caller holds) */
-int _mesh_os_protect_read(void *addr, size_t len) { return (int)syscall(SYS_mprotect, addr, len, PROT_READ); }
+int _mesh_os_protect_read(void *addr, size_t len) {
+  if (injected_failure()) return -1;
+  return (int)syscall(SYS_mprotect, addr, len, PROT_READ);
+}
 int _mesh_os_advise_fork(void *addr, size_t len, bool dontfork) {
   return madvise(addr, len, dontfork ? MADV_DONTFORK : MADV_DOFORK);
 }
 int _mesh_os_protect_rw(void *addr, size_t len) {
+  if (injected_failure()) return -1;
   return (int)syscall(SYS_mprotect, addr, len, PROT_READ | PROT_WRITE);
 }
 

@@ -26,6 +26,7 @@ void *_mesh_os_reserve(size_t size, int fd);
  * touched, never backed) that nothing else can be mapped into. */
 void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd);
 int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off);
+int _mesh_os_map_at(void *addr, size_t len); /* MAP_FIXED_NOREPLACE: -1 with EEXIST if taken */
 int _mesh_os_punch(int fd, void *addr, size_t off, size_t len);
 void *_mesh_os_alloc(size_t size);
 void *_mesh_os_map_anon(size_t size); /* committed private memory (a direct block) */
@@ -52,6 +53,10 @@ int _mesh_os_protect_rw(void *addr, size_t len);   /* raw mprotect, read-write *
 void _mesh_os_loader_text(uintptr_t *lo, uintptr_t *len); /* the dynamic loader's code range, or 0, 0 */
 int _mesh_os_advise_fork(void *addr, size_t len, bool dontfork); /* MADV_DONTFORK / MADV_DOFORK */
 long _mesh_os_max_map_count(void);
+/* Tests only: the nth arena mapping call from now on (MAP_FIXED mmap,
+ * mprotect) and the count - 1 after it fail with ENOMEM, each after
+ * calling at_failure (if not NULL); nth 0 disarms. */
+void _mesh_os_fail_mappings(unsigned nth, unsigned count, void (*at_failure)(void));
 long _mesh_os_count_maps(void);
 void _mesh_os_after_fork_child(void); /* descriptors the child must not share */
 /* The CPU has the popcnt instruction (x86-64; cpuid, read once at init

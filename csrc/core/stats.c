@@ -27,7 +27,7 @@ _Static_assert(sizeof _mesh_pass_log % 4096 == 0, "the pass log fills whole page
   X(small_bytes_in_use, "bytes in live small objects (class size, not request size)") \
   X(small_objects_in_use, "live small objects") \
   X(bytes_in_use, "small_bytes_in_use + large_bytes_in_use + direct_bytes_in_use") \
-  X(arena_reserved_bytes, "virtual bytes reserved for the arena") \
+  X(arena_reserved_bytes, "virtual bytes of the arena mapped (all of it, arena_gb, without an address-space limit; the part grown so far under one)") \
   X(arena_base, "first address of the arena: its mappings in /proc/PID/maps are the lines within [arena_base, arena_base + arena_reserved_bytes)") \
   X(arena_committed_bytes, "arena bytes backed by memory or kept dirty: spans + dirty free pages") \
   X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \

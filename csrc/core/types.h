@@ -262,8 +262,9 @@ _Static_assert(MESH_IN_LOAD_SLOT(size_class_t, recip) && MESH_IN_LOAD_SLOT(size_
                    MESH_IN_LOAD_SLOT(size_class_t, nobjects) && sizeof(size_class_t) == 64,
                "size class zones");
 
-/* Process-wide arena description; written once at init (and by fork in the
- * child), read everywhere without a lock. */
+/* Process-wide arena description; written at init (and by fork in the
+ * child), read everywhere without a lock; under an address-space limit
+ * size, npages and max_spans grow later, under the lock (reserve.c). */
 typedef struct arena_s {
   /* line 0 */
   _Alignas(64) uint32_t npages; /* size / page */
@@ -274,8 +275,9 @@ typedef struct arena_s {
   bool memfd_mapped; /* spans may map the memfd (also once its descriptor was lost) */
   uint8_t pad0[2];
   uint64_t fd_id[2]; /* the memfd's (device, inode), checked before the descriptor is used */
-  uint8_t pad0b[16];
-  size_t size;       /* reserved bytes (load slot) */
+  size_t room;       /* bytes the arena may grow to; == size without an address-space limit (reserve.c) */
+  uint8_t pad0b[8];
+  size_t size;       /* mapped bytes (load slot): grows only under an address-space limit */
   /* line 1 */
   uint64_t pad1;
   pte_t *pagetable;  /* npages entries (load slot) */

@@ -42,9 +42,10 @@
  *                SIGALRM handler installed with a full sa_mask writes them
  *                too, while the program compacts: the process finishes and
  *                every write is counted.
- *   addr-limit   run under an address-space limit (ulimit -v): one 8 MiB
- *                block, then 1 MiB blocks until malloc fails; prints how
- *                many MiB it got (the test compares that with glibc's).
+ *   addr-limit [BYTES]  run under an address-space limit (ulimit -v): one
+ *                8 MiB block, then blocks of BYTES (1 MiB) until malloc
+ *                fails; prints how many MiB it got (the test compares that
+ *                with glibc's).
  *   stdio-reader a thread writes 300 000 numbered lines into a pipe; the
  *                main thread reads them with fgets, and with fread into a
  *                heap buffer, from FILEs whose buffers stdio allocated
@@ -651,31 +652,37 @@ static int case_blocked_writers(void) {
   return 0;
 }
 
-static int case_addr_limit(void) {
+static int case_addr_limit(size_t block) {
   void *big = malloc(8 << 20);
   if (!big) {
     fprintf(stderr, "FAIL: malloc(8 MiB) failed under the limit (errno %d)\n", errno);
     return 1;
   }
   memset(big, 1, 8 << 20);
-  static void *blk[1 << 16];
-  int n = 0;
-  while (n < (1 << 16) && (blk[n] = malloc(1 << 20))) {
-    ((char *)blk[n])[0] = 1;
+  void *head = NULL, *p; /* the blocks, linked through their first word */
+  size_t n = 0;
+  while ((p = malloc(block))) {
+    *(void **)p = head;
+    head = p;
     n++;
   }
   if (errno != ENOMEM) fprintf(stderr, "FAIL: errno %d, not ENOMEM, when malloc failed\n", errno);
-  void *r = realloc(blk[0], 3 << 20); /* grows, or fails cleanly at the limit */
-  if (r) blk[0] = r;
-  for (int i = 0; i < n; i++) free(blk[i]);
+  void *r = realloc(big, 24 << 20); /* grows, or fails cleanly at the limit */
+  if (r) big = r;
+  while (head) {
+    p = head;
+    head = *(void **)p;
+    free(p);
+  }
   free(big);
-  void *again = malloc(4 << 20); /* what was freed is there again */
-  if (!again) {
-    fprintf(stderr, "FAIL: malloc(4 MiB) failed after everything was freed\n");
+  void *again = malloc(4 << 20), *small = malloc(block); /* what was freed is there again */
+  if (!again || !small) {
+    fprintf(stderr, "FAIL: malloc failed after everything was freed\n");
     return 1;
   }
   free(again);
-  fprintf(stderr, "addr-limit: %d MiB\n", n + 8);
+  free(small);
+  fprintf(stderr, "addr-limit: %zu MiB\n", ((n * block) >> 20) + 8);
   return errno == ENOMEM || errno == 0 ? 0 : 1;
 }
 
@@ -752,7 +759,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(argv[1], "many-mappings")) rc = case_many_mappings();
   else if (!strcmp(argv[1], "dgram")) rc = case_dgram();
   else if (!strcmp(argv[1], "dgram-syscall")) raw_syscalls = 1, rc = case_dgram();
-  else if (!strcmp(argv[1], "addr-limit")) rc = case_addr_limit();
+  else if (!strcmp(argv[1], "addr-limit")) rc = case_addr_limit(argc > 2 ? (size_t)strtoull(argv[2], NULL, 0) : (size_t)1 << 20);
   else if (!strcmp(argv[1], "blocked-writers")) rc = case_blocked_writers();
   else if (!strcmp(argv[1], "mprotect")) rc = case_mprotect();
   else if (!strcmp(argv[1], "stdio-closed")) rc = case_stdio_closed();
