@@ -52,21 +52,34 @@ static inline double now_s(void) {
 }
 
 /* ---- byte patterns ---------------------------------------------------- */
-/* Byte i of a block tagged `tag`. Cheap, position dependent, never constant. */
-static inline uint8_t pat_byte(uint64_t tag, size_t i) {
-  return (uint8_t)((tag * 0x9du) ^ (i * 7u) ^ (i >> 8) ^ 0x5a);
+/* Byte i of a block tagged `tag`: cheap and position dependent. The tag
+ * goes through a 64-bit mix and each run of 8 bytes carries all of it, so
+ * two objects of 8 bytes or more whose tags differ anywhere (not only in
+ * the low byte) never hold the same pattern: a mesh that put one object's
+ * bytes in another's place is caught whatever their tags. */
+static inline uint64_t pat_key(uint64_t tag) {
+  uint64_t x = tag;
+  return splitmix64(&x);
 }
+
+static inline uint8_t pat_byte_k(uint64_t key, size_t i) {
+  return (uint8_t)((key >> (8 * (i & 7))) ^ (i * 7u) ^ (i >> 8) ^ 0x5a);
+}
+
+static inline uint8_t pat_byte(uint64_t tag, size_t i) { return pat_byte_k(pat_key(tag), i); }
 
 static inline void pat_fill(void *p, size_t n, uint64_t tag) {
   uint8_t *b = (uint8_t *)p;
-  for (size_t i = 0; i < n; i++) b[i] = pat_byte(tag, i);
+  uint64_t k = pat_key(tag);
+  for (size_t i = 0; i < n; i++) b[i] = pat_byte_k(k, i);
 }
 
 /* Returns the index of the first wrong byte, or (size_t)-1 when all match. */
 static inline size_t pat_check(const void *p, size_t n, uint64_t tag) {
   const uint8_t *b = (const uint8_t *)p;
+  uint64_t k = pat_key(tag);
   for (size_t i = 0; i < n; i++)
-    if (b[i] != pat_byte(tag, i)) return i;
+    if (b[i] != pat_byte_k(k, i)) return i;
   return (size_t)-1;
 }
 
@@ -74,18 +87,20 @@ static inline size_t pat_check(const void *p, size_t n, uint64_t tag) {
  * byte per 4 KiB in between (touching every page without costing O(n)). */
 static inline void pat_fill_sparse(void *p, size_t n, uint64_t tag, size_t edge) {
   uint8_t *b = (uint8_t *)p;
+  uint64_t k = pat_key(tag);
   if (n <= 2 * edge) { pat_fill(p, n, tag); return; }
-  for (size_t i = 0; i < edge; i++) b[i] = pat_byte(tag, i);
-  for (size_t i = n - edge; i < n; i++) b[i] = pat_byte(tag, i);
-  for (size_t i = edge; i < n - edge; i += 4096) b[i] = pat_byte(tag, i);
+  for (size_t i = 0; i < edge; i++) b[i] = pat_byte_k(k, i);
+  for (size_t i = n - edge; i < n; i++) b[i] = pat_byte_k(k, i);
+  for (size_t i = edge; i < n - edge; i += 4096) b[i] = pat_byte_k(k, i);
 }
 
 static inline size_t pat_check_sparse(const void *p, size_t n, uint64_t tag, size_t edge) {
   const uint8_t *b = (const uint8_t *)p;
+  uint64_t k = pat_key(tag);
   if (n <= 2 * edge) return pat_check(p, n, tag);
-  for (size_t i = 0; i < edge; i++) if (b[i] != pat_byte(tag, i)) return i;
-  for (size_t i = n - edge; i < n; i++) if (b[i] != pat_byte(tag, i)) return i;
-  for (size_t i = edge; i < n - edge; i += 4096) if (b[i] != pat_byte(tag, i)) return i;
+  for (size_t i = 0; i < edge; i++) if (b[i] != pat_byte_k(k, i)) return i;
+  for (size_t i = n - edge; i < n; i++) if (b[i] != pat_byte_k(k, i)) return i;
+  for (size_t i = edge; i < n - edge; i += 4096) if (b[i] != pat_byte_k(k, i)) return i;
   return (size_t)-1;
 }
 
