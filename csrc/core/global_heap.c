@@ -120,8 +120,8 @@ static uint32_t new_small_span(unsigned cls) {
   uint32_t k = sc->npages >= 64 ? 1 : 64 / sc->npages;
   if (k > 1 && _mesh_arena_has_dirty(sc->npages)) k = 1;
   bool clean;
-  uint32_t id = _mesh_arena_alloc_span(sc->npages * k, 1, &clean);
-  if (!id && k > 1) id = _mesh_arena_alloc_span(sc->npages * (k = 1), 1, &clean);
+  uint32_t id = _mesh_arena_alloc_span(sc->npages * k, 1, false, &clean);
+  if (!id && k > 1) id = _mesh_arena_alloc_span(sc->npages * (k = 1), 1, false, &clean);
   if (!id) return MESH_NIL;
   uint32_t ids[64];
   _mesh_arena_split(id, sc->npages, k, ids);
@@ -221,7 +221,7 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   uint32_t align_pages = align > MESH_PAGE_SIZE ? (uint32_t)(align >> MESH_PAGE_SHIFT) : 1;
   bool clean = false;
   _mesh_lock();
-  uint32_t id = _mesh_arena_alloc_span(npages, align_pages, &clean);
+  uint32_t id = _mesh_arena_alloc_span(npages, align_pages, true, &clean);
   if (!id) { /* the arena is full: a mapping of its own, as far as the OS allows */
     _mesh_unlock();
     return _mesh_direct_alloc(size, align);
@@ -273,8 +273,11 @@ bool _mesh_large_resize(const void *p, size_t size) {
   span_t *s = mesh_span(id);
   if (id && mesh_load_relaxed(&s->state) == SPAN_LARGE && (uintptr_t)p == mesh_page_addr(s->page)) {
     uint32_t have = s->npages;
-    if (want > have) ok = _mesh_arena_grow_span(id, want - have);
-    else if (want < have) _mesh_arena_shrink_span(id, want), ok = true;
+    if (want > have) {
+      ok = _mesh_arena_grow_span(id, want - have);
+      if (ok) mesh_stat_add(large_grown_in_place, 1);
+      else mesh_stat_add(large_grow_moved, 1); /* realloc copies it */
+    } else if (want < have) _mesh_arena_shrink_span(id, want), ok = true;
     else ok = true;
     if (ok) {
       mesh_stat_sub(large_bytes_in_use, (uint64_t)have << MESH_PAGE_SHIFT);
