@@ -8,6 +8,11 @@
  * with their neighbours, and scavenging and decay return dirty runs to the
  * OS. Span records and the page table are span.c's.
  *
+ * Placement: a live large block owns the free pages right after it, where
+ * realloc grows it in place (_mesh_arena_grow_span). Other spans keep out
+ * of that room while they can (after_large, place_in_run, cut_top), so
+ * that threads growing blocks at once do not copy each other away.
+ *
  * Invariants (checked by _mesh_arena_validate):
  *   - pages [0, top) are tiled exactly by span records: walking from page 0
  *     by each record's npages visits every live span and free run once;
