@@ -1,5 +1,6 @@
-"""The core is clean under sanitizers: test_api and fork under ASan+UBSan
-(clang, MESH_DEBUG=3), the threaded stress under TSan.
+"""The core is clean under sanitizers: test_api, fork and concurrent realloc
+growth under ASan+UBSan (clang, MESH_DEBUG=3), the threaded stress and
+concurrent realloc growth under TSan.
 
 The test programs are linked against the core sources, so the sanitizers
 instrument the core itself while libc's malloc (intercepted by ASan/TSan) is
@@ -66,6 +67,16 @@ def test_undoing_a_mesh_the_kernel_refused_is_clean_under_asan_ubsan(helpers, cb
 def test_stress_is_clean_under_tsan(helpers, cbuild, seed):
     r = run_sanitized(helpers, cbuild("stress", "tsan"), [seed, 3, 200000, 200], timeout=500)
     assert "stress ok" in r.stdout
+
+
+def test_concurrent_realloc_growth_is_clean_under_tsan(helpers, cbuild):
+    r = run_sanitized(helpers, cbuild("realloc_grow", "tsan"), [3, 8, 512, 9], timeout=500)
+    assert "realloc_grow ok" in r.stdout
+
+
+def test_concurrent_realloc_growth_is_clean_under_asan_ubsan(helpers, cbuild):
+    r = run_sanitized(helpers, cbuild("realloc_grow", "asan"), [3, 8, 512, 10], timeout=500)
+    assert "realloc_grow ok" in r.stdout
 
 
 PLANTED = {

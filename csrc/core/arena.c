@@ -8,6 +8,11 @@
  * with their neighbours, and scavenging and decay return dirty runs to the
  * OS. Span records and the page table are span.c's.
  *
+ * Placement: a live large block owns the free pages right after it, where
+ * realloc grows it in place (_mesh_arena_grow_span). Other spans keep out
+ * of that room while they can (after_large, place_in_run, cut_top), so
+ * that threads growing blocks at once do not copy each other away.
+ *
  * Invariants (checked by _mesh_arena_validate):
  *   - pages [0, top) are tiled exactly by span records: walking from page 0
  *     by each record's npages visits every live span and free run once;
@@ -138,6 +143,46 @@ static uint32_t run_find(bool d, uint32_t npages, uint32_t align_pages) {
   return MESH_NIL;
 }
 
+/* Whether the page before page is the last of a live large span. Such a
+ * block owns the free room right after it: realloc grows it there, in
+ * place, and other threads' spans carved next to it would make it copy
+ * itself elsewhere at its next growth (two threads growing blocks used to
+ * leapfrog so, copying at most steps). */
+static bool after_large(uint32_t page) {
+  if (page == 0) return false;
+  uint32_t id = (uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[page - 1]);
+  span_t *s = mesh_span(id);
+  return id && mesh_load_relaxed(&s->state) == SPAN_LARGE && s->page + s->npages == page;
+}
+
+/* A run for a large span: a block that may grow wants room, so the runs of
+ * the biggest bin come first (the first few that follow no large block,
+ * else the first that fits), then any run that fits. */
+static uint32_t run_find_roomy(bool d, uint32_t npages) {
+  uint64_t mask = free_bins_nonempty[d];
+  if (!mask) return MESH_NIL;
+  unsigned b = 63u - (unsigned)__builtin_clzll(mask), seen = 0;
+  uint32_t fallback = MESH_NIL;
+  for (uint32_t id = free_bins[d][b]; id && seen < 8; id = mesh_span(id)->next, seen++) {
+    span_t *r = mesh_span(id);
+    if (r->npages < npages) continue;
+    if (!after_large(r->page)) return id;
+    if (!fallback) fallback = id;
+  }
+  return fallback ? fallback : run_find(d, npages, 1);
+}
+
+/* Pages to skip at the start of run (page, n) for a span of npages: none,
+ * unless the run follows a large block, whose room it is. Then a small
+ * span takes the run's end, and so does a large one where the run ends at
+ * the top (it grows on past it); elsewhere a large span takes the middle,
+ * and the two blocks share the room. */
+static uint32_t place_in_run(uint32_t page, uint32_t n, uint32_t npages, bool large) {
+  if (!after_large(page)) return 0;
+  if (large && page + n != top) return (n - npages) / 2;
+  return n - npages;
+}
+
 /* Decay. dirty_low_mark is the fewest dirty pages since the epoch began:
  * that many pages went unused through the whole epoch, so the program did
  * not need them (_mesh_arena_decay returns them). Kept exact by note_dirty
@@ -149,60 +194,85 @@ static void note_dirty(void) {
   if (d < dirty_low_mark) dirty_low_mark = d;
 }
 
-uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *clean) {
+/* Cuts a span of npages from free run run (of the kind dirty), aligned to
+ * align_pages or else placed by place_in_run; the unused head and tail go
+ * back as runs of the same kind. Returns the first page; *npages grows if
+ * no record is left to describe the tail. */
+static uint32_t cut_run(uint32_t run, bool dirty, uint32_t *npages, uint32_t align_pages, bool large) {
+  span_t *r = mesh_span(run);
+  run_unlink(run);
+  uint32_t rpage = r->page, rn = r->npages;
+  uint32_t gap = align_pages > 1 ? align_gap(rpage, align_pages) : place_in_run(rpage, rn, *npages, large);
+  uint32_t start = rpage + gap, tail = rn - gap - *npages;
+  if (dirty) mesh_stat_sub(dirty_pages, rn);
+  if (gap) {
+    r->npages = gap;
+    run_insert(run, dirty);
+    if (dirty) mesh_stat_add(dirty_pages, gap);
+    run = MESH_NIL;
+  }
+  if (tail) {
+    uint32_t t = run ? run : _mesh_span_record_new();
+    if (t) {
+      mesh_span(t)->page = start + *npages;
+      mesh_span(t)->npages = tail;
+      run_insert(t, dirty);
+      if (dirty) mesh_stat_add(dirty_pages, tail);
+      run = MESH_NIL;
+    } else {
+      *npages += tail; /* out of records: keep the tail inside the span */
+    }
+  }
+  if (run) _mesh_span_record_free(run);
+  if (dirty) note_dirty(); /* after the head and tail went back */
+  return start;
+}
+
+/* Takes npages from the untouched pages at the top, after a clean run of
+ * the pages that align them or, above a large block, of as many pages as
+ * that block has: its room to double in place. Untouched pages cost only
+ * address space, so that room is left only inside the part of the arena
+ * already mapped (all of it but under an address-space limit, where it
+ * would bring ENOMEM closer). Returns the first page, or UINT32_MAX. */
+static uint32_t cut_top(uint32_t npages, uint32_t align_pages) {
+  uint32_t gap = align_gap(top, align_pages);
+  if (align_pages <= 1 && after_large(top)) {
+    gap = mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[top - 1]))->npages;
+    if ((uint64_t)top + gap + npages > _mesh_arena.npages) gap = 0;
+  }
+  uint64_t end = (uint64_t)top + gap + npages;
+  if (end > _mesh_arena.npages && !_mesh_arena_grow(end)) return UINT32_MAX;
+  if (gap) {
+    uint32_t g = _mesh_span_record_new();
+    if (!g) return UINT32_MAX;
+    mesh_span(g)->page = top;
+    mesh_span(g)->npages = gap;
+    top += gap;
+    run_insert(g, false);
+  }
+  uint32_t start = top;
+  top += npages;
+  mesh_stat_set(arena_top_pages, top);
+  return start;
+}
+
+uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool large, bool *clean) {
   uint32_t id = _mesh_span_record_new();
   if (!id) return MESH_NIL;
   uint32_t start;
-  uint32_t run = run_find(true, npages, align_pages);
+  bool roomy = large && align_pages <= 1;
+  uint32_t run = roomy ? run_find_roomy(true, npages) : run_find(true, npages, align_pages);
   bool dirty = run != MESH_NIL;
-  if (!run) run = run_find(false, npages, align_pages);
+  if (!run) run = roomy ? run_find_roomy(false, npages) : run_find(false, npages, align_pages);
   if (run) {
-    span_t *r = mesh_span(run);
-    run_unlink(run);
-    uint32_t gap = align_gap(r->page, align_pages);
-    uint32_t rpage = r->page, rn = r->npages;
-    start = rpage + gap;
-    if (dirty) mesh_stat_sub(dirty_pages, rn);
-    /* the unused head and tail go back as runs of the same kind */
-    uint32_t tail = rn - gap - npages;
-    if (gap) {
-      r->npages = gap;
-      run_insert(run, dirty);
-      if (dirty) mesh_stat_add(dirty_pages, gap);
-      run = MESH_NIL;
-    }
-    if (tail) {
-      uint32_t t = run ? run : _mesh_span_record_new();
-      if (t) {
-        mesh_span(t)->page = start + npages;
-        mesh_span(t)->npages = tail;
-        run_insert(t, dirty);
-        if (dirty) mesh_stat_add(dirty_pages, tail);
-        run = MESH_NIL;
-      } else {
-        npages += tail; /* out of records: keep the tail inside the span */
-      }
-    }
-    if (run) _mesh_span_record_free(run);
-    if (dirty) note_dirty(); /* after the head and tail went back */
+    start = cut_run(run, dirty, &npages, align_pages, large);
     *clean = !dirty;
   } else {
-    uint32_t gap = align_gap(top, align_pages);
-    if ((uint64_t)top + gap + npages > _mesh_arena.npages && !_mesh_arena_grow((uint64_t)top + gap + npages)) {
+    start = cut_top(npages, align_pages);
+    if (start == UINT32_MAX) {
       _mesh_span_record_free(id);
       return MESH_NIL;
     }
-    if (gap) {
-      uint32_t g = _mesh_span_record_new();
-      if (!g) { _mesh_span_record_free(id); return MESH_NIL; }
-      mesh_span(g)->page = top;
-      mesh_span(g)->npages = gap;
-      top += gap;
-      run_insert(g, false);
-    }
-    start = top;
-    top += npages;
-    mesh_stat_set(arena_top_pages, top);
     *clean = true;
   }
   if (*clean) mesh_stat_add(fresh_pages_total, npages); /* demand for new memory (trigger.c, pacing) */

@@ -162,6 +162,8 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(large_alloc_count, "large (> 16 KiB) allocations") \
   X(large_free_count, "large frees") \
   X(large_bytes_in_use, "bytes in live large spans (page rounded)") \
+  X(large_grown_in_place, "large blocks grown by realloc into the free pages after them") \
+  X(large_grow_moved, "large blocks realloc had to copy to grow (the pages after them were taken)") \
   X(direct_alloc_count, "large blocks mapped on their own, outside the arena (it could not hold them: address-space limit)") \
   X(direct_free_count, "direct blocks freed") \
   X(direct_bytes_in_use, "bytes in live direct blocks (page rounded)") \
@@ -279,9 +281,11 @@ bool _mesh_arena_grow(uint64_t pages);
 /* ---- arena.c (global lock held for everything that changes state) ---- */
 extern arena_t _mesh_arena;
 /* A span of npages whose first page is aligned to align_pages (power of
- * two, 1 = any); sets its page-table entries. *clean says whether the pages
- * are known zero. Returns MESH_NIL when the arena is exhausted. */
-uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool *clean);
+ * two, 1 = any); sets its page-table entries. large: for a large block,
+ * which may grow in place and so is placed with room after it. *clean
+ * says whether the pages are known zero. Returns MESH_NIL when the arena
+ * is exhausted. */
+uint32_t _mesh_arena_alloc_span(uint32_t npages, uint32_t align_pages, bool large, bool *clean);
 /* Returns the span's pages as a dirty free run, clears its page-table
  * entries and recycles the record. May scavenge. */
 void _mesh_arena_free_span(uint32_t id);
