@@ -1,6 +1,6 @@
 """The core is clean under sanitizers: test_api, fork and concurrent realloc
-growth under ASan+UBSan (clang, MESH_DEBUG=3), the threaded stress and
-concurrent realloc growth under TSan.
+growth under ASan+UBSan (clang, MESH_DEBUG=3), the threaded stress,
+concurrent realloc growth and threads racing initialisation under TSan.
 
 The test programs are linked against the core sources, so the sanitizers
 instrument the core itself while libc's malloc (intercepted by ASan/TSan) is
@@ -72,6 +72,16 @@ def test_stress_is_clean_under_tsan(helpers, cbuild, seed):
 def test_concurrent_realloc_growth_is_clean_under_tsan(helpers, cbuild):
     r = run_sanitized(helpers, cbuild("realloc_grow", "tsan"), [3, 8, 512, 9], timeout=500)
     assert "realloc_grow ok" in r.stdout
+
+
+def test_first_allocations_of_threads_racing_initialisation_are_clean_under_tsan(helpers, cbuild):
+    """A fresh process each time: initialisation happens once per process.
+    Before the size-class table was read with atomics, every run reported a
+    data race (5 of 5)."""
+    exe = cbuild("init_race", "tsan")
+    for _ in range(5):
+        r = run_sanitized(helpers, exe, [4], timeout=120)
+        assert "init_race ok" in r.stdout, r.describe()
 
 
 def test_concurrent_realloc_growth_is_clean_under_asan_ubsan(helpers, cbuild):

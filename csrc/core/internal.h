@@ -239,10 +239,14 @@ void _mesh_size_classes_init(void);
  * the arithmetic needs (bsr) made the malloc+free pair 3-5 ns slower above
  * 512 bytes on the AMD machine this is measured on. */
 #define MESH_CLASS_BY_128_SLOT(i) ((((i) >> 5) << 6) | ((i) & 15) | (((i) & 16) * 3))
-extern uint8_t _mesh_class_by_128[(MESH_SMALL_MAX / 128 / 32 + 1) * 64];
+/* Atomic (relaxed: plain loads on x86-64) because the fast path may read it
+ * while the first allocations of two threads race initialisation: the
+ * sentinel heap then sends the allocation to the slow path whatever class
+ * was read, but the read itself must not be a data race. */
+extern _Atomic uint8_t _mesh_class_by_128[(MESH_SMALL_MAX / 128 / 32 + 1) * 64];
 /* The class of a size 513..MESH_SMALL_MAX (mesh_class_of computes it up to 1 KiB). */
 MESH_INLINE unsigned mesh_class_above_512(size_t size) {
-  return _mesh_class_by_128[MESH_CLASS_BY_128_SLOT((size + 127) >> 7)];
+  return mesh_load_relaxed(&_mesh_class_by_128[MESH_CLASS_BY_128_SLOT((size + 127) >> 7)]);
 }
 /* The class of a size 0..MESH_SMALL_MAX (0 is served as 16 bytes). */
 MESH_INLINE unsigned mesh_class_of(size_t size) {

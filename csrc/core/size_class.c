@@ -19,7 +19,7 @@
 #include "internal.h"
 
 size_class_t _mesh_classes[MESH_NUM_CLASSES];
-_Alignas(64) uint8_t _mesh_class_by_128[(MESH_SMALL_MAX / 128 / 32 + 1) * 64];
+_Alignas(64) _Atomic uint8_t _mesh_class_by_128[(MESH_SMALL_MAX / 128 / 32 + 1) * 64];
 
 static uint32_t class_size(unsigned c) {
   if (c < 32) return 16u * (c + 1);
@@ -57,7 +57,7 @@ void _mesh_size_classes_init(void) {
   unsigned c = 0;
   for (unsigned i = 0; i <= MESH_SMALL_MAX / 128; i++) {
     while (_mesh_classes[c].size < i * 128u) c++;
-    _mesh_class_by_128[MESH_CLASS_BY_128_SLOT(i)] = (uint8_t)c;
+    mesh_store_relaxed(&_mesh_class_by_128[MESH_CLASS_BY_128_SLOT(i)], (uint8_t)c);
   }
   /* mesh_class_of must give the smallest class that holds the size. Each of
    * its pieces is monotonic in the size, so being right at both ends of
