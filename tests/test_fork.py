@@ -36,3 +36,10 @@ def test_fork_while_meshing_eagerly(helpers, cbuild, eager_meshing_env, case):
 @pytest.mark.parametrize("case", ["isolation", "threads", "nested", "spawn"])
 def test_fork_isolation_without_memfd(helpers, cbuild, case):
     run_fork_case(helpers, cbuild, case, MESH_MEMFD="0")
+
+
+@pytest.mark.parametrize("case", ["isolation", "threads", "nested", "snapshot"])
+def test_fork_copy_fallback_stays_exact(helpers, cbuild, case):
+    """MESH_FORK_FREEZE=0 takes the path a fork falls back to when the
+    memfd cannot be frozen: the parent copies the meshed pages."""
+    run_fork_case(helpers, cbuild, case, MESH_FORK_FREEZE="0")

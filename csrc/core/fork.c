@@ -80,8 +80,10 @@ static bool pinned_at(uint32_t pg) {
   return mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[pg]))->flags & SPAN_PINNED;
 }
 
-/* Calls fn for every virtual span backed by the memfd, in address order.
- * Lock held (or in the child, single-threaded). */
+/* Calls fn for every virtual span backed by the current memfd, in address
+ * order: a frozen generation's ranges are private mappings already, which
+ * the kernel's fork copies exactly. Lock held (or in the child,
+ * single-threaded). */
 static void each_range(range_fn fn, void *arg) {
   uint32_t top = _mesh_arena_top();
   for (uint32_t pg = 0; pg < top;) {
@@ -94,7 +96,9 @@ static void each_range(range_fn fn, void *arg) {
     span_t *s = mesh_span(id);
     uint32_t n = s->npages ? s->npages : 1;
     uint8_t st = mesh_load_relaxed(&s->state);
-    if (st == SPAN_RETIRED)
+    if (mesh_span_gen(s))
+      ;
+    else if (st == SPAN_RETIRED)
       fn(pg, n, (uint32_t)mesh_load_relaxed(&s->bits[0]), RANGE_RETIRED, arg);
     else if ((uint32_t)(e >> 32) == pg && s->page != pg)
       fn(pg, n, s->page, RANGE_ALIAS, arg);
@@ -246,6 +250,109 @@ static void drop_copy(void) {
   child_copy_len = 0;
 }
 
+/* ---- freezing ------------------------------------------------------------ */
+
+static void count_all(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)vpage;
+  (void)phys;
+  (void)kind;
+  *(size_t *)arg += n;
+}
+
+/* A range the freeze could not undo should the kernel refuse a remap
+ * midway: not protected, so a write may have reached a private page of it
+ * (pinned, or a system call is writing into it). */
+static void count_unguarded(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)phys;
+  (void)kind;
+  uintptr_t lo = mesh_page_addr(vpage);
+  if (pinned_at(vpage) || _mesh_syscall_overlaps(lo, lo + ((uintptr_t)n << MESH_PAGE_SHIFT))) ++*(unsigned *)arg;
+}
+
+typedef struct {
+  int fd;              /* the memfd being frozen */
+  unsigned done, undone; /* ranges remapped privately; of those, put back */
+  bool refused;
+} freeze_t;
+
+static void freeze_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)kind;
+  freeze_t *f = arg;
+  if (f->refused) return;
+  if (_mesh_os_map_frozen((void *)mesh_page_addr(vpage), (size_t)n << MESH_PAGE_SHIFT, f->fd,
+                          (size_t)phys << MESH_PAGE_SHIFT) != 0)
+    f->refused = true;
+  else
+    f->done++;
+}
+
+/* The first f->done ranges go back onto the shared file, protected again:
+ * nothing wrote them meanwhile, so the file holds all their bytes. */
+static void thaw_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)kind;
+  freeze_t *f = arg;
+  if (f->undone == f->done) return;
+  f->undone++;
+  void *addr = (void *)mesh_page_addr(vpage);
+  size_t len = (size_t)n << MESH_PAGE_SHIFT;
+  if (_mesh_os_map_fixed(addr, len, f->fd, (size_t)phys << MESH_PAGE_SHIFT) != 0 ||
+      _mesh_os_protect_read(addr, len) != 0)
+    _mesh_fatal("fork: cannot undo a refused freeze of the meshed heap (errno %d)", errno);
+}
+
+/* The generation's number goes on the destinations and retired ranges
+ * (an alias is frozen with its destination). */
+static void mark_frozen(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)n;
+  (void)phys;
+  if (kind == RANGE_ALIAS) return;
+  span_t *s = mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[vpage]));
+  s->flags = (uint8_t)(s->flags | (*(unsigned *)arg << SPAN_GEN_SHIFT));
+}
+
+/* Freezes the current memfd (the top comment's way): every range of it,
+ * all protected, is mapped privately at the same offsets, then given write
+ * permission back, and the arena moves to a new memfd. The kernel counts
+ * the same mappings as before (neighbours of one file stay contiguous).
+ * Returns false with every range as it was, protected and shared, where
+ * a range is not protected or the kernel refuses: the copy is made then.
+ * Locks held, barrier open. */
+static bool freeze(int unprotected) {
+  unsigned unguarded = 0;
+  each_range(count_unguarded, &unguarded);
+  int old = _mesh_arena_fd();
+  uint64_t id[2];
+  int fd = unprotected || unguarded || old < 0 || !mesh_opt(MESH_OPT_FORK_FREEZE) ? -1 : _mesh_arena_new_memfd(id);
+  if (fd < 0) return false;
+  freeze_t f = {old, 0, 0, false};
+  each_range(freeze_range, &f);
+  if (f.refused) {
+    each_range(thaw_range, &f);
+    _mesh_os_close(fd);
+    mesh_stat_add(mesh_remap_failures, 1);
+    return false;
+  }
+  if (each_run(unprotect, NULL) != 0)
+    _mesh_fatal("fork: cannot make frozen meshed pages writable again (errno %d)", errno);
+  size_t pages = 0;
+  each_range(count_all, &pages); /* before the marks: they end each_range's visits */
+  unsigned gen = _mesh_arena_next_gen();
+  each_range(mark_frozen, &gen);
+  mesh_stat_add(frozen_pages, pages);
+  mesh_stat_set(promoted_pages, 0);
+  _mesh_arena_switch_memfd(fd, id);
+  mesh_stat_add(freezes, 1);
+  return true;
+}
+
+static void note_prepared(uint64_t t0, uint64_t copied) {
+  uint64_t ns = _mesh_os_now_ns() - t0;
+  mesh_stat_add(fork_count, 1);
+  mesh_stat_set(fork_copy_bytes_last, copied);
+  mesh_stat_set(fork_copy_ns_last, ns);
+  if (ns > mesh_stat_get(fork_copy_ns_max)) mesh_stat_set(fork_copy_ns_max, ns);
+}
+
 static void prepare_child_heap(void);
 
 static void prepare(void) {
@@ -258,7 +365,10 @@ static void prepare(void) {
   child_taken = false;
   copy_failed = false;
   child_received_memfd = false;
-  if (_mesh_arena.memfd_mapped && (mesh_stat_get(promoted_pages) || mesh_stat_get(retired_pages))) prepare_child_heap();
+  size_t current = 0; /* pages of the current memfd's ranges: a frozen generation needs nothing */
+  if (_mesh_arena.memfd_mapped && (mesh_stat_get(promoted_pages) || mesh_stat_get(retired_pages)))
+    each_range(count_all, &current);
+  if (current) prepare_child_heap();
   _mesh_stats_page_before_fork(); /* last: the counters as the child will start */
 }
 
@@ -272,8 +382,14 @@ static void prepare_child_heap(void) {
    * child inherits the parent's mapping until its handler maps the copy. */
   guarded = _mesh_barrier_ensure();
   _mesh_barrier_begin();
+  int unprotected = guarded ? each_run(protect_unless_in_call, NULL) : 1;
+  if (freeze(unprotected)) {
+    _mesh_barrier_end(); /* the kernel's clone copies private mappings exactly */
+    note_prepared(t0, 0);
+    errno = saved;
+    return;
+  }
   if (guarded) {
-    each_run(protect_unless_in_call, NULL);
     /* refused (mapping limit): the child maps over what it inherits */
     bool dontfork = true;
     each_run(advise, &dontfork);
@@ -287,11 +403,7 @@ static void prepare_child_heap(void) {
     copy_failed = true;
   }
   mesh_store_release(&fork_parent, (int32_t)syscall(SYS_getpid));
-  uint64_t ns = _mesh_os_now_ns() - t0;
-  mesh_stat_add(fork_count, 1);
-  mesh_stat_set(fork_copy_bytes_last, copied < 0 ? 0 : (uint64_t)copied);
-  mesh_stat_set(fork_copy_ns_last, ns);
-  if (ns > mesh_stat_get(fork_copy_ns_max)) mesh_stat_set(fork_copy_ns_max, ns);
+  note_prepared(t0, copied < 0 ? 0 : (uint64_t)copied);
   errno = saved;
 }
 
