@@ -305,6 +305,8 @@ static int check_alias(uint32_t pg, uint32_t id, const span_t *s) {
   if (!a || mesh_load_relaxed(&mesh_span(a)->state) != SPAN_ALIAS || mesh_load_relaxed(&mesh_span(a)->mesh_dst) != id)
     BAD("page %u: alias of span %u without a matching alias record\n", pg, id);
   if (!(s->flags & SPAN_FILE)) BAD("page %u: alias of span %u, which is not in the memfd\n", pg, id);
+  /* a frozen span meshed as a source would keep its generation here */
+  if (a && mesh_span_gen(mesh_span(a))) BAD("page %u: alias record %u carries a frozen generation\n", pg, a);
   uint32_t m = entry_mismatch(pg, s->npages, id);
   if (m != UINT32_MAX) BAD("alias at page %u: page %u entry mismatch\n", pg, m);
   return bad;
