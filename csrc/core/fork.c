@@ -2,50 +2,64 @@
  *
  * Most of the arena is private anonymous memory (arena.c), and so is every
  * piece of metadata (span records, page table, thread heaps): the kernel's
- * copy-on-write gives the child an exact snapshot of those at no cost, and
- * parent and child share each page until one of them writes it. Only the
- * meshing destinations live in the shared memfd, with every alias mapped
- * onto them; in a plain fork those would stay the same pages in both
- * processes. So the parent prepares the child's copy of them before the
- * clone:
+ * copy-on-write gives the child an exact snapshot of those at no cost.
+ * Only the meshing destinations live in the memfd, shared, with every alias
+ * mapped onto them; in a plain fork those would stay the same pages in
+ * both processes. So prepare (the parent, last of the prepare handlers,
+ * the locks taken) opens a meshing barrier, write-protects every virtual
+ * range of the current memfd (destinations, aliases, retired ranges; a
+ * thread that writes one now waits in the barrier) and then, normally,
+ * freezes the memfd:
  *
- *   prepare (the parent, last of the prepare handlers; the locks taken):
- *     1. open a meshing barrier and write-protect every virtual range backed
- *        by the memfd (destinations, aliases, retired ranges): a thread that
- *        writes one now waits in the barrier until the fork is over;
- *     2. mark those ranges MADV_DONTFORK: the child gets no mapping there;
- *     3. copy the destinations' pages into a new memfd, the child's, at the
- *        same offsets (holes skipped), and take a snapshot of the counters.
- *   clone.
+ *   1. each range is mapped again, MAP_PRIVATE, onto the same offsets of
+ *      the same file (still read-only): the contents are the file's, so
+ *      nothing is copied;
+ *   2. the ranges get write permission back, the barrier ends, and the
+ *      arena moves to a new memfd for every later promotion; the old
+ *      descriptor is closed (the private mappings keep the file). Its
+ *      spans carry the generation's number and are never meshed again
+ *      (memfd.c, "Frozen generations").
+ *   clone: the kernel copies private mappings exactly, page by page on the
+ *   first write of either process, as it does anonymous memory. Nobody
+ *   writes the frozen file again, so parent and children share every
+ *   meshed page they do not write. The child makes its own memfd for its
+ *   own meshes (child_own_memfd): the parent's new one is not its.
+ *
+ * So fork costs O(mappings) once per generation (a later fork with nothing
+ * promoted since does nothing at all), and it is an exact snapshot at the
+ * clone even with other threads writing: no write is lost by the remap
+ * (the protection holds writers back, the file has every byte) and after
+ * it the mappings are private, like anonymous memory.
+ *
+ * The copy, the fallback. Where a freeze cannot be undone should the kernel
+ * refuse a remap midway (a range left writable: pinned spans, whose
+ * protection the program set, and ranges a wrapped system call is writing
+ * into, barrier.c), where the kernel refuses one (the done ranges are then
+ * put back on the shared file, untouched since they were protected), or
+ * without a new memfd or with MESH_FORK_FREEZE=0, prepare copies instead:
+ *
+ *   prepare: mark the ranges MADV_DONTFORK (the child gets no mapping
+ *     there), copy the destinations' pages into a new memfd, the child's,
+ *     at the same offsets (holes skipped), snapshot the counters.
  *   parent: drop DONTFORK and the protection, end the barrier, close the
- *     child's memfd, unlock. Nothing the parent writes from now on can reach
- *     the child: the child has no mapping of the parent's memfd.
+ *     child's memfd, unlock.
  *   child: map the new memfd over the ranges (destinations at their own
- *     pages, aliases onto their destination's): the child keeps its savings
- *     and can go on meshing. glibc runs code in the child before any atfork
- *     handler (it resets the locks of every stdio FILE, which may sit in a
- *     meshed span); such an access finds no mapping and faults, and the
- *     barrier's handler then maps the child's heap first
- *     (_mesh_fork_child_fault), so no access of the child ever reads the
- *     parent's memory after the clone.
+ *     pages, aliases onto their destination's). glibc runs code in the
+ *     child before any atfork handler (it resets the locks of every stdio
+ *     FILE, which may sit in a meshed span); such an access finds no
+ *     mapping and faults, and the barrier's handler then maps the child's
+ *     heap first (_mesh_fork_child_fault).
  *
- * So fork costs O(meshed pages + mappings), not O(heap), and is an exact
- * snapshot at the clone even with other threads writing: writes before
- * prepare's protection are in the copy, later ones wait for the fork. Not
- * protected, because that would break the program: a range a wrapped
- * system call (barrier.c) is already writing into (it would fail with
- * EFAULT), and pinned spans (protections the program set, stdio buffers);
- * a write racing the fork there may or may not reach the child, as with any
- * write racing a fork. Without our fault handler installed nothing is
- * protected or marked DONTFORK at all.
- *
- * Without a memfd for the child (descriptor table full, seccomp), the copy
- * goes into private anonymous memory instead, one copy per virtual range
- * (aliases cannot share it), which the child moves into place with mremap;
- * that child runs without meshing. vfork and posix_spawn run no atfork
- * handler and share memory until exec, which needs nothing. A fork made
- * without atfork handlers (a raw clone system call) shares the memfd's
- * pages, and only those, with its parent.
+ * That costs O(meshed pages) a fork. A write racing the fork into an
+ * unprotected range may or may not reach the child, as with any write
+ * racing a fork. Without our fault handler installed nothing is protected,
+ * frozen or marked DONTFORK. Without a memfd for the child (descriptor
+ * table full, seccomp), the copy goes into private anonymous memory, one
+ * copy per virtual range (aliases cannot share it), which the child moves
+ * into place with mremap; that child runs without meshing. vfork and
+ * posix_spawn run no atfork handler and share memory until exec, which
+ * needs nothing. A fork made without atfork handlers (a raw clone system
+ * call) shares the current memfd's pages, and only those, with its parent.
  *
  * Locks: prepare takes the orphan lock then the global lock (the
  * documented order); the child re-initialises both, the parent releases
@@ -372,14 +386,15 @@ static void prepare(void) {
   _mesh_stats_page_before_fork(); /* last: the counters as the child will start */
 }
 
-/* Steps 1-3 above. Locks held. */
+/* The freeze, or else the copy (the top comment). Locks held. */
 static void prepare_child_heap(void) {
   int saved = errno;
   uint64_t t0 = _mesh_os_now_ns();
   /* Our fault handler first, for the child's faults (a handler installed
    * on top of it since the last pass is chained, not lost). Without it
-   * nothing may be protected: the ranges are copied as they are, and the
-   * child inherits the parent's mapping until its handler maps the copy. */
+   * nothing may be protected, so nothing is frozen: the ranges are copied
+   * as they are, and the child inherits the parent's mapping until its
+   * handler maps the copy. */
   guarded = _mesh_barrier_ensure();
   _mesh_barrier_begin();
   int unprotected = guarded ? each_run(protect_unless_in_call, NULL) : 1;

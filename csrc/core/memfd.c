@@ -7,7 +7,7 @@
  * over it; SPAN_FILE), so that the virtual spans meshed onto it (aliases)
  * can map the same pages. Everything else never touches the memfd: a fork
  * child shares it copy-on-write through the kernel, exactly, and only the
- * memfd's pages need a copy of their own (fork.c). A destination that is
+ * memfd's pages need fork.c's care (frozen, or copied). A destination that is
  * freed, and every alias, get fresh anonymous pages back (and become clean
  * free runs of arena.c), or are retired when the kernel refuses.
  *
