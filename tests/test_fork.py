@@ -45,7 +45,7 @@ def test_fork_copy_fallback_stays_exact(helpers, cbuild, case):
     run_fork_case(helpers, cbuild, case, MESH_FORK_FREEZE="0")
 
 
-FROZEN_CASES = ["shared", "never", "second"]
+FROZEN_CASES = ["shared", "never", "second", "refused"]
 
 
 def run_frozen_case(helpers, cbuild, case, config="release", **env):
@@ -59,11 +59,12 @@ def run_frozen_case(helpers, cbuild, case, config="release", **env):
 def test_fork_shares_the_meshed_pages_with_its_children(helpers, cbuild, case):
     """tests/c/fork_frozen.c: idle children add next to nothing for the
     meshed pages, frozen spans are never meshed again, a second fork
-    freezes what was meshed since."""
+    freezes what was meshed since, a freeze the kernel refuses midway falls
+    back to the copy."""
     r = run_frozen_case(helpers, cbuild, case)
     assert f"fork_frozen {case}: ok" in r.stdout, r.describe()
 
 
-@pytest.mark.parametrize("case", ["never", "second"])
+@pytest.mark.parametrize("case", ["never", "second", "refused"])
 def test_frozen_generations_keep_a_valid_heap_with_debug_validators(helpers, cbuild, case):
     run_frozen_case(helpers, cbuild, case, config="debug")

@@ -56,7 +56,7 @@ def test_fork_is_clean_under_asan_ubsan(helpers, cbuild, case):
     run_sanitized(helpers, cbuild("fork", "asan"), [case], timeout=400)
 
 
-@pytest.mark.parametrize("case", ["never", "second"])
+@pytest.mark.parametrize("case", ["never", "second", "refused"])
 def test_frozen_generations_are_clean_under_asan_ubsan(helpers, cbuild, case):
     run_sanitized(helpers, cbuild("fork_frozen", "asan"), [case], timeout=400)
 

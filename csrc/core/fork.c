@@ -341,9 +341,12 @@ static bool freeze(int unprotected) {
   freeze_t f = {old, 0, 0, false};
   each_range(freeze_range, &f);
   if (f.refused) {
+    int e = errno;
     each_range(thaw_range, &f);
     _mesh_os_close(fd);
     mesh_stat_add(mesh_remap_failures, 1);
+    _mesh_warning("fork: the kernel refused to freeze the meshed pages (errno %d; the mapping limit?): "
+                  "they are copied for the child instead", e);
     return false;
   }
   if (each_run(unprotect, NULL) != 0)

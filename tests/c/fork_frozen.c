@@ -15,10 +15,15 @@
  *   second   a second fork after more meshing freezes what was promoted
  *            since (a second generation) and nothing else; a child of each
  *            fork keeps its own snapshot.
+ *   refused  the kernel refuses a remap midway through the freeze (the
+ *            core's test hook): the ranges done are put back on the shared
+ *            file, that fork copies instead, exactly, and the next one
+ *            freezes.
  * The arena's mapping count stays the kernel's throughout (the parent is
  * no fork child). Exit 0 on success; failures on stderr with "FAIL".
  */
 #include <dirent.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -351,6 +356,73 @@ static void case_second(void) {
   check_mappings("parent at the end");
 }
 
+/* ---- refused ----------------------------------------------------------------- */
+void _mesh_os_fail_mappings(unsigned nth, unsigned count, void (*at_failure)(void)); /* os.c, tests only */
+
+/* Runs of adjacent memfd mappings in the arena: prepare's mprotect calls,
+ * one a run, which come before the freeze's remaps. */
+static int memfd_runs(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  if (!f) DIE("open /proc/self/maps");
+  uint64_t lo = stat_get("arena_base"), hi = lo + stat_get("arena_reserved_bytes");
+  char line[512];
+  unsigned long long prev_end = 0;
+  int runs = 0;
+  while (fgets(line, sizeof line, f)) {
+    unsigned long long a, b;
+    if (sscanf(line, "%llx-%llx", &a, &b) != 2 || a >= hi || b <= lo) continue;
+    bool memfd = strstr(line, "memfd:meshalloc-arena") != NULL;
+    if (memfd && a != prev_end) runs++;
+    prev_end = memfd ? b : 0;
+  }
+  fclose(f);
+  return runs;
+}
+
+/* A child that reads generation gen in objects k % step == 0 (1 in the
+ * others), writes, meshes and validates its heap. */
+static void fork_and_verify(pop_t *a, uint64_t gen, int step, const char *who) {
+  pid_t pid = fork_checked();
+  if (pid == 0) {
+    g_who = who;
+    pop_verify(a, gen, step, 1, "the child's snapshot");
+    pop_write(a, 4, 2);
+    mesh_compact();
+    pop_verify(a, 4, 2, 0, "the child's writes");
+    check_heap("the child");
+    child_exit();
+  }
+  reap(pid, who);
+}
+
+static void case_refused(void) {
+  pop_t a;
+  mesh_option_set("mesher_thread", 0); /* no pass of its own between the hook's arming and the fork */
+  pop_build(&a, 6, 300000, 25);
+  mesh_compact();
+  require_meshed();
+  uint64_t failures = stat_get("mesh_remap_failures");
+  _mesh_os_fail_mappings((unsigned)memfd_runs() + 10, 1, NULL); /* the 10th remap of the freeze */
+  fork_and_verify(&a, 1, 1, "child of the refused freeze");
+  _mesh_os_fail_mappings(0, 0, NULL);
+  printf("refused: freezes %llu, copied %llu bytes, refusals %llu -> %llu\n",
+         (unsigned long long)stat_get("freezes"), (unsigned long long)stat_get("fork_copy_bytes_last"),
+         (unsigned long long)failures, (unsigned long long)stat_get("mesh_remap_failures"));
+  if (stat_get("freezes") != 0 || stat_get("fork_copy_bytes_last") == 0 || stat_get("promoted_pages") == 0 ||
+      stat_get("mesh_remap_failures") != failures + 1)
+    FAIL("the refused freeze did not fall back to the copy");
+  pop_verify(&a, 1, 1, 0, "the parent after the refused freeze");
+  check_heap("the parent after the refused freeze");
+  check_mappings("the parent after the refused freeze");
+  pop_write(&a, 2, 3);
+  fork_and_verify(&a, 2, 3, "child of the next fork");
+  if (stat_get("freezes") != 1 || stat_get("promoted_pages") != 0) FAIL("the next fork did not freeze");
+  pop_verify(&a, 2, 3, 1, "the parent at the end");
+  check_mappings("the parent after the freeze");
+  pop_free(&a, 1, 0);
+  check_heap("the parent at the end");
+}
+
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   const char *c = argc > 1 ? argv[1] : "";
@@ -361,7 +433,8 @@ int main(int argc, char **argv) {
   if (strcmp(c, "shared") == 0) case_shared();
   else if (strcmp(c, "never") == 0) case_never();
   else if (strcmp(c, "second") == 0) case_second();
-  else DIE("usage: fork_frozen shared|never|second");
+  else if (strcmp(c, "refused") == 0) case_refused();
+  else DIE("usage: fork_frozen shared|never|second|refused");
   printf("fork_frozen %s: %s\n", c, g_fail ? "FAILED" : "ok");
   return g_fail ? 1 : 0;
 }
