@@ -245,6 +245,12 @@ def system_section(suites) -> List[str]:
                     extra += "; 4 preforked workers add %.1f MB idle, %.1f MB rewriting a tenth of the objects" % (
                         statistics.mean(float(m["prefork_idle_added_mb"]) for m in mds),
                         statistics.mean(float(m["prefork_rewrite_added_mb"]) for m in mds))
+                if all("meshed_fork_ms" in m for m in mds):
+                    mean = lambda key: statistics.mean(float(m[key]) for m in mds)  # noqa: E731
+                    extra += ("; thinned to a quarter and meshed (%.1f MB in the memfd): first fork %.1f ms, "
+                              "then %.1f ms, 4 idle workers add %.1f MB") % (
+                        mean("meshed_memfd_mb"), mean("meshed_first_fork_ms"), mean("meshed_fork_ms"),
+                        mean("prefork_meshed_idle_added_mb"))
             rows.append("| %s | %s | %s | %d%s |" % (c, fmt_ms_pm(m, sd), rel, k, extra))
         if rows:
             lines += ["", "**%s** — %s:" % (n, what), "", "| config | mean ±sd | vs %s | values |" % REF,

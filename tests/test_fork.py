@@ -36,3 +36,35 @@ def test_fork_while_meshing_eagerly(helpers, cbuild, eager_meshing_env, case):
 @pytest.mark.parametrize("case", ["isolation", "threads", "nested", "spawn"])
 def test_fork_isolation_without_memfd(helpers, cbuild, case):
     run_fork_case(helpers, cbuild, case, MESH_MEMFD="0")
+
+
+@pytest.mark.parametrize("case", ["isolation", "threads", "nested", "snapshot"])
+def test_fork_copy_fallback_stays_exact(helpers, cbuild, case):
+    """MESH_FORK_FREEZE=0 takes the path a fork falls back to when the
+    memfd cannot be frozen: the parent copies the meshed pages."""
+    run_fork_case(helpers, cbuild, case, MESH_FORK_FREEZE="0")
+
+
+FROZEN_CASES = ["shared", "never", "second", "refused"]
+
+
+def run_frozen_case(helpers, cbuild, case, config="release", **env):
+    exe = cbuild("fork_frozen", config)
+    r = helpers.run([exe, case], timeout=300, pss_cap=2 * helpers.GIB, env=helpers.env(**env))
+    helpers.assert_ok(r, f"fork_frozen {case} ({config}, env {env or 'default'})")
+    return r
+
+
+@pytest.mark.parametrize("case", FROZEN_CASES)
+def test_fork_shares_the_meshed_pages_with_its_children(helpers, cbuild, case):
+    """tests/c/fork_frozen.c: idle children add next to nothing for the
+    meshed pages, frozen spans are never meshed again, a second fork
+    freezes what was meshed since, a freeze the kernel refuses midway falls
+    back to the copy."""
+    r = run_frozen_case(helpers, cbuild, case)
+    assert f"fork_frozen {case}: ok" in r.stdout, r.describe()
+
+
+@pytest.mark.parametrize("case", ["never", "second", "refused"])
+def test_frozen_generations_keep_a_valid_heap_with_debug_validators(helpers, cbuild, case):
+    run_frozen_case(helpers, cbuild, case, config="debug")

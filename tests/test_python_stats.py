@@ -216,13 +216,14 @@ def test_mypy_strict(helpers, tmp_path):
     helpers.assert_ok(r, "mypy --strict")
 
 
-def test_fork_child_shares_the_unmeshed_heap_and_copies_only_meshed_pages(helpers, installed):
+def test_fork_child_shares_the_heap_meshed_or_not(helpers, installed):
     """The arena is private anonymous memory but for meshing destinations:
     a fork child shares the parent's objects copy-on-write (its private
-    dirty memory stays small, its memfd holds nothing it was not given), and
-    only the memfd's pages (promoted_pages) are copied for it, which
-    arena_memfd_bytes, the memfd's allocated blocks, shows. Both backends'
-    stats read it."""
+    dirty memory stays small, its memfd holds nothing it was not given).
+    The memfd's pages (promoted_pages) are frozen, not copied: nothing is
+    copied, the child's memfd stays empty, the parent's pages now map a
+    frozen generation (frozen_pages, freezes) and its current memfd is
+    empty. Both backends' stats read it."""
     code = ("import json, os, meshalloc\n"
             "def private_dirty():\n"
             "    with open('/proc/self/smaps_rollup') as f:\n"
@@ -248,14 +249,17 @@ def test_fork_child_shares_the_unmeshed_heap_and_copies_only_meshed_pages(helper
             "keep = keep[::4]\n"
             "meshalloc.compact()\n"
             "s = meshalloc.stats()\n"
-            "meshed = {'promoted': s.promoted_pages, 'memfd': s.arena_memfd_bytes, 'child': fork_and_measure(keep),\n"
-            "          'copied': meshalloc.stats().fork_copy_bytes_last}\n"
+            "meshed = {'promoted': s.promoted_pages, 'memfd': s.arena_memfd_bytes, 'child': fork_and_measure(keep)}\n"
+            "s = meshalloc.stats()\n"
+            "meshed.update(copied=s.fork_copy_bytes_last, frozen=s.frozen_pages, freezes=s.freezes,\n"
+            "              promoted_after=s.promoted_pages)\n"
             "print(json.dumps({'unmeshed': unmeshed, 'meshed': meshed}))\n")
     for got in json_from_both_backends(helpers, installed, code, "fork sharing", timeout=120):
         un, me = got["unmeshed"], got["meshed"]
         assert un["live"] > 40 << 20 and un["promoted"] < 64 and un["child"]["ok"], got  # (start-up meshes)
         # nothing meshed: the child's heap is the parent's pages, shared
         assert un["child"]["memfd"] < 1 << 20 and un["child"]["dirty"] < un["live"] // 4, got
-        # meshed: the destinations' pages, and only those, were copied for the child
+        # meshed: the destinations' pages were frozen, shared with the child, not copied
         assert me["promoted"] > 1000 and me["child"]["ok"], got
-        assert 0 < me["copied"] <= me["promoted"] * 4096 and me["child"]["memfd"] <= me["memfd"] + (1 << 20), got
+        assert me["copied"] == 0 and me["child"]["memfd"] < 1 << 20 and me["freezes"] >= 1, got
+        assert me["frozen"] >= me["promoted"] and me["promoted_after"] == 0, got

@@ -57,6 +57,11 @@ def test_fork_is_clean_under_asan_ubsan(helpers, cbuild, case):
     run_sanitized(helpers, cbuild("fork", "asan"), [case], timeout=400)
 
 
+@pytest.mark.parametrize("case", ["never", "second", "refused"])
+def test_frozen_generations_are_clean_under_asan_ubsan(helpers, cbuild, case):
+    run_sanitized(helpers, cbuild("fork_frozen", "asan"), [case], timeout=400)
+
+
 def test_undoing_a_mesh_the_kernel_refused_is_clean_under_asan_ubsan(helpers, cbuild):
     r = run_sanitized(helpers, cbuild("mesh_faults", "asan"), [], timeout=400)
     assert "mesh_faults ok" in r.stdout, r.describe()

@@ -355,7 +355,7 @@ static void scavenge_if_over(void) {
 
 /* The pages counted while walking the tiling, against the counters. */
 typedef struct {
-  uint64_t span_pages, dirty, meshed, retired, promoted;
+  uint64_t span_pages, dirty, meshed, retired, promoted, frozen;
 } tiling_tally_t;
 
 /* The first of pages [pg, pg+n) whose entry is not (pg << 32 | id), or
@@ -375,6 +375,8 @@ static int check_alias(uint32_t pg, uint32_t id, const span_t *s) {
   if (!a || mesh_load_relaxed(&mesh_span(a)->state) != SPAN_ALIAS || mesh_load_relaxed(&mesh_span(a)->mesh_dst) != id)
     BAD("page %u: alias of span %u without a matching alias record\n", pg, id);
   if (!(s->flags & SPAN_FILE)) BAD("page %u: alias of span %u, which is not in the memfd\n", pg, id);
+  /* a frozen span meshed as a source would keep its generation here */
+  if (a && mesh_span_gen(mesh_span(a))) BAD("page %u: alias record %u carries a frozen generation\n", pg, a);
   uint32_t m = entry_mismatch(pg, s->npages, id);
   if (m != UINT32_MAX) BAD("alias at page %u: page %u entry mismatch\n", pg, m);
   return bad;
@@ -405,11 +407,13 @@ static int check_record(uint32_t pg, uint32_t id, const span_t *s, tiling_tally_
     bad += check_run(pg, id, s);
   } else if (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL || st == SPAN_LARGE) {
     t->span_pages += s->npages;
-    if (s->flags & SPAN_FILE) t->promoted += s->npages;
+    if (s->flags & SPAN_FILE) *(mesh_span_gen(s) ? &t->frozen : &t->promoted) += s->npages;
+    else if (mesh_span_gen(s)) BAD("span %u: frozen, but not in a memfd\n", id);
     uint32_t m = entry_mismatch(pg, s->npages, id);
     if (m != UINT32_MAX) BAD("span %u: page %u entry mismatch\n", id, m);
   } else if (st == SPAN_RETIRED) {
     t->retired += s->npages;
+    if (mesh_span_gen(s)) t->frozen += s->npages;
     uint32_t m = entry_mismatch(pg, s->npages, id);
     if (m != UINT32_MAX) BAD("retired range %u: page %u entry mismatch\n", id, m);
   } else {
@@ -430,6 +434,7 @@ static int check_counters(const tiling_tally_t *t) {
   return counter_differs("retired pages", t->retired, mesh_stat_get(retired_pages)) +
          counter_differs("span pages", t->span_pages, mesh_stat_get(span_pages)) +
          counter_differs("pages in the memfd", t->promoted, mesh_stat_get(promoted_pages)) +
+         counter_differs("frozen pages", t->frozen, mesh_stat_get(frozen_pages)) +
          counter_differs("meshed pages", t->meshed, mesh_stat_get(meshed_pages)) +
          counter_differs("dirty pages", t->dirty, mesh_stat_get(dirty_pages));
 }
@@ -457,6 +462,7 @@ int _mesh_arena_validate(void) {
     if (_mesh_span_record_used(id) && (uint32_t)(e >> 32) == pg && s->page != pg) {
       bad += check_alias(pg, id, s);
       t.meshed += s->npages;
+      if (mesh_span_gen(s)) t.frozen += s->npages;
       pg += s->npages;
       continue;
     }

@@ -2,50 +2,64 @@
  *
  * Most of the arena is private anonymous memory (arena.c), and so is every
  * piece of metadata (span records, page table, thread heaps): the kernel's
- * copy-on-write gives the child an exact snapshot of those at no cost, and
- * parent and child share each page until one of them writes it. Only the
- * meshing destinations live in the shared memfd, with every alias mapped
- * onto them; in a plain fork those would stay the same pages in both
- * processes. So the parent prepares the child's copy of them before the
- * clone:
+ * copy-on-write gives the child an exact snapshot of those at no cost.
+ * Only the meshing destinations live in the memfd, shared, with every alias
+ * mapped onto them; in a plain fork those would stay the same pages in
+ * both processes. So prepare (the parent, last of the prepare handlers,
+ * the locks taken) opens a meshing barrier, write-protects every virtual
+ * range of the current memfd (destinations, aliases, retired ranges; a
+ * thread that writes one now waits in the barrier) and then, normally,
+ * freezes the memfd:
  *
- *   prepare (the parent, last of the prepare handlers; the locks taken):
- *     1. open a meshing barrier and write-protect every virtual range backed
- *        by the memfd (destinations, aliases, retired ranges): a thread that
- *        writes one now waits in the barrier until the fork is over;
- *     2. mark those ranges MADV_DONTFORK: the child gets no mapping there;
- *     3. copy the destinations' pages into a new memfd, the child's, at the
- *        same offsets (holes skipped), and take a snapshot of the counters.
- *   clone.
+ *   1. each range is mapped again, MAP_PRIVATE, onto the same offsets of
+ *      the same file (still read-only): the contents are the file's, so
+ *      nothing is copied;
+ *   2. the ranges get write permission back, the barrier ends, and the
+ *      arena moves to a new memfd for every later promotion; the old
+ *      descriptor is closed (the private mappings keep the file). Its
+ *      spans carry the generation's number and are never meshed again
+ *      (memfd.c, "Frozen generations").
+ *   clone: the kernel copies private mappings exactly, page by page on the
+ *   first write of either process, as it does anonymous memory. Nobody
+ *   writes the frozen file again, so parent and children share every
+ *   meshed page they do not write. The child makes its own memfd for its
+ *   own meshes (child_own_memfd): the parent's new one is not its.
+ *
+ * So fork costs O(mappings) once per generation (a later fork with nothing
+ * promoted since does nothing at all), and it is an exact snapshot at the
+ * clone even with other threads writing: no write is lost by the remap
+ * (the protection holds writers back, the file has every byte) and after
+ * it the mappings are private, like anonymous memory.
+ *
+ * The copy, the fallback. Where a freeze cannot be undone should the kernel
+ * refuse a remap midway (a range left writable: pinned spans, whose
+ * protection the program set, and ranges a wrapped system call is writing
+ * into, barrier.c), where the kernel refuses one (the done ranges are then
+ * put back on the shared file, untouched since they were protected), or
+ * without a new memfd or with MESH_FORK_FREEZE=0, prepare copies instead:
+ *
+ *   prepare: mark the ranges MADV_DONTFORK (the child gets no mapping
+ *     there), copy the destinations' pages into a new memfd, the child's,
+ *     at the same offsets (holes skipped), snapshot the counters.
  *   parent: drop DONTFORK and the protection, end the barrier, close the
- *     child's memfd, unlock. Nothing the parent writes from now on can reach
- *     the child: the child has no mapping of the parent's memfd.
+ *     child's memfd, unlock.
  *   child: map the new memfd over the ranges (destinations at their own
- *     pages, aliases onto their destination's): the child keeps its savings
- *     and can go on meshing. glibc runs code in the child before any atfork
- *     handler (it resets the locks of every stdio FILE, which may sit in a
- *     meshed span); such an access finds no mapping and faults, and the
- *     barrier's handler then maps the child's heap first
- *     (_mesh_fork_child_fault), so no access of the child ever reads the
- *     parent's memory after the clone.
+ *     pages, aliases onto their destination's). glibc runs code in the
+ *     child before any atfork handler (it resets the locks of every stdio
+ *     FILE, which may sit in a meshed span); such an access finds no
+ *     mapping and faults, and the barrier's handler then maps the child's
+ *     heap first (_mesh_fork_child_fault).
  *
- * So fork costs O(meshed pages + mappings), not O(heap), and is an exact
- * snapshot at the clone even with other threads writing: writes before
- * prepare's protection are in the copy, later ones wait for the fork. Not
- * protected, because that would break the program: a range a wrapped
- * system call (barrier.c) is already writing into (it would fail with
- * EFAULT), and pinned spans (protections the program set, stdio buffers);
- * a write racing the fork there may or may not reach the child, as with any
- * write racing a fork. Without our fault handler installed nothing is
- * protected or marked DONTFORK at all.
- *
- * Without a memfd for the child (descriptor table full, seccomp), the copy
- * goes into private anonymous memory instead, one copy per virtual range
- * (aliases cannot share it), which the child moves into place with mremap;
- * that child runs without meshing. vfork and posix_spawn run no atfork
- * handler and share memory until exec, which needs nothing. A fork made
- * without atfork handlers (a raw clone system call) shares the memfd's
- * pages, and only those, with its parent.
+ * That costs O(meshed pages) a fork. A write racing the fork into an
+ * unprotected range may or may not reach the child, as with any write
+ * racing a fork. Without our fault handler installed nothing is protected,
+ * frozen or marked DONTFORK. Without a memfd for the child (descriptor
+ * table full, seccomp), the copy goes into private anonymous memory, one
+ * copy per virtual range (aliases cannot share it), which the child moves
+ * into place with mremap; that child runs without meshing. vfork and
+ * posix_spawn run no atfork handler and share memory until exec, which
+ * needs nothing. A fork made without atfork handlers (a raw clone system
+ * call) shares the current memfd's pages, and only those, with its parent.
  *
  * Locks: prepare takes the orphan lock then the global lock (the
  * documented order); the child re-initialises both, the parent releases
@@ -80,8 +94,10 @@ static bool pinned_at(uint32_t pg) {
   return mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[pg]))->flags & SPAN_PINNED;
 }
 
-/* Calls fn for every virtual span backed by the memfd, in address order.
- * Lock held (or in the child, single-threaded). */
+/* Calls fn for every virtual span backed by the current memfd, in address
+ * order: a frozen generation's ranges are private mappings already, which
+ * the kernel's fork copies exactly. Lock held (or in the child,
+ * single-threaded). */
 static void each_range(range_fn fn, void *arg) {
   uint32_t top = _mesh_arena_top();
   for (uint32_t pg = 0; pg < top;) {
@@ -94,7 +110,9 @@ static void each_range(range_fn fn, void *arg) {
     span_t *s = mesh_span(id);
     uint32_t n = s->npages ? s->npages : 1;
     uint8_t st = mesh_load_relaxed(&s->state);
-    if (st == SPAN_RETIRED)
+    if (mesh_span_gen(s))
+      ;
+    else if (st == SPAN_RETIRED)
       fn(pg, n, (uint32_t)mesh_load_relaxed(&s->bits[0]), RANGE_RETIRED, arg);
     else if ((uint32_t)(e >> 32) == pg && s->page != pg)
       fn(pg, n, s->page, RANGE_ALIAS, arg);
@@ -246,6 +264,132 @@ static void drop_copy(void) {
   child_copy_len = 0;
 }
 
+/* ---- freezing ------------------------------------------------------------ */
+
+static void count_all(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)vpage;
+  (void)phys;
+  (void)kind;
+  *(size_t *)arg += n;
+}
+
+/* A range the freeze could not undo should the kernel refuse a remap
+ * midway: not protected, so a write may have reached a private page of it
+ * (pinned, or a system call is writing into it). */
+static void count_unguarded(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)phys;
+  (void)kind;
+  uintptr_t lo = mesh_page_addr(vpage);
+  if (pinned_at(vpage) || _mesh_syscall_overlaps(lo, lo + ((uintptr_t)n << MESH_PAGE_SHIFT))) ++*(unsigned *)arg;
+}
+
+/* The freeze's remaps, one a run of ranges whose virtual pages and file
+ * pages both follow on (a run the kernel holds as one mapping already):
+ * 9 500 calls where the ranges were 14 000, on perf/bm_fork's meshed heap. */
+typedef struct {
+  int fd;                /* the memfd being frozen */
+  unsigned done, undone; /* ranges remapped privately; of those, put back */
+  bool refused;
+  uint32_t vpage, n, phys; /* the run not yet remapped, of `ranges` ranges */
+  unsigned ranges;
+} freeze_t;
+
+static void freeze_flush(freeze_t *f) {
+  if (!f->ranges || f->refused) return;
+  if (_mesh_os_map_frozen((void *)mesh_page_addr(f->vpage), (size_t)f->n << MESH_PAGE_SHIFT, f->fd,
+                          (size_t)f->phys << MESH_PAGE_SHIFT) != 0)
+    f->refused = true;
+  else
+    f->done += f->ranges;
+  f->ranges = 0;
+}
+
+static void freeze_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)kind;
+  freeze_t *f = arg;
+  if (f->ranges && vpage == f->vpage + f->n && phys == f->phys + f->n) {
+    f->n += n;
+    f->ranges++;
+    return;
+  }
+  freeze_flush(f);
+  f->vpage = vpage;
+  f->n = n;
+  f->phys = phys;
+  f->ranges = 1;
+}
+
+/* The first f->done ranges go back onto the shared file, protected again:
+ * nothing wrote them meanwhile, so the file holds all their bytes. */
+static void thaw_range(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)kind;
+  freeze_t *f = arg;
+  if (f->undone == f->done) return;
+  f->undone++;
+  void *addr = (void *)mesh_page_addr(vpage);
+  size_t len = (size_t)n << MESH_PAGE_SHIFT;
+  if (_mesh_os_map_fixed(addr, len, f->fd, (size_t)phys << MESH_PAGE_SHIFT) != 0 ||
+      _mesh_os_protect_read(addr, len) != 0)
+    _mesh_fatal("fork: cannot undo a refused freeze of the meshed heap (errno %d)", errno);
+}
+
+/* The generation's number goes on the destinations and retired ranges
+ * (an alias is frozen with its destination). */
+static void mark_frozen(uint32_t vpage, uint32_t n, uint32_t phys, enum range_kind kind, void *arg) {
+  (void)n;
+  (void)phys;
+  if (kind == RANGE_ALIAS) return;
+  span_t *s = mesh_span((uint32_t)mesh_load_relaxed(&_mesh_arena.pagetable[vpage]));
+  s->flags = (uint8_t)(s->flags | (*(unsigned *)arg << SPAN_GEN_SHIFT));
+}
+
+/* Freezes the current memfd (the top comment's way): every range of it,
+ * all protected, is mapped privately at the same offsets, then given write
+ * permission back, and the arena moves to a new memfd. The kernel counts
+ * the same mappings as before (neighbours of one file stay contiguous).
+ * Returns false with every range as it was, protected and shared, where
+ * a range is not protected or the kernel refuses: the copy is made then.
+ * Locks held, barrier open. */
+static bool freeze(int unprotected) {
+  unsigned unguarded = 0;
+  each_range(count_unguarded, &unguarded);
+  int old = _mesh_arena_fd();
+  uint64_t id[2];
+  int fd = unprotected || unguarded || old < 0 || !mesh_opt(MESH_OPT_FORK_FREEZE) ? -1 : _mesh_arena_new_memfd(id);
+  if (fd < 0) return false;
+  freeze_t f = {old, 0, 0, false, 0, 0, 0, 0};
+  each_range(freeze_range, &f);
+  freeze_flush(&f);
+  if (f.refused) {
+    int e = errno;
+    each_range(thaw_range, &f);
+    _mesh_os_close(fd);
+    mesh_stat_add(mesh_remap_failures, 1);
+    _mesh_warning("fork: the kernel refused to freeze the meshed pages (errno %d; the mapping limit?): "
+                  "they are copied for the child instead", e);
+    return false;
+  }
+  if (each_run(unprotect, NULL) != 0)
+    _mesh_fatal("fork: cannot make frozen meshed pages writable again (errno %d)", errno);
+  size_t pages = 0;
+  each_range(count_all, &pages); /* before the marks: they end each_range's visits */
+  unsigned gen = _mesh_arena_next_gen();
+  each_range(mark_frozen, &gen);
+  mesh_stat_add(frozen_pages, pages);
+  mesh_stat_set(promoted_pages, 0);
+  _mesh_arena_switch_memfd(fd, id);
+  mesh_stat_add(freezes, 1);
+  return true;
+}
+
+static void note_prepared(uint64_t t0, uint64_t copied) {
+  uint64_t ns = _mesh_os_now_ns() - t0;
+  mesh_stat_add(fork_count, 1);
+  mesh_stat_set(fork_copy_bytes_last, copied);
+  mesh_stat_set(fork_copy_ns_last, ns);
+  if (ns > mesh_stat_get(fork_copy_ns_max)) mesh_stat_set(fork_copy_ns_max, ns);
+}
+
 static void prepare_child_heap(void);
 
 static void prepare(void) {
@@ -258,22 +402,32 @@ static void prepare(void) {
   child_taken = false;
   copy_failed = false;
   child_received_memfd = false;
-  if (_mesh_arena.memfd_mapped && (mesh_stat_get(promoted_pages) || mesh_stat_get(retired_pages))) prepare_child_heap();
+  size_t current = 0; /* pages of the current memfd's ranges: a frozen generation needs nothing */
+  if (_mesh_arena.memfd_mapped && (mesh_stat_get(promoted_pages) || mesh_stat_get(retired_pages)))
+    each_range(count_all, &current);
+  if (current) prepare_child_heap();
   _mesh_stats_page_before_fork(); /* last: the counters as the child will start */
 }
 
-/* Steps 1-3 above. Locks held. */
+/* The freeze, or else the copy (the top comment). Locks held. */
 static void prepare_child_heap(void) {
   int saved = errno;
   uint64_t t0 = _mesh_os_now_ns();
   /* Our fault handler first, for the child's faults (a handler installed
    * on top of it since the last pass is chained, not lost). Without it
-   * nothing may be protected: the ranges are copied as they are, and the
-   * child inherits the parent's mapping until its handler maps the copy. */
+   * nothing may be protected, so nothing is frozen: the ranges are copied
+   * as they are, and the child inherits the parent's mapping until its
+   * handler maps the copy. */
   guarded = _mesh_barrier_ensure();
   _mesh_barrier_begin();
+  int unprotected = guarded ? each_run(protect_unless_in_call, NULL) : 1;
+  if (freeze(unprotected)) {
+    _mesh_barrier_end(); /* the kernel's clone copies private mappings exactly */
+    note_prepared(t0, 0);
+    errno = saved;
+    return;
+  }
   if (guarded) {
-    each_run(protect_unless_in_call, NULL);
     /* refused (mapping limit): the child maps over what it inherits */
     bool dontfork = true;
     each_run(advise, &dontfork);
@@ -287,11 +441,7 @@ static void prepare_child_heap(void) {
     copy_failed = true;
   }
   mesh_store_release(&fork_parent, (int32_t)syscall(SYS_getpid));
-  uint64_t ns = _mesh_os_now_ns() - t0;
-  mesh_stat_add(fork_count, 1);
-  mesh_stat_set(fork_copy_bytes_last, copied < 0 ? 0 : (uint64_t)copied);
-  mesh_stat_set(fork_copy_ns_last, ns);
-  if (ns > mesh_stat_get(fork_copy_ns_max)) mesh_stat_set(fork_copy_ns_max, ns);
+  note_prepared(t0, copied < 0 ? 0 : (uint64_t)copied);
   errno = saved;
 }
 

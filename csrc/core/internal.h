@@ -92,6 +92,8 @@ void _mesh_fill(void *p, int c, size_t n);
     "virtual spans that may share one physical span") \
   X(MAX_MAPPINGS, max_mappings, 0, 0, 100000000, 1, \
     "kernel mappings the arena may use; 0 = 3/4 of vm.max_map_count, less if needed to keep 1/8 of it free counting the rest of the program's mappings. Meshing stops (never aborts) there") \
+  X(FORK_FREEZE, fork_freeze, 1, 0, 1, 1, \
+    "1 = a fork freezes the memfd: its pages stay shared copy-on-write with the child (O(mappings)), never meshed or returned while a process maps them; 0 = the parent copies them for the child (O(meshed pages)), the fallback") \
   X(SHUFFLE, shuffle, 1, 0, 2, 0, \
     "allocation order within spans: 1 = address order from a random slot of each span, 2 = every object at random (the paper), 0 = address order") \
   X(SEED, seed, 0, 0, 0x7fffffffffffffffL, 0, \
@@ -178,16 +180,18 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(thread_heaps_created, "thread heaps created") \
   X(thread_heaps_live, "thread heaps attached to running threads") \
   X(thread_heap_bytes, "bytes of thread heaps in use: a header per heap and a shuffle vector per size class it has used") \
-  X(fork_count, "forks that prepared a copy of the memfd's pages for the child") \
-  X(fork_copy_bytes_last, "bytes the last fork copied for its child (the meshing destinations' pages)") \
-  X(fork_copy_ns_last, "time the last fork spent preparing the child's copy, ns (other threads touching meshed pages wait that long)") \
-  X(fork_copy_ns_max, "longest fork copy, ns") \
+  X(fork_count, "forks that prepared the memfd's pages for the child: froze them (see freezes) or copied them") \
+  X(fork_copy_bytes_last, "bytes the last fork copied for its child (the meshing destinations' pages; 0 when it froze them)") \
+  X(fork_copy_ns_last, "time the last fork spent freezing the memfd or preparing the child's copy, ns (other threads touching meshed pages wait that long)") \
+  X(fork_copy_ns_max, "longest fork freeze or copy, ns") \
   X(double_free_count, "double frees detected") \
   X(invalid_free_count, "frees of pointers that are not a live block start") \
   X(orphan_allocs, "allocations served after the thread's heap was released (thread exit)") \
   X(spans_pinned, "spans pinned against meshing (mesh_pin: mprotect, pkey_mprotect, setvbuf under libmesh.so)") \
   X(syscalls_in_flight_skips, "meshes skipped because a wrapped system call was writing into the source span (libmesh.so)") \
-  X(promoted_pages, "pages of live spans held in the memfd (meshing destinations): the only arena pages a fork copies; the rest is private anonymous memory, shared copy-on-write with a fork child") \
+  X(promoted_pages, "pages of live spans held in the current memfd (meshing destinations since the last fork): the only arena pages a fork copies; the rest is private anonymous memory, shared copy-on-write with a fork child") \
+  X(frozen_pages, "virtual pages (destinations, their aliases, retired ranges) mapping a frozen generation: a memfd a fork made private in the parent and the child, never meshed or punched again") \
+  X(freezes, "forks that froze the memfd (made every mapping of it private and moved later meshes to a new memfd) instead of copying it") \
   X(arena_growths, "times the arena's mapped part grew (only under an address-space limit, where it is mapped as needed)") \
   X(retired_pages, "virtual pages of freed meshed spans whose own mapping could not be restored (mapping limit): set aside, retried later") \
   X(warnings_repeated, "warnings not printed because one of the same kind already was") \
@@ -328,6 +332,13 @@ void _mesh_arena_retry_retired(void); /* lock held: restores retired ranges the 
  * a clean run (or is retired). */
 void _mesh_arena_unalias_all(uint32_t id);
 void _mesh_arena_drop_file(uint32_t id);
+/* Freezing (fork.c): the next frozen generation's number (1-63, in
+ * turn); a new memfd sized like the arena (its identity in id), or -1; the
+ * arena promotes into fd from now on, and the old descriptor is closed (the
+ * file lives on in the private mappings of it). */
+unsigned _mesh_arena_next_gen(void);
+int _mesh_arena_new_memfd(uint64_t id[2]);
+void _mesh_arena_switch_memfd(int fd, const uint64_t id[2]);
 
 /* Bits set in x. The x86-64 baseline has no popcnt, and
  * __builtin_popcountll there is a call into libgcc (seen at 0.5 % of a

@@ -7,13 +7,27 @@
  * over it; SPAN_FILE), so that the virtual spans meshed onto it (aliases)
  * can map the same pages. Everything else never touches the memfd: a fork
  * child shares it copy-on-write through the kernel, exactly, and only the
- * memfd's pages need a copy of their own (fork.c). A destination that is
+ * memfd's pages need fork.c's care (frozen, or copied). A destination that is
  * freed, and every alias, get fresh anonymous pages back (and become clean
  * free runs of arena.c), or are retired when the kernel refuses.
  *
+ * Frozen generations. A fork with pages in the memfd normally freezes it
+ * (fork.c): every mapping of the file, destination, alias or retired range,
+ * is replaced by a private mapping of the same offsets, and later
+ * promotions go to a new memfd. Nobody writes the old file again: each
+ * process that writes a page of it gets a private copy, so parent and child
+ * share every unwritten meshed page. Those spans carry the generation in
+ * their flags (types.h) and stay as they are until freed: never meshed
+ * again (their aliases stop sharing a page at the first write, and a copy
+ * through the destination's address would read stale bytes of objects that
+ * live at an alias), never punched (other processes may read the file);
+ * when freed, their ranges get anonymous pages like any other.
+ *
  * Invariants (checked by _mesh_arena_validate):
  *   - only live spans carry SPAN_FILE; every alias's destination does; free
- *     runs are anonymous; promoted_pages counts the SPAN_FILE pages;
+ *     runs are anonymous; promoted_pages counts the SPAN_FILE pages of the
+ *     current memfd (generation 0), frozen_pages every virtual page that
+ *     maps a frozen generation (destinations, aliases, retired ranges);
  *   - arena_mappings is the exact number of kernel mappings the arena
  *     costs: every remapping adds what _mesh_arena_map_delta says it does;
  *   - a retired range keeps the memfd pages it maps (bits[0]), is on the
@@ -82,7 +96,9 @@ static int punch(size_t off, size_t len, bool own_mapping) {
  * anonymous pages, or memfd pages whose offsets are contiguous. phys_of
  * (page) is the memfd page behind a virtual page (its own for a
  * destination, the destination's for an alias), or MESH_PHYS_ANON. A
- * "break" at page x means pages x-1 and x cannot share a mapping, so the
+ * "break" at page x means pages x-1 and x cannot share a mapping (nor can
+ * pages of different files, or private and shared mappings of one: a
+ * frozen generation's pages are keyed apart from the current memfd's), so the
  * arena costs 1 + breaks mappings; remapping a range changes breaks only at
  * its two edges, which lets meshing count its mappings exactly and prefer
  * partners that continue a neighbour's run (the kernel then merges the
@@ -91,36 +107,49 @@ static int punch(size_t off, size_t len, bool own_mapping) {
  * the count of the process's other mappings, taken now and then, absorbs
  * the difference). */
 
-uint32_t _mesh_arena_phys_of(uint32_t page) {
+/* What the kernel's mapping at a virtual page is made of: the generation
+ * of the file (0: the current memfd) above the file's page, or ANON_KEY. */
+#define ANON_KEY UINT64_MAX
+static uint64_t map_key(uint32_t page) {
   uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[page]);
   uint32_t id = (uint32_t)e, vstart = (uint32_t)(e >> 32);
-  if (!id) return MESH_PHYS_ANON;
+  if (!id) return ANON_KEY;
   span_t *s = mesh_span(id);
-  if (mesh_load_relaxed(&s->state) == SPAN_RETIRED) return (uint32_t)mesh_load_relaxed(&s->bits[0]) + (page - vstart);
-  if (s->page != vstart || (s->flags & SPAN_FILE)) return s->page + (page - vstart); /* alias, or a destination */
-  return MESH_PHYS_ANON;
+  uint64_t gen = (uint64_t)mesh_span_gen(s) << 32;
+  if (mesh_load_relaxed(&s->state) == SPAN_RETIRED)
+    return gen | ((uint32_t)mesh_load_relaxed(&s->bits[0]) + (page - vstart));
+  if (s->page != vstart || (s->flags & SPAN_FILE)) return gen | (s->page + (page - vstart)); /* alias, or a destination */
+  return ANON_KEY;
 }
 
-static int brk_between(uint32_t left, uint32_t right) {
-  if (left == MESH_PHYS_ANON || right == MESH_PHYS_ANON) return left != right;
+/* The current memfd's page behind a virtual page (what meshing can continue
+ * or share), or MESH_PHYS_ANON (anonymous memory, or a frozen generation). */
+uint32_t _mesh_arena_phys_of(uint32_t page) {
+  uint64_t k = map_key(page);
+  return k >> 32 ? MESH_PHYS_ANON : (uint32_t)k;
+}
+
+static int brk_between(uint64_t left, uint64_t right) {
+  if (left == ANON_KEY || right == ANON_KEY) return left != right;
   return right != left + 1;
 }
 
-static int brk_at(uint32_t x, uint32_t phys_x) {
+static int brk_at(uint32_t x, uint64_t key_x) {
   if (x == 0 || x >= _mesh_arena.npages) return 0;
-  return brk_between(_mesh_arena_phys_of(x - 1), phys_x);
+  return brk_between(map_key(x - 1), key_x);
 }
 
 /* Change in arena mappings if virtual pages [vpage, vpage+n) were mapped
  * onto memfd pages starting at phys (MESH_PHYS_ANON: anonymous memory). */
 int _mesh_arena_map_delta(uint32_t vpage, uint32_t n, uint32_t phys) {
   uint32_t end = vpage + n;
-  int before = brk_at(vpage, _mesh_arena_phys_of(vpage));
-  int after = brk_at(vpage, phys);
+  uint64_t key = phys == MESH_PHYS_ANON ? ANON_KEY : phys; /* new mappings are of the current memfd */
+  int before = brk_at(vpage, map_key(vpage));
+  int after = brk_at(vpage, key);
   if (end < _mesh_arena.npages) {
-    uint32_t pe = _mesh_arena_phys_of(end);
-    before += brk_between(_mesh_arena_phys_of(end - 1), pe);
-    after += brk_between(phys == MESH_PHYS_ANON ? phys : phys + n - 1, pe);
+    uint64_t ke = map_key(end);
+    before += brk_between(map_key(end - 1), ke);
+    after += brk_between(key == ANON_KEY ? key : key + n - 1, ke);
   }
   return after - before;
 }
@@ -203,10 +232,10 @@ bool _mesh_arena_promote(uint32_t id) {
  * throughout. */
 static uint32_t retired_head = MESH_NIL; /* SPAN_RETIRED records, linked by next */
 
-static void retire(uint32_t a, uint32_t phys) {
+static void retire(uint32_t a, uint32_t phys, unsigned gen) {
   span_t *r = mesh_span(a);
   r->nobjects = 0;
-  r->flags &= (uint8_t)~SPAN_FILE;
+  r->flags = (uint8_t)((r->flags & ~(SPAN_FILE | SPAN_GEN_MASK)) | (gen << SPAN_GEN_SHIFT));
   mesh_store_relaxed(&r->bits[0], phys);
   mesh_store_relaxed(&r->state, SPAN_RETIRED);
   _mesh_pagetable_set(r->page, r->npages, r->page, a);
@@ -227,6 +256,8 @@ void _mesh_arena_retry_retired(void) {
     *link = r->next;
     mesh_stat_add(arena_mappings, d);
     mesh_stat_sub(retired_pages, r->npages);
+    if (mesh_span_gen(r)) mesh_stat_sub(frozen_pages, r->npages);
+    r->flags &= (uint8_t)~SPAN_GEN_MASK;
     mesh_store_relaxed(&r->bits[0], 0);
     _mesh_pagetable_set(r->page, r->npages, 0, MESH_NIL);
     _mesh_arena_run_insert(a, false);
@@ -235,9 +266,11 @@ void _mesh_arena_retry_retired(void) {
 
 /* Undoes every alias of span id before its pages are freed: each aliased
  * virtual span gets fresh anonymous pages and becomes a clean free run, or
- * is retired if the kernel refuses the mapping. Lock held. */
+ * is retired if the kernel refuses the mapping (keeping the generation it
+ * maps). Lock held. */
 void _mesh_arena_unalias_all(uint32_t id) {
   span_t *s = mesh_span(id);
+  unsigned gen = mesh_span_gen(s);
   uint32_t a = s->alias_next;
   s->alias_next = MESH_NIL;
   s->naliases = 0;
@@ -249,13 +282,14 @@ void _mesh_arena_unalias_all(uint32_t id) {
     mesh_stat_sub(meshed_pages, r->npages);
     mesh_stat_sub(mesh_aliases, 1);
     r->alias_next = MESH_NIL;
+    if (restored && gen) mesh_stat_sub(frozen_pages, r->npages);
     if (restored) {
       mesh_stat_add(arena_mappings, d);
       _mesh_pagetable_set(r->page, r->npages, 0, MESH_NIL);
       r->nobjects = 0;
       _mesh_arena_run_insert(a, false);
     } else {
-      retire(a, s->page);
+      retire(a, s->page, gen);
     }
     a = next;
   }
@@ -269,19 +303,51 @@ void _mesh_arena_unalias_all(uint32_t id) {
 void _mesh_arena_drop_file(uint32_t id) {
   span_t *s = mesh_span(id);
   uint32_t n = s->npages;
+  unsigned gen = mesh_span_gen(s);
   size_t len = (size_t)n << MESH_PAGE_SHIFT;
-  mesh_stat_sub(promoted_pages, n);
-  mesh_stat_add(punch_calls, 1);
-  if (punch((size_t)s->page << MESH_PAGE_SHIFT, len, true) != 0)
-    _mesh_warning("returning %zu bytes of the memfd failed (errno %d)", len, errno);
+  if (!gen) { /* a frozen generation is never punched: other processes may read it */
+    mesh_stat_sub(promoted_pages, n);
+    mesh_stat_add(punch_calls, 1);
+    if (punch((size_t)s->page << MESH_PAGE_SHIFT, len, true) != 0)
+      _mesh_warning("returning %zu bytes of the memfd failed (errno %d)", len, errno);
+  }
   int d = _mesh_arena_map_delta(s->page, n, MESH_PHYS_ANON);
-  if (_mesh_arena_map(s->page, n, MESH_PHYS_ANON) != 0) {
-    retire(id, s->page);
+  if (_mesh_arena_map(s->page, n, MESH_PHYS_ANON) != 0) { /* a frozen one stays counted as such */
+    retire(id, s->page, gen);
     return;
   }
-  s->flags &= (uint8_t)~SPAN_FILE;
+  if (gen) mesh_stat_sub(frozen_pages, n);
+  s->flags &= (uint8_t)~(SPAN_FILE | SPAN_GEN_MASK);
   mesh_stat_add(arena_mappings, d);
   mesh_stat_add(dropped_pages_total, n);
   _mesh_pagetable_set(s->page, n, 0, MESH_NIL);
   _mesh_arena_run_insert(id, false);
+}
+
+/* ---- generations (fork.c freezes one; lock held) -----------------------
+ * The numbers only tell apart the files a process maps for the mapping
+ * count; they are the process's own (a fork child numbers on from its
+ * parent's, in its own address space). */
+static unsigned last_gen; /* (lock) the generation the last freeze made, 1-63 */
+
+unsigned _mesh_arena_next_gen(void) {
+  last_gen = last_gen % (SPAN_GEN_MASK >> SPAN_GEN_SHIFT) + 1;
+  return last_gen;
+}
+
+int _mesh_arena_new_memfd(uint64_t id[2]) {
+  int fd = _mesh_os_memfd();
+  if (fd >= 0 && (_mesh_os_fd_identity(fd, id) != 0 || _mesh_os_ftruncate(fd, _mesh_arena.room) != 0)) {
+    _mesh_os_close(fd);
+    fd = -1;
+  }
+  return fd;
+}
+
+void _mesh_arena_switch_memfd(int fd, const uint64_t id[2]) {
+  int old = _mesh_arena_fd(); /* -1 if the program closed or reused it: then it is left alone */
+  if (old >= 0) _mesh_os_close(old);
+  _mesh_arena.fd = fd;
+  _mesh_arena.fd_id[0] = id[0];
+  _mesh_arena.fd_id[1] = id[1];
 }

@@ -177,6 +177,15 @@ int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off) {
   return r == -1 ? -1 : 0; /* syscall() sets errno; user addresses are positive */
 }
 
+/* A private, read-only view of the file: the kernel gives whoever writes
+ * it (after mprotect) a page of its own, copied from the file's, so the
+ * file itself is never written through it. Raw call, as above. */
+int _mesh_os_map_frozen(void *addr, size_t len, int fd, size_t off) {
+  if (injected_failure()) return -1;
+  long r = syscall(SYS_mmap, addr, len, PROT_READ, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fd, (off_t)off);
+  return r == -1 ? -1 : 0;
+}
+
 int _mesh_os_punch(int fd, void *addr, size_t off, size_t len) {
   /* madvise(DONTNEED) does not free shmem pages; only a hole in the memfd does. */
   if (fd >= 0) return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);

@@ -26,6 +26,7 @@ void *_mesh_os_reserve(size_t size, int fd);
  * touched, never backed) that nothing else can be mapped into. */
 void *_mesh_os_reserve_guarded(size_t size, size_t guard, int fd);
 int _mesh_os_map_fixed(void *addr, size_t len, int fd, size_t off);
+int _mesh_os_map_frozen(void *addr, size_t len, int fd, size_t off); /* MAP_PRIVATE, read-only */
 int _mesh_os_map_at(void *addr, size_t len); /* MAP_FIXED_NOREPLACE: -1 with EEXIST if taken */
 int _mesh_os_punch(int fd, void *addr, size_t off, size_t len);
 void *_mesh_os_alloc(size_t size);

@@ -33,7 +33,7 @@ _Static_assert(sizeof _mesh_pass_log % 4096 == 0, "the pass log fills whole page
   X(metadata_bytes, "bytes of metadata in use: span records, page table, thread heaps") \
   X(meshing_available, "1 when the arena is memfd-backed and spans can be meshed") \
   X(meshed_bytes_per_mapping, "meshed bytes per kernel mapping meshing added: meshed_pages x 4 KiB / (arena_mappings - 1)") \
-  X(arena_memfd_bytes, "bytes the arena's memfd really holds (its allocated blocks, fstat): pages a fork child wrote with pwrite, or never mapped, count here but not in PSS or RSS; 0 without a memfd")
+  X(arena_memfd_bytes, "bytes the arena's current memfd really holds (its allocated blocks, fstat): pages a fork child wrote with pwrite, or never mapped, count here but not in PSS or RSS; 0 without a memfd; a frozen generation, whose descriptor is closed, is not counted (see frozen_pages)")
 
 enum {
 #define MESH_DER_ENUM(n, doc) MESH_DER_##n,

@@ -91,6 +91,14 @@ enum span_state {
                           kernel may write into them behind libc (a stdio buffer) */
 #define SPAN_FILE 2u   /* its physical pages are the memfd's, at its own page (it is, or
                           was, a meshing destination); else private anonymous memory */
+/* Bits 2-7: the frozen generation (1-63) whose file a destination or a
+ * retired range maps privately since a fork froze it (memfd.c, "Frozen
+ * generations"); 0 for the current memfd. A frozen span is never meshed
+ * again. Generations are numbered in turn and wrap after 63 (only the
+ * mapping count could then take two for one). */
+#define SPAN_GEN_SHIFT 2
+#define SPAN_GEN_MASK 0xFCu
+#define mesh_span_gen(s) (((s)->flags & SPAN_GEN_MASK) >> SPAN_GEN_SHIFT)
 
 /* One span record: 64 bytes, one cache line. Fields marked (lock) change only
  * under the global lock; (owner) only by the attached thread heap. */
@@ -106,7 +114,7 @@ typedef struct span_s {
   _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
   uint8_t bin;          /* (lock) occupancy bin or free-run bin index */
   uint8_t naliases;     /* (lock) alias records in the chain (virtual spans backed by this one, minus 1) */
-  uint8_t flags;        /* (lock) SPAN_PINNED, SPAN_FILE; also keeps the record at 64 bytes */
+  uint8_t flags;        /* (lock) SPAN_PINNED, SPAN_FILE, the frozen generation; also keeps the record at 64 bytes */
   uint32_t alias_next;  /* (lock) next alias record in the chain of virtual spans meshed onto this span */
   /* the free path's loads: the last 8 bytes (see "Store and load zones") */
   _Atomic uint32_t owner; /* thread heap id while attached, MESH_OWNER_NONE otherwise */

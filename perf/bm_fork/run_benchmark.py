@@ -21,8 +21,16 @@ Memory, once per worker, into the run's metadata:
   (``prefork_idle_added_mb``) or each rewriting a tenth of the objects
   (``prefork_rewrite_added_mb``): what they add to the parent's memory,
   the sum of every process's PSS (shared pages split between them) plus the
-  bytes the workers' arena memfds hold that no PSS shows.
+  bytes the workers' arena memfds hold that no PSS shows;
+- a meshed heap: another heap of HEAP_MB thinned to a quarter of its
+  objects and, under meshalloc, compacted (``meshed_memfd_mb``: what
+  meshing put in the memfd), then the first fork after the compaction
+  (``meshed_first_fork_ms``: where the memfd is frozen or copied), the
+  median of the next forks (``meshed_fork_ms``) and PREFORK idle workers
+  (``prefork_meshed_idle_added_mb``). That case runs in a child of the
+  worker, so nothing of it is left in the heap the timed forks copy.
 """
+import json
 import os
 import sys
 import time
@@ -119,9 +127,59 @@ def prefork_added(heap, rewrite):
     return total - before
 
 
+def timed_fork():
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return time.perf_counter() - t0
+
+
+def meshed_case(metadata):
+    heap = build_heap(benchlib.scaled(HEAP_MB, 1) * 1024 * 1024)
+    for chunk in heap:
+        chunk[:] = chunk[::4]
+    promoted = 0
+    mod = sys.modules.get("meshalloc")
+    if mod is not None and (mod.is_installed() or mod.is_preloaded()):
+        mod.compact()
+        promoted = mod.stats().promoted_pages * 4096
+    first = timed_fork()
+    rest = sorted(timed_fork() for _ in range(7))
+    metadata["meshed_memfd_mb"] = round(promoted / 1048576.0, 1)
+    metadata["meshed_first_fork_ms"] = round(first * 1000, 1)
+    metadata["meshed_fork_ms"] = round(rest[len(rest) // 2] * 1000, 1)
+    metadata["prefork_meshed_idle_added_mb"] = round(prefork_added(heap, False) / 1048576.0, 1)
+
+
+def meshed_case_in_child(runner):
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        metadata = {}
+        try:
+            meshed_case(metadata)
+        finally:
+            os.write(w, json.dumps(metadata).encode())
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    runner.metadata.update(json.loads(data or b"{}"))
+
+
 def prepare(runner):
     """In a worker, before pyperf copies the metadata into the run: the heap,
     and what an idle child and a set of preforked workers of it cost."""
+    meshed_case_in_child(runner)
     _state["heap"] = build_heap(benchlib.scaled(HEAP_MB, 1) * 1024 * 1024)
     grown, pss = child_memory()
     runner.metadata["fork_child_system_mb"] = round(grown / 1048576.0, 1)
