@@ -1,10 +1,13 @@
 /* cbench.h - what the C benchmarks share: PSS read from smaps_rollup, the
- * splitmix64 step, and one meshalloc stats field by name. Header-only: each benchmark is one source file built
- * on its own (perf/micro/Makefile, perf/frag/frag.py).
+ * splitmix64 step, one meshalloc stats field by name, the escape that keeps
+ * the compiler from eliding a malloc/free pair, and the realloc growth step.
+ * Header-only: each benchmark is one source file built on its own
+ * (perf/micro/Makefile, perf/frag/frag.py).
  */
 #ifndef MESH_PERF_CBENCH_H
 #define MESH_PERF_CBENCH_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -41,5 +44,15 @@ static inline long long cb_mesh_stat(int (*read)(uint64_t *, int), const char *(
     if (name_of(i) && !strcmp(name_of(i), name)) return (long long)v[i];
   return -1;
 }
+
+/* Makes p escape through an empty asm: the compiler can neither elide the
+ * allocation nor sink it out of the loop. */
+static inline __attribute__((always_inline)) void cb_escape(void *p) {
+  __asm__ volatile("" : : "g"(p) : "memory");
+}
+
+/* The next size of a block grown by realloc: +1/8 and 16 bytes, rounded to
+ * 16 (CPython's list and bytearray over-allocation). */
+static inline size_t cb_grow_step(size_t n) { return (n + (n >> 3) + 16) & ~(size_t)15; }
 
 #endif

@@ -53,6 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../cbench.h"
 #include "mesh.h"
 
 #define INLINE static inline __attribute__((always_inline))
@@ -75,7 +76,6 @@ enum { CFG_GLIBC = 0, CFG_MESH = 1, NCFG = 2 };
 static const char *CFG_NAME[NCFG] = {"glibc", "mesh"};
 
 /* ---- small helpers ------------------------------------------------------ */
-INLINE void escape(void *p) { __asm__ volatile("" : : "g"(p) : "memory"); }
 
 static double now_s(void) {
   struct timespec ts;
@@ -125,10 +125,9 @@ static const char *size_label(size_t s, char *buf, size_t n) {
 }
 
 /* CPython-style growth: new = old + old/8 + 16, 16-byte rounded. */
-static size_t grow_step(size_t n) { return (n + (n >> 3) + 16) & ~(size_t)15; }
 static long grow_steps(size_t limit) {
   long k = 0;
-  for (size_t n = 0; n < limit; n = grow_step(n)) k++;
+  for (size_t n = 0; n < limit; n = cb_grow_step(n)) k++;
   return k;
 }
 
@@ -142,7 +141,7 @@ INLINE void pair_kernel(alloc_fn A, free_fn F, size_t size, long n) {
   for (long i = 0; i < n; i++) {
     char *p = A(size);
     p[0] = (char)i;
-    escape(p);
+    cb_escape(p);
     F(p);
   }
 }
@@ -156,7 +155,7 @@ INLINE void batch_kernel(alloc_fn A, free_fn F, size_t size, long reps) {
       size_t s = size ? size : mixed[mi++ & (MIXED_LEN - 1)];
       char *p = A(s);
       p[0] = (char)i;
-      escape(p);
+      cb_escape(p);
       ptrs[i] = p;
     }
     const uint16_t *perm = perms[r & (NPERMS - 1)];
@@ -168,10 +167,10 @@ INLINE void grow_kernel(realloc_fn R, free_fn F, size_t limit, long reps) {
   for (long r = 0; r < reps; r++) {
     char *p = NULL;
     for (size_t n = 0; n < limit;) {
-      size_t m = grow_step(n);
+      size_t m = cb_grow_step(n);
       p = R(p, m);
       memset(p + n, (int)r, m - n);
-      escape(p);
+      cb_escape(p);
       n = m;
     }
     F(p);

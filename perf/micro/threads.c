@@ -49,13 +49,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "../cbench.h"
+
 #define BATCH 1000         /* blocks per batch iteration */
 #define NPERMS 8           /* free orders a batch thread cycles through */
 #define RING_SLOTS 256     /* capacity of a remote pair's ring (power of 2) */
 #define GROW_START 64      /* realloc growth starts from this many bytes */
 #define MAX_THREADS 256
 
-static void escape(void *p) { __asm__ volatile("" : : "g"(p) : "memory"); }
 
 static double now_s(void) {
   struct timespec ts;
@@ -71,10 +72,9 @@ static uint64_t splitmix(uint64_t *s) {
 }
 
 /* CPython-style growth: new = old + old/8 + 16, rounded to 16 bytes. */
-static size_t grow_step(size_t n) { return (n + (n >> 3) + 16) & ~(size_t)15; }
 static long grow_steps(size_t limit) {
   long k = 0;
-  for (size_t n = GROW_START; n < limit; n = grow_step(n)) k++;
+  for (size_t n = GROW_START; n < limit; n = cb_grow_step(n)) k++;
   return k;
 }
 
@@ -111,7 +111,7 @@ static void pair_work(size_t size, long n) {
     char *p = malloc(size);
     p[0] = (char)i;
     p[size - 1] = (char)i;
-    escape(p);
+    cb_escape(p);
     free(p);
   }
 }
@@ -122,7 +122,7 @@ static void batch_work(size_t size, long n, uint16_t (*perms)[BATCH]) {
     for (int i = 0; i < BATCH; i++) {
       char *p = malloc(size);
       p[0] = (char)i;
-      escape(p);
+      cb_escape(p);
       ptrs[i] = p;
     }
     const uint16_t *perm = perms[r % NPERMS];
@@ -137,10 +137,10 @@ static void realloc_work(size_t limit, long n) {
     char *p = malloc(have);
     memset(p, (int)r, have);
     while (have < limit) {
-      size_t want = grow_step(have);
+      size_t want = cb_grow_step(have);
       p = realloc(p, want);
       memset(p + have, (int)r, want - have);
-      escape(p);
+      cb_escape(p);
       have = want;
     }
     free(p);
@@ -272,7 +272,7 @@ static double run(int test, size_t size, int nthreads, long iters, uint64_t seed
     free(jobs[i].perms);
   }
   for (int p = 0; p < nthreads; p++) free(rings[p]);
-  escape(&sink);
+  cb_escape(&sink);
   free(rings);
   free(th);
   free(jobs);
