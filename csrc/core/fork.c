@@ -110,9 +110,11 @@ static void each_range(range_fn fn, void *arg) {
     span_t *s = mesh_span(id);
     uint32_t n = s->npages ? s->npages : 1;
     uint8_t st = mesh_load_relaxed(&s->state);
-    if (mesh_span_gen(s))
-      ;
-    else if (st == SPAN_RETIRED)
+    if (mesh_span_gen(s)) { /* frozen: private already */
+      pg += n;
+      continue;
+    }
+    if (st == SPAN_RETIRED)
       fn(pg, n, (uint32_t)mesh_load_relaxed(&s->bits[0]), RANGE_RETIRED, arg);
     else if ((uint32_t)(e >> 32) == pg && s->page != pg)
       fn(pg, n, s->page, RANGE_ALIAS, arg);
