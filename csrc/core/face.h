@@ -7,9 +7,10 @@
  * checks both rules.
  *
  *   - The fast paths (fast_path.h), which the faces inline so that an
- *     allocation pays no call into the core: mesh_malloc_try and
- *     mesh_free_in against the calling thread's heap (mesh_face_heap), and
- *     mesh_malloc_inline / mesh_free_inline.
+ *     allocation pays no call into the core: mesh_malloc_try,
+ *     mesh_free_local (kept in line) and mesh_free_other (the frees it
+ *     leaves, out of line) against the calling thread's heap
+ *     (mesh_face_heap), and mesh_malloc_inline / mesh_free_inline.
  *   - The face counters: MESH_FACE_COUNTS per-thread counters a face
  *     numbers as it likes (the Python hooks: per domain, allocs, reallocs,
  *     frees and foreign ones). They live in the thread heaps (types.h),

@@ -104,48 +104,78 @@ MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uin
   return true;
 }
 
-/* mesh_free_in's answers */
+/* The local free of p, at offset off in the arena, into span s (record
+ * id, page-table entry pte), which is attached to h: push the slot on the
+ * vector. A bad free (not the start of a block, or a slot that is already
+ * free here or was freed by another thread) is reported with its address
+ * and changes nothing. */
+MESH_INLINE void mesh_free_push(thread_heap_t *h, void *p, uintptr_t off, uint64_t pte, span_t *s) {
+  uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
+  shuffle_vector_t *sv = &h->sv[s->cls];
+  MESH_OPAQUE(sv);
+  uint32_t slot = mesh_slot_at(voff, sv->size, sv->recip, s->nobjects);
+  if (mesh_unlikely(slot == MESH_NO_SLOT)) {
+    _mesh_report_bad_free(p, "invalid free (not the start of a block)");
+    return;
+  }
+  /* Free here iff the shared bit is set (a clear one: another thread
+   * already freed it, not yet reclaimed) and the local bit is clear (a
+   * set one: it is already in the vector). */
+  unsigned a = mesh_load_relaxed(&s->att), w = slot >> 6;
+  uint64_t bit = 1ull << (slot & 63);
+  _Atomic uint64_t *local = &sv->att[a].local[w];
+  uint64_t lv = mesh_load_relaxed(local);
+  if (mesh_likely((mesh_load_relaxed(&s->bits[w]) & ~lv & bit) != 0)) {
+    mesh_store_relaxed(local, lv | bit);
+    sv->entries[sv->len++] = mesh_sv_entry(a, (uint32_t)voff);
+    return;
+  }
+  _mesh_report_bad_free(p, "double free");
+}
+
+/* mesh_free_local's and mesh_free_in's answers */
 enum { MESH_FREE_NOT_OURS = 0, MESH_FREE_LOCAL = 1, MESH_FREE_OTHER = 2 };
 
-/* Frees p if it lies in the arena. Returns MESH_FREE_NOT_OURS, having
- * touched nothing, if it does not (NULL included); MESH_FREE_LOCAL if p's
- * span is attached to h (so h is a real heap, not a sentinel); and
- * MESH_FREE_OTHER for every other block of ours (another thread's span, a
- * detached span, a large block). A bad free inside the arena is reported
- * (with its address) and counts as freed. h is the calling thread's heap. */
-MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
-  uintptr_t off = (uintptr_t)p - _mesh_arena.base;
-  if (mesh_unlikely(off >= _mesh_arena.size)) return MESH_FREE_NOT_OURS;
-  uint64_t pte = mesh_load_relaxed(&_mesh_arena.pagetable[off >> MESH_PAGE_SHIFT]);
+/* The first half of a free, the only one a fast path keeps in line.
+ * Returns MESH_FREE_NOT_OURS, having touched nothing, if p is not in the
+ * arena (NULL included); MESH_FREE_LOCAL having freed p (or reported a bad
+ * free of it) if its span is attached to h (so h is a real heap, not a
+ * sentinel); MESH_FREE_OTHER, having touched nothing, for every other
+ * block of ours (another thread's span, a detached span, a large block):
+ * *off and *pte are then what mesh_free_other needs to finish. Nearly half
+ * of Python's frees are OTHER (their span was detached when it filled up):
+ * a caller that sends them to mesh_free_other out of line, by a tail call,
+ * keeps the local path free of calls, so it saves no registers. h is the
+ * calling thread's heap. */
+MESH_INLINE int mesh_free_local(thread_heap_t *h, void *p, uintptr_t *off, uint64_t *pte) {
+  *off = (uintptr_t)p - _mesh_arena.base;
+  if (mesh_unlikely(*off >= _mesh_arena.size)) return MESH_FREE_NOT_OURS;
+  *pte = mesh_load_relaxed(&_mesh_arena.pagetable[*off >> MESH_PAGE_SHIFT]);
+  span_t *s = mesh_span((uint32_t)*pte);
+  if (mesh_unlikely(mesh_load_relaxed(&s->owner) != h->id)) return MESH_FREE_OTHER;
+  mesh_free_push(h, p, *off, *pte, s);
+  return MESH_FREE_LOCAL;
+}
+
+/* The second half, for MESH_FREE_OTHER: frees p, at offset off in the
+ * arena with page-table entry pte, into a span the caller does not hold.
+ * The caller's return address is the one reported with a bad free. */
+MESH_INLINE void mesh_free_other(void *p, uintptr_t off, uint64_t pte) {
   uint32_t id = (uint32_t)pte;
   span_t *s = mesh_span(id);
-  if (mesh_likely(mesh_load_relaxed(&s->owner) == h->id)) {
-    uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
-    shuffle_vector_t *sv = &h->sv[s->cls];
-    MESH_OPAQUE(sv);
-    uint32_t slot = mesh_slot_at(voff, sv->size, sv->recip, s->nobjects);
-    if (mesh_unlikely(slot == MESH_NO_SLOT)) {
-      _mesh_report_bad_free(p, "invalid free (not the start of a block)");
-      return MESH_FREE_LOCAL;
-    }
-    /* Free here iff the shared bit is set (a clear one: another thread
-     * already freed it, not yet reclaimed) and the local bit is clear (a
-     * set one: it is already in the vector). */
-    unsigned a = mesh_load_relaxed(&s->att), w = slot >> 6;
-    uint64_t bit = 1ull << (slot & 63);
-    _Atomic uint64_t *local = &sv->att[a].local[w];
-    uint64_t lv = mesh_load_relaxed(local);
-    if (mesh_likely((mesh_load_relaxed(&s->bits[w]) & ~lv & bit) != 0)) {
-      mesh_store_relaxed(local, lv | bit);
-      sv->entries[sv->len++] = mesh_sv_entry(a, (uint32_t)voff);
-      return MESH_FREE_LOCAL;
-    }
-    _mesh_report_bad_free(p, "double free");
-    return MESH_FREE_LOCAL;
-  }
-  if (mesh_likely(mesh_free_shared_try(off, s, id, pte))) return MESH_FREE_OTHER;
+  if (mesh_likely(mesh_free_shared_try(off, s, id, pte))) return;
   _mesh_free_nonlocal(p, s, id, pte, __builtin_return_address(0));
-  return MESH_FREE_OTHER;
+}
+
+/* Both halves in line: frees p if it lies in the arena, with the answers
+ * of mesh_free_local. A bad free inside the arena is reported (with its
+ * address) and counts as freed. */
+MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
+  uintptr_t off;
+  uint64_t pte;
+  int r = mesh_free_local(h, p, &off, &pte);
+  if (r == MESH_FREE_OTHER) mesh_free_other(p, off, pte);
+  return r;
 }
 
 MESH_INLINE bool mesh_free_inline(void *p) { return mesh_free_in(_mesh_tls.heap, p) != MESH_FREE_NOT_OURS; }

@@ -494,6 +494,7 @@ void _mesh_meshing_init(void);
 bool _mesh_mesh_pair(uint32_t dst_id, uint32_t src_id);
 void _mesh_count_other_mappings(void); /* without the lock: refresh the mapping budget */
 bool _mesh_mapping_count_stale(void); /* near the kernel's limit, and counted too long ago */
+bool _mesh_mapping_recount_due(void); /* a sweep ends: the arena grew, or the count is old */
 /* The virtual spans a span's chain maps: itself and its aliases. */
 MESH_INLINE unsigned mesh_chain_len(const span_t *s) { return 1u + s->naliases; }
 

@@ -60,6 +60,7 @@
 static uint64_t map_limit;
 static _Atomic(uint64_t) map_others; /* written without the lock */
 static _Atomic(uint64_t) map_counted_ns; /* when map_others was counted */
+static _Atomic(uint64_t) map_counted_ours; /* arena_mappings then */
 
 /* Counts the mappings that are not the arena's. Call without the lock (a
  * big /proc/self/maps takes milliseconds to read). */
@@ -67,7 +68,23 @@ void _mesh_count_other_mappings(void) {
   long all = _mesh_os_count_maps();
   uint64_t ours = mesh_stat_get(arena_mappings);
   mesh_store_relaxed(&map_others, all > 0 && (uint64_t)all > ours ? (uint64_t)all - ours : 0);
+  mesh_store_relaxed(&map_counted_ours, ours);
   mesh_store_relaxed(&map_counted_ns, _mesh_os_now_ns());
+}
+
+/* Whether the meshing thread should count again as a sweep ends. The count
+ * matters only for what meshing may add: the budget it sets is spent by
+ * new mappings of the arena. So it is taken again once the arena added
+ * 1/64 of the kernel's limit since the last count (bounding what meshing
+ * can add on a stale count), and at least every MAP_REFRESH_NS; not at
+ * every sweep, as a sweep of a heap that meshes nothing would then read
+ * the whole maps file for nothing. */
+#define MAP_REFRESH_NS 10000000000ull
+bool _mesh_mapping_recount_due(void) {
+  if (mesh_opt(MESH_OPT_MAX_MAPPINGS) > 0 || !map_limit) return false;
+  uint64_t grown = mesh_stat_get(arena_mappings) - mesh_load_relaxed(&map_counted_ours);
+  return (int64_t)grown >= (int64_t)(map_limit / 64) ||
+         _mesh_os_now_ns() - mesh_load_relaxed(&map_counted_ns) >= MAP_REFRESH_NS;
 }
 
 /* The program may have added mappings of its own since they were counted

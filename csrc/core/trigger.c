@@ -205,6 +205,7 @@ static struct {
   unsigned idle_sweeps;  /* whole sweeps in a row that meshed nothing */
   bool backlog;          /* work is left that pays: the next pass follows after a short gap */
   bool recount;          /* count the program's mappings before the next turn */
+  bool sweep_ended;      /* and count them then if the arena grew (mesh.c) */
   uint64_t active_ns;    /* the last turn that found the program busy */
   uint64_t cpu_wall, cpu_others; /* program_busy's last reading */
   bool busy;             /* and its verdict */
@@ -287,7 +288,7 @@ static void judge_sweep(size_t freed, bool more) {
     if (!th.backlog) th.backlog = freed > 0, th.win_passes = 0, th.win_pages = 0;
     else if (++th.win_passes == THREAD_WINDOW) th.backlog = th.win_pages > 0, th.win_passes = 0, th.win_pages = 0;
   } else { /* every class's sweep ended with this pass */
-    th.recount = true;
+    th.sweep_ended = true;
     th.backlog = false;
     uint64_t got = th.sweep_freed;
     th.sweep_freed = 0;
@@ -403,8 +404,11 @@ static void *thread_main(void *arg) {
     pthread_mutex_unlock(&thread_lock);
     if (stop) break;
     /* the mapping budget counts the program's own mappings, read (outside
-     * the lock: a big maps file takes milliseconds) as each sweep starts */
-    if (th.recount || _mesh_mapping_count_stale()) _mesh_count_other_mappings(), th.recount = false;
+     * the lock: a big maps file takes milliseconds) as the thread starts,
+     * and as a sweep starts if the arena grew or the count is old (mesh.c) */
+    if (th.recount || (th.sweep_ended && _mesh_mapping_recount_due()) || _mesh_mapping_count_stale())
+      _mesh_count_other_mappings();
+    th.recount = th.sweep_ended = false;
     _mesh_lock();
     if (mesh_stat_get(retired_pages)) _mesh_arena_retry_retired();
     bool go_on = thread_turn(&wait_ns);

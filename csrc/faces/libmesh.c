@@ -60,9 +60,22 @@ EXPORT void *malloc(size_t size) {
   if (mesh_unlikely(size >= STDIO_BUF_MIN)) pin_if_stdio_buffer(p, size, __builtin_return_address(0));
   return p;
 }
+/* A free of ours but not local (another thread's span, a detached one, a
+ * large block), reached by a tail call: the core still sees the program's
+ * call site. */
+static __attribute__((noinline)) void free_other(void *p, uintptr_t off, uint64_t pte) { mesh_free_other(p, off, pte); }
+
 EXPORT void free(void *p) {
-  if (mesh_unlikely(!mesh_free_inline(p)) && p) mesh_free(p);
+  uintptr_t off;
+  uint64_t pte;
+  int r = mesh_free_local(mesh_face_heap(), p, &off, &pte);
+  if (mesh_likely(r == MESH_FREE_LOCAL)) return;
+  if (r == MESH_FREE_OTHER)
+    free_other(p, off, pte);
+  else if (p)
+    mesh_free(p); /* the direct allocator's, or not ours: mesh_free reports it */
 }
+
 EXPORT void cfree(void *p) { free(p); }
 EXPORT void *calloc(size_t n, size_t size) { return mesh_calloc(n, size); }
 EXPORT void *realloc(void *p, size_t size) { return mesh_realloc(p, size); }

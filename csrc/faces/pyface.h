@@ -59,7 +59,7 @@ extern int py_preloaded;       /* 1 when py_api points into a preloaded libmesh 
 extern const char *const py_domain_names[PY_NDOMAINS];  /* "raw", "mem", "obj" */
 extern const char *const py_domain_macros[PY_NDOMAINS]; /* "PYMEM_DOMAIN_RAW", ... */
 extern PyMemAllocatorEx py_saved[PY_NDOMAINS];   /* what each hook wraps */
-extern const PyMemAllocatorEx py_hooks[PY_NDOMAINS];
+const PyMemAllocatorEx *py_hooks_of(void); /* the hooks install() sets: py_preloaded decides which */
 /* Sends domain d's new blocks to meshalloc (on) or to py_saved[d] again. */
 void py_divert(int d, int on);
 int py_diverting(int d);

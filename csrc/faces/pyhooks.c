@@ -138,8 +138,9 @@ PyObject *py_hook_counts(PyObject *self, PyObject *unused) {
  * preloaded libmesh.so is the backend). The fast path applies when the
  * domain is diverted to the extension's own core (DIVERT_INLINE): malloc
  * pops the thread heap's shuffle vector (mesh_malloc_try), free does the
- * range check and the local push (mesh_free_in), and the count goes into
- * the thread heap the fast path already holds. Keeping calls out of the
+ * range check and the local push (mesh_free_local; every other free goes
+ * out of line), and the count goes into the thread heap the fast path
+ * already holds. Keeping calls out of the
  * fast path lets the compiler skip the register saves a call would need:
  * the hooks are a third of the allocator's instructions on Python code. */
 
@@ -213,25 +214,44 @@ static __attribute__((noinline)) void hook_free_slow(int d, void *p) {
     py_saved[d].free(py_saved[d].ctx, p);
 }
 
-static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
-    if (mesh_likely(!py_preloaded)) {
-        /* One range check decides ours or not (NULL is not ours); ours is
-         * freed at once. Not only while diverting: after uninstall() our
-         * blocks still come back here. */
-        thread_heap_t *h = mesh_face_heap();
-        int r = mesh_free_in(h, p);
-        if (mesh_likely(r == MESH_FREE_LOCAL)) {  /* h is a real heap */
-            mesh_face_count_add(h, FC(d, HC_frees));
-            return;
-        }
-        if (r == MESH_FREE_OTHER) {  /* h may be the sentinel */
-            count(d, HC_frees);
-            return;
-        }
+/* A free of ours the local fast path did not take (another thread's
+ * span, a detached one, a large block): reached by a tail call with what
+ * the fast path worked out, so the core sees the program's call site. */
+static inline __attribute__((always_inline)) void hook_free_other(int d, void *p, uintptr_t off, uint64_t pte) {
+    mesh_free_other(p, off, pte);
+    count(d, HC_frees);  /* the heap may be the sentinel */
+}
+/* (one out-of-line copy per domain, so each counts with a constant index) */
+#define FREE_OTHER(name, d)                                                                     \
+    static __attribute__((noinline)) void name##_free_other(void *p, uintptr_t off, uint64_t pte) { \
+        hook_free_other((d), p, off, pte);                                                      \
     }
-    hook_free_slow(d, p);
+FREE_OTHER(raw, PYMEM_DOMAIN_RAW)
+FREE_OTHER(mem, PYMEM_DOMAIN_MEM)
+FREE_OTHER(obj, PYMEM_DOMAIN_OBJ)
+#undef FREE_OTHER
+
+static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
+    /* Not only while diverting: after uninstall() our blocks still come
+     * back here. */
+    thread_heap_t *h = mesh_face_heap();
+    uintptr_t off;
+    uint64_t pte;
+    int r = mesh_free_local(h, p, &off, &pte);
+    if (mesh_likely(r == MESH_FREE_LOCAL)) {  /* h is a real heap */
+        mesh_face_count_add(h, FC(d, HC_frees));
+        return;
+    }
+    if (r == MESH_FREE_OTHER)
+        (d == PYMEM_DOMAIN_RAW ? raw_free_other : d == PYMEM_DOMAIN_MEM ? mem_free_other : obj_free_other)(p, off, pte);
+    else
+        hook_free_slow(d, p);
 }
 
+/* The hooks of each domain: one set inlines the extension's own core (its
+ * fast paths), the other calls a preloaded libmesh.so through py_api.
+ * Which applies is known at module load (py_preloaded), so the fast paths
+ * never test it. */
 #define MESH_PY_DEFINE_HOOKS(name, d)                                                                 \
     static void *name##_malloc(void *ctx, size_t n) {                                                 \
         (void)ctx;                                                                                    \
@@ -248,14 +268,26 @@ static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
     static void name##_free(void *ctx, void *p) {                                                     \
         (void)ctx;                                                                                    \
         hook_free((d), p);                                                                            \
+    }                                                                                                 \
+    static void *name##_malloc_api(void *ctx, size_t n) {                                             \
+        (void)ctx;                                                                                    \
+        return hook_malloc_slow((d), n);                                                              \
+    }                                                                                                 \
+    static void name##_free_api(void *ctx, void *p) {                                                 \
+        (void)ctx;                                                                                    \
+        hook_free_slow((d), p);                                                                       \
     }
 
 MESH_PY_DEFINE_HOOKS(raw, PYMEM_DOMAIN_RAW)
 MESH_PY_DEFINE_HOOKS(mem, PYMEM_DOMAIN_MEM)
 MESH_PY_DEFINE_HOOKS(obj, PYMEM_DOMAIN_OBJ)
 
-const PyMemAllocatorEx py_hooks[PY_NDOMAINS] = {
-    {.ctx = NULL, .malloc = raw_malloc, .calloc = raw_calloc, .realloc = raw_realloc, .free = raw_free},
-    {.ctx = NULL, .malloc = mem_malloc, .calloc = mem_calloc, .realloc = mem_realloc, .free = mem_free},
-    {.ctx = NULL, .malloc = obj_malloc, .calloc = obj_calloc, .realloc = obj_realloc, .free = obj_free},
-};
+#define HOOKS(name, api)                                                                             \
+    {.ctx = NULL, .malloc = name##_malloc##api, .calloc = name##_calloc, .realloc = name##_realloc,   \
+     .free = name##_free##api}
+static const PyMemAllocatorEx hooks_inline[PY_NDOMAINS] = {HOOKS(raw, ), HOOKS(mem, ), HOOKS(obj, )};
+static const PyMemAllocatorEx hooks_api[PY_NDOMAINS] = {HOOKS(raw, _api), HOOKS(mem, _api), HOOKS(obj, _api)};
+#undef HOOKS
+
+const PyMemAllocatorEx *py_hooks_of(void) { return py_preloaded ? hooks_api : hooks_inline; }
+

@@ -320,7 +320,7 @@ static const char *object_of(void *(*fn)(void *, size_t), void **base) {
 static int other_meshalloc(void *(*fn)(void *, size_t), const char **path) {
     void *base, *own;
     const char *file = object_of(fn, &base);
-    (void)object_of(py_hooks[0].malloc, &own);
+    (void)object_of(py_hooks_of()[0].malloc, &own);
     *path = file;
     if (file == NULL || base == NULL || base == own)
         return 0;
@@ -432,7 +432,7 @@ static PyObject *py_install(PyObject *self, PyObject *args) {
         py_divert(d, 1);
         if (!hooked[d]) {
             atomic_thread_fence(memory_order_seq_cst); /* py_saved[d] before the hook */
-            PyMemAllocatorEx hook = py_hooks[d];
+            PyMemAllocatorEx hook = py_hooks_of()[d];
             hook.ctx = py_saved[d].ctx; /* a torn (function, ctx) pair stays consistent: pyhooks.c */
             PyMem_SetAllocator((PyMemAllocatorDomain)d, &hook);
             hooked[d] = 1;
@@ -463,7 +463,7 @@ static PyObject *describe_allocator(int d) {
     const char *wrapped = hooked[d] ? object_of(py_saved[d].malloc, &base) : NULL;
     return Py_BuildValue("{s:K,s:s,s:O,s:O,s:O,s:O,s:s}", "malloc", (unsigned long long)(uintptr_t)addr,
                          "object", file != NULL ? file : "",
-                         "meshalloc", same_functions(&cur, &py_hooks[d]) ? Py_True : Py_False,
+                         "meshalloc", same_functions(&cur, &py_hooks_of()[d]) ? Py_True : Py_False,
                          "baseline", (!baseline_adopt && same_allocator(&cur, &baseline[d])) ? Py_True : Py_False,
                          "hooked", hooked[d] ? Py_True : Py_False,
                          "diverting", py_diverting(d) ? Py_True : Py_False,
