@@ -416,7 +416,11 @@ def instructions_section(doc: Dict[str, object]) -> List[str]:
             "where the wall-clock ones above carry ±0.2. Each cell: the whole process's instructions (a run of "
             "%d loops, start-up included) / per loop of the benchmark (the difference from a run of 1 loop, "
             "start-up cancelled) / instructions in allocator code (meshalloc's core and hooks, pymalloc's "
-            "obmalloc.c, glibc's malloc.c), as ratios to pymalloc's. PYTHONHASHSEED is fixed; pymalloc's "
+            "obmalloc.c, glibc's malloc.c) / the allocator's less its time-driven work (the meshing thread "
+            "and the passes and publications the inline trigger ran because their time had come: under "
+            "callgrind the program runs ~50x slower while those periods stay in real time, so that work "
+            "weighs ~50x more against the program's than it does natively), as ratios to pymalloc's. "
+            "PYTHONHASHSEED is fixed; pymalloc's "
             "counts then repeat to 0.01 %%, meshalloc's to about ±2 %% (its randomised allocation order and "
             "the meshing thread's timing)." % (doc["date"], doc["revision"], doc["scale"],
                                                doc["loops"][1]),  # type: ignore[index]

@@ -392,6 +392,11 @@ def test_instruction_mode_counts_every_configuration_and_the_report_shows_the_ra
         assert 0 < c["allocator"] < c["whole"], (config, c)
     # meshalloc's code is counted as allocator code: more of it than pymalloc's obmalloc.c
     assert per["meshalloc"]["allocator"] > per["pymalloc"]["allocator"]
+    # time-driven work is a part of meshalloc's (every refill asks the inline
+    # trigger whether a pass is due); pymalloc has none
+    assert per["pymalloc"]["time_driven"] == 0
+    for config in ("meshalloc", "preload"):
+        assert 0 < per[config]["time_driven"] < per[config]["allocator"], (config, per[config])
     assert "geometric mean" in r.stdout
     # the report puts the table beside the wall-clock one
     for config in ("pymalloc", "meshalloc"):
