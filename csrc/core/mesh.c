@@ -56,7 +56,8 @@
  * past vm.max_map_count, and then it is someone else's mmap (or our own
  * remap) that fails, so meshing stops well before: at 3/4 of the limit, and
  * never closer to it than 1/8 of the limit counting the mappings the rest of
- * the program holds (counted at start-up and before each compaction). */
+ * the program holds (counted at start-up, before each compaction, and by
+ * the meshing thread: see _mesh_mapping_recount_due). */
 static uint64_t map_limit;
 static _Atomic(uint64_t) map_others; /* written without the lock */
 static _Atomic(uint64_t) map_counted_ns; /* when map_others was counted */
