@@ -55,10 +55,21 @@ static void pin_if_stdio_buffer(void *p, size_t size, const void *caller);
 /* (blocks of STDIO_BUF_MIN bytes or more may be a stdio buffer: see
  * "memory the program protects or hands to stdio" below) */
 #define STDIO_BUF_MIN 512
-EXPORT void *malloc(size_t size) {
-  void *p = mesh_malloc_inline(size);
-  if (mesh_unlikely(size >= STDIO_BUF_MIN)) pin_if_stdio_buffer(p, size, __builtin_return_address(0));
+/* Everything malloc's fast path leaves: an empty vector, a size past the
+ * small classes or 0, a block that may be a stdio buffer. Reached by a
+ * tail call, so the return address is the program's call site, and the
+ * fast path makes no call (it saves no registers). p: what the fast path
+ * popped, or NULL. */
+static __attribute__((noinline)) void *malloc_other(size_t size, void *p) {
+  if (!p) p = mesh_malloc_inline(size);
+  if (size >= STDIO_BUF_MIN) pin_if_stdio_buffer(p, size, __builtin_return_address(0));
   return p;
+}
+
+EXPORT void *malloc(size_t size) {
+  void *p = mesh_malloc_try(mesh_face_heap(), size);
+  if (mesh_likely(p != NULL) && mesh_likely(size < STDIO_BUF_MIN)) return p;
+  return malloc_other(size, p);
 }
 /* A free of ours but not local (another thread's span, a detached one, a
  * large block), reached by a tail call: the core still sees the program's
