@@ -89,7 +89,7 @@ MESH_INLINE void mesh_after_shared_clear(span_t *s, uint32_t id, unsigned w, uns
  * every other case: a large block, a span meshed away, a bad pointer, a
  * double free; _mesh_free_nonlocal then does it from scratch. off is p's
  * offset in the arena, pte its page-table entry. */
-MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uint64_t pte) {
+MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uint64_t pte, const void *caller) {
   _Static_assert(SPAN_PARTIAL == SPAN_ATTACHED + 1 && SPAN_FULL == SPAN_ATTACHED + 2, "the states of small spans");
   uint8_t st = mesh_load_seq_cst(&s->state);
   if (mesh_unlikely((uint8_t)(st - SPAN_ATTACHED) > 2)) return false;
@@ -100,7 +100,7 @@ MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uin
   unsigned w = slot >> 6, nobjects = sc->nobjects;
   if (mesh_unlikely(!mesh_bit_clear_seq_cst(&s->bits[w], slot))) return false;
   /* the bit is clear: from here the record may be reused (alloc.c) */
-  mesh_after_shared_clear(s, id, w, nobjects, __builtin_return_address(0));
+  mesh_after_shared_clear(s, id, w, nobjects, caller);
   return true;
 }
 
@@ -144,7 +144,7 @@ enum { MESH_FREE_NOT_OURS = 0, MESH_FREE_LOCAL = 1, MESH_FREE_OTHER = 2 };
  * block of ours (another thread's span, a detached span, a large block):
  * *off and *pte are then what mesh_free_other needs to finish. Nearly half
  * of Python's frees are OTHER (their span was detached when it filled up):
- * a caller that sends them to mesh_free_other out of line, by a tail call,
+ * a caller that sends them to mesh_free_other out of line (a tail call)
  * keeps the local path free of calls, so it saves no registers. h is the
  * calling thread's heap. */
 MESH_INLINE int mesh_free_local(thread_heap_t *h, void *p, uintptr_t *off, uint64_t *pte) {
@@ -159,12 +159,14 @@ MESH_INLINE int mesh_free_local(thread_heap_t *h, void *p, uintptr_t *off, uint6
 
 /* The second half, for MESH_FREE_OTHER: frees p, at offset off in the
  * arena with page-table entry pte, into a span the caller does not hold.
- * The caller's return address is the one reported with a bad free. */
-MESH_INLINE void mesh_free_other(void *p, uintptr_t off, uint64_t pte) {
+ * caller: the return address of the program's free (a PyMem hook, free),
+ * taken there: the core tells the dynamic loader's frees by it, and
+ * reports it with a bad free. */
+MESH_INLINE void mesh_free_other(void *p, uintptr_t off, uint64_t pte, const void *caller) {
   uint32_t id = (uint32_t)pte;
   span_t *s = mesh_span(id);
-  if (mesh_likely(mesh_free_shared_try(off, s, id, pte))) return;
-  _mesh_free_nonlocal(p, s, id, pte, __builtin_return_address(0));
+  if (mesh_likely(mesh_free_shared_try(off, s, id, pte, caller))) return;
+  _mesh_free_nonlocal(p, s, id, pte, caller);
 }
 
 /* Both halves in line: frees p if it lies in the arena, with the answers
@@ -174,7 +176,7 @@ MESH_INLINE int mesh_free_in(thread_heap_t *h, void *p) {
   uintptr_t off;
   uint64_t pte;
   int r = mesh_free_local(h, p, &off, &pte);
-  if (r == MESH_FREE_OTHER) mesh_free_other(p, off, pte);
+  if (r == MESH_FREE_OTHER) mesh_free_other(p, off, pte, __builtin_return_address(0));
   return r;
 }
 

@@ -56,25 +56,26 @@ static void pin_if_stdio_buffer(void *p, size_t size, const void *caller);
  * "memory the program protects or hands to stdio" below) */
 #define STDIO_BUF_MIN 512
 /* Everything malloc's fast path leaves: an empty vector, a size past the
- * small classes or 0, a block that may be a stdio buffer. Reached by a
- * tail call, so the return address is the program's call site, and the
- * fast path makes no call (it saves no registers). p: what the fast path
- * popped, or NULL. */
-static __attribute__((noinline)) void *malloc_other(size_t size, void *p) {
+ * small classes or 0, a block that may be a stdio buffer. Out of line, so
+ * the fast path makes no call (it saves no registers); caller is malloc's
+ * return address. p: what the fast path popped, or NULL. */
+static __attribute__((noinline)) void *malloc_other(size_t size, void *p, const void *caller) {
   if (!p) p = mesh_malloc_inline(size);
-  if (size >= STDIO_BUF_MIN) pin_if_stdio_buffer(p, size, __builtin_return_address(0));
+  if (size >= STDIO_BUF_MIN) pin_if_stdio_buffer(p, size, caller);
   return p;
 }
 
 EXPORT void *malloc(size_t size) {
   void *p = mesh_malloc_try(mesh_face_heap(), size);
   if (mesh_likely(p != NULL) && mesh_likely(size < STDIO_BUF_MIN)) return p;
-  return malloc_other(size, p);
+  return malloc_other(size, p, __builtin_return_address(0));
 }
 /* A free of ours but not local (another thread's span, a detached one, a
- * large block), reached by a tail call: the core still sees the program's
- * call site. */
-static __attribute__((noinline)) void free_other(void *p, uintptr_t off, uint64_t pte) { mesh_free_other(p, off, pte); }
+ * large block), out of line; caller is free's return address (the core
+ * tells the dynamic loader's frees by it). */
+static __attribute__((noinline)) void free_other(void *p, uintptr_t off, uint64_t pte, const void *caller) {
+  mesh_free_other(p, off, pte, caller);
+}
 
 EXPORT void free(void *p) {
   uintptr_t off;
@@ -82,7 +83,7 @@ EXPORT void free(void *p) {
   int r = mesh_free_local(mesh_face_heap(), p, &off, &pte);
   if (mesh_likely(r == MESH_FREE_LOCAL)) return;
   if (r == MESH_FREE_OTHER)
-    free_other(p, off, pte);
+    free_other(p, off, pte, __builtin_return_address(0));
   else if (p)
     mesh_free(p); /* the direct allocator's, or not ours: mesh_free reports it */
 }

@@ -215,16 +215,18 @@ static __attribute__((noinline)) void hook_free_slow(int d, void *p) {
 }
 
 /* A free of ours the local fast path did not take (another thread's
- * span, a detached one, a large block): reached by a tail call with what
- * the fast path worked out, so the core sees the program's call site. */
-static inline __attribute__((always_inline)) void hook_free_other(int d, void *p, uintptr_t off, uint64_t pte) {
-    mesh_free_other(p, off, pte);
+ * span, a detached one, a large block), out of line with what the fast
+ * path worked out and the hook's return address. */
+static inline __attribute__((always_inline)) void hook_free_other(int d, void *p, uintptr_t off, uint64_t pte,
+                                                                  const void *caller) {
+    mesh_free_other(p, off, pte, caller);
     count(d, HC_frees);  /* the heap may be the sentinel */
 }
 /* (one out-of-line copy per domain, so each counts with a constant index) */
-#define FREE_OTHER(name, d)                                                                     \
-    static __attribute__((noinline)) void name##_free_other(void *p, uintptr_t off, uint64_t pte) { \
-        hook_free_other((d), p, off, pte);                                                      \
+#define FREE_OTHER(name, d)                                                                           \
+    static __attribute__((noinline)) void name##_free_other(void *p, uintptr_t off, uint64_t pte,    \
+                                                            const void *caller) {                    \
+        hook_free_other((d), p, off, pte, caller);                                                    \
     }
 FREE_OTHER(raw, PYMEM_DOMAIN_RAW)
 FREE_OTHER(mem, PYMEM_DOMAIN_MEM)
@@ -243,7 +245,8 @@ static inline __attribute__((always_inline)) void hook_free(int d, void *p) {
         return;
     }
     if (r == MESH_FREE_OTHER)
-        (d == PYMEM_DOMAIN_RAW ? raw_free_other : d == PYMEM_DOMAIN_MEM ? mem_free_other : obj_free_other)(p, off, pte);
+        (d == PYMEM_DOMAIN_RAW ? raw_free_other : d == PYMEM_DOMAIN_MEM ? mem_free_other : obj_free_other)(
+            p, off, pte, __builtin_return_address(0));
     else
         hook_free_slow(d, p);
 }
