@@ -145,16 +145,13 @@ def set_option(name: str, value: int) -> None:
         err = _load_backend().option_set(name, value)
     except OverflowError:  # beyond a C long
         raise ValueError("value %r for option %r is out of range" % (value, name)) from None
-    if err == errno.ENOENT:
-        raise KeyError(name)
-    if err == errno.EINVAL:
-        raise ValueError("invalid value %d for option %r (out of range or read-only)"
-                         % (value, name))
-    if err == errno.EPERM:
-        raise ValueError("option %r can only be set before the heap starts (environment "
-                         "variable MESH_%s)" % (name, name.upper()))
     if err:
-        raise OSError(err, os.strerror(err))
+        raise {errno.ENOENT: KeyError(name),
+               errno.EINVAL: ValueError("invalid value %d for option %r (out of range or "
+                                        "read-only)" % (value, name)),
+               errno.EPERM: ValueError("option %r can only be set before the heap starts "
+                                       "(environment variable MESH_%s)" % (name, name.upper())),
+               }.get(err, OSError(err, os.strerror(err)))
 
 
 def option_docs() -> "Dict[str, str]":
