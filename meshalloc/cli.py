@@ -147,18 +147,6 @@ def _watch(args: argparse.Namespace, out: TextIO, prev: Dict[str, Any]) -> int:
     return EXIT_OK
 
 
-def _size_classes(out: TextIO, classes: List[Dict[str, Any]]) -> None:
-    """The table of the size classes in use."""
-    out.write("\nsize classes in use (spans: attached/partial/full; meshed: virtual spans meshed "
-              "onto them)\n%8s %7s %7s %15s %9s %9s %7s\n"
-              % ("size", "span", "spans", "att/part/full", "objects", "occupancy", "meshed"))
-    for c in classes:
-        out.write("%8d %6dK %7d %15s %9d %8.1f%% %7d\n" % (
-            c["object_size"], c["span_bytes"] // 1024, c["spans"],
-            "%d/%d/%d" % (c["spans_attached"], c["spans_partial"], c["spans_full"]),
-            c["objects_in_use"], 100.0 * c["occupancy"], c["meshed_spans"]))
-
-
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     """print the allocator's counters
 
@@ -197,22 +185,15 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     _table(out, {name: (",".join(value) or "-") if isinstance(value, list) else value
                  for name, value in values.items()}, meshalloc.stats_docs() if args.docs else {})
     if classes:
-        _size_classes(out, classes)
+        out.write("\nsize classes in use (spans: attached/partial/full; meshed: virtual spans "
+                  "meshed onto them)\n%8s %7s %7s %15s %9s %9s %7s\n"
+                  % ("size", "span", "spans", "att/part/full", "objects", "occupancy", "meshed"))
+    for c in classes:
+        out.write("%8d %6dK %7d %15s %9d %8.1f%% %7d\n" % (
+            c["object_size"], c["span_bytes"] // 1024, c["spans"],
+            "%d/%d/%d" % (c["spans_attached"], c["spans_partial"], c["spans_full"]),
+            c["objects_in_use"], 100.0 * c["occupancy"], c["meshed_spans"]))
     return EXIT_OK
-
-
-def _preload_env(env: Dict[str, str], libpath: str) -> None:
-    """Put libpath first in LD_PRELOAD and make CPython use malloc."""
-    if ":" in libpath or " " in libpath:  # glibc splits LD_PRELOAD on both
-        raise CliError("cannot preload %r: LD_PRELOAD splits paths on ':' and ' '; install "
-                       "meshalloc under a path without them" % libpath)
-    entries = [e for e in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e]
-    env["LD_PRELOAD"] = ":".join([libpath] + [e for e in entries if os.path.abspath(e) != libpath])
-    # pymalloc takes its arenas with mmap, so small Python objects only reach
-    # malloc (and libmesh) under PYTHONMALLOC=malloc. malloc_debug also ends
-    # in malloc, so keep it if the user asked for it.
-    if env.get("PYTHONMALLOC") != "malloc_debug":
-        env["PYTHONMALLOC"] = "malloc"
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -226,8 +207,18 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if not command:
         raise CliError("run: missing command (usage: run [--preload] -- CMD [ARGS...])", EXIT_USAGE)
     env = dict(os.environ)
-    if args.preload:
-        _preload_env(env, _require_libmesh())
+    if args.preload:  # libmesh.so first in LD_PRELOAD, and CPython on malloc
+        libpath = _require_libmesh()
+        if ":" in libpath or " " in libpath:  # glibc splits LD_PRELOAD on both
+            raise CliError("cannot preload %r: LD_PRELOAD splits paths on ':' and ' '; install "
+                           "meshalloc under a path without them" % libpath)
+        entries = [e for e in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e]
+        env["LD_PRELOAD"] = ":".join([libpath] + [e for e in entries
+                                                  if os.path.abspath(e) != libpath])
+        # pymalloc takes its arenas with mmap, so small Python objects only reach malloc (and
+        # libmesh) under PYTHONMALLOC=malloc; malloc_debug also ends in malloc: it stays.
+        if env.get("PYTHONMALLOC") != "malloc_debug":
+            env["PYTHONMALLOC"] = "malloc"
     else:
         env["MESHALLOC"] = "1"  # read by meshalloc-autoinstall.pth in every Python of CMD's tree
     out.flush()
