@@ -1,8 +1,7 @@
-"""meshalloc: the Mesh compacting allocator for CPython and any C program.
+"""meshalloc: the Mesh compacting allocator for CPython and any C program (docs/python.md).
 
-The API and its two backends are in docs/python.md; every name it reports comes from the C
-tables. A start-up hook imports this in every interpreter, so importing must stay cheap:
-typing is for the type checker only, backends load on first use.
+Every name it reports comes from the C tables. A start-up hook imports this in every interpreter,
+so importing stays cheap: typing is for the type checker only, backends load on first use.
 """
 
 import os
@@ -379,8 +378,7 @@ def _extension(for_install: bool = True) -> "Any":
                            "imported: %s" % exc) from exc
     if for_install:
         _meshalloc.set_install_error(InstallError)
-        # One heap per process: once the extension allocates for the
-        # interpreter, the module functions must describe its heap.
+        # one heap per process: once the extension allocates, every function describes its heap
         _ext = _impl = _meshalloc
     return _meshalloc
 
@@ -549,11 +547,9 @@ def _autoinstall() -> None:
     _autoinstall_done = True
     try:
         env = os.environ.get("MESHALLOC")
-        on = _switch(env, "MESHALLOC") if env is not None else False
+        on = env is not None and _switch(env, "MESHALLOC")
         xopt = getattr(sys, "_xoptions", {}).get("meshalloc")
-        if xopt is not None:
-            if not _switch(xopt, "-X meshalloc") and not on:
-                return
+        if xopt is not None and (_switch(xopt, "-X meshalloc") or on):
             os.environ["MESHALLOC"] = "1"  # -X options are not passed on to child interpreters
         elif not on:
             return

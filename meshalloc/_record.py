@@ -1,8 +1,7 @@
 """A timeline of a process's memory: ``run --record FILE`` and ``plot FILE``.
 
-A record is JSON lines (docs/python.md, "A timeline"): a header, a sample per
-interval of what ``stats --pid`` reads, holding only the counters that changed
-(``read_record`` rebuilds whole sets), and the exit status last.
+A record is JSON lines (docs/python.md, "A timeline"); a sample holds only the counters that
+changed since the previous one, ``read_record`` rebuilds whole sets.
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Reading another process's meshalloc counters (``stats --pid``) and PSS.
 
-The counters page (memfd ``meshalloc-stats``, option ``stats_page``), its
-names page and the pass log are described in docs/python.md, "Another process".
+The counters page (memfd ``meshalloc-stats``), its names and the pass log: docs/python.md.
 """
 
 import os

@@ -1,7 +1,7 @@
 """``python -m meshalloc``: locate libmesh, report on it, run a command under it.
 
 Each command is a ``cmd_*`` function whose docstring is its ``--help`` (the first line: its
-summary); its options are rows of _OPTIONS. Exit statuses: docs/python.md, "Command line".
+summary); exit statuses are in docs/python.md, "Command line".
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""``python -m meshalloc demo``: a fragmentation workload under CPython's default allocator
-and under meshalloc, side by side, each in a fresh child interpreter.
-
-The child builds many small objects, keeps a random few percent, and reports its PSS at the
-peak, after the frees, after IDLE_S seconds of light activity with no API call (what a program
-gets by itself: the headline) and after ``meshalloc.compact()``, with the time the work took.
+"""``python -m meshalloc demo``: a fragmentation workload in two fresh child interpreters,
+under CPython's default allocator and under meshalloc; README.md, "Try it", explains the
+figures (PSS after IDLE_S seconds with no API call is the headline).
 """
 from __future__ import annotations
 
