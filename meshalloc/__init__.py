@@ -1,9 +1,7 @@
-"""meshalloc: the Mesh compacting allocator for CPython and any C program.
+"""meshalloc: the Mesh compacting allocator for CPython and any C program (docs/python.md).
 
-The API, and the two backends under it, are in docs/python.md. Every name
-it reports (stats fields, options, domains, hook counters) comes from the C
-tables. Importing it must stay cheap, as a start-up hook imports it in every
-interpreter: typing is for the type checker only, backends load on first use.
+Every name it reports comes from the C tables. A start-up hook imports this in every interpreter,
+so importing stays cheap: typing is for the type checker only, backends load on first use.
 """
 
 import os
@@ -25,8 +23,8 @@ __all__ = [
 ]
 
 _PAGE_SIZE = 4096  # the core's page (docs/design.md)
-# The backend: the _meshalloc extension (typed in _meshalloc.pyi) or _libmesh,
-# the same core part through cffi; _ext: the extension once install() & co. loaded it.
+# The backend (the _meshalloc extension, or _libmesh: its core part through cffi), and
+# _ext: the extension once install() & co. loaded it.
 _impl: "Any" = None
 _ext: "Any" = None
 
@@ -48,8 +46,7 @@ def _not_built_reason() -> str:
 
 
 def _load_backend() -> "Any":
-    """The backend, picked on first use: the extension unless
-    ``MESHALLOC_BACKEND=cffi``, cffi also when the extension cannot load."""
+    """The backend: the extension unless ``MESHALLOC_BACKEND=cffi`` or it cannot load."""
     global _impl
     if _impl is None:
         wanted = os.environ.get("MESHALLOC_BACKEND", "").strip().lower()
@@ -138,8 +135,7 @@ def get_option(name: str) -> int:
 
 
 def set_option(name: str, value: int) -> None:
-    """Set option ``name`` now (``MESH_<NAME>`` sets it at start-up); ``KeyError``
-    for an unknown name, ``ValueError`` for a bad value or a read-only option."""
+    """Set option ``name`` now (``MESH_<NAME>`` at start-up); KeyError, ValueError if not."""
     import errno
     _option_name(name)
     if not isinstance(value, int):
@@ -148,16 +144,13 @@ def set_option(name: str, value: int) -> None:
         err = _load_backend().option_set(name, value)
     except OverflowError:  # beyond a C long
         raise ValueError("value %r for option %r is out of range" % (value, name)) from None
-    if err == errno.ENOENT:
-        raise KeyError(name)
-    if err == errno.EINVAL:
-        raise ValueError("invalid value %d for option %r (out of range or read-only)"
-                         % (value, name))
-    if err == errno.EPERM:
-        raise ValueError("option %r can only be set before the heap starts (environment "
-                         "variable MESH_%s)" % (name, name.upper()))
     if err:
-        raise OSError(err, os.strerror(err))
+        raise {errno.ENOENT: KeyError(name),
+               errno.EINVAL: ValueError("invalid value %d for option %r (out of range or "
+                                        "read-only)" % (value, name)),
+               errno.EPERM: ValueError("option %r can only be set before the heap starts "
+                                       "(environment variable MESH_%s)" % (name, name.upper())),
+               }.get(err, OSError(err, os.strerror(err)))
 
 
 def option_docs() -> "Dict[str, str]":
@@ -212,11 +205,8 @@ class _SizeClassBase:
 
 
 class _StatsBase:
-    """A snapshot of meshalloc's counters (:func:`meshalloc.stats`), a frozen dataclass.
-
-    Its fields, in order: the core's stats table (``CORE_FIELDS``), the PyMem
-    hooks' counters (``HOOK_FIELDS``), ``pss_bytes``, ``installed_domains``,
-    ``size_classes`` and ``extra``; docs/python.md, "stats()", explains them."""
+    """A snapshot of meshalloc's counters (:func:`meshalloc.stats`), a frozen dataclass whose
+    fields are ``CORE_FIELDS``, ``HOOK_FIELDS`` and four more (docs/python.md, "stats()")."""
 
     CORE_FIELDS: "ClassVar[Tuple[str, ...]]" = ()
     HOOK_FIELDS: "ClassVar[Tuple[str, ...]]" = ()
@@ -302,8 +292,7 @@ if TYPE_CHECKING:
 
 
 def stats(pss: bool = False) -> "Stats":
-    """A snapshot of the allocator's counters, a :class:`Stats` (docs/python.md);
-    ``pss=True`` also reads the process's PSS, about 10 ms per 100 MiB."""
+    """A :class:`Stats` of the allocator's counters; ``pss=True`` also reads PSS (slow)."""
     impl, cls, sc = _load_backend(), _type("Stats"), _type("SizeClassStats")
     values: "Dict[str, Any]" = dict(zip(cls.CORE_FIELDS, impl.stats_read(-1)))
     if cls.HOOK_FIELDS:
@@ -353,11 +342,9 @@ def _refuse(code: int) -> None:
 
 
 class CompactResult(tuple):  # type: ignore[type-arg]
-    """What :func:`compact` did: ``(pages_freed, bytes_freed, bytes_returned,
-    pause_seconds)``, also by name (docs/python.md, "Meshing")."""
+    """What :func:`compact` did, also by name; not a namedtuple: importing collections
+    would slow every start-up with MESHALLOC=1 (docs/python.md)."""
 
-    # Not a collections.namedtuple: importing collections would add ~3 ms to
-    # every start-up with MESHALLOC=1.
     __slots__ = ()
     _fields = ("pages_freed", "bytes_freed", "bytes_returned", "pause_seconds")
 
@@ -391,8 +378,7 @@ def _extension(for_install: bool = True) -> "Any":
                            "imported: %s" % exc) from exc
     if for_install:
         _meshalloc.set_install_error(InstallError)
-        # One heap per process: once the extension allocates for the
-        # interpreter, the module functions must describe its heap.
+        # one heap per process: once the extension allocates, every function describes its heap
         _ext = _impl = _meshalloc
     return _meshalloc
 
@@ -402,10 +388,9 @@ def _in_subinterpreter_py() -> bool:
     for name in ("_interpreters", "_xxsubinterpreters"):
         try:
             mod = __import__(name)
+            current, main = mod.get_current(), mod.get_main()
         except ImportError:
             continue
-        try:
-            current, main = mod.get_current(), mod.get_main()
         except Exception:  # pragma: no cover - private API drift
             return False
         if isinstance(current, tuple):  # 3.13: (id, whence)
@@ -442,31 +427,18 @@ def _free_threaded() -> bool:
     return sys.version_info >= (3, 13) and "t" in getattr(sys, "abiflags", "")
 
 
-def _tracemalloc_if_started() -> "Any":
-    """The _tracemalloc module if tracing may be on, without importing it at
-    start-up: only tracemalloc, PYTHONTRACEMALLOC or -X tracemalloc start it."""
-    started = ("_tracemalloc" in sys.modules or "tracemalloc" in getattr(sys, "_xoptions", {})
-               or (not sys.flags.ignore_environment and os.environ.get("PYTHONTRACEMALLOC")))
-    if not started:
-        return None
-    import _tracemalloc
-    return _tracemalloc
-
-
 def install(domains: object = None, force: bool = False, restart_tracemalloc: bool = False) -> bool:
-    """Make meshalloc the allocator of new blocks of the PyMem ``domains`` ("raw",
-    "mem", "obj" or "all"; default ``MESHALLOC_DOMAINS``, else mem and obj).
-
-    Returns False when they already were. :class:`InstallError` says why it
-    refuses (docs/python.md, "Refusals": ``restart_tracemalloc`` and ``force``
-    lift two of them); a full collection then meshes, rate limited.
-    """
+    """Make meshalloc the allocator of new blocks of the PyMem ``domains`` (default
+    ``MESHALLOC_DOMAINS``, else mem and obj); False when it already was (docs/python.md)."""
     ext = _extension()
     mask = _parse_domains(domains, tuple(ext.DOMAINS))
     if ext.installed_domains() & mask == mask:
         return False
     _refuse(1 if _free_threaded() else ext.install_refusal())
-    tm = _tracemalloc_if_started()
+    # Only tracemalloc, PYTHONTRACEMALLOC or -X tracemalloc start tracing: no import otherwise.
+    started = ("_tracemalloc" in sys.modules or "tracemalloc" in getattr(sys, "_xoptions", {})
+               or (not sys.flags.ignore_environment and os.environ.get("PYTHONTRACEMALLOC")))
+    tm: "Any" = __import__("_tracemalloc") if started else None
     tracing = tm is not None and tm.is_tracing()
     if tracing and not restart_tracemalloc:
         raise InstallError(
@@ -483,13 +455,14 @@ def install(domains: object = None, force: bool = False, restart_tracemalloc: bo
             tm.start(frames)
     _refuse(-changed)
     if not _in_autoinstall or "gc" in sys.modules:
-        _register_gc_callback()
+        import gc
+        if _gc_callback not in gc.callbacks:
+            gc.callbacks.append(_gc_callback)
     return changed > 0
 
 
 def uninstall() -> bool:
-    """Soft switch: new blocks come from the previous allocators again, the hooks
-    stay to free meshalloc's (docs/python.md); True when it was installed."""
+    """Soft switch: new blocks come from the previous allocators; True when installed."""
     return _ext is not None and bool(_ext._uninstall())
 
 
@@ -522,10 +495,9 @@ def compact() -> "CompactResult":
 
 # ---- meshing after full collections ------------------------------------------
 
-# A generation-2 collection has just visited every object, so fragmentation
-# is as high as it gets: a good moment to mesh, when the core says a periodic
-# pass is due (mesh_periodic_wait_ns) and 50 times the last compaction's
-# duration passed, so that this costs at most ~2 % of the wall-clock time.
+# After a generation-2 collection fragmentation is as high as it gets: mesh then, when the
+# core says a periodic pass is due and 50 times the last compaction's duration passed
+# (at most ~2 % of the wall-clock time).
 _GC_DUTY = 50.0
 _gc_last_end = -1e18
 _gc_last_pause = 0.0
@@ -547,21 +519,7 @@ def _gc_callback(phase: str, info: "Dict[str, int]") -> None:
         return
 
 
-def _register_gc_callback() -> None:
-    import gc
-    if _gc_callback not in gc.callbacks:
-        gc.callbacks.append(_gc_callback)
-
-
 # ---- the start-up switch (meshalloc-autoinstall.pth) --------------------------
-
-
-def _debug_hooks_reason() -> "Optional[str]":
-    """Why CPython's debug hooks are in place, or None."""
-    pymalloc = "" if sys.flags.ignore_environment else os.environ.get("PYTHONMALLOC", "")
-    if pymalloc.endswith("debug"):
-        return "PYTHONMALLOC=%s" % pymalloc
-    return "-X dev" if getattr(sys.flags, "dev_mode", False) and not pymalloc else None
 
 
 _autoinstall_done = False
@@ -569,8 +527,7 @@ _in_autoinstall = False
 
 
 def _switch(value: "object", what: str) -> "Optional[bool]":
-    """True/False for the usual spellings of on and off (any case), None (after
-    one warning line) for anything else."""
+    """True/False for the spellings of on and off, None (with a warning) for anything else."""
     if value is True:  # a bare -X meshalloc
         return True
     v = str(value).strip().lower()
@@ -582,25 +539,24 @@ def _switch(value: "object", what: str) -> "Optional[bool]":
 
 
 def _autoinstall() -> None:
-    """The start-up switch, run by meshalloc-autoinstall.pth (docs/python.md,
-    "Start-up switch"). Never raises: a refusal is one line on stderr. Runs
-    once per process: site.py may see the same site-packages twice (a venv's
-    ``lib64`` symlink)."""
+    """The start-up switch of meshalloc-autoinstall.pth; never raises, runs once per process
+    (site.py may see a site-packages twice: a venv's ``lib64`` link), docs/python.md."""
     global _autoinstall_done, _in_autoinstall
     if _autoinstall_done:
         return
     _autoinstall_done = True
     try:
         env = os.environ.get("MESHALLOC")
-        on = _switch(env, "MESHALLOC") if env is not None else False
+        on = env is not None and _switch(env, "MESHALLOC")
         xopt = getattr(sys, "_xoptions", {}).get("meshalloc")
-        if xopt is not None:
-            if not _switch(xopt, "-X meshalloc") and not on:
-                return
+        if xopt is not None and (_switch(xopt, "-X meshalloc") or on):
             os.environ["MESHALLOC"] = "1"  # -X options are not passed on to child interpreters
         elif not on:
             return
-        reason = _debug_hooks_reason()
+        # CPython's debug hooks are in place: PYTHONMALLOC=*debug, or -X dev without PYTHONMALLOC
+        pymalloc = "" if sys.flags.ignore_environment else os.environ.get("PYTHONMALLOC", "")
+        reason = ("PYTHONMALLOC=%s" % pymalloc if pymalloc.endswith("debug") else
+                  "-X dev" if getattr(sys.flags, "dev_mode", False) and not pymalloc else None)
         if reason is not None:
             sys.stderr.write("meshalloc: %s: the debug hooks stay in charge (call "
                              "meshalloc.install() to wrap them anyway)\n" % reason)

@@ -1,12 +1,11 @@
-"""The cffi backend: the core's raw surface from ``libmesh.so`` (ABI mode).
-
-The same functions and results as the core part of the ``_meshalloc``
-extension (typed in ``_meshalloc.pyi``), from the core the process already
-has, else from the package's ``libmesh.so`` (docs/python.md, "Backends").
+"""The cffi backend: the core part of the ``_meshalloc`` extension's surface (typed in
+``_meshalloc.pyi``) from the ``libmesh.so`` the process has, else the package's (ABI mode;
+docs/python.md, "Backends").
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import Any, Callable, List, Optional, Tuple
@@ -91,10 +90,8 @@ def _table(count: int, name: Any, doc: Any = None) -> Table:
 
 
 def _class_fields() -> int:
-    n = 0
-    while lib().mesh_class_stats_name(n) != ffi.NULL:
-        n += 1
-    return n
+    """How many fields mesh_class_stats fills per class (its names end with NULL)."""
+    return next(n for n in itertools.count() if lib().mesh_class_stats_name(n) == ffi.NULL)
 
 
 def _forward(symbol: str, result: Callable[[Any], Any]) -> Callable[..., Any]:
@@ -144,8 +141,7 @@ def class_stats() -> List[List[int]]:
     fields = _class_fields()
     out = ffi.new("uint64_t[]", 256 * fields)
     n = min(256, lib().mesh_class_stats(out, 256))
-    rows = list(out)
-    return [rows[i * fields:(i + 1) * fields] for i in range(n)]
+    return [list(out[i * fields:(i + 1) * fields]) for i in range(n)]
 
 
 def option_get(name: str) -> Tuple[int, int]:

@@ -1,12 +1,7 @@
 """A timeline of a process's memory: ``run --record FILE`` and ``plot FILE``.
 
-``record`` runs a command and, until it exits, samples what ``stats --pid``
-reads (``_remote``: PSS, the arena memfd's blocks, the counters, the pass
-log) into FILE as JSON lines: a header, one line per sample, holding only
-the counters that changed since the previous one (so a long recording stays
-small; ``read_record`` rebuilds whole sets), and the exit status last. The
-format is in docs/python.md, "A timeline". ``plot`` draws recordings with
-matplotlib (the ``plot`` extra).
+A record is JSON lines (docs/python.md, "A timeline"); a sample holds only the counters that
+changed since the previous one, ``read_record`` rebuilds whole sets.
 """
 from __future__ import annotations
 
@@ -17,9 +12,14 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from . import _remote
-from ._remote import Failure
+from ._remote import MIB, PAGE, Failure
 
-MIB = 1048576.0
+
+def cannot_run(command: Sequence[str], exc: OSError) -> Failure:
+    """Why command could not start, with a shell's exit status (127: not found, else 126)."""
+    if isinstance(exc, FileNotFoundError):
+        return Failure("run: %s: command not found" % command[0], 127)
+    return Failure("run: %s: %s" % (command[0], exc.strerror), 126)
 
 
 def _sample(pid: int, t0: float, counters: Dict[str, int],
@@ -40,21 +40,10 @@ def _sample(pid: int, t0: float, counters: Dict[str, int],
     return line, max([last_pass] + [p["number"] for p in passes])
 
 
-def _start(command: Sequence[str], env: Dict[str, str], stdout: Any,
-           stderr: Any) -> "subprocess.Popen[Any]":
-    try:
-        return subprocess.Popen(list(command), env=env, stdout=stdout, stderr=stderr)
-    except FileNotFoundError:
-        raise Failure("run: %s: command not found" % command[0], 127) from None
-    except OSError as exc:
-        raise Failure("run: %s: %s" % (command[0], exc.strerror), 126) from None
-
-
 def record(command: Sequence[str], env: Dict[str, str], path: str, interval: float,
            err: Optional[TextIO] = None, stdout: Any = None, stderr: Any = None) -> int:
-    """Runs command with env, sampling it into path every interval seconds;
-    returns its exit status (128 + N if a signal N ended it). stdout and
-    stderr: where the child's output goes (Popen's arguments)."""
+    """Runs command with env, sampling it into path every interval seconds; returns
+    its exit status (128 + N if signal N ended it). stdout, stderr: Popen's."""
     interval = max(0.01, float(interval))
     try:
         f = open(path, "w")
@@ -62,12 +51,14 @@ def record(command: Sequence[str], env: Dict[str, str], path: str, interval: flo
         raise Failure("run --record: cannot write %s: %s" % (path, exc.strerror)) from None
     with f:
         t0 = time.monotonic()
-        child = _start(command, env, stdout, stderr)
+        try:
+            child = subprocess.Popen(list(command), env=env, stdout=stdout, stderr=stderr)
+        except OSError as exc:
+            raise cannot_run(command, exc) from None
         f.write(json.dumps({"record": 1, "command": list(command), "pid": child.pid,
                             "interval": interval, "start": t0}) + "\n")
         counters: Dict[str, int] = {}
-        last_pass = 0
-        status = None
+        last_pass, status = 0, None
         try:
             while status is None:
                 line, last_pass = _sample(child.pid, t0, counters, last_pass)
@@ -100,8 +91,7 @@ def read_record(path: str) -> Dict[str, Any]:
         raise Failure("%s is not a meshalloc record: %s" % (path, exc)) from None
     if not lines or not isinstance(lines[0], dict) or lines[0].get("record") != 1:
         raise Failure("%s is not a meshalloc record (no header line)" % path)
-    samples, passes, status = [], [], None
-    counters: Dict[str, int] = {}
+    samples, counters, status = [], {}, None
     for x in lines[1:]:
         if "exit" in x:
             status = x["exit"]
@@ -110,32 +100,20 @@ def read_record(path: str) -> Dict[str, Any]:
             counters.update(x["counters"])
             x = dict(x, counters=dict(counters))
         samples.append(x)
-        passes.extend(x.get("passes", []))
-    return {"header": lines[0], "samples": samples, "passes": passes, "exit": status}
+    return {"header": lines[0], "samples": samples, "exit": status,
+            "passes": [p for s in samples for p in s.get("passes", [])]}
 
 
-# The memory lines of a plot: (label, line style, MiB of a sample or None).
+# The memory lines of a plot: (label, line style, MiB of a sample and its counters, or None).
 _CURVES = (
     ("PSS", "-", lambda s, c: (s["pss_bytes"] or 0) / MIB),
     ("arena memfd blocks", "--",
      lambda s, c: None if s.get("arena_memfd_bytes") is None else s["arena_memfd_bytes"] / MIB),
     ("committed", ":",
-     lambda s, c: (c.get("span_pages", 0) + c.get("dirty_pages", 0)) * 4096 / MIB if c else None),
+     lambda s, c: (c.get("span_pages", 0) + c.get("dirty_pages", 0)) * PAGE / MIB if c else None),
     ("in use", "-.", lambda s, c: c["bytes_in_use_published"] / MIB
      if c and c.get("bytes_in_use_published_ns") else None),
 )
-
-
-def _draw(top: Any, bottom: Any, rec: Dict[str, Any], label: str, color: str) -> None:
-    for name, style, mib in _CURVES:
-        points = [(s["t"], mib(s, s.get("counters") or {})) for s in rec["samples"]]
-        points = [p for p in points if p[1] is not None]
-        if points:
-            top.plot(*zip(*points), color=color, linestyle=style, label="%s: %s" % (label, name))
-    meshing = [p for p in rec["passes"] if p["meshes"] > 0]
-    if meshing:
-        bottom.vlines([p["t"] for p in meshing], 0, [p["pages"] * 4096 / MIB for p in meshing],
-                      color=color, label="%s: %d pauses that meshed" % (label, len(meshing)))
 
 
 def plot(paths: Sequence[str], output: str, labels: Optional[Sequence[str]] = None,
@@ -154,7 +132,17 @@ def plot(paths: Sequence[str], output: str, labels: Optional[Sequence[str]] = No
                                       gridspec_kw={"height_ratios": [3, 1]})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (rec, label) in enumerate(zip(records, names)):
-        _draw(top, bottom, rec, label, colors[i % len(colors)])
+        color = colors[i % len(colors)]
+        for name, style, mib in _CURVES:
+            points = [(s["t"], mib(s, s.get("counters") or {})) for s in rec["samples"]]
+            points = [p for p in points if p[1] is not None]
+            if points:
+                top.plot(*zip(*points), color=color, linestyle=style,
+                         label="%s: %s" % (label, name))
+        meshing = [p for p in rec["passes"] if p["meshes"] > 0]
+        if meshing:
+            bottom.vlines([p["t"] for p in meshing], 0, [p["pages"] * PAGE / MIB for p in meshing],
+                          color=color, label="%s: %d pauses that meshed" % (label, len(meshing)))
     top.set_ylabel("MiB")
     top.set_title(title or "memory over time (meshalloc run --record)")
     bottom.set_ylabel("MiB given back\nper pause")

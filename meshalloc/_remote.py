@@ -1,11 +1,6 @@
-"""Reading another process's meshalloc counters (``stats --pid``).
+"""Reading another process's meshalloc counters (``stats --pid``) and PSS.
 
-A process that uses meshalloc keeps its counters in the first page of a
-memfd named ``meshalloc-stats`` (option ``stats_page``); its owner can read
-it through ``/proc/PID/fd`` while the process runs, at no cost to it. The
-second page says what the first holds: ``MESHSTAT``, a version, the number
-of counters, where the pass log lies (version 2) and the counters' names.
-docs/python.md, "Another process", describes it all.
+The counters page (memfd ``meshalloc-stats``), its names and the pass log: docs/python.md.
 """
 
 import os
@@ -17,6 +12,8 @@ if TYPE_CHECKING:
 
 MAGIC = b"MESHSTAT"
 PAGE = 4096
+MIB = 1048576.0
+PASS_KINDS = ("triggered", "thread", "compact")
 
 
 class Failure(Exception):
@@ -29,7 +26,7 @@ class Failure(Exception):
 
 
 def _fd_targets(pid: int) -> "Dict[str, str]":
-    """{target: /proc/PID/fd/N} for the process's memfds of meshalloc."""
+    """{kind: /proc/PID/fd/N} for the process's memfds of meshalloc (stats, arena)."""
     base = "/proc/%d/fd" % pid
     try:
         names = os.listdir(base)
@@ -37,56 +34,42 @@ def _fd_targets(pid: int) -> "Dict[str, str]":
         raise Failure("no process %d" % pid, 2) from None
     except PermissionError:
         raise Failure("cannot look into process %d: it belongs to another user" % pid, 2) from None
-    found = {}
+    found: "Dict[str, str]" = {}
     for n in names:
         try:
             target = os.readlink("%s/%s" % (base, n))
         except OSError:
             continue
         for kind in ("meshalloc-stats", "meshalloc-arena"):
-            if target.startswith("/memfd:%s" % kind) and kind not in found:
-                found[kind] = "%s/%s" % (base, n)
+            if target.startswith("/memfd:" + kind):
+                found.setdefault(kind, "%s/%s" % (base, n))
     return found
 
 
 def pss_bytes(pid: "int | str" = "self") -> "Optional[int]":
-    """A process's PSS in bytes (None if unreadable); never RSS: a meshed
-    page is mapped twice."""
+    """A process's PSS in bytes, None if unreadable (never RSS: a meshed page is mapped twice)."""
     try:
         with open("/proc/%s/smaps_rollup" % pid, "rb") as f:
-            for line in f:
-                if line.startswith(b"Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith(b"Pss:"))
+    except (OSError, ValueError, IndexError, StopIteration):
         return None
-    return None
 
 
-PASS_KINDS = ("triggered", "thread", "compact")
-
-
-def _pass_log(log: "tuple[bytes, int, int]") -> "List[Dict[str, object]]":
-    """The pauses in the pass log, oldest first, less those being written
-    (an entry's number is its first and last word); ``end`` is
-    ``time.monotonic()`` seconds."""
-    data, length, words = log
+def _pass_log(data: bytes, length: int, words: int) -> "List[Dict[str, object]]":
+    """The pass log's pauses, oldest first, less those being written (an entry's
+    number is its first and last word); ``end`` is ``time.monotonic()`` seconds."""
     if words < 8 or len(data) < length * words * 8:
         return []
-    entries = []
-    for i in range(length):
-        e = struct.unpack_from("<%dQ" % words, data, i * words * 8)
-        if e[0] == 0 or e[0] != e[words - 1]:
-            continue
-        kind = PASS_KINDS[e[6]] if e[6] < len(PASS_KINDS) else str(e[6])
-        entries.append({"number": e[0], "end": e[1] / 1e9, "wall": e[2] / 1e9, "cpu": e[3] / 1e9,
-                        "meshes": e[4], "pages": e[5], "kind": kind})
-    entries.sort(key=lambda x: x["number"])
-    return entries
+    entries = [{"number": e[0], "end": e[1] / 1e9, "wall": e[2] / 1e9, "cpu": e[3] / 1e9,
+                "meshes": e[4], "pages": e[5],
+                "kind": PASS_KINDS[e[6]] if e[6] < len(PASS_KINDS) else str(e[6])}
+               for e in struct.iter_unpack("<%dQ" % words, data[:length * words * 8])
+               if e[0] != 0 and e[0] == e[words - 1]]
+    return sorted(entries, key=lambda x: x["number"])
 
 
 def read(pid: int) -> "Dict[str, Any]":
-    """{"pid", "counters": {name: value}, "pss_bytes", "arena_memfd_bytes",
-    "passes": the pass log (_pass_log)}."""
+    """{"pid", "counters": {name: value}, "pss_bytes", "arena_memfd_bytes", "passes"}."""
     fds = _fd_targets(pid)
     if "meshalloc-stats" not in fds:
         why = "it does not use meshalloc"
@@ -98,13 +81,12 @@ def read(pid: int) -> "Dict[str, Any]":
         with open(fds["meshalloc-stats"], "rb") as f:
             data = f.read(2 * PAGE)
             ours = len(data) == 2 * PAGE and data[PAGE:PAGE + 8] == MAGIC
-            header = struct.unpack_from("<III", data, PAGE + 8) if ours else (0, 0, 0)
-            version, count, width = header
-            log = None
+            version, count, width = struct.unpack_from("<III", data, PAGE + 8) if ours else (0,) * 3
+            log = b"", 0, 0
             if version >= 2:
                 offset, length, words = struct.unpack_from("<III", data, PAGE + 20)
                 f.seek(offset)
-                log = (f.read(length * words * 8), length, words)
+                log = f.read(length * words * 8), length, words
     except PermissionError:
         raise Failure("cannot read process %d's counters: it belongs to another user" % pid,
                       2) from None
@@ -118,7 +100,7 @@ def read(pid: int) -> "Dict[str, Any]":
     names = data[PAGE + (32 if version >= 2 else 24):2 * PAGE].split(b"\0")[:count]
     values = struct.unpack_from("<%dQ" % count, data, 0)
     out = {"pid": pid, "counters": {n.decode(): v for n, v in zip(names, values)},
-           "pss_bytes": pss_bytes(pid), "passes": _pass_log(log) if log else []}
+           "pss_bytes": pss_bytes(pid), "passes": _pass_log(*log)}
     if "meshalloc-arena" in fds:
         try:
             out["arena_memfd_bytes"] = os.stat(fds["meshalloc-arena"]).st_blocks * 512

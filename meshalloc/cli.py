@@ -1,9 +1,7 @@
 """``python -m meshalloc``: locate libmesh, report on it, run a command under it.
 
-Each command is a ``cmd_*`` function; its docstring is its ``--help`` (the
-first line, the summary in the command list). Exit status: 0 on success, 1
-when libmesh cannot be found or loaded, 2 for a usage error, 126/127 when
-``run`` cannot execute CMD (as a shell would). docs/python.md has them all.
+Each command is a ``cmd_*`` function whose docstring is its ``--help`` (the first line: its
+summary); exit statuses are in docs/python.md, "Command line".
 """
 
 from __future__ import annotations
@@ -13,19 +11,17 @@ import json
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import meshalloc
 
 from . import _remote
+from ._remote import MIB, PAGE
 from ._remote import Failure as CliError  # one failure type for the CLI and its helpers
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-EXIT_CANNOT_EXECUTE = 126
-EXIT_NOT_FOUND = 127
-MIB = 1048576.0
 
 
 def _require_libmesh() -> str:
@@ -49,18 +45,13 @@ def _json(out: TextIO, data: object) -> int:
     return EXIT_OK
 
 
-def _table(out: TextIO, rows: List[Tuple[str, str, str]], indent: str = "") -> None:
-    """One line per (name, value, doc), names and values aligned."""
-    width = max([len(r[0]) for r in rows] + [4])
-    vwidth = max([len(r[1]) for r in rows] + [5])
-    for name, value, doc in rows:
-        out.write(("%s%-*s %*s  %s" % (indent, width, name, vwidth, value, doc)).rstrip() + "\n")
-
-
-def _counters(out: TextIO, values: Dict[str, Any], docs: bool) -> None:
-    """The counters, with each one's doc line when docs is set."""
-    doc = meshalloc.stats_docs() if docs else {}
-    _table(out, [(name, str(value), doc.get(name, "")) for name, value in values.items()])
+def _table(out: TextIO, values: Dict[str, Any], docs: Dict[str, str], indent: str = "") -> None:
+    """One line per name: its value and its doc, names and values aligned."""
+    width = max([len(name) for name in values] + [4])
+    vwidth = max([len(str(value)) for value in values.values()] + [5])
+    for name, value in values.items():
+        out.write(("%s%-*s %*s  %s" % (indent, width, name, vwidth, value, docs.get(name, "")))
+                  .rstrip() + "\n")
 
 
 def _mib(n: Optional[int]) -> str:
@@ -75,39 +66,33 @@ def cmd_libpath(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _info() -> Dict[str, Any]:
-    path = meshalloc.libmesh_path()
-    _load()
-    preloaded = meshalloc.is_preloaded()
-    options = [{"name": name, "value": meshalloc.get_option(name), "env": "MESH_" + name.upper(),
-                "doc": doc} for name, doc in meshalloc.option_docs().items()]
-    return {"package_version": meshalloc.__version__, "core_version": meshalloc.version(),
-            "libmesh_path": path, "libmesh_present": os.path.isfile(path),
-            "backend": meshalloc.backend(), "preloaded": preloaded,
-            "preloaded_path": meshalloc.library_path() if preloaded else None,
-            "meshing_available": meshalloc.meshing_available(), "options": options}
-
-
 def cmd_info(args: argparse.Namespace, out: TextIO) -> int:
     """versions, paths and options
 
     Print versions, the libmesh path, whether libmesh is preloaded, whether
     meshing is available, and every option with its value and documentation."""
-    info = _info()
+    path = meshalloc.libmesh_path()
+    _load()
+    preloaded, docs = meshalloc.is_preloaded(), meshalloc.option_docs()
+    values = {name: meshalloc.get_option(name) for name in docs}
+    info = {"package_version": meshalloc.__version__, "core_version": meshalloc.version(),
+            "libmesh_path": path, "libmesh_present": os.path.isfile(path),
+            "backend": meshalloc.backend(), "preloaded": preloaded,
+            "preloaded_path": meshalloc.library_path() if preloaded else None,
+            "meshing_available": meshalloc.meshing_available(),
+            "options": [{"name": name, "value": values[name], "env": "MESH_" + name.upper(),
+                         "doc": doc} for name, doc in docs.items()]}
     if args.json:
         return _json(out, info)
-    preloaded = "no"
-    if info["preloaded"]:
-        preloaded = "yes (%s)" % info["preloaded_path"] if info["preloaded_path"] else "yes"
-    missing = "" if info["libmesh_present"] else "  (MISSING)"
-    for key, value in (("meshalloc", info["package_version"]),
-                       ("core version", info["core_version"]),
-                       ("libmesh.so", info["libmesh_path"] + missing),
-                       ("backend", info["backend"]), ("preloaded", preloaded),
+    where = " (%s)" % info["preloaded_path"] if info["preloaded_path"] else ""
+    for key, value in (("meshalloc", meshalloc.__version__), ("core version", info["core_version"]),
+                       ("libmesh.so", path + ("" if info["libmesh_present"] else "  (MISSING)")),
+                       ("backend", info["backend"]),
+                       ("preloaded", "yes" + where if preloaded else "no"),
                        ("meshing available", "yes" if info["meshing_available"] else "no")):
         out.write("%-18s %s\n" % (key + ":", value))
     out.write("options (environment variable MESH_<NAME>):\n")
-    _table(out, [(o["name"], str(o["value"]), o["doc"]) for o in info["options"]], "  ")
+    _table(out, values, docs, "  ")
     return EXIT_OK
 
 
@@ -130,25 +115,14 @@ def _longest(got: Dict[str, Any], prev: Dict[str, Any], d: Dict[str, int]) -> st
     return next((label for key, label in _PAUSE_BUCKETS if d.get(key, 0) > 0), "-")
 
 
-def _watch_line(got: Dict[str, Any], prev: Dict[str, Any], seconds: float, dt: float) -> str:
-    c, p = got["counters"], prev["counters"]
-    d = {k: c.get(k, 0) - p.get(k, 0) for k in c}
-    in_use = _mib(c["bytes_in_use_published"]) if c.get("bytes_in_use_published_ns") else "-"
-    return "%8.1f %9s %9s %9s %9s %9s %8.0f %10.2f %7d %15s %9d\n" % (
-        seconds, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes")),
-        _mib(c.get("span_pages", 0) * 4096), _mib(c.get("dirty_pages", 0) * 4096), in_use,
-        d.get("mesh_count", 0) / dt, d.get("meshed_pages_total", 0) * 4096 / MIB / dt,
-        d.get("mesh_passes", 0), _longest(got, prev, d), c.get("arena_mappings", 0))
-
-
 def _watch(args: argparse.Namespace, out: TextIO, prev: Dict[str, Any]) -> int:
-    """One line per interval: memory now, and what meshing did in the interval."""
-    interval = max(0.1, float(args.watch))
+    """One line per interval (args.count lines if set): memory now, meshing in the interval."""
+    interval, lines = max(0.1, float(args.watch)), args.count if args.count > 0 else -1
     out.write("%8s %9s %9s %9s %9s %9s %8s %10s %7s %15s %9s\n" % (
         "seconds", "PSS MiB", "memfd MiB", "spans MiB", "dirty MiB", "in use", "meshes/s",
         "MiB/s back", "passes", "longest ms/CPU", "mappings"))
     t0 = t_prev = time.monotonic()
-    while True:
+    while lines != 0:
         try:
             time.sleep(interval)
             got = _remote.read(args.pid)
@@ -159,37 +133,18 @@ def _watch(args: argparse.Namespace, out: TextIO, prev: Dict[str, Any]) -> int:
                 out.write("process %d exited\n" % args.pid)
                 return EXIT_OK
             raise
-        now = time.monotonic()
-        out.write(_watch_line(got, prev, now - t0, max(now - t_prev, 1e-9)))
+        now, c, p = time.monotonic(), got["counters"], prev["counters"]
+        d = {k: c.get(k, 0) - p.get(k, 0) for k in c}
+        dt = max(now - t_prev, 1e-9)
+        in_use = _mib(c["bytes_in_use_published"]) if c.get("bytes_in_use_published_ns") else "-"
+        out.write("%8.1f %9s %9s %9s %9s %9s %8.0f %10.2f %7d %15s %9d\n" % (
+            now - t0, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes")),
+            _mib(c.get("span_pages", 0) * PAGE), _mib(c.get("dirty_pages", 0) * PAGE), in_use,
+            d.get("mesh_count", 0) / dt, d.get("meshed_pages_total", 0) * PAGE / MIB / dt,
+            d.get("mesh_passes", 0), _longest(got, prev, d), c.get("arena_mappings", 0)))
         out.flush()
-        prev, t_prev = got, now
-        if args.count and args.count > 0:
-            args.count -= 1
-            if args.count == 0:
-                return EXIT_OK
-
-
-def _remote_stats(args: argparse.Namespace, out: TextIO) -> int:
-    got = _remote.read(args.pid)
-    if args.watch is not None:
-        return _watch(args, out, got)
-    if args.json:
-        return _json(out, got)
-    out.write("process %d: PSS %s MiB, arena memfd %s MiB\n" % (
-        args.pid, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes"))))
-    _counters(out, got["counters"], args.docs)
+        prev, t_prev, lines = got, now, lines - 1
     return EXIT_OK
-
-
-def _size_classes(out: TextIO, classes: List[Dict[str, Any]]) -> None:
-    out.write("\nsize classes in use (spans: attached/partial/full; meshed: virtual spans meshed "
-              "onto them)\n%8s %7s %7s %15s %9s %9s %7s\n"
-              % ("size", "span", "spans", "att/part/full", "objects", "occupancy", "meshed"))
-    for c in classes:
-        out.write("%8d %6dK %7d %15s %9d %8.1f%% %7d\n" % (
-            c["object_size"], c["span_bytes"] // 1024, c["spans"],
-            "%d/%d/%d" % (c["spans_attached"], c["spans_partial"], c["spans_full"]),
-            c["objects_in_use"], 100.0 * c["occupancy"], c["meshed_spans"]))
 
 
 def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
@@ -198,7 +153,15 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
     Print the counters of the heap this process uses. Under LD_PRELOAD that
     is the preloaded libmesh, i.e. the whole process."""
     if args.pid is not None:
-        return _remote_stats(args, out)
+        got = _remote.read(args.pid)
+        if args.watch is not None:
+            return _watch(args, out, got)
+        if args.json:
+            return _json(out, got)
+        out.write("process %d: PSS %s MiB, arena memfd %s MiB\n" % (
+            args.pid, _mib(got["pss_bytes"]), _mib(got.get("arena_memfd_bytes"))))
+        _table(out, got["counters"], meshalloc.stats_docs() if args.docs else {})
+        return EXIT_OK
     if args.watch is not None:
         raise CliError("--watch needs --pid (the counters of another process)", EXIT_USAGE)
     _load()
@@ -219,25 +182,18 @@ def cmd_stats(args: argparse.Namespace, out: TextIO) -> int:
                   "idle, heap; run under LD_PRELOAD=$(python -m meshalloc libpath) "
                   "PYTHONMALLOC=malloc to see a whole process)\n")
     classes = values.pop("size_classes", [])
-    _counters(out, {name: (",".join(value) or "-") if isinstance(value, list) else value
-                    for name, value in values.items()}, args.docs)
+    _table(out, {name: (",".join(value) or "-") if isinstance(value, list) else value
+                 for name, value in values.items()}, meshalloc.stats_docs() if args.docs else {})
     if classes:
-        _size_classes(out, classes)
+        out.write("\nsize classes in use (spans: attached/partial/full; meshed: virtual spans "
+                  "meshed onto them)\n%8s %7s %7s %15s %9s %9s %7s\n"
+                  % ("size", "span", "spans", "att/part/full", "objects", "occupancy", "meshed"))
+    for c in classes:
+        out.write("%8d %6dK %7d %15s %9d %8.1f%% %7d\n" % (
+            c["object_size"], c["span_bytes"] // 1024, c["spans"],
+            "%d/%d/%d" % (c["spans_attached"], c["spans_partial"], c["spans_full"]),
+            c["objects_in_use"], 100.0 * c["occupancy"], c["meshed_spans"]))
     return EXIT_OK
-
-
-def _preload_env(env: Dict[str, str], libpath: str) -> None:
-    """Put libpath first in LD_PRELOAD and make CPython use malloc."""
-    if ":" in libpath or " " in libpath:  # glibc splits LD_PRELOAD on both
-        raise CliError("cannot preload %r: LD_PRELOAD splits paths on ':' and ' '; install "
-                       "meshalloc under a path without them" % libpath)
-    entries = [e for e in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e]
-    env["LD_PRELOAD"] = ":".join([libpath] + [e for e in entries if os.path.abspath(e) != libpath])
-    # pymalloc takes its arenas with mmap, so small Python objects only reach
-    # malloc (and libmesh) under PYTHONMALLOC=malloc. malloc_debug also ends
-    # in malloc, so keep it if the user asked for it.
-    if env.get("PYTHONMALLOC") != "malloc_debug":
-        env["PYTHONMALLOC"] = "malloc"
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -246,27 +202,35 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     Run CMD with MESHALLOC=1, so that every Python interpreter of its tree
     installs meshalloc at start-up (PyMem only), or with --preload under
     LD_PRELOAD=<libmesh.so> PYTHONMALLOC=malloc: the whole process."""
+    from . import _record
     command: List[str] = list(args.command)
     if not command:
         raise CliError("run: missing command (usage: run [--preload] -- CMD [ARGS...])", EXIT_USAGE)
     env = dict(os.environ)
-    if args.preload:
-        _preload_env(env, _require_libmesh())
+    if args.preload:  # libmesh.so first in LD_PRELOAD, and CPython on malloc
+        libpath = _require_libmesh()
+        if ":" in libpath or " " in libpath:  # glibc splits LD_PRELOAD on both
+            raise CliError("cannot preload %r: LD_PRELOAD splits paths on ':' and ' '; install "
+                           "meshalloc under a path without them" % libpath)
+        entries = [e for e in env.get("LD_PRELOAD", "").replace(" ", ":").split(":") if e]
+        env["LD_PRELOAD"] = ":".join([libpath] + [e for e in entries
+                                                  if os.path.abspath(e) != libpath])
+        # pymalloc takes its arenas with mmap, so small Python objects only reach malloc (and
+        # libmesh) under PYTHONMALLOC=malloc; malloc_debug also ends in malloc: it stays.
+        if env.get("PYTHONMALLOC") != "malloc_debug":
+            env["PYTHONMALLOC"] = "malloc"
     else:
         env["MESHALLOC"] = "1"  # read by meshalloc-autoinstall.pth in every Python of CMD's tree
     out.flush()
     sys.stderr.flush()
     if args.record is not None:
-        from . import _record
         if args.interval <= 0:
             raise CliError("run: --interval must be positive", EXIT_USAGE)
         return _record.record(command, env, args.record, args.interval, sys.stderr)
     try:
         os.execvpe(command[0], command, env)
-    except FileNotFoundError:
-        raise CliError("run: %s: command not found" % command[0], EXIT_NOT_FOUND) from None
     except OSError as exc:
-        raise CliError("run: %s: %s" % (command[0], exc.strerror), EXIT_CANNOT_EXECUTE) from None
+        raise _record.cannot_run(command, exc) from None
     return EXIT_FAILURE  # not reached: exec replaced the process
 
 

@@ -27,7 +27,7 @@ CSRC = ROOT / "csrc"
 PACKAGE = ROOT / "meshalloc"
 MAX_FILE_LINES = 600
 MAX_FUNCTION_LINES = 80
-MAX_PACKAGE_LINES = 1650
+MAX_PACKAGE_LINES = 1500
 MAX_PYTHON_LINE = 100
 
 TOKEN = re.compile(r"""/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'|^[ \t]*\#(?:[^\n]*\\\n)*[^\n]*""",
