@@ -10,7 +10,9 @@
  *           zoned table above: types.h, "Store and load zones"), pop the
  *           thread heap's shuffle vector.
  *   free:   one range compare (is it ours), one page-table load (which
- *           span), one compare (is the span attached to this thread), push.
+ *           span), two compares (is the span attached to this thread, at
+ *           its own address), the slot's shared bit and the free key
+ *           (double free), write the key, push.
  *
  * No lock, no atomic read-modify-write, owner-thread data only, with one
  * exception: a free into a span the thread does not hold (another
@@ -105,10 +107,10 @@ MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uin
 }
 
 /* The local free of p, at offset off in the arena, into span s (record
- * id, page-table entry pte), which is attached to h: push the slot on the
- * vector. A bad free (not the start of a block, or a slot that is already
- * free here or was freed by another thread) is reported with its address
- * and changes nothing. */
+ * id, page-table entry pte), which is attached to h: write the free key
+ * into the block and push the slot on the vector. A bad free (not the
+ * start of a block, a slot that is already free here, or one another
+ * thread freed) is reported with its address and changes nothing. */
 MESH_INLINE void mesh_free_push(thread_heap_t *h, void *p, uintptr_t off, uint64_t pte, span_t *s) {
   uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
   shuffle_vector_t *sv = &h->sv[s->cls];
@@ -119,15 +121,17 @@ MESH_INLINE void mesh_free_push(thread_heap_t *h, void *p, uintptr_t off, uint64
     return;
   }
   /* Free here iff the shared bit is set (a clear one: another thread
-   * already freed it, not yet reclaimed) and the local bit is clear (a
-   * set one: it is already in the vector). */
-  unsigned a = mesh_load_relaxed(&s->att), w = slot >> 6;
-  uint64_t bit = 1ull << (slot & 63);
-  _Atomic uint64_t *local = &sv->att[a].local[w];
-  uint64_t lv = mesh_load_relaxed(local);
-  if (mesh_likely((mesh_load_relaxed(&s->bits[w]) & ~lv & bit) != 0)) {
-    mesh_store_relaxed(local, lv | bit);
-    sv->entries[sv->len++] = mesh_sv_entry(a, (uint32_t)voff);
+   * already freed it, not yet reclaimed) and the block does not hold the
+   * key (it does iff it sits in the vector: shuffle_vector.h). The bit is
+   * in the span record's line, which the owner test above loaded. p is
+   * the slot's primary address (mesh_free_local), the one the pop hands
+   * out and the key is kept at. */
+  uint64_t key = _mesh_arena.free_key, *kp = mesh_slot_key((uintptr_t)p);
+  if (mesh_likely((mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) && *kp != key)) {
+    uint32_t len = mesh_load_relaxed(&sv->len);
+    *kp = key;
+    sv->entries[len] = mesh_sv_entry(mesh_load_relaxed(&s->att), (uint32_t)voff);
+    mesh_store_release(&sv->len, len + 1); /* after the key and the entry: shuffle_vector.h */
     return;
   }
   _mesh_report_bad_free(p, "double free");
@@ -153,6 +157,13 @@ MESH_INLINE int mesh_free_local(thread_heap_t *h, void *p, uintptr_t *off, uint6
   *pte = mesh_load_relaxed(&_mesh_arena.pagetable[*off >> MESH_PAGE_SHIFT]);
   span_t *s = mesh_span((uint32_t)*pte);
   if (mesh_unlikely(mesh_load_relaxed(&s->owner) != h->id)) return MESH_FREE_OTHER;
+  /* p in an alias of s (s was meshed before it was attached): freed like a
+   * block of another thread's span (one bit clear; the slot comes back at
+   * the next reclaim), because the key must be read and written at the
+   * slot's primary address, where the pop hands it out, and since a fork
+   * froze the memfd an alias and its span map their common pages
+   * privately, each its own copy (docs/design.md, "fork"). */
+  if (mesh_unlikely((uint32_t)(*pte >> 32) != s->page)) return MESH_FREE_OTHER;
   mesh_free_push(h, p, *off, *pte, s);
   return MESH_FREE_LOCAL;
 }
