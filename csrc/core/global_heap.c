@@ -133,9 +133,11 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, const uin
 
 /* Detaches every span of sv, emptying it. */
 static void detach_vector(thread_heap_t *h, shuffle_vector_t *sv) {
+  static const uint64_t none[MESH_BITMAP_WORDS];
   uint64_t in[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS];
-  vector_slots(sv, in);
-  for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a, in[a]);
+  bool any = mesh_load_relaxed(&sv->len) != 0; /* a refill's vector is empty */
+  if (any) vector_slots(sv, in);
+  for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a, any ? in[a] : none);
   sv->natt = 0;
   sv->total_objects = 0;
   sv->total_bytes = 0;

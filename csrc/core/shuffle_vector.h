@@ -15,8 +15,8 @@
  *
  * What is in a vector: entries[0..len) are distinct free slots of the
  * attached spans, each with its bit set in the span's shared bitmap (types.h,
- * "Span bitmap invariant"; a double free by another thread may clear it,
- * which the pop catches) and the free key in its second word (types.h,
+ * "Span bitmap invariant"; see mesh_sv_try_pop for the one race that can
+ * clear it) and the free key in its second word (types.h,
  * "Free key invariant"). The owner writes the key as a slot goes in (a local
  * free, mesh_sv_fill for a reclaim or refill) and 0 as it comes out (a pop,
  * detach): a local free that finds the key is a double free, caught with
@@ -35,8 +35,6 @@
 
 #include "internal.h"
 
-MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv);
-
 /* Entries hold the byte offset rather than the slot number so that the
  * address a pop returns is one add away from the entry, and the entry a
  * free pushes needs no divide: the slot number (for the bitmaps) is worked
@@ -54,42 +52,34 @@ MESH_INLINE unsigned mesh_sv_slot(const shuffle_vector_t *sv, uint32_t off) {
 MESH_INLINE uint64_t *mesh_slot_key(uintptr_t p) { return (uint64_t *)(p + 8); }
 
 /* The fast path's pop: the address of the top entry's slot, taken out of
- * the vector, or NULL (vector untouched) when the vector is empty or the
- * top slot's bit in the shared bitmap is clear. A clear bit means another
- * thread freed that slot while it sat here (a double free); mesh_sv_pop,
- * on the slow path, reports it. Checking before taking keeps every failure
- * a plain "go slow" with nothing to undo.
+ * the vector, or NULL (vector untouched) when the vector is empty.
  *
- * Why the pop still checks the shared bit although a local free checks the
- * key and the bit: a free by another thread can clear the bit of a slot
- * that sits here, and nothing on that free tells it apart from a legal
- * one (reading the key there would catch the ordered case only: a free
- * racing the local free that pushed the slot can read the word before the
- * key lands, and a fence on the local free to close that costs more than
- * this check). Handed out with its bit clear, the slot would come back in
- * the next reclaim while its new owner holds it: handed out twice. The pop
- * is the last point before that, and it sees the final state of both
- * frees, whatever their order. */
+ * Why the pop needs no look at the span's shared bitmap: a slot handed out
+ * with its bit clear would come back in the next reclaim while its new
+ * owner holds it (handed out twice), but every way a slot can sit here with
+ * its bit clear is a double free that is refused before it changes
+ * anything. A free by another thread of a slot sitting here finds the key
+ * (mesh_free_shared_try); a local free of a slot another thread freed finds
+ * its bit clear (mesh_free_push); a reclaim takes only slots whose bits
+ * were clear (no other free can be pending on them). What is left is two
+ * frees of one block racing each other on two threads, with no order
+ * between them: the remote free may read the block before the local free's
+ * key lands (a window of a store's way to the cache), or clear the bit
+ * after a reclaim set it but before the fill wrote the key. Such a pair was
+ * only ever caught when the second free landed before the slot's next pop,
+ * which LIFO makes the class's next malloc on that thread; closing the
+ * first few nanoseconds of that window too would take a check here on
+ * every malloc (10 instructions of 40) or a fence on every free. */
 MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
   uint32_t len = mesh_load_relaxed(&sv->len);
   if (mesh_unlikely(len == 0)) return NULL;
   len--;
-  uint32_t e = sv->entries[len], off = mesh_sv_entry_off(e);
-  sv_attachment_t *at = &sv->att[mesh_sv_entry_att(e)];
-  unsigned slot = mesh_sv_slot(sv, off);
-  if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[slot >> 6]) & (1ull << (slot & 63))))) return NULL;
+  uint32_t e = sv->entries[len];
   mesh_store_relaxed(&sv->len, len);
-  uintptr_t p = at->base + off;
+  uintptr_t p = sv->att[mesh_sv_entry_att(e)].base + mesh_sv_entry_off(e);
   *mesh_slot_key(p) = 0; /* a block handed out never holds the key */
   if (p == 0) __builtin_unreachable(); /* spans are never at 0: callers' NULL tests fold away */
   return (void *)p;
-}
-
-/* Pops a free slot (len > 0), reporting and skipping a slot another thread
- * freed while it was free here (see mesh_sv_try_pop). */
-MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
-  void *p = mesh_sv_try_pop(sv);
-  return mesh_likely(p != NULL) ? p : _mesh_sv_pop_freed(sv);
 }
 
 /* Allocation order modes (the shuffle option). */

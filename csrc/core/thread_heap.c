@@ -107,9 +107,8 @@ static thread_heap_t *orphan_heap_get(void) {
 /* Takes back the slots other threads freed in the class's attached spans
  * (their bits are clear) and puts them in the vector, keyed. Called only
  * with an empty vector (heap_alloc_small), so no slot taken can be in it
- * already: a slot freed by another thread while it sat here was reported
- * and dropped by the pop that reached it (_mesh_sv_pop_freed), which
- * leaves its bit clear for this reclaim to take once. */
+ * already: a free by another thread of a slot sitting in the vector is
+ * refused (mesh_free_shared_try), so every clear bit is a slot outside. */
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   sv_gathered_t g;
   unsigned got = 0;
@@ -133,23 +132,6 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   return got;
 }
 
-/* Out of line from mesh_sv_pop: the top slot had been freed by another
- * thread while it was free here (or before a local free pushed it). Take
- * it out of the vector, report it and pop another (the slot stays free:
- * its bit is clear, so reclaim will offer it again, once). */
-static void *heap_alloc_small(thread_heap_t *h, unsigned cls);
-
-void *_mesh_sv_pop_freed(shuffle_vector_t *sv) {
-  uint32_t len = mesh_load_relaxed(&sv->len) - 1, e = sv->entries[len];
-  mesh_store_relaxed(&sv->len, len);
-  uintptr_t p = sv->att[mesh_sv_entry_att(e)].base + mesh_sv_entry_off(e);
-  *mesh_slot_key(p) = 0; /* out of the vector: a free slot outside every vector never holds the key */
-  _mesh_report_bad_free((void *)p, "double free (freed by another thread while already free)");
-  /* the heap that owns sv (possibly the orphan heap, whose lock is held) */
-  thread_heap_t *h = (thread_heap_t *)((char *)(sv - sv->cls) - offsetof(thread_heap_t, sv));
-  return heap_alloc_small(h, sv->cls);
-}
-
 static void *heap_alloc_small(thread_heap_t *h, unsigned cls) {
   shuffle_vector_t *sv = &h->sv[cls];
   if (mesh_load_relaxed(&sv->len) == 0 && _mesh_heap_reclaim(h, sv) == 0) {
@@ -158,7 +140,7 @@ static void *heap_alloc_small(thread_heap_t *h, unsigned cls) {
       return NULL;
     }
   }
-  return mesh_sv_pop(sv);
+  return mesh_sv_try_pop(sv);
 }
 
 static thread_heap_t *heap_create_for_thread(void) {
