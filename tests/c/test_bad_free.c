@@ -18,6 +18,11 @@
  *   double-free-remote-in-owner-vector  owner frees p and then q, another thread
  *                                  frees p while it sits in the owner's vector
  *   valid-remote-free              control: legal cross-thread frees, no report
+ *   valid-alias-frees              control: after meshing, the meshed spans are
+ *                                  attached again and every survivor is freed
+ *                                  through its (alias) address, by the owner and
+ *                                  by another thread: no report; prints
+ *                                  "ALIASES n" (the aliases there were)
  *   valid-live-data-not-key        control: live blocks hold every kind of data
  *                                  (0, ~0, addresses, random words, bytes copied
  *                                  out of blocks never written, across threads
@@ -275,6 +280,45 @@ int main(int argc, char **argv) {
     for (int i = 1; i < V; i += 2) vs[m++] = vs[i];
     vs[m] = NULL;
     free_all_in_thread(vs);
+  } else if (strcmp(c, "valid-alias-frees") == 0) {
+    /* one-page spans of 16 slots; a span keeps the slots whose number is
+     * its page number mod 4, so spans of different residues mesh (a
+     * destination ends up partial: refills take it again) */
+    size = 256;
+    enum { M = 16 * 64 };
+    static void *all[M], *kept[M], *fresh[M];
+    int nk = 0;
+    for (int i = 0; i < M; i++)
+      if (!(all[i] = mesh_malloc(size))) DIE("malloc failed");
+    for (int i = 0; i < M; i++) {
+      uintptr_t a = (uintptr_t)all[i];
+      if ((a & 4095) / 256 % 4 == (a >> 12) % 4) {
+        pat_fill(all[i], size, (uint64_t)a);
+        kept[nk++] = all[i];
+      } else {
+        mesh_free(all[i]);
+      }
+    }
+    mesh_compact();
+    printf("ALIASES %llu\n", (unsigned long long)stat_get("mesh_aliases"));
+    for (int i = 0; i < nk; i++)
+      if (pat_check(kept[i], size, (uint64_t)(uintptr_t)kept[i]) != (size_t)-1) DIE("survivor %p changed", kept[i]);
+    /* One allocation per survivor freed keeps refills attaching the
+     * partial spans, fullest (meshed destinations) first, while the
+     * survivors go: each eighth by another thread, in pairs. */
+    int nf = 0;
+    for (int i = 0; i < nk; i++) {
+      if (!(fresh[nf++] = mesh_malloc(size))) DIE("malloc failed");
+      if (i % 8 == 6) {
+        void *two[3] = {kept[i], kept[i + 1 < nk ? i + 1 : i], NULL};
+        if (two[1] == two[0]) two[1] = NULL;
+        free_all_in_thread(two);
+        i++;
+      } else {
+        mesh_free(kept[i]);
+      }
+    }
+    for (int i = 0; i < nf; i++) mesh_free(fresh[i]);
   } else if (strcmp(c, "valid-remote-free") == 0) {
     enum { V = 5000 };
     static void *vs[V];
