@@ -10,12 +10,15 @@
  *           zoned table above: types.h, "Store and load zones"), pop the
  *           thread heap's shuffle vector.
  *   free:   one range compare (is it ours), one page-table load (which
- *           span), one compare (is the span attached to this thread), push.
+ *           span), two compares (is the span attached to this thread, at
+ *           its own address), the slot's shared bit and the free key
+ *           (double free), write the key, push.
  *
  * No lock, no atomic read-modify-write, owner-thread data only, with one
  * exception: a free into a span the thread does not hold (another
  * thread's, or detached: a quarter of Python's frees) is one atomic bit
- * clear, also in line (mesh_free_shared_try). Everything else (an empty
+ * clear, after a look at the block's key word if the span is attached,
+ * also in line (mesh_free_shared_try). Everything else (an empty
  * vector, a large block, a span meshed away, a bad free, a detached span
  * changing bins) is out of line in alloc.c and thread_heap.c.
  */
@@ -84,31 +87,50 @@ MESH_INLINE void mesh_after_shared_clear(span_t *s, uint32_t id, unsigned w, uns
 /* The common free into a span the caller does not hold: attached to
  * another thread, or detached and not meshed away. One atomic bit clear
  * (the span's other frees may race with it); see alloc.c and global_heap.c
- * for what follows when a detached span was full or becomes empty. Returns
- * false having changed nothing (a clear of a clear bit changes nothing) in
- * every other case: a large block, a span meshed away, a bad pointer, a
- * double free; _mesh_free_nonlocal then does it from scratch. off is p's
- * offset in the arena, pte its page-table entry. */
-MESH_INLINE bool mesh_free_shared_try(uintptr_t off, span_t *s, uint32_t id, uint64_t pte, const void *caller) {
+ * for what follows when a detached span was full or becomes empty.
+ * Returns MESH_SHARED_DONE having freed p; MESH_SHARED_IN_VECTOR having
+ * changed nothing when p's block, in an attached span, holds the free key:
+ * it sits in its owner's vector, a double free the caller reports (the pop
+ * does not look at the bitmap: shuffle_vector.h); MESH_SHARED_NOT_DONE
+ * having changed nothing (a clear of a clear bit changes nothing) in every
+ * other case: a large block, a span meshed away, a bad pointer, a double
+ * free the bitmap shows; _mesh_free_nonlocal then does it from scratch.
+ * off is p's offset in the arena, pte its page-table entry; caller as for
+ * mesh_free_other. */
+enum { MESH_SHARED_NOT_DONE = 0, MESH_SHARED_DONE = 1, MESH_SHARED_IN_VECTOR = 2 };
+MESH_INLINE int mesh_free_shared_try(void *p, uintptr_t off, span_t *s, uint32_t id, uint64_t pte,
+                                     const void *caller) {
   _Static_assert(SPAN_PARTIAL == SPAN_ATTACHED + 1 && SPAN_FULL == SPAN_ATTACHED + 2, "the states of small spans");
   uint8_t st = mesh_load_seq_cst(&s->state);
-  if (mesh_unlikely((uint8_t)(st - SPAN_ATTACHED) > 2)) return false;
+  if (mesh_unlikely((uint8_t)(st - SPAN_ATTACHED) > 2)) return MESH_SHARED_NOT_DONE;
+  /* Read before the clear, while the block is still the caller's (a free
+   * slot's page may be meshed away under a reader), at the primary address
+   * (mesh_free_local), and before p is known to start a slot: in the
+   * 16-byte granule that holds p, so never past p's page. Only a slot in a
+   * vector holds the key there, and a live block never does (types.h): a
+   * block found holding it is free, or p is not a block at all, a bad free
+   * either way. The span's page is stable while the block is live. */
+  if (st == SPAN_ATTACHED) {
+    /* (an alias may lie below its span: the difference wraps in 64 bits) */
+    uintptr_t primary = ((uintptr_t)p & ~(uintptr_t)15) + (((uintptr_t)s->page - (pte >> 32)) << MESH_PAGE_SHIFT);
+    if (mesh_unlikely(*mesh_slot_key(primary) == _mesh_arena.free_key)) return MESH_SHARED_IN_VECTOR;
+  }
   const size_class_t *sc = &_mesh_classes[s->cls];
   uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
   uint32_t slot = mesh_slot_at(voff, sc->size, sc->recip, s->nobjects);
-  if (mesh_unlikely(slot == MESH_NO_SLOT)) return false;
+  if (mesh_unlikely(slot == MESH_NO_SLOT)) return MESH_SHARED_NOT_DONE;
   unsigned w = slot >> 6, nobjects = sc->nobjects;
-  if (mesh_unlikely(!mesh_bit_clear_seq_cst(&s->bits[w], slot))) return false;
+  if (mesh_unlikely(!mesh_bit_clear_seq_cst(&s->bits[w], slot))) return MESH_SHARED_NOT_DONE;
   /* the bit is clear: from here the record may be reused (alloc.c) */
   mesh_after_shared_clear(s, id, w, nobjects, caller);
-  return true;
+  return MESH_SHARED_DONE;
 }
 
 /* The local free of p, at offset off in the arena, into span s (record
- * id, page-table entry pte), which is attached to h: push the slot on the
- * vector. A bad free (not the start of a block, or a slot that is already
- * free here or was freed by another thread) is reported with its address
- * and changes nothing. */
+ * id, page-table entry pte), which is attached to h: write the free key
+ * into the block and push the slot on the vector. A bad free (not the
+ * start of a block, a slot that is already free here, or one another
+ * thread freed) is reported with its address and changes nothing. */
 MESH_INLINE void mesh_free_push(thread_heap_t *h, void *p, uintptr_t off, uint64_t pte, span_t *s) {
   uintptr_t voff = off - ((uintptr_t)(pte >> 32) << MESH_PAGE_SHIFT);
   shuffle_vector_t *sv = &h->sv[s->cls];
@@ -119,15 +141,17 @@ MESH_INLINE void mesh_free_push(thread_heap_t *h, void *p, uintptr_t off, uint64
     return;
   }
   /* Free here iff the shared bit is set (a clear one: another thread
-   * already freed it, not yet reclaimed) and the local bit is clear (a
-   * set one: it is already in the vector). */
-  unsigned a = mesh_load_relaxed(&s->att), w = slot >> 6;
-  uint64_t bit = 1ull << (slot & 63);
-  _Atomic uint64_t *local = &sv->att[a].local[w];
-  uint64_t lv = mesh_load_relaxed(local);
-  if (mesh_likely((mesh_load_relaxed(&s->bits[w]) & ~lv & bit) != 0)) {
-    mesh_store_relaxed(local, lv | bit);
-    sv->entries[sv->len++] = mesh_sv_entry(a, (uint32_t)voff);
+   * already freed it, not yet reclaimed) and the block does not hold the
+   * key (it does iff it sits in the vector: shuffle_vector.h). The bit is
+   * in the span record's line, which the owner test above loaded. p is
+   * the slot's primary address (mesh_free_local), the one the pop hands
+   * out and the key is kept at. */
+  uint64_t key = _mesh_arena.free_key, *kp = mesh_slot_key((uintptr_t)p);
+  if (mesh_likely((mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) && *kp != key)) {
+    uint32_t len = mesh_load_relaxed(&sv->len);
+    *kp = key;
+    sv->entries[len] = mesh_sv_entry(mesh_load_relaxed(&s->att), (uint32_t)voff);
+    mesh_store_release(&sv->len, len + 1); /* after the key and the entry: shuffle_vector.h */
     return;
   }
   _mesh_report_bad_free(p, "double free");
@@ -153,6 +177,13 @@ MESH_INLINE int mesh_free_local(thread_heap_t *h, void *p, uintptr_t *off, uint6
   *pte = mesh_load_relaxed(&_mesh_arena.pagetable[*off >> MESH_PAGE_SHIFT]);
   span_t *s = mesh_span((uint32_t)*pte);
   if (mesh_unlikely(mesh_load_relaxed(&s->owner) != h->id)) return MESH_FREE_OTHER;
+  /* p in an alias of s (s was meshed before it was attached): freed like a
+   * block of another thread's span (one bit clear; the slot comes back at
+   * the next reclaim), because the key must be read and written at the
+   * slot's primary address, where the pop hands it out, and since a fork
+   * froze the memfd an alias and its span map their common pages
+   * privately, each its own copy (docs/design.md, "fork"). */
+  if (mesh_unlikely((uint32_t)(*pte >> 32) != s->page)) return MESH_FREE_OTHER;
   mesh_free_push(h, p, *off, *pte, s);
   return MESH_FREE_LOCAL;
 }
@@ -165,8 +196,10 @@ MESH_INLINE int mesh_free_local(thread_heap_t *h, void *p, uintptr_t *off, uint6
 MESH_INLINE void mesh_free_other(void *p, uintptr_t off, uint64_t pte, const void *caller) {
   uint32_t id = (uint32_t)pte;
   span_t *s = mesh_span(id);
-  if (mesh_likely(mesh_free_shared_try(off, s, id, pte, caller))) return;
-  _mesh_free_nonlocal(p, s, id, pte, caller);
+  int r = mesh_free_shared_try(p, off, s, id, pte, caller);
+  if (mesh_likely(r == MESH_SHARED_DONE)) return;
+  if (r == MESH_SHARED_IN_VECTOR) _mesh_report_bad_free(p, "double free (the slot is free in its owner's vector)");
+  else _mesh_free_nonlocal(p, s, id, pte, caller);
 }
 
 /* Both halves in line: frees p if it lies in the arena, with the answers

@@ -18,6 +18,7 @@
  * Locking: _mesh_global_lock protects everything here and in arena.c.
  */
 #include "internal.h"
+#include "shuffle_vector.h"
 
 #include <errno.h>
 #include <string.h>
@@ -81,9 +82,35 @@ void _mesh_file_detached(uint32_t id) {
   }
 }
 
-/* Detaches attachment a of sv: folds the vector's slots back into the
- * shared bitmap, which is exact from here on. */
-static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
+/* Which slots of each attachment sit in the vector, from entries[0..len):
+ * an entry counts only if it names a slot of an attached span that holds
+ * the free key, so a vector a fork child found half updated gives the
+ * slots that were free there (thread_heap.c, _mesh_heaps_after_fork_child);
+ * in any other vector every entry counts. The key is cleared as the slot
+ * is counted: it is leaving the vector, and a free slot outside every
+ * vector never holds the key (types.h). Owner, or the lock and a dead
+ * owner; before the slots' bits are cleared, while no one else may touch
+ * them. */
+static void vector_slots(shuffle_vector_t *sv, uint64_t in[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS]) {
+  memset(in, 0, sizeof(uint64_t) * MESH_MAX_ATTACHED * MESH_BITMAP_WORDS);
+  uint32_t len = mesh_load_relaxed(&sv->len);
+  if (len > MESH_VECTOR_CAPACITY) len = MESH_VECTOR_CAPACITY;
+  uint64_t key = _mesh_arena.free_key;
+  for (uint32_t i = 0; i < len; i++) {
+    uint32_t e = sv->entries[i], off = mesh_sv_entry_off(e);
+    unsigned a = mesh_sv_entry_att(e), slot = mesh_sv_slot(sv, off);
+    if (a >= sv->natt || off != slot * sv->size || slot >= mesh_span(sv->att[a].span)->nobjects) continue;
+    uint64_t *kp = mesh_slot_key(sv->att[a].base + off);
+    if (*kp != key) continue;
+    *kp = 0;
+    in[a][slot >> 6] |= 1ull << (slot & 63);
+  }
+  mesh_store_relaxed(&sv->len, 0);
+}
+
+/* Detaches attachment a of sv, whose vector held the slots in[]: folds
+ * them back into the shared bitmap, which is exact from here on. */
+static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, const uint64_t *in) {
   uint32_t id = sv->att[a].span;
   span_t *s = mesh_span(id);
   mesh_assert(mesh_load_relaxed(&s->owner) == h->id);
@@ -91,30 +118,33 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a) {
   (void)h;
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
-    uint64_t local = mesh_load_relaxed(&sv->att[a].local[w]);
-    if (!local) continue;
-    uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~local);
-    uint64_t both = local & ~old; /* in the vector AND freed by another thread */
+    if (!in[w]) continue;
+    uint64_t old = mesh_fetch_and_seq_cst(&s->bits[w], ~in[w]);
+    uint64_t both = in[w] & ~old; /* in the vector AND freed by another thread */
     while (both) {
       unsigned slot = w * 64 + (unsigned)__builtin_ctzll(both);
       both &= both - 1;
       _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
                             "double free (freed again by another thread)");
     }
-    mesh_store_relaxed(&sv->att[a].local[w], 0);
   }
   _mesh_file_detached(id);
 }
 
+/* Detaches every span of sv, emptying it. */
+static void detach_vector(thread_heap_t *h, shuffle_vector_t *sv) {
+  static const uint64_t none[MESH_BITMAP_WORDS];
+  uint64_t in[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS];
+  bool any = mesh_load_relaxed(&sv->len) != 0; /* a refill's vector is empty */
+  if (any) vector_slots(sv, in);
+  for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a, any ? in[a] : none);
+  sv->natt = 0;
+  sv->total_objects = 0;
+  sv->total_bytes = 0;
+}
+
 void _mesh_global_detach_all(thread_heap_t *h) {
-  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
-    shuffle_vector_t *sv = &h->sv[c];
-    for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a);
-    sv->natt = 0;
-    sv->len = 0;
-    sv->total_objects = 0;
-    sv->total_bytes = 0;
-  }
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) detach_vector(h, &h->sv[c]);
 }
 
 /* A fresh span for cls. Reusing dirty (already committed) pages comes
@@ -160,10 +190,7 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
   unsigned want = sc->nobjects < 64 ? sc->nobjects : 64; /* free slots worth a lock */
   _mesh_lock();
   _mesh_heap_sv_prepare(sv, cls);
-  for (unsigned a = 0; a < sv->natt; a++) detach(h, sv, a);
-  sv->natt = 0;
-  sv->total_objects = 0;
-  sv->total_bytes = 0;
+  detach_vector(h, sv);
   unsigned free_slots = 0;
   while (sv->natt < MESH_MAX_ATTACHED && free_slots < want) {
     if (sv->natt && (sv->total_objects + sc->nobjects > MESH_VECTOR_CAPACITY ||
@@ -186,7 +213,6 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
     sv->att[a].span = id;
     sv->att[a].base = mesh_page_addr(s->page);
     sv->att[a].bits = s->bits;
-    for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) mesh_store_relaxed(&sv->att[a].local[w], 0);
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
     sv->total_objects = (uint16_t)(sv->total_objects + s->nobjects);
     sv->total_bytes += span_bytes;

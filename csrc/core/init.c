@@ -25,6 +25,9 @@ void _mesh_init_slow(void) {
       _mesh_size_classes_init();
       if (!_mesh_arena_init())
         _mesh_warning("cannot reserve any arena: every allocation will fail with ENOMEM");
+      /* the free key (types.h): before any slot can enter a vector; never 0,
+       * the value a pop stores and untouched pages hold */
+      do _mesh_arena.free_key = _mesh_os_random(); while (_mesh_arena.free_key == 0);
       _mesh_thread_heaps_init();
       if (_mesh_arena.meshable) {
         _mesh_mesher_init();

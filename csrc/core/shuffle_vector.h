@@ -13,11 +13,20 @@
  * it frees was itself drawn at random, and reusing it at once keeps the
  * cache line hot (a random swap cost ~2x on allocation-heavy Python code).
  *
- * att[a].local mirrors entries: bit i of att[a].local is 1 iff slot i of
- * attachment a is in entries. That is how a local double free is caught
- * (mesh_free_in, fast_path.h) before the slot could be handed out twice,
- * without touching the shared atomic bitmap.
- * Owner thread only; no atomics except the statistics counters.
+ * What is in a vector: entries[0..len) are distinct free slots of the
+ * attached spans, each with its bit set in the span's shared bitmap (types.h,
+ * "Span bitmap invariant"; see mesh_sv_try_pop for the one race that can
+ * clear it) and the free key in its second word (types.h,
+ * "Free key invariant"). The owner writes the key as a slot goes in (a local
+ * free, mesh_sv_fill for a reclaim or refill) and 0 as it comes out (a pop,
+ * detach): a local free that finds the key is a double free, caught with
+ * one load of a word the free's own block holds, without a bitmap of which
+ * slots are here. Stores that put a slot in come before the store of len
+ * that publishes it (release), so a fork child, which may find another
+ * thread's vector half updated, can trust each entry below len whose slot
+ * still holds the key (thread_heap.c, _mesh_heaps_after_fork_child).
+ * Owner thread only; no atomics except len (relaxed loads and stores:
+ * plain moves; stats readers load it racily).
  */
 #ifndef MESH_SHUFFLE_VECTOR_H
 #define MESH_SHUFFLE_VECTOR_H
@@ -25,8 +34,6 @@
 #include <string.h>
 
 #include "internal.h"
-
-MESH_NOINLINE void *_mesh_sv_pop_freed(shuffle_vector_t *sv);
 
 /* Entries hold the byte offset rather than the slot number so that the
  * address a pop returns is one add away from the entry, and the entry a
@@ -41,43 +48,46 @@ MESH_INLINE unsigned mesh_sv_slot(const shuffle_vector_t *sv, uint32_t off) {
   return (unsigned)(((uint64_t)off * sv->recip) >> 32);
 }
 
+/* The second word of a slot: the free key's place (types.h). */
+MESH_INLINE uint64_t *mesh_slot_key(uintptr_t p) { return (uint64_t *)(p + 8); }
+
 /* The fast path's pop: the address of the top entry's slot, taken out of
- * the vector, or NULL (vector untouched) when the vector is empty or the
- * top slot's bit in the shared bitmap is clear. A clear bit means another
- * thread freed that slot while it sat here (a double free: the
- * attached-span invariant keeps the bit of every slot in the vector set);
- * mesh_sv_pop, on the slow path, reports it. Checking before taking keeps
- * every failure a plain "go slow" with nothing to undo. */
+ * the vector, or NULL (vector untouched) when the vector is empty.
+ *
+ * Why the pop needs no look at the span's shared bitmap: a slot handed out
+ * with its bit clear would come back in the next reclaim while its new
+ * owner holds it (handed out twice), but every way a slot can sit here with
+ * its bit clear is a double free that is refused before it changes
+ * anything. A free by another thread of a slot sitting here finds the key
+ * (mesh_free_shared_try); a local free of a slot another thread freed finds
+ * its bit clear (mesh_free_push); a reclaim takes only slots whose bits
+ * were clear (no other free can be pending on them). What is left is two
+ * frees of one block racing each other on two threads, with no order
+ * between them: the remote free may read the block before the local free's
+ * key lands (a window of a store's way to the cache), or clear the bit
+ * after a reclaim set it but before the fill wrote the key. Such a pair was
+ * only ever caught when the second free landed before the slot's next pop,
+ * which LIFO makes the class's next malloc on that thread; closing the
+ * first few nanoseconds of that window too would take a check here on
+ * every malloc (10 instructions of 40) or a fence on every free. */
 MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
-  uint32_t len = sv->len;
+  uint32_t len = mesh_load_relaxed(&sv->len);
   if (mesh_unlikely(len == 0)) return NULL;
   len--;
-  uint32_t e = sv->entries[len], off = mesh_sv_entry_off(e);
-  sv_attachment_t *at = &sv->att[mesh_sv_entry_att(e)];
-  unsigned slot = mesh_sv_slot(sv, off), w = slot >> 6;
-  uint64_t bit = 1ull << (slot & 63);
-  if (mesh_unlikely(!(mesh_load_relaxed(&at->bits[w]) & bit))) return NULL;
-  sv->len = len;
-  /* the slot's local bit is set (it is in the vector): flipping clears it */
-  mesh_store_relaxed(&at->local[w], mesh_load_relaxed(&at->local[w]) ^ bit);
-  void *p = (void *)(at->base + off);
-  if (p == NULL) __builtin_unreachable(); /* spans are never at 0: callers' NULL tests fold away */
-  return p;
-}
-
-/* Pops a free slot (len > 0), reporting and skipping a slot another thread
- * freed while it was free here (see mesh_sv_try_pop). */
-MESH_INLINE void *mesh_sv_pop(shuffle_vector_t *sv) {
-  void *p = mesh_sv_try_pop(sv);
-  return mesh_likely(p != NULL) ? p : _mesh_sv_pop_freed(sv);
+  uint32_t e = sv->entries[len];
+  mesh_store_relaxed(&sv->len, len);
+  uintptr_t p = sv->att[mesh_sv_entry_att(e)].base + mesh_sv_entry_off(e);
+  *mesh_slot_key(p) = 0; /* a block handed out never holds the key */
+  if (p == 0) __builtin_unreachable(); /* spans are never at 0: callers' NULL tests fold away */
+  return (void *)p;
 }
 
 /* Allocation order modes (the shuffle option). */
 enum { MESH_ORDER_ADDRESS = 0, MESH_ORDER_ROTATED = 1, MESH_ORDER_OBJECTS = 2 };
 
 /* The free slots one reclaim gathered from the class's attachments: per
- * attachment a bitmap (bit i = slot i, already marked in the local bitmap)
- * and how many bits it holds. */
+ * attachment a bitmap (bit i = slot i, set again in the shared bitmap by
+ * the reclaim) and how many bits it holds. */
 typedef struct {
   uint64_t bits[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS];
   uint16_t count[MESH_MAX_ATTACHED];
@@ -85,15 +95,19 @@ typedef struct {
 
 /* Writes attachment a's gathered slots (m of them) into entries[k..k+m),
  * in ascending slot order from position first downwards, wrapping from k
- * to k+m-1. Pops take the last entry, so they see the slots in ascending
- * order starting from the one written at k+m-1. */
+ * to k+m-1, and the free key into each slot. Pops take the last entry, so
+ * they see the slots in ascending order starting from the one written at
+ * k+m-1. */
 MESH_INLINE void mesh_sv_write_run(shuffle_vector_t *sv, unsigned a, const uint64_t *bits, uint32_t k, uint32_t m,
                                    uint32_t first) {
   uint32_t *e = sv->entries, p = first, size = sv->size;
+  uintptr_t base = sv->att[a].base;
+  uint64_t key = _mesh_arena.free_key;
   for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
     for (uint64_t t = bits[w]; t; t &= t - 1) {
       unsigned slot = w * 64 + (unsigned)__builtin_ctzll(t);
       e[p] = mesh_sv_entry(a, slot * size);
+      *mesh_slot_key(base + (uintptr_t)slot * size) = key;
       p = p == k ? k + m - 1 : p - 1;
     }
   }
@@ -131,7 +145,7 @@ MESH_INLINE void mesh_sv_fill(thread_heap_t *h, shuffle_vector_t *sv, const sv_g
       order[r - 1] = order[j];
       order[j] = t;
     }
-  uint32_t from = sv->len, k = from;
+  uint32_t from = mesh_load_relaxed(&sv->len), k = from;
   for (unsigned r = 0; r < n; r++) {
     /* ADDRESS pops attachment 0 first: it is written last */
     unsigned a = h->shuffle == MESH_ORDER_ADDRESS ? order[n - 1 - r] : order[r];
@@ -140,7 +154,6 @@ MESH_INLINE void mesh_sv_fill(thread_heap_t *h, shuffle_vector_t *sv, const sv_g
     mesh_sv_write_run(sv, a, g->bits[a], k, m, rot ? k + rot - 1 : k + m - 1);
     k += m;
   }
-  sv->len = k;
   if (h->shuffle == MESH_ORDER_OBJECTS) {
     uint32_t *e = sv->entries;
     for (uint32_t i = k; i > from + 1; i--) {
@@ -150,6 +163,8 @@ MESH_INLINE void mesh_sv_fill(thread_heap_t *h, shuffle_vector_t *sv, const sv_g
       e[j] = t;
     }
   }
+  /* after the entries and the keys (the top of the file's comment) */
+  mesh_store_release(&sv->len, k);
 }
 
 #endif

@@ -104,9 +104,15 @@ static thread_heap_t *orphan_heap_get(void) {
   return h;
 }
 
+/* Takes back the slots other threads freed in the class's attached spans
+ * (their bits are clear) and puts them in the vector, keyed. Called only
+ * with an empty vector (heap_alloc_small), so no slot taken can be in it
+ * already: a free by another thread of a slot sitting in the vector is
+ * refused (mesh_free_shared_try), so every clear bit is a slot outside. */
 unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   sv_gathered_t g;
   unsigned got = 0;
+  mesh_assert(mesh_load_relaxed(&sv->len) == 0);
   for (unsigned a = 0; a < sv->natt; a++) {
     span_t *s = mesh_span(sv->att[a].span);
     unsigned n = 0;
@@ -115,18 +121,7 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
       if (w >= mesh_bitmap_words(s)) continue;
       uint64_t mask = mesh_bitmap_mask(s, w);
       if ((mesh_load_relaxed(&s->bits[w]) & mask) == mask) continue; /* nothing freed: skip the RMW */
-      uint64_t old = mesh_fetch_or_acq_rel(&s->bits[w], mask);
-      uint64_t local = mesh_load_relaxed(&sv->att[a].local[w]);
-      uint64_t taken = mask & ~old;
-      uint64_t dup = taken & local; /* freed remotely while already free here */
-      while (dup) {
-        unsigned slot = w * 64 + (unsigned)__builtin_ctzll(dup);
-        dup &= dup - 1;
-        _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
-                              "double free (freed again by another thread)");
-      }
-      taken &= ~local;
-      mesh_store_relaxed(&sv->att[a].local[w], local | taken);
+      uint64_t taken = mask & ~mesh_fetch_or_acq_rel(&s->bits[w], mask);
       g.bits[a][w] = taken;
       n += (unsigned)mesh_popcount64(taken);
     }
@@ -137,33 +132,15 @@ unsigned _mesh_heap_reclaim(thread_heap_t *h, shuffle_vector_t *sv) {
   return got;
 }
 
-/* Out of line from mesh_sv_pop: the top slot had been freed by another
- * thread while it was free here. Take it out of the vector, report it and
- * pop another (the slot stays free: its bit is clear, so reclaim will offer
- * it again, once). */
-static void *heap_alloc_small(thread_heap_t *h, unsigned cls);
-
-void *_mesh_sv_pop_freed(shuffle_vector_t *sv) {
-  uint32_t e = sv->entries[--sv->len];
-  unsigned a = mesh_sv_entry_att(e), slot = mesh_sv_slot(sv, mesh_sv_entry_off(e));
-  _Atomic uint64_t *local = &sv->att[a].local[slot >> 6];
-  mesh_store_relaxed(local, mesh_load_relaxed(local) & ~(1ull << (slot & 63)));
-  _mesh_report_bad_free((void *)(sv->att[a].base + (uintptr_t)slot * sv->size),
-                        "double free (freed by another thread while already free)");
-  /* the heap that owns sv (possibly the orphan heap, whose lock is held) */
-  thread_heap_t *h = (thread_heap_t *)((char *)(sv - sv->cls) - offsetof(thread_heap_t, sv));
-  return heap_alloc_small(h, sv->cls);
-}
-
 static void *heap_alloc_small(thread_heap_t *h, unsigned cls) {
   shuffle_vector_t *sv = &h->sv[cls];
-  if (sv->len == 0 && _mesh_heap_reclaim(h, sv) == 0) {
+  if (mesh_load_relaxed(&sv->len) == 0 && _mesh_heap_reclaim(h, sv) == 0) {
     if (!_mesh_global_refill(h, cls) || _mesh_heap_reclaim(h, sv) == 0) {
       errno = ENOMEM;
       return NULL;
     }
   }
-  return mesh_sv_pop(sv);
+  return mesh_sv_try_pop(sv);
 }
 
 static thread_heap_t *heap_create_for_thread(void) {
@@ -249,12 +226,10 @@ void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]) {
   }
   /* attached spans' bits are set for the slots their vectors hold too */
   for (thread_heap_t *h = all_heaps; h; h = h->all_next)
-    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
-      for (unsigned a = 0; a < h->sv[c].natt; a++)
-        for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
-          uint64_t k = (uint64_t)mesh_popcount64(mesh_load_relaxed(&h->sv[c].att[a].local[w]));
-          out[c].objects_in_use -= k < out[c].objects_in_use ? k : out[c].objects_in_use; /* a racing vector */
-        }
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+      uint64_t k = mesh_load_relaxed(&h->sv[c].len);
+      out[c].objects_in_use -= k < out[c].objects_in_use ? k : out[c].objects_in_use; /* a racing vector */
+    }
 }
 
 static int heap_validate(thread_heap_t *h) {
@@ -262,31 +237,32 @@ static int heap_validate(thread_heap_t *h) {
 #define BAD(fmt, ...) do { bad++; _mesh_dprintf(2, "meshalloc: check: heap %u: " fmt, h->id, ##__VA_ARGS__); } while (0)
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
     shuffle_vector_t *sv = &h->sv[c];
-    if (sv->natt > MESH_MAX_ATTACHED || sv->len > MESH_VECTOR_CAPACITY) { BAD("class %u sizes\n", c); continue; }
-    unsigned in_local = 0;
+    uint32_t len = mesh_load_relaxed(&sv->len);
+    if (sv->natt > MESH_MAX_ATTACHED || len > MESH_VECTOR_CAPACITY) { BAD("class %u sizes\n", c); continue; }
     for (unsigned a = 0; a < sv->natt; a++) {
       span_t *s = mesh_span(sv->att[a].span);
       if (mesh_load_relaxed(&s->state) != SPAN_ATTACHED || mesh_load_relaxed(&s->owner) != h->id ||
           mesh_load_relaxed(&s->att) != a || s->cls != c || sv->att[a].base != mesh_page_addr(s->page) ||
           sv->att[a].bits != s->bits)
         BAD("class %u attachment %u (span %u) is inconsistent\n", c, a, sv->att[a].span);
-      for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
-        uint64_t l = mesh_load_relaxed(&sv->att[a].local[w]);
-        if (w >= mesh_bitmap_words(s) ? l != 0 : (l & ~mesh_bitmap_mask(s, w)) != 0)
-          BAD("class %u attachment %u has local bits past the span\n", c, a);
-        if ((l & mesh_load_relaxed(&s->bits[w])) != l)
-          BAD("class %u attachment %u: vector slot not marked in the span bitmap\n", c, a);
-        in_local += (unsigned)mesh_popcount64(l);
-      }
     }
-    if (in_local != sv->len) BAD("class %u: %u entries but %u local bits\n", c, sv->len, in_local);
-    for (unsigned i = 0; i < sv->len; i++) {
+    /* each entry a slot of an attached span, free in its bitmap's sense
+     * (bit set), keyed, and in the vector once */
+    uint64_t seen[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS] = {{0}};
+    for (unsigned i = 0; i < len; i++) {
       uint32_t e = sv->entries[i], off = mesh_sv_entry_off(e);
       unsigned a = mesh_sv_entry_att(e), slot = mesh_sv_slot(sv, off);
-      if (a >= sv->natt || off != slot * sv->size || !(mesh_load_relaxed(&sv->att[a].local[slot >> 6]) & (1ull << (slot & 63)))) {
-        BAD("class %u: entry %u (%u/%u) not in the local bitmap\n", c, i, a, slot);
+      if (a >= sv->natt || off != slot * sv->size || slot >= mesh_span(sv->att[a].span)->nobjects) {
+        BAD("class %u: entry %u (%u/%#x) is not a slot of an attached span\n", c, i, a, off);
         break;
       }
+      uint64_t bit = 1ull << (slot & 63);
+      if (seen[a][slot >> 6] & bit) BAD("class %u: slot %u/%u is in the vector twice\n", c, a, slot);
+      seen[a][slot >> 6] |= bit;
+      if (!(mesh_load_relaxed(&sv->att[a].bits[slot >> 6]) & bit))
+        BAD("class %u: vector slot %u/%u not marked in the span bitmap\n", c, a, slot);
+      if (*mesh_slot_key(sv->att[a].base + off) != _mesh_arena.free_key)
+        BAD("class %u: vector slot %u/%u does not hold the free key\n", c, a, slot);
     }
   }
 #undef BAD
@@ -301,8 +277,17 @@ void _mesh_heap_validate_all(int *problems) {
 
 /* In a fork child only the forking thread survives: every other thread
  * heap is orphaned. Their vectors may be mid-update (the threads were
- * running), so detaching trusts only the local bitmaps, which a slot moves
- * in and out of in a single store. */
+ * running, without the global lock when they pushed, popped or
+ * reclaimed), so detach (global_heap.c) trusts an entry below len only if
+ * it names a slot of an attached span that holds the free key: a push or a
+ * fill stores the key and the entry before the len that publishes them
+ * (release), and a pop stores len, then 0 over the key, both before it
+ * returns the block, so a block the thread had handed out is below len
+ * with its key gone, or above len (the program's stores that publish the
+ * block come after both). A slot in flight is then either trusted while
+ * still free (its thread never handed it out) or left out: its bit stays
+ * set, leaked in the child, never handed out twice. Duplicate entries
+ * collapse in detach's bitmap. */
 void _mesh_heaps_after_fork_child(void) {
   pthread_mutex_init(&_mesh_orphan_lock, NULL);
   thread_heap_t *mine = _mesh_tls.heap;

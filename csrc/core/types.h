@@ -15,10 +15,22 @@
  * Span bitmap invariant (the "exact bitmap" the mesher relies on):
  *   - a detached span's bit i is 1 iff slot i holds a live object;
  *   - an attached span's bit i is 1 iff slot i is live OR sits in the owning
- *     thread heap's shuffle vector (then its bit in that heap's local bitmap
- *     is also 1). Frees from other threads clear bits atomically; the owner
- *     takes cleared bits back with an atomic fetch_or ("reclaim").
+ *     thread heap's shuffle vector. Frees from other threads clear bits
+ *     atomically; the owner takes cleared bits back with an atomic fetch_or
+ *     ("reclaim").
  *   Only detached spans are ever meshed, so the mesher sees exact bitmaps.
+ *
+ * Free key invariant (how a free knows a slot is already free without a
+ * second bitmap): _mesh_arena.free_key is a random non-zero 64-bit value
+ * drawn once per process. A slot that sits in a shuffle vector holds it in
+ * its second word (bytes 8..15; every class is >= 16 bytes); a block handed
+ * out never does, because the pop that hands it out stores 0 there; a free
+ * slot outside every vector does not either, because whatever takes a slot
+ * out of a vector without handing it out (detach) stores 0 there too. Who writes it: the owner thread, when a
+ * slot enters its vector (a local free, a reclaim or refill). So a free
+ * that finds the key has found a free slot; a live block holds the key only
+ * if the program wrote those exact 8 bytes (odds 2^-64 for any value not
+ * read out of a free slot).
  */
 #ifndef MESH_TYPES_H
 #define MESH_TYPES_H
@@ -138,11 +150,7 @@ typedef struct sv_attachment_s {
   uint32_t span;           /* span id */
   uint32_t pad0;
   _Atomic uint64_t *bits;  /* the span record's shared bitmap (records never move) */
-  /* 1 = slot is in entries[]. Written only by the owner (relaxed load +
-   * store, no RMW); reclaim compares it with the shared bitmap to catch a
-   * remote free of a slot that is already free here. */
-  _Atomic uint64_t local[MESH_BITMAP_WORDS];
-  uint64_t pad1;
+  uint64_t pad1[5];        /* (which slots are in entries[] is the free key's business: see above) */
   uintptr_t base;          /* primary address of the span */
 } sv_attachment_t;
 
@@ -156,8 +164,9 @@ typedef struct shuffle_vector_s {
   uint8_t cls;
   uint16_t total_objects;           /* sum of nobjects over attachments */
   uint64_t recip;                   /* ceil(2^32 / size): offset -> slot without a divide */
-  uint32_t len;                     /* entries[0..len) are free slots, random order (store zone; 32 bits:
-                                       a 16-bit one cost a zero-extension on both fast paths) */
+  _Atomic uint32_t len;             /* entries[0..len) are free slots, random order (store zone; 32 bits:
+                                       a 16-bit one cost a zero-extension on both fast paths). Owner only,
+                                       relaxed (plain moves); stats readers load it racily */
   uint8_t pad[36];
   uint32_t size;                    /* object size of the class */
   uint32_t pad1;
@@ -222,7 +231,7 @@ typedef struct thread_heap_s {
  * load zones), where they fit in a load slot (MESH_IN_LOAD_SLOT, below). A
  * fast-path store can then never alias a fast-path load of another
  * structure, wherever the mappings land. Loads of a field the fast
- * path itself stored (sv->len, att->local) are true dependencies and stay
+ * path itself stored (sv->len) are true dependencies and stay
  * where they are. Exceptions, placed where they fall: page-table entries
  * (8 bytes anywhere), span bitmaps (32 bytes from offset 0) and the
  * entries[] array (4-byte slots anywhere; its loads read what its stores
@@ -245,7 +254,7 @@ typedef struct thread_heap_s {
 _Static_assert(MESH_IN_STORE_ZONE(shuffle_vector_t, len) && MESH_IN_LOAD_SLOT(shuffle_vector_t, size) &&
                    MESH_IN_LOAD_SLOT(shuffle_vector_t, recip),
                "vector header zones");
-_Static_assert(MESH_IN_STORE_ZONE(sv_attachment_t, local) && MESH_IN_LOAD_SLOT(sv_attachment_t, base) &&
+_Static_assert(MESH_IN_LOAD_SLOT(sv_attachment_t, base) &&
                    MESH_IN_LOAD_SLOT(sv_attachment_t, bits),
                "attachment zones");
 _Static_assert(MESH_IN_LOAD_SLOT(span_t, owner) && MESH_IN_LOAD_SLOT(span_t, nobjects) &&
@@ -284,7 +293,7 @@ typedef struct arena_s {
   uint8_t pad0[2];
   uint64_t fd_id[2]; /* the memfd's (device, inode), checked before the descriptor is used */
   size_t room;       /* bytes the arena may grow to; == size without an address-space limit (reserve.c) */
-  uint8_t pad0b[8];
+  uint64_t free_key; /* the free key (see the invariant above): set at init, never 0 (load zone) */
   size_t size;       /* mapped bytes (load slot): grows only under an address-space limit */
   /* line 1 */
   uint64_t pad1;
@@ -293,7 +302,7 @@ typedef struct arena_s {
   span_t *spans;     /* record array, index = span id (load slot) */
 } arena_t;
 
-_Static_assert(MESH_IN_LOAD_SLOT(arena_t, base) && MESH_IN_LOAD_SLOT(arena_t, size) &&
+_Static_assert(MESH_IN_LOAD_SLOT(arena_t, base) && MESH_IN_LOAD_SLOT(arena_t, size) && MESH_IN_LOAD_ZONE(arena_t, free_key) &&
                    MESH_IN_LOAD_SLOT(arena_t, pagetable) && MESH_IN_LOAD_SLOT(arena_t, spans) && _Alignof(arena_t) == 64 &&
                    sizeof(arena_t) == 128,
                "arena description zones");

@@ -11,7 +11,23 @@
  *   interior-large                 free(p + 4096) for a live 200 kB block
  *   never-allocated-slot           free of a slot start next to a live block
  *   never-allocated-far            free of an arena address far from any block
+ *   double-free-local-below-top    free(p); free(q); free(p): p sits in the owner's
+ *                                  vector under q when freed again
+ *   double-free-local-after-reclaim  another thread frees p, the owner's reclaim
+ *                                  takes it back into its vector, the owner frees p
+ *   double-free-remote-in-owner-vector  owner frees p and then q, another thread
+ *                                  frees p while it sits in the owner's vector
  *   valid-remote-free              control: legal cross-thread frees, no report
+ *   valid-alias-frees              control: after meshing, the meshed spans are
+ *                                  attached again and every survivor is freed
+ *                                  through its (alias) address, by the owner and
+ *                                  by another thread: no report; prints
+ *                                  "ALIASES n" (the aliases there were)
+ *   valid-live-data-not-key        control: live blocks hold every kind of data
+ *                                  (0, ~0, addresses, random words, bytes copied
+ *                                  out of blocks never written, across threads
+ *                                  that exit and size classes that reuse pages)
+ *                                  and are freed locally and remotely: no report
  *
  * Before the bad free the program prints "BAD <address>" on stdout. With
  * MESH_ABORT_ON_ERROR unset (default 1) the core must abort: the pytest side
@@ -38,6 +54,42 @@ static void free_in_thread(void *p) {
   pthread_t t;
   if (pthread_create(&t, NULL, free_in_thread_fn, p)) DIE("pthread_create failed");
   pthread_join(t, NULL);
+}
+
+static void *free_all_in_thread_fn(void *arg) {
+  void **v = arg;
+  for (; *v; v++) mesh_free(*v);
+  return NULL;
+}
+
+/* Frees the NULL-terminated list v in another thread. */
+static void free_all_in_thread(void **v) {
+  pthread_t t;
+  if (pthread_create(&t, NULL, free_all_in_thread_fn, v)) DIE("pthread_create failed");
+  pthread_join(t, NULL);
+}
+
+/* A thread that allocates blocks of every size up to 1 KiB, writes data
+ * that is not the free key into them (copied out of other blocks it never
+ * wrote, too), frees most and exits with its vectors full: what it held
+ * goes back to the global heap. */
+static void *live_data_worker(void *arg) {
+  rng_t r;
+  rng_seed(&r, (uint64_t)(uintptr_t)arg);
+  enum { N = 3000 };
+  static __thread void *b[N];
+  for (int i = 0; i < N; i++) {
+    size_t n = 16 + 16 * (size_t)rng_below(&r, 64);
+    uint64_t *w = b[i] = mesh_malloc(n);
+    if (!w) DIE("malloc failed");
+    if (i % 3 == 0) continue;  /* never written: its bytes are whatever the slot held */
+    void *src = b[rng_below(&r, (uint64_t)i)];
+    memcpy(w, src, n < 16 ? n : 16);  /* (blocks are >= 16 bytes) */
+    w[1] = i % 5 == 0 ? 0 : i % 5 == 1 ? ~(uint64_t)0 : i % 5 == 2 ? (uint64_t)(uintptr_t)w : rng_next(&r);
+  }
+  for (int i = 0; i < N; i++)
+    if (i % 4) mesh_free(b[i]), b[i] = NULL;
+  return NULL;
 }
 
 static void announce(const void *bad) {
@@ -166,6 +218,107 @@ int main(int argc, char **argv) {
     if (!bad) { printf("SKIP no in-arena address far from the heap\n"); return 77; }
     announce(bad);
     mesh_free(bad);
+  } else if (strcmp(c, "double-free-local-below-top") == 0) {
+    bad = mesh_malloc(size);
+    void *q = mesh_malloc(size);
+    mesh_free(bad);
+    mesh_free(q);
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "double-free-local-after-reclaim") == 0) {
+    /* a class nothing else here uses: its first span serves all of a[],
+     * and the owner's vector is empty when the first of them comes back */
+    size = 208;
+    enum { A = 8 };  /* every span has at least 8 slots */
+    void *a[A + 1] = {0};
+    for (int i = 0; i < A; i++)
+      if (!(a[i] = mesh_malloc(size))) DIE("malloc failed");
+    free_all_in_thread(a);
+    static void *others[4096];
+    void *r = NULL;
+    int n = 0, k = -1;
+    while (k < 0) {
+      if (n == (int)(sizeof others / sizeof others[0])) DIE("the blocks freed by another thread never came back");
+      r = others[n++] = mesh_malloc(size);
+      for (int i = 0; i < A; i++)
+        if (a[i] == r) k = i;
+    }
+    /* that allocation reclaimed every slot of a[] at once and handed out
+     * r: the others sit in the vector */
+    bad = a[(k + 1) % A];
+    announce(bad);
+    mesh_free(bad);
+    for (int i = 0; i < n; i++) mesh_free(others[i]);
+  } else if (strcmp(c, "double-free-remote-in-owner-vector") == 0) {
+    bad = mesh_malloc(size);
+    void *q = mesh_malloc(size);
+    mesh_free(bad);
+    mesh_free(q);
+    announce(bad);
+    free_in_thread(bad);
+  } else if (strcmp(c, "valid-live-data-not-key") == 0) {
+    for (int round = 0; round < 3; round++) {
+      pthread_t t[3];
+      for (int i = 0; i < 3; i++)
+        if (pthread_create(&t[i], NULL, live_data_worker, (void *)(uintptr_t)(round * 3 + i + 1))) DIE("pthread_create failed");
+      for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+      live_data_worker((void *)(uintptr_t)(100 + round));  /* this thread's vectors too */
+    }
+    /* blocks live across the threads' exits, freed by this thread and another */
+    enum { V = 4000 };
+    static void *vs[V + 1];
+    rng_t r;
+    rng_seed(&r, 42);
+    for (int i = 0; i < V; i++) {
+      size_t n = 16 + 16 * (size_t)(i % 64);
+      uint64_t *w = vs[i] = mesh_malloc(n);
+      if (!w) DIE("malloc failed");
+      if (i) memcpy(w, vs[rng_below(&r, (uint64_t)i)], 16);
+    }
+    for (int i = 0; i < V; i += 2) mesh_free(vs[i]), vs[i] = NULL;
+    int m = 0;
+    for (int i = 1; i < V; i += 2) vs[m++] = vs[i];
+    vs[m] = NULL;
+    free_all_in_thread(vs);
+  } else if (strcmp(c, "valid-alias-frees") == 0) {
+    /* one-page spans of 16 slots; a span keeps the slots whose number is
+     * its page number mod 4, so spans of different residues mesh (a
+     * destination ends up partial: refills take it again) */
+    size = 256;
+    enum { M = 16 * 64 };
+    static void *all[M], *kept[M], *fresh[M];
+    int nk = 0;
+    for (int i = 0; i < M; i++)
+      if (!(all[i] = mesh_malloc(size))) DIE("malloc failed");
+    for (int i = 0; i < M; i++) {
+      uintptr_t a = (uintptr_t)all[i];
+      if ((a & 4095) / 256 % 4 == (a >> 12) % 4) {
+        pat_fill(all[i], size, (uint64_t)a);
+        kept[nk++] = all[i];
+      } else {
+        mesh_free(all[i]);
+      }
+    }
+    mesh_compact();
+    printf("ALIASES %llu\n", (unsigned long long)stat_get("mesh_aliases"));
+    for (int i = 0; i < nk; i++)
+      if (pat_check(kept[i], size, (uint64_t)(uintptr_t)kept[i]) != (size_t)-1) DIE("survivor %p changed", kept[i]);
+    /* One allocation per survivor freed keeps refills attaching the
+     * partial spans, fullest (meshed destinations) first, while the
+     * survivors go: each eighth by another thread, in pairs. */
+    int nf = 0;
+    for (int i = 0; i < nk; i++) {
+      if (!(fresh[nf++] = mesh_malloc(size))) DIE("malloc failed");
+      if (i % 8 == 6) {
+        void *two[3] = {kept[i], kept[i + 1 < nk ? i + 1 : i], NULL};
+        if (two[1] == two[0]) two[1] = NULL;
+        free_all_in_thread(two);
+        i++;
+      } else {
+        mesh_free(kept[i]);
+      }
+    }
+    for (int i = 0; i < nf; i++) mesh_free(fresh[i]);
   } else if (strcmp(c, "valid-remote-free") == 0) {
     enum { V = 5000 };
     static void *vs[V];
