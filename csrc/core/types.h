@@ -26,11 +26,11 @@
  * its second word (bytes 8..15; every class is >= 16 bytes); a block handed
  * out never does, because the pop that hands it out stores 0 there; a free
  * slot outside every vector does not either, because whatever takes a slot
- * out of a vector without handing it out (detach) stores 0 there too. Who writes it: the owner thread, when a
- * slot enters its vector (a local free, a reclaim or refill). So a free
- * that finds the key has found a free slot; a live block holds the key only
- * if the program wrote those exact 8 bytes (odds 2^-64 for any value not
- * read out of a free slot).
+ * out of a vector without handing it out (detach) stores 0 there too. Who
+ * writes it: the owner thread, when a slot enters its vector (a local free,
+ * a reclaim or refill). So a free that finds the key has found a free slot;
+ * a live block holds the key only if the program wrote those exact 8 bytes
+ * (odds 2^-64 for any value not read out of a free slot).
  */
 #ifndef MESH_TYPES_H
 #define MESH_TYPES_H
