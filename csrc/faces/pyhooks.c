@@ -134,15 +134,16 @@ PyObject *py_hook_counts(PyObject *self, PyObject *unused) {
 /* ---- the hook bodies --------------------------------------------------- */
 
 /* Each hook is a fast path with no call in it and one out-of-line slow
- * path that handles every case again from scratch (the only path when a
- * preloaded libmesh.so is the backend). The fast path applies when the
- * domain is diverted to the extension's own core (DIVERT_INLINE): malloc
- * pops the thread heap's shuffle vector (mesh_malloc_try), free does the
- * range check and the local push (mesh_free_local; every other free goes
- * out of line), and the count goes into the thread heap the fast path
- * already holds. Keeping calls out of the
- * fast path lets the compiler skip the register saves a call would need:
- * the hooks are a third of the allocator's instructions on Python code. */
+ * path that handles every case again from scratch (the hook set for a
+ * preloaded libmesh.so is the slow paths alone: see the end of the file).
+ * The fast path applies when the domain is diverted to the extension's own
+ * core (DIVERT_INLINE): malloc pops the thread heap's shuffle vector
+ * (mesh_malloc_try), free does the range check and the local push
+ * (mesh_free_local; every other free goes out of line), and the count goes
+ * into the thread heap the fast path already holds. Keeping calls out of
+ * the fast path lets the compiler skip the register saves a call would
+ * need: the hooks are a third of the allocator's instructions on Python
+ * code. */
 
 static inline __attribute__((always_inline)) void count(int d, int k) { mesh_face_count_bump(FC(d, k)); }
 
