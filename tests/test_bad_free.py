@@ -15,6 +15,7 @@ BAD_CASES = [
     "double-free-local-then-remote",
     "double-free-remote-then-local",
     "double-free-large",
+    "double-free-large-parked",
     "interior-small",
     "interior-large",
     "never-allocated-slot",

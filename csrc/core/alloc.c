@@ -101,8 +101,10 @@ void mesh_free(void *p) {
 void *mesh_malloc(size_t size) { return mesh_malloc_inline(size); }
 
 /* Size of the live block p, or 0 (after a report when report is set) if p
- * is not a live block start of this heap. */
-static size_t block_size(const void *p, bool report) {
+ * is not a live block start of this heap; *large tells whether it is a
+ * large block of the arena (whole pages, any size). */
+static size_t block_size_of(const void *p, bool report, bool *large) {
+  *large = false;
   if (!mesh_in_arena(p)) {
     size_t direct = _mesh_direct_size(p);
     if (direct) return direct;
@@ -118,8 +120,10 @@ static size_t block_size(const void *p, bool report) {
   }
   uint8_t st = mesh_load_relaxed(&s->state);
   uintptr_t voff = (uintptr_t)p - mesh_page_addr((uint32_t)(pte >> 32));
-  if (id != MESH_NIL && st == SPAN_LARGE && voff == 0 && mesh_load_relaxed(&s->bits[0]))
+  if (id != MESH_NIL && st == SPAN_LARGE && voff == 0 && mesh_load_relaxed(&s->bits[0])) {
+    *large = true;
     return (size_t)s->npages << MESH_PAGE_SHIFT;
+  }
   if (id != MESH_NIL && (st == SPAN_ATTACHED || st == SPAN_PARTIAL || st == SPAN_FULL)) {
     const size_class_t *sc = &_mesh_classes[s->cls];
     uint32_t slot = mesh_slot_at(voff, sc->size, sc->recip, s->nobjects);
@@ -129,7 +133,10 @@ static size_t block_size(const void *p, bool report) {
   return 0;
 }
 
-size_t mesh_usable_size(const void *p) { return p ? block_size(p, false) : 0; }
+size_t mesh_usable_size(const void *p) {
+  bool large;
+  return p ? block_size_of(p, false, &large) : 0;
+}
 
 int mesh_owns(const void *p) { return mesh_in_arena(p) || (p && _mesh_direct_size(p) != 0); }
 
@@ -168,16 +175,28 @@ static size_t grow_target(size_t size) {
   return size + more < size ? size : size + more;
 }
 
+/* A block that realloc grows past this many bytes moves to whole pages (a
+ * large block of the arena), where the next growth extends it in place
+ * into the free pages after it (arena.c keeps other spans out of that
+ * room) instead of copying it into the next small class: growing a block
+ * 1/8 a step from 0 to 64 KiB copied 45 KiB with small classes up to
+ * 16 KiB, 12 KiB this way. Only realloc's growth does this: a malloc of the
+ * same size, or a realloc that shrinks to a small size, takes a small
+ * class, which wastes less. Below one page the page would waste more
+ * than the copies cost. */
+#define REALLOC_PAGED_MIN MESH_PAGE_SIZE
+
 /* Whether a small block of old usable bytes keeps a realloc to size <= old
  * in place: its class is at most the one grow_target(size) would pick. */
 static bool small_keeps(size_t old, size_t size) {
   size_t g = grow_target(size);
-  return mesh_class_of(old) <= mesh_class_of(g < MESH_SMALL_MAX ? g : MESH_SMALL_MAX);
+  if (g >= old) return true; /* realloc's growth steps: no lookup */
+  return mesh_class_of(old) <= mesh_class_of(g);
 }
 
 /* The size of p if it is a live block of a small span that is not meshed
  * away (realloc's common case, read as the free path reads it), else 0 and
- * block_size sorts it out. */
+ * block_size_of sorts it out. */
 static inline size_t small_block_size(const void *p) {
   uintptr_t off = (uintptr_t)p - _mesh_arena.base;
   if (mesh_unlikely(off >= _mesh_arena.size)) return 0;
@@ -193,9 +212,12 @@ static inline size_t small_block_size(const void *p) {
 }
 
 /* Moves p (old usable bytes) to a new block of want bytes, or of size if
- * that fails (the headroom is a wish, and its failure leaves errno alone). */
+ * that fails (the headroom is a wish, and its failure leaves errno alone).
+ * A growing move past REALLOC_PAGED_MIN takes whole pages. */
 static void *realloc_move(void *p, size_t old, size_t size, size_t want) {
-  void *q = mesh_malloc_inline(want);
+  void *q;
+  if (want > old && want > REALLOC_PAGED_MIN && want <= MESH_SMALL_MAX) q = _mesh_large_alloc(want, 0, false);
+  else q = mesh_malloc_inline(want);
   if (mesh_unlikely(!q) && want != size) {
     int saved = errno;
     q = mesh_malloc_inline(size);
@@ -221,22 +243,26 @@ void *mesh_realloc(void *p, size_t size) {
     if (size <= old) return small_keeps(old, size) ? p : realloc_move(p, old, size, size);
     return realloc_move(p, old, size, grow_target(size));
   }
-  old = block_size(p, true);
+  bool large;
+  old = block_size_of(p, true, &large);
   if (old == 0) {
     errno = EINVAL;
     return NULL;
   }
   /* A large block grows into the free pages after it, or gives back its
-   * tail, in place; it is copied only when it must move between small and
-   * large or the pages after it are taken. A direct block moves with
-   * mremap, or out to the heap when it shrinks to small. */
+   * tail, in place; it is copied only when the pages after it are taken,
+   * or to a small class when it shrinks to a small size. A direct block
+   * moves with mremap, or out to the heap when it shrinks to small. */
   if (!mesh_in_arena(p)) {
     if (size > MESH_SMALL_MAX) return _mesh_direct_realloc(p, size);
-  } else if (old <= MESH_SMALL_MAX) { /* a small block of a span meshed away */
+  } else if (!large) { /* a small block of a span meshed away */
     if (size <= old && small_keeps(old, size)) return p;
+  } else if (size > old) {
+    if (_mesh_large_resize(p, grow_target(size))) return p;
+  } else if (size > old / 2 || grow_target(size) > old - MESH_PAGE_SIZE) {
+    return p; /* (no bigger than a growing realloc to size makes it: the same size never moves it) */
   } else if (size > MESH_SMALL_MAX) {
-    if (size <= old && size > old / 2) return p;
-    if (_mesh_large_resize(p, size > old ? grow_target(size) : size)) return p;
+    if (_mesh_large_resize(p, size)) return p;
   }
   return realloc_move(p, old, size, size > old ? grow_target(size) : size);
 }
@@ -307,6 +333,7 @@ void *mesh_pvalloc(size_t size) {
 size_t mesh_scavenge(void) {
   mesh_ensure_init();
   _mesh_lock();
+  _mesh_large_unpark(); /* the parked large block's pages too */
   size_t n = _mesh_arena_scavenge();
   _mesh_unlock();
   return n;

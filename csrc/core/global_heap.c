@@ -246,6 +246,30 @@ void _mesh_global_free_transition(span_t *s, uint32_t id) {
 
 /* ---- large objects --------------------------------------------------- */
 
+/* The last freed large block of at most PARK_PAGES pages is parked instead
+ * of going back to the arena: a program that frees a block and then
+ * allocates one of the same size (a buffer per request, a block realloc
+ * grew past a page and freed: alloc.c) gets it back without a run cut and
+ * merged and its page-table entries written twice (~900 instructions a
+ * pair, ~250 this way). The parked span stays a live LARGE span of the
+ * arena (span_pages, its page-table entries) whose one bit is clear, so a
+ * free of it is a double free and usable_size refuses it; it is not in
+ * large_bytes_in_use. mesh_scavenge, mesh_compact and the end of a decay
+ * epoch return it to the arena first (_mesh_large_unpark), so at most
+ * PARK_PAGES pages stay out of the dirty-page accounting, and only until
+ * then. Under the lock. */
+#define PARK_PAGES 4
+static uint32_t parked;
+
+void _mesh_large_unpark(void) {
+  uint32_t id = parked;
+  if (!id) return;
+  parked = MESH_NIL;
+  _mesh_arena_free_span(id);
+}
+
+static bool parkable(const span_t *s) { return s->npages <= PARK_PAGES && s->flags == 0 && !s->alias_next; }
+
 void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   mesh_ensure_init();
   if (size > _mesh_arena.size || align > _mesh_arena.size / 2) return _mesh_direct_alloc(size, align);
@@ -254,10 +278,15 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero) {
   uint32_t align_pages = align > MESH_PAGE_SIZE ? (uint32_t)(align >> MESH_PAGE_SHIFT) : 1;
   bool clean = false;
   _mesh_lock();
-  uint32_t id = _mesh_arena_alloc_span(npages, align_pages, true, &clean);
-  if (!id) { /* the arena is full: a mapping of its own, as far as the OS allows */
-    _mesh_unlock();
-    return _mesh_direct_alloc(size, align);
+  uint32_t id = parked;
+  if (id && align_pages == 1 && mesh_span(id)->npages == npages) {
+    parked = MESH_NIL; /* its page-table entries and geometry stand */
+  } else {
+    id = _mesh_arena_alloc_span(npages, align_pages, true, &clean);
+    if (!id) { /* the arena is full: a mapping of its own, as far as the OS allows */
+      _mesh_unlock();
+      return _mesh_direct_alloc(size, align);
+    }
   }
   span_t *s = mesh_span(id);
   s->nobjects = 1;
@@ -290,6 +319,15 @@ void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte, const
   }
   mesh_stat_add(large_free_count, 1);
   mesh_stat_sub(large_bytes_in_use, (uint64_t)s->npages << MESH_PAGE_SHIFT);
+  if (parkable(s)) {
+    uint32_t before = parked;
+    parked = id;
+    if (!before) { /* nothing went back to the arena: nothing for the triggers */
+      _mesh_unlock();
+      return;
+    }
+    id = before;
+  }
   _mesh_arena_free_span(id);
   _mesh_maybe_mesh(true);
   _mesh_unlock();
@@ -325,6 +363,13 @@ bool _mesh_large_resize(const void *p, size_t size) {
 
 int _mesh_global_validate(void) {
   int bad = 0;
+  if (parked) {
+    const span_t *s = mesh_span(parked);
+    if (mesh_load_relaxed(&s->state) != SPAN_LARGE || mesh_load_relaxed(&s->bits[0]) != 0 || !parkable(s)) {
+      bad++;
+      _mesh_dprintf(2, "meshalloc: check: parked large span %u is live or not parkable\n", parked);
+    }
+  }
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
     for (unsigned b = 0; b < MESH_OCC_BINS; b++) {
       if (!!occ_bins[c][b] != !!(occ_nonempty[c] & (1u << b))) {

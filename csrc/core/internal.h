@@ -161,15 +161,15 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(spans_free_count, "span records released (the original's MH Free Count)") \
   X(spans_live, "spans currently in use") \
   X(spans_hwm, "peak of spans_live (the original's MH High Water Mark)") \
-  X(large_alloc_count, "large (> 16 KiB) allocations") \
+  X(large_alloc_count, "large allocations (> 16 KiB, and blocks realloc grew past a page)") \
   X(large_free_count, "large frees") \
-  X(large_bytes_in_use, "bytes in live large spans (page rounded)") \
+  X(large_bytes_in_use, "bytes in live large spans (page rounded; not the parked one)") \
   X(large_grown_in_place, "large blocks grown by realloc into the free pages after them") \
   X(large_grow_moved, "large blocks realloc had to copy to grow (the pages after them were taken)") \
   X(direct_alloc_count, "large blocks mapped on their own, outside the arena (it could not hold them: address-space limit)") \
   X(direct_free_count, "direct blocks freed") \
   X(direct_bytes_in_use, "bytes in live direct blocks (page rounded)") \
-  X(span_pages, "arena pages held by live spans") \
+  X(span_pages, "arena pages held by live spans (the parked large span included)") \
   X(dirty_pages, "free arena pages not yet returned to the OS") \
   X(arena_top_pages, "arena pages ever used (high-water mark of the bump pointer)") \
   X(pages_punched, "free pages returned to the OS, summed") \
@@ -403,6 +403,7 @@ void *_mesh_large_alloc(size_t size, size_t align, bool zero);
 void _mesh_large_free(span_t *s, uint32_t id, const void *p, uint64_t pte, const void *caller);
 /* Resizes the large block p in place; false if it cannot (then move it). */
 bool _mesh_large_resize(const void *p, size_t size);
+void _mesh_large_unpark(void); /* (lock) the parked large span back to the arena */
 
 /* ---- direct.c: large blocks mapped outside the arena ----------------- */
 void *_mesh_direct_alloc(size_t size, size_t align); /* zeroed; NULL + ENOMEM */

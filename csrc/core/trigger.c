@@ -136,6 +136,7 @@ static void decay_tick(uint64_t now) {
   long ms = mesh_opt(MESH_OPT_DIRTY_DECAY_MS);
   if (ms <= 0 || now - decay_epoch_ns < (uint64_t)ms * 1000000u) return;
   decay_epoch_ns = now;
+  _mesh_large_unpark(); /* the parked large block decays like any freed one */
   mesh_stat_add(pages_decayed, _mesh_arena_decay());
 }
 

@@ -333,6 +333,65 @@ static bool check_realloc_keeps_data(void) {
   return ok;
 }
 
+/* A block that realloc grows past one page moves to whole pages, and its
+ * later growth extends it in place; a malloc of the same size keeps its
+ * small class. */
+static bool check_realloc_growth_takes_pages(void) {
+  bool ok = true;
+  unsigned char *p = NULL;
+  size_t n = 0;
+  int paged_moves = 0;
+  uint64_t grown0 = stat_get("large_grown_in_place");
+  while (n < (64u << 10)) {
+    size_t m = (n + (n >> 3) + 16) & ~(size_t)15;
+    unsigned char *q = mesh_realloc(p, m);
+    if (!q) { NOTE("realloc(%zu -> %zu) NULL", n, m); mesh_free(p); return false; }
+    if (pat_check(q, n, 41) != (size_t)-1) { NOTE("realloc(%zu -> %zu) lost data", n, m); ok = false; }
+    if (mesh_realloc(q, m) != q) { NOTE("realloc to the same size %zu moved the block", m); ok = false; }
+    size_t u = mesh_usable_size(q);
+    if (n > 4096 && q != p) paged_moves++;
+    if (m > 4096 && u % 4096 != 0) { NOTE("grown to %zu: usable %zu is not whole pages", m, u); ok = false; }
+    pat_fill(q, m, 41);
+    p = q;
+    n = m;
+  }
+  mesh_free(p);
+  uint64_t grown = stat_get("large_grown_in_place") - grown0;
+  printf("info paged_moves %d grown_in_place %llu\n", paged_moves, (unsigned long long)grown);
+  /* (one move is allowed: the pages after the block may be taken) */
+  if (paged_moves > 1 || grown < 4) { NOTE("paged growth moved %d times, %llu in place", paged_moves, (unsigned long long)grown); ok = false; }
+  void *s = mesh_malloc(5000);
+  if (!s || mesh_usable_size(s) >= 8192) { NOTE("malloc(5000) took whole pages"); ok = false; }
+  mesh_free(s);
+  return ok && mesh_check_heap() == 0;
+}
+
+/* A freed large block of a few pages is parked: the next allocation of its
+ * size gets it back, and a scavenge returns it to the arena. */
+static bool check_large_block_parking(void) {
+  bool ok = true;
+  /* the end of a decay epoch (any trigger, or the meshing thread) returns
+   * a parked block too: none ends during this check */
+  long decay = mesh_option_get("dirty_decay_ms");
+  mesh_option_set("dirty_decay_ms", 0);
+  unsigned char *a = mesh_malloc(8000);
+  if (!a) return false;
+  memset(a, 3, 8000);
+  mesh_free(a);
+  if (mesh_check_heap() != 0) { NOTE("heap check fails with a parked block"); ok = false; }
+  unsigned char *b = mesh_calloc(1, 8000);
+  if (b != a) { NOTE("a freed 2-page block was not reused (%p, then %p)", (void *)a, (void *)b); ok = false; }
+  for (size_t i = 0; b && i < 8000; i++)
+    if (b[i]) { NOTE("calloc of a parked block: byte %zu is %d", i, b[i]); ok = false; break; }
+  mesh_free(b);
+  uint64_t before = stat_get("span_pages");
+  mesh_scavenge();
+  uint64_t after = stat_get("span_pages");
+  if (after + 2 > before) { NOTE("scavenge kept the parked block (span pages %llu -> %llu)", (unsigned long long)before, (unsigned long long)after); ok = false; }
+  mesh_option_set("dirty_decay_ms", decay);
+  return ok && mesh_check_heap() == 0;
+}
+
 static bool check_realloc_failure_intact(void) {
   bool ok = true;
   static const size_t sizes[] = {100, 3000, 50000, 2u << 20};
@@ -787,6 +846,8 @@ int main(int argc, char **argv) {
   CHECK("huge-requests-enomem", check_huge());
   CHECK("big-allocation-works-and-is-reused", check_big_but_possible());
   CHECK("realloc-keeps-min-bytes", check_realloc_keeps_data());
+  CHECK("realloc-growth-past-a-page-takes-pages-in-place", check_realloc_growth_takes_pages());
+  CHECK("freed-large-block-parked-reused-and-scavenged", check_large_block_parking());
   CHECK("realloc-failure-leaves-block", check_realloc_failure_intact());
   CHECK("realloc-null", check_realloc_null());
   CHECK("realloc-zero-sane", check_realloc_zero());

@@ -7,6 +7,8 @@
  *   double-free-local-then-remote  owner frees p, then another thread frees it
  *   double-free-remote-then-local  another thread frees p, then the owner does
  *   double-free-large              free(p); free(p) for a large (own-span) block
+ *   double-free-large-parked       the same for a 2-page block, which its first
+ *                                  free parks for reuse instead of freeing its span
  *   interior-small                 free(p + 16) for a live 64-byte block
  *   interior-large                 free(p + 4096) for a live 200 kB block
  *   never-allocated-slot           free of a slot start next to a live block
@@ -172,6 +174,13 @@ int main(int argc, char **argv) {
     mesh_free(bad);
   } else if (strcmp(c, "double-free-large") == 0) {
     size = 200000;
+    bad = mesh_malloc(size);
+    memset(bad, 1, size);
+    mesh_free(bad);
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "double-free-large-parked") == 0) {
+    size = 8000;
     bad = mesh_malloc(size);
     memset(bad, 1, size);
     mesh_free(bad);
