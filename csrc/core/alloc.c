@@ -229,16 +229,9 @@ static void *realloc_move(void *p, size_t old, size_t size, size_t want) {
   return q;
 }
 
-void *mesh_realloc(void *p, size_t size) {
-  if (!p) return mesh_malloc(size);
-  if (size == 0) { /* glibc: realloc(p, 0) frees and returns NULL */
-    mesh_free(p);
-    return NULL;
-  }
-  /* A small block stays while it is no bigger than a growing realloc to
-   * the new size would make it (so the same size never moves a block that
-   * grew with headroom); one that grows moves with headroom. */
-  size_t old = small_block_size(p);
+/* Every realloc of a live block p to size > 0 but a small block that
+ * stays (mesh_realloc); old is small_block_size(p). */
+static MESH_NOINLINE void *realloc_slow(void *p, size_t size, size_t old) {
   if (mesh_likely(old != 0)) {
     if (size <= old) return small_keeps(old, size) ? p : realloc_move(p, old, size, size);
     return realloc_move(p, old, size, grow_target(size));
@@ -265,6 +258,22 @@ void *mesh_realloc(void *p, size_t size) {
     if (_mesh_large_resize(p, size)) return p;
   }
   return realloc_move(p, old, size, size > old ? grow_target(size) : size);
+}
+
+/* A small block stays while it is no bigger than a growing realloc to the
+ * new size would make it (so the same size never moves a block that grew
+ * with headroom): half of a growing block's reallocs, and the only case
+ * kept here, so that it saves no registers; one that grows moves with
+ * headroom. */
+void *mesh_realloc(void *p, size_t size) {
+  if (mesh_likely(p != NULL && size != 0)) {
+    size_t old = small_block_size(p);
+    if (old >= size && size + size / 4 >= old) return p;
+    return realloc_slow(p, size, old);
+  }
+  if (!p) return mesh_malloc(size);
+  mesh_free(p); /* glibc: realloc(p, 0) frees and returns NULL */
+  return NULL;
 }
 
 void *mesh_reallocarray(void *p, size_t count, size_t size) {
