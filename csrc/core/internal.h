@@ -414,6 +414,8 @@ void _mesh_direct_after_fork(bool child);
 int _mesh_global_validate(void);
 /* for the mesher (lock held) */
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin);
+unsigned _mesh_partial_count(unsigned cls); /* spans in the class's occupancy bins */
+unsigned _mesh_full_count(unsigned cls);    /* FULL spans of the class */
 void _mesh_partial_unlink(uint32_t id);
 void _mesh_file_detached(uint32_t id);
 unsigned _mesh_span_live(const span_t *s);

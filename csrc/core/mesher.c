@@ -521,6 +521,10 @@ size_t _mesh_mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool
                     .stop = stop, .step_meshed = step_meshed};
   c.max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
   c.max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
+  if (!(batch.open && batch.cls == cls) && _mesh_partial_count(cls) < 2) {
+    cursor[cls].id = MESH_NIL; /* nothing to mesh, nothing to walk: the sweep is complete */
+    return 0;
+  }
   if (!open_batch(&c, more)) return 0;
   c.probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
   size_t freed = 0;
