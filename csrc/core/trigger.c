@@ -45,6 +45,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <time.h>
 
 /* ---- pacing ---------------------------------------------------------- */
@@ -423,19 +424,40 @@ static void *thread_main(void *arg) {
   return NULL;
 }
 
+/* As the process exits (atexit, registered at the first start), the
+ * thread is stopped as fork stops it and joined, and none starts again: a
+ * thread whose timed wait ended during exit would otherwise leave its loop
+ * on its own, finished and never joined (a leak to ThreadSanitizer). The
+ * wait is at most the rest of one pass. */
+static bool thread_exiting; /* (thread_lock) */
+static void stop_at_exit(void) {
+  if (pthread_mutex_trylock(&thread_lock) != 0) return; /* a fork or a start is at it */
+  thread_exiting = true;
+  if (thread_alive) {
+    thread_stop = true;
+    pthread_cond_broadcast(&thread_cond);
+    while (thread_alive) pthread_cond_wait(&thread_cond, &thread_lock);
+  }
+  if (thread_joinable) pthread_join(thread_id, NULL);
+  thread_joinable = false;
+  pthread_mutex_unlock(&thread_lock);
+}
+
 void _mesh_mesher_poll_slow(void) {
   if (pthread_mutex_trylock(&thread_lock) != 0) return; /* someone is at it (or fork) */
   if (thread_not_before && _mesh_os_now_ns() < thread_not_before) { /* wanted stays set */
     pthread_mutex_unlock(&thread_lock);
     return;
   }
-  if (!mesh_exchange_acq_rel(&_mesh_mesher_wanted, false) || thread_alive || thread_failed ||
+  if (!mesh_exchange_acq_rel(&_mesh_mesher_wanted, false) || thread_alive || thread_failed || thread_exiting ||
       mesh_load_acquire(&_mesh_init_state) != 2) {
     pthread_mutex_unlock(&thread_lock);
     return;
   }
   if (thread_joinable) pthread_join(thread_id, NULL); /* it has left its loop: at once */
   thread_joinable = false;
+  static bool exit_registered; /* (thread_lock) */
+  if (!exit_registered) exit_registered = atexit(stop_at_exit) == 0;
   /* before pthread_create, which may call malloc: its triggers must see
    * the thread as running, not ask for another */
   mesh_store_relaxed(&thread_active, true);
