@@ -210,6 +210,13 @@ uint32_t _mesh_partial_head(unsigned cls, unsigned bin) { return occ_bins[cls][b
 unsigned _mesh_partial_count(unsigned cls) { return occ_count[cls]; }
 unsigned _mesh_full_count(unsigned cls) { return full_count[cls]; }
 
+uint64_t _mesh_global_live(unsigned cls) {
+  uint64_t n = (uint64_t)full_count[cls] * _mesh_classes[cls].nobjects;
+  for (unsigned b = 0; b < MESH_OCC_BINS; b++)
+    for (uint32_t id = occ_bins[cls][b]; id; id = mesh_span(id)->next) n += _mesh_span_live(mesh_span(id));
+  return n;
+}
+
 /* Fullest partial span of the class (an empty one last), or MESH_NIL. */
 static uint32_t best_partial(unsigned cls) {
   unsigned m = occ_nonempty[cls];

@@ -416,6 +416,10 @@ int _mesh_global_validate(void);
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin);
 unsigned _mesh_partial_count(unsigned cls); /* spans in the class's occupancy bins */
 unsigned _mesh_full_count(unsigned cls);    /* FULL spans of the class */
+/* Live objects in the detached spans of class cls: the FULL spans' slots
+ * (a free into one takes the lock before its span leaves FULL) and the
+ * bitmaps of the spans in the occupancy bins. */
+uint64_t _mesh_global_live(unsigned cls);
 void _mesh_partial_unlink(uint32_t id);
 void _mesh_file_detached(uint32_t id);
 unsigned _mesh_span_live(const span_t *s);
@@ -461,6 +465,9 @@ void _mesh_heaps_after_fork_child(void);
 /* Lock held: live small objects and their bytes (walks spans and vectors). */
 /* (lock) Per-class spans and live objects (mesh_class_stats). */
 void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]);
+/* (lock) Per-class live objects alone, as _mesh_heap_class_stats counts
+ * them, without its walk of every span. */
+void _mesh_heap_objects_in_use(uint64_t out[MESH_NUM_CLASSES]);
 
 /* ---- alloc.c -------------------------------------------------------- */
 /* caller: the return address of the allocator entry point the program
