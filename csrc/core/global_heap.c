@@ -47,11 +47,13 @@ pthread_mutex_t _mesh_global_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 /* (lock) occ_bins[c][b]: the partial spans of class c with live objects
  * filed in occupancy bin b (their bin field b); empty_spans[c]: those with
  * none (bin field MESH_BIN_EMPTY). occ_count[c] counts the spans of the
- * bins, full_count[c] the FULL spans of the class. */
+ * bins, occ_changes[c] every span that entered or left them, full_count[c]
+ * the FULL spans of the class. */
 static uint32_t occ_bins[MESH_NUM_CLASSES][MESH_OCC_BINS];
 static uint32_t empty_spans[MESH_NUM_CLASSES];
 static uint8_t occ_nonempty[MESH_NUM_CLASSES];
 static uint32_t occ_count[MESH_NUM_CLASSES];
+static uint64_t occ_changes[MESH_NUM_CLASSES];
 static uint32_t full_count[MESH_NUM_CLASSES];
 
 void _mesh_lock(void) { pthread_mutex_lock(&_mesh_global_lock); }
@@ -84,6 +86,7 @@ static void partial_link(uint32_t id, unsigned live) {
   if (b != MESH_BIN_EMPTY) {
     occ_nonempty[s->cls] |= (uint8_t)(1u << b);
     occ_count[s->cls]++;
+    occ_changes[s->cls]++;
   }
 }
 
@@ -97,6 +100,7 @@ void _mesh_partial_unlink(uint32_t id) {
   if (b != MESH_BIN_EMPTY) {
     if (!*head) occ_nonempty[s->cls] &= (uint8_t)~(1u << b);
     occ_count[s->cls]--;
+    occ_changes[s->cls]++;
   }
   s->next = s->prev = MESH_NIL;
 }
@@ -208,13 +212,18 @@ static uint32_t new_small_span(unsigned cls) {
 
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin) { return occ_bins[cls][bin]; }
 unsigned _mesh_partial_count(unsigned cls) { return occ_count[cls]; }
-unsigned _mesh_full_count(unsigned cls) { return full_count[cls]; }
 
-uint64_t _mesh_global_live(unsigned cls) {
-  uint64_t n = (uint64_t)full_count[cls] * _mesh_classes[cls].nobjects;
+uint64_t _mesh_partial_changes(unsigned cls) { return occ_changes[cls]; }
+
+uint64_t _mesh_partial_live(unsigned cls) {
+  uint64_t n = 0;
   for (unsigned b = 0; b < MESH_OCC_BINS; b++)
     for (uint32_t id = occ_bins[cls][b]; id; id = mesh_span(id)->next) n += _mesh_span_live(mesh_span(id));
   return n;
+}
+
+uint64_t _mesh_global_live(unsigned cls) {
+  return (uint64_t)full_count[cls] * _mesh_classes[cls].nobjects + _mesh_partial_live(cls);
 }
 
 /* Fullest partial span of the class (an empty one last), or MESH_NIL. */

@@ -143,6 +143,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(mesh_remap_failures, "mapping calls of a mesh (promotion, protection, remapping) the kernel refused, e.g. at vm.max_map_count: each mesh was undone, the heap unchanged") \
   X(mesh_pace_level, "periodic meshing waits period_ms << this: raised while the program takes the pages meshing freed straight back") \
   X(mesh_paced, "times pacing lengthened the wait between periodic passes") \
+  X(mesh_sweeps_skipped, "sweeps of a size class skipped: no span of it changed since its last sweep found nothing to mesh") \
   X(passes_triggered, "meshing passes run inside malloc and free (period_ms)") \
   X(meshes_triggered, "meshes done by those passes") \
   X(pages_triggered, "pages freed by those passes") \
@@ -415,7 +416,10 @@ int _mesh_global_validate(void);
 /* for the mesher (lock held) */
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin);
 unsigned _mesh_partial_count(unsigned cls); /* spans in the class's occupancy bins */
-unsigned _mesh_full_count(unsigned cls);    /* FULL spans of the class */
+/* Spans that entered or left the class's occupancy bins so far: while it
+ * stays the same, a span can change there only by losing live objects. */
+uint64_t _mesh_partial_changes(unsigned cls);
+uint64_t _mesh_partial_live(unsigned cls);  /* live objects in the class's occupancy bins */
 /* Live objects in the detached spans of class cls: the FULL spans' slots
  * (a free into one takes the lock before its span leaves FULL) and the
  * bitmaps of the spans in the occupancy bins. */
