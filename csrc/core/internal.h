@@ -224,6 +224,7 @@ void _mesh_stats_log_pass(uint64_t number, uint64_t end_ns, uint64_t wall_ns, ui
 extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
 void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
 void _mesh_stats_publish(uint64_t now);      /* (lock) bytes_in_use_published, if due (now = 0: now) */
+uint64_t _mesh_stats_publish_wait_ns(uint64_t now); /* (lock) ns until the next is due (>= 1); 0: never */
 void _mesh_stats_page_before_fork(void);      /* prepare handler: the values the child starts from */
 void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */
 #define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))

@@ -257,8 +257,15 @@ static bool share_page(const uint64_t *values) {
  * that does not fragment, cost nothing. */
 #define PUBLISH_NS 500000000ull
 #define PUBLISH_SHARE 1000u /* at most 1/1000 of the time */
+static uint64_t publish_last, publish_wait = PUBLISH_NS; /* (lock) */
+
+uint64_t _mesh_stats_publish_wait_ns(uint64_t now) {
+  if (stats_fd < 0) return 0;
+  return now - publish_last < publish_wait ? publish_wait - (now - publish_last) : 1;
+}
+
 void _mesh_stats_publish(uint64_t now) {
-  static uint64_t last, wait = PUBLISH_NS;
+  uint64_t last = publish_last, wait = publish_wait;
   if (stats_fd < 0 || (now && now - last < wait)) return;
   if (!now) now = _mesh_os_now_ns(); /* forced: the program goes quiet (thread exit, compaction) */
   uint64_t live[MESH_NUM_CLASSES], sb = 0;
@@ -266,9 +273,9 @@ void _mesh_stats_publish(uint64_t now) {
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) sb += live[c] * _mesh_classes[c].size;
   mesh_stat_set(bytes_in_use_published, sb + mesh_stat_get(large_bytes_in_use) + mesh_stat_get(direct_bytes_in_use));
   mesh_stat_set(bytes_in_use_published_ns, now);
-  last = _mesh_os_now_ns();
-  uint64_t took = last - now;
-  wait = took * PUBLISH_SHARE > PUBLISH_NS ? took * PUBLISH_SHARE : PUBLISH_NS;
+  publish_last = _mesh_os_now_ns();
+  uint64_t took = publish_last - now;
+  publish_wait = took * PUBLISH_SHARE > PUBLISH_NS ? took * PUBLISH_SHARE : PUBLISH_NS;
 }
 
 void _mesh_stats_page_init(void) {
