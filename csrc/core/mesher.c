@@ -550,8 +550,9 @@ size_t _mesh_mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool
   c.max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
   c.probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
   bool fresh = !batch_here && !cursor[cls].id; /* a sweep starts with this step */
-  /* the class as this sweep starts, for idle_again */
-  bool memo = fresh && mesh_opt(MESH_OPT_MESHER) != MESH_MESHER_SPLIT;
+  /* the class as this sweep starts, for idle_again; only a class one step
+   * can sweep: its bins' walk then costs no more than collecting them */
+  bool memo = fresh && _mesh_partial_count(cls) <= MAX_CANDIDATES && mesh_opt(MESH_OPT_MESHER) != MESH_MESHER_SPLIT;
   uint64_t changes = 0, live = 0, meshes = 0;
   if (memo) {
     changes = _mesh_partial_changes(cls), live = _mesh_partial_live(cls), meshes = mesh_stat_get(mesh_count);
