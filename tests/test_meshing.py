@@ -75,6 +75,15 @@ def test_split_mesher_grows_chains_over_repeated_sweeps(helpers, cbuild, k):
     assert stat_from(r.stdout, "mesh_count") == k - 1
 
 
+def test_a_class_unchanged_since_its_sweep_found_nothing_is_not_swept_until_a_free_makes_a_pair_fit(helpers, cbuild):
+    """Two spans that overlap in one slot: a compaction meshes nothing and
+    the next skips the class (mesh_sweeps_skipped); freeing the overlapping
+    object, a free that takes no lock and leaves the span in its bin, makes
+    the next compaction sweep the class again and mesh the pair."""
+    r = run_c(helpers, cbuild, "mesh_cases", ["idle-sweep"])
+    assert "idle-sweep ok skipped=1" in r.stdout, r.describe()
+
+
 @pytest.mark.parametrize("k", [3, 8])
 def test_chain_of_spans_meshes_onto_one_physical_page(helpers, cbuild, k):
     """k spans, each keeping a disjoint 1/k of the slots, end up as one

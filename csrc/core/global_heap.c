@@ -2,8 +2,20 @@
  *
  * Detached small spans are FULL (no free slot, in no list) or PARTIAL (in
  * one of MESH_OCC_BINS occupancy bins of their class, binned by occupancy
- * when they entered). A refill takes spans from the fullest bin first, so
- * nearly-empty spans are left to drain and be released (or meshed).
+ * when they entered, or, with no live object, in the class's list of empty
+ * spans). A refill takes spans from the fullest bin first and empty spans
+ * last, so nearly-empty spans are left to drain and be released (or
+ * meshed), and the spans of a chunk cut for the class stay clean until
+ * needed.
+ *
+ * Empty spans are kept apart because they can only be attached, never
+ * meshed: a partial span is linked with no live object only when it was
+ * just cut from a chunk, and no free can give it one. So the mesher walks
+ * the occupancy bins alone, and a heap that grows (a quarter of whose
+ * partial spans were never used) costs it nothing for them. Per class the
+ * number of spans in the occupancy bins (a class with fewer than two has
+ * nothing to mesh) and of FULL spans (whose live objects are known without
+ * reading their bitmaps) are kept as spans change lists.
  *
  * Transitions of a detached span happen under _mesh_global_lock; the free
  * that causes one is lock-free up to the point where it sees it (after its
@@ -32,8 +44,17 @@
  * with a plain mutex, 145 with this one. */
 pthread_mutex_t _mesh_global_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 
+/* (lock) occ_bins[c][b]: the partial spans of class c with live objects
+ * filed in occupancy bin b (their bin field b); empty_spans[c]: those with
+ * none (bin field MESH_BIN_EMPTY). occ_count[c] counts the spans of the
+ * bins, occ_changes[c] every span that entered or left them, full_count[c]
+ * the FULL spans of the class. */
 static uint32_t occ_bins[MESH_NUM_CLASSES][MESH_OCC_BINS];
+static uint32_t empty_spans[MESH_NUM_CLASSES];
 static uint8_t occ_nonempty[MESH_NUM_CLASSES];
+static uint32_t occ_count[MESH_NUM_CLASSES];
+static uint64_t occ_changes[MESH_NUM_CLASSES];
+static uint32_t full_count[MESH_NUM_CLASSES];
 
 void _mesh_lock(void) { pthread_mutex_lock(&_mesh_global_lock); }
 void _mesh_unlock(void) { pthread_mutex_unlock(&_mesh_global_lock); }
@@ -47,25 +68,40 @@ unsigned _mesh_span_live(const span_t *s) {
   return n;
 }
 
+/* The head of the list a partial span with bin field b is in. */
+static uint32_t *list_head(unsigned cls, unsigned b) {
+  return b == MESH_BIN_EMPTY ? &empty_spans[cls] : &occ_bins[cls][b];
+}
+
 static void partial_link(uint32_t id, unsigned live) {
   span_t *s = mesh_span(id);
-  unsigned b = live * MESH_OCC_BINS / s->nobjects;
+  unsigned b = live ? live * MESH_OCC_BINS / s->nobjects : MESH_BIN_EMPTY;
+  uint32_t *head = list_head(s->cls, b);
   mesh_store_relaxed(&s->state, SPAN_PARTIAL);
   s->bin = (uint8_t)b;
   s->prev = MESH_NIL;
-  s->next = occ_bins[s->cls][b];
+  s->next = *head;
   if (s->next) mesh_span(s->next)->prev = id;
-  occ_bins[s->cls][b] = id;
-  occ_nonempty[s->cls] |= (uint8_t)(1u << b);
+  *head = id;
+  if (b != MESH_BIN_EMPTY) {
+    occ_nonempty[s->cls] |= (uint8_t)(1u << b);
+    occ_count[s->cls]++;
+    occ_changes[s->cls]++;
+  }
 }
 
 void _mesh_partial_unlink(uint32_t id) {
   span_t *s = mesh_span(id);
   unsigned b = s->bin;
+  uint32_t *head = list_head(s->cls, b);
   if (s->prev) mesh_span(s->prev)->next = s->next;
-  else occ_bins[s->cls][b] = s->next;
+  else *head = s->next;
   if (s->next) mesh_span(s->next)->prev = s->prev;
-  if (!occ_bins[s->cls][b]) occ_nonempty[s->cls] &= (uint8_t)~(1u << b);
+  if (b != MESH_BIN_EMPTY) {
+    if (!*head) occ_nonempty[s->cls] &= (uint8_t)~(1u << b);
+    occ_count[s->cls]--;
+    occ_changes[s->cls]++;
+  }
   s->next = s->prev = MESH_NIL;
 }
 
@@ -77,6 +113,7 @@ void _mesh_file_detached(uint32_t id) {
     _mesh_arena_free_span(id);
   } else if (live == s->nobjects) {
     mesh_store_relaxed(&s->state, SPAN_FULL);
+    full_count[s->cls]++;
   } else {
     partial_link(id, live);
   }
@@ -174,11 +211,25 @@ static uint32_t new_small_span(unsigned cls) {
 }
 
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin) { return occ_bins[cls][bin]; }
+unsigned _mesh_partial_count(unsigned cls) { return occ_count[cls]; }
 
-/* Fullest partial span of the class, or MESH_NIL. */
+uint64_t _mesh_partial_changes(unsigned cls) { return occ_changes[cls]; }
+
+uint64_t _mesh_partial_live(unsigned cls) {
+  uint64_t n = 0;
+  for (unsigned b = 0; b < MESH_OCC_BINS; b++)
+    for (uint32_t id = occ_bins[cls][b]; id; id = mesh_span(id)->next) n += _mesh_span_live(mesh_span(id));
+  return n;
+}
+
+uint64_t _mesh_global_live(unsigned cls) {
+  return (uint64_t)full_count[cls] * _mesh_classes[cls].nobjects + _mesh_partial_live(cls);
+}
+
+/* Fullest partial span of the class (an empty one last), or MESH_NIL. */
 static uint32_t best_partial(unsigned cls) {
   unsigned m = occ_nonempty[cls];
-  if (!m) return MESH_NIL;
+  if (!m) return empty_spans[cls];
   unsigned b = 31u - (unsigned)__builtin_clz(m);
   return occ_bins[cls][b];
 }
@@ -233,6 +284,7 @@ void _mesh_global_free_transition(span_t *s, uint32_t id) {
   if ((st == SPAN_FULL || st == SPAN_PARTIAL) && mesh_load_relaxed(&s->owner) == MESH_OWNER_NONE) {
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
     unsigned live = _mesh_span_live(s);
+    if (st == SPAN_FULL && live < s->nobjects) full_count[s->cls]--;
     if (live == 0) {
       if (st == SPAN_PARTIAL) _mesh_partial_unlink(id);
       _mesh_arena_free_span(id);
@@ -370,18 +422,28 @@ int _mesh_global_validate(void) {
       _mesh_dprintf(2, "meshalloc: check: parked large span %u is live or not parkable\n", parked);
     }
   }
-  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
-    for (unsigned b = 0; b < MESH_OCC_BINS; b++) {
-      if (!!occ_bins[c][b] != !!(occ_nonempty[c] & (1u << b))) {
+  uint32_t full[MESH_NUM_CLASSES] = {0};
+  for (uint32_t pg = 0, top = _mesh_arena_top(); pg < top;) {
+    uint64_t e = mesh_load_relaxed(&_mesh_arena.pagetable[pg]);
+    span_t *s = mesh_span((uint32_t)e);
+    if ((uint32_t)e && s->page == pg && mesh_load_relaxed(&s->state) == SPAN_FULL) full[s->cls]++;
+    pg += s->npages ? s->npages : 1;
+  }
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+    uint32_t linked = 0;
+    for (unsigned b = 0; b <= MESH_BIN_EMPTY; b++) {
+      if (b < MESH_OCC_BINS && !!occ_bins[c][b] != !!(occ_nonempty[c] & (1u << b))) {
         bad++;
         _mesh_dprintf(2, "meshalloc: check: class %u bin %u mask mismatch\n", c, b);
       }
       uint32_t prev = MESH_NIL;
-      for (uint32_t id = occ_bins[c][b]; id; prev = id, id = mesh_span(id)->next) {
+      for (uint32_t id = *list_head(c, b); id; prev = id, id = mesh_span(id)->next) {
         span_t *s = mesh_span(id);
         unsigned live = _mesh_span_live(s);
+        linked += b != MESH_BIN_EMPTY;
         if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != c || s->bin != b || s->prev != prev ||
-            mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || live >= s->nobjects) {
+            mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || live >= s->nobjects ||
+            (b == MESH_BIN_EMPTY && live)) {
           bad++;
           _mesh_dprintf(2, "meshalloc: check: span %u in class %u bin %u is inconsistent (live %u)\n", id, c, b,
                         live);
@@ -389,6 +451,12 @@ int _mesh_global_validate(void) {
         }
       }
     }
+    if (linked != occ_count[c] || full[c] != full_count[c]) {
+      bad++;
+      _mesh_dprintf(2, "meshalloc: check: class %u counts %u spans in its bins (%u linked), %u full (%u found)\n", c,
+                    occ_count[c], linked, full_count[c], full[c]);
+    }
+  }
   return bad;
 }
 

@@ -143,6 +143,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(mesh_remap_failures, "mapping calls of a mesh (promotion, protection, remapping) the kernel refused, e.g. at vm.max_map_count: each mesh was undone, the heap unchanged") \
   X(mesh_pace_level, "periodic meshing waits period_ms << this: raised while the program takes the pages meshing freed straight back") \
   X(mesh_paced, "times pacing lengthened the wait between periodic passes") \
+  X(mesh_sweeps_skipped, "sweeps of a size class skipped: no span of it changed since its last sweep found nothing to mesh") \
   X(passes_triggered, "meshing passes run inside malloc and free (period_ms)") \
   X(meshes_triggered, "meshes done by those passes") \
   X(pages_triggered, "pages freed by those passes") \
@@ -223,6 +224,7 @@ void _mesh_stats_log_pass(uint64_t number, uint64_t end_ns, uint64_t wall_ns, ui
 extern _Atomic uint64_t _mesh_counters[MESH_STATS_SLOTS];
 void _mesh_stats_page_init(void);            /* at init: the counters' page becomes shareable */
 void _mesh_stats_publish(uint64_t now);      /* (lock) bytes_in_use_published, if due (now = 0: now) */
+uint64_t _mesh_stats_publish_wait_ns(uint64_t now); /* (lock) ns until the next is due (>= 1); 0: never */
 void _mesh_stats_page_before_fork(void);      /* prepare handler: the values the child starts from */
 void _mesh_stats_page_after_fork_child(void); /* the child's counters stop being the parent's */
 #define mesh_stat_add(name, v) mesh_fetch_add_relaxed(&_mesh_counters[MESH_CTR_##name], (uint64_t)(v))
@@ -415,6 +417,15 @@ void _mesh_direct_after_fork(bool child);
 int _mesh_global_validate(void);
 /* for the mesher (lock held) */
 uint32_t _mesh_partial_head(unsigned cls, unsigned bin);
+unsigned _mesh_partial_count(unsigned cls); /* spans in the class's occupancy bins */
+/* Spans that entered or left the class's occupancy bins so far: while it
+ * stays the same, a span can change there only by losing live objects. */
+uint64_t _mesh_partial_changes(unsigned cls);
+uint64_t _mesh_partial_live(unsigned cls);  /* live objects in the class's occupancy bins */
+/* Live objects in the detached spans of class cls: the FULL spans' slots
+ * (a free into one takes the lock before its span leaves FULL) and the
+ * bitmaps of the spans in the occupancy bins. */
+uint64_t _mesh_global_live(unsigned cls);
 void _mesh_partial_unlink(uint32_t id);
 void _mesh_file_detached(uint32_t id);
 unsigned _mesh_span_live(const span_t *s);
@@ -460,6 +471,9 @@ void _mesh_heaps_after_fork_child(void);
 /* Lock held: live small objects and their bytes (walks spans and vectors). */
 /* (lock) Per-class spans and live objects (mesh_class_stats). */
 void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]);
+/* (lock) Per-class live objects alone, as _mesh_heap_class_stats counts
+ * them, without its walk of every span. */
+void _mesh_heap_objects_in_use(uint64_t out[MESH_NUM_CLASSES]);
 
 /* ---- alloc.c -------------------------------------------------------- */
 /* caller: the return address of the allocator entry point the program

@@ -21,7 +21,9 @@
  *   - kept[0..nkept) are positions in cand[] of spans that stay physical,
  *     densest first (best fit; the split mesher keeps its second half);
  *   - each class's sweep cursor names the span its next step walks from,
- *     or MESH_NIL once the sweep is complete.
+ *     or MESH_NIL once the sweep is complete;
+ *   - a valid idle[c] describes class c as a sweep that found no pair saw
+ *     it; a sweep that would see the same is skipped (idle_again).
  *
  * Pause bound: a step stops at its deadline, and before a mesh that the
  * pause predictor (pass.c) says would end past it; the batch stays open
@@ -45,6 +47,14 @@ static uint16_t kept[MAX_CANDIDATES];
 static unsigned nkept;
 static uint64_t mesh_rng; /* (lock) the split mesher's random halves and probe starts */
 static struct { uint32_t id; uint8_t bin; } cursor[MESH_NUM_CLASSES]; /* (lock) where each class's sweep goes on */
+/* (lock) What the last sweep of each class saw, if it was made in one step
+ * and found no pair to mesh (idle_again): its bin changes, its bins' live
+ * objects, the meshes made anywhere, and the bounds. */
+static struct idle_sweep {
+  bool valid;
+  uint64_t changes, live, meshes;
+  unsigned max_live, max_chain, probes;
+} idle[MESH_NUM_CLASSES];
 
 static bool disjoint(const span_t *a, const span_t *b) {
   for (unsigned w = 0; w < mesh_bitmap_words(a); w++)
@@ -501,6 +511,18 @@ static int mesh_with_partner(const class_step_t *c, unsigned i, const choice_t *
   return SOURCE_NEXT;
 }
 
+/* Decides whether a fresh sweep of a class would find no pair, as its last
+ * one did. Best fit is deterministic (not the split mesher), so it would if
+ * no span entered or left the class's bins (a span gains live objects only
+ * while attached or meshed), their live objects add up to the same (frees
+ * only lower each span's), no mesh anywhere changed whose mapping a span
+ * could continue (adjacent_partners), and the bounds are the same. */
+static bool idle_again(const class_step_t *c, uint64_t changes, uint64_t live, uint64_t meshes) {
+  const struct idle_sweep *m = &idle[c->cls];
+  return m->valid && m->changes == changes && m->live == live && m->meshes == meshes &&
+         m->max_live == c->max_live && m->max_chain == c->max_chain && m->probes == c->probes;
+}
+
 /* Meshes what it can in one class before the deadline; returns pages freed
  * (and sets *out_of_time), or stops at the mapping budget (*stop).
  *
@@ -516,16 +538,33 @@ static int mesh_with_partner(const class_step_t *c, unsigned i, const choice_t *
  * equal occupancy mesh. */
 size_t _mesh_mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool *stop, bool *more,
                         bool *step_meshed) {
+  bool batch_here = batch.open && batch.cls == cls;
+  if (!batch_here && _mesh_partial_count(cls) < 2) {
+    cursor[cls].id = MESH_NIL; /* nothing to mesh, nothing to walk: the sweep is complete */
+    return 0;
+  }
   const size_class_t *sc = &_mesh_classes[cls];
   class_step_t c = {.cls = cls, .nobjects = sc->nobjects, .deadline = deadline, .out_of_time = out_of_time,
                     .stop = stop, .step_meshed = step_meshed};
   c.max_live = (unsigned)(sc->nobjects * (uint64_t)mesh_opt(MESH_OPT_MAX_OCCUPANCY_PCT) / 100);
   c.max_chain = (unsigned)mesh_opt(MESH_OPT_MAX_CHAIN);
-  if (!open_batch(&c, more)) return 0;
   c.probes = (unsigned)mesh_opt(MESH_OPT_PROBES);
+  bool fresh = !batch_here && !cursor[cls].id; /* a sweep starts with this step */
+  /* the class as this sweep starts, for idle_again; only a class one step
+   * can sweep: its bins' walk then costs no more than collecting them */
+  bool memo = fresh && _mesh_partial_count(cls) <= MAX_CANDIDATES && mesh_opt(MESH_OPT_MESHER) != MESH_MESHER_SPLIT;
+  uint64_t changes = 0, live = 0, meshes = 0;
+  if (memo) {
+    changes = _mesh_partial_changes(cls), live = _mesh_partial_live(cls), meshes = mesh_stat_get(mesh_count);
+    if (idle_again(&c, changes, live, meshes)) {
+      mesh_stat_add(mesh_sweeps_skipped, 1);
+      return 0;
+    }
+  }
+  bool opened = open_batch(&c, more);
   size_t freed = 0;
   unsigned i = batch.next;
-  for (; i < batch.n; i++) {
+  for (; opened && i < batch.n; i++) {
     if (_mesh_os_now_ns() >= deadline) { /* a vDSO read: ~20 ns against ~60 us per mesh */
       *out_of_time = true;
       break;
@@ -541,6 +580,12 @@ size_t _mesh_mesh_class(unsigned cls, uint64_t deadline, bool *out_of_time, bool
     if (next == SOURCE_HALT_AFTER) i++;
     if (next != SOURCE_NEXT) break;
   }
+  /* found nothing: all of the class collected and placed in this step, no
+   * mesh tried, no probe loop cut short by the deadline */
+  if (memo && (!opened || i >= batch.n) && !freed && !*stop && !*out_of_time && !cursor[cls].id &&
+      _mesh_os_now_ns() < deadline)
+    idle[cls] = (struct idle_sweep){true, changes, live, meshes, c.max_live, c.max_chain, c.probes};
+  if (!opened) return 0;
   batch.next = i;
   if (i >= batch.n || *stop) batch.open = false; /* the batch is done */
   if (batch.open || cursor[cls].id) *more = true; /* the rest of the batch or of the sweep */

@@ -243,30 +243,39 @@ static bool share_page(const uint64_t *values) {
 }
 
 
-/* Bytes in use need a walk of every span and vector under the lock, which
- * a reader in another process cannot do; so while the page is shared the
- * process publishes the figure itself, from the slow paths that hold the
- * lock anyway (the inline trigger, the meshing thread's turns): at most
- * every PUBLISH_NS, and at most PUBLISH_SHARE of the time elapsed, so that
- * a heap whose walk is long (a walk of 25 000 spans takes about 0.1 ms)
- * publishes less often instead of paying more. The share is of time as
- * the process sees it, so a program slowed down as a whole (under
- * valgrind) spends the same fraction of its work on publishing. */
+/* Bytes in use need the bitmaps of the partial and attached spans read
+ * under the lock, which a reader in another process cannot do; so while
+ * the page is shared the process publishes the figure itself, from the
+ * slow paths that hold the lock anyway (the inline trigger, the meshing
+ * thread's turns): at most every PUBLISH_NS, and at most PUBLISH_SHARE of
+ * the time elapsed, so that a heap with many partial spans publishes less
+ * often instead of paying more. The share is of time as the process sees
+ * it, so a program slowed down as a whole (under valgrind) spends the same
+ * fraction of its work on publishing. The figure is counted as
+ * mesh_class_stats counts it, from the per-class counts instead of a walk
+ * of every span (_mesh_heap_objects_in_use): FULL spans, most of a heap
+ * that does not fragment, cost nothing. */
 #define PUBLISH_NS 500000000ull
 #define PUBLISH_SHARE 1000u /* at most 1/1000 of the time */
+static uint64_t publish_last, publish_wait = PUBLISH_NS; /* (lock) */
+
+uint64_t _mesh_stats_publish_wait_ns(uint64_t now) {
+  if (stats_fd < 0) return 0;
+  return now - publish_last < publish_wait ? publish_wait - (now - publish_last) : 1;
+}
+
 void _mesh_stats_publish(uint64_t now) {
-  static uint64_t last, wait = PUBLISH_NS;
+  uint64_t last = publish_last, wait = publish_wait;
   if (stats_fd < 0 || (now && now - last < wait)) return;
   if (!now) now = _mesh_os_now_ns(); /* forced: the program goes quiet (thread exit, compaction) */
-  mesh_class_stats_t cs[MESH_NUM_CLASSES];
-  _mesh_heap_class_stats(cs);
-  uint64_t sb = 0;
-  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) sb += cs[c].objects_in_use * cs[c].object_size;
+  uint64_t live[MESH_NUM_CLASSES], sb = 0;
+  _mesh_heap_objects_in_use(live);
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) sb += live[c] * _mesh_classes[c].size;
   mesh_stat_set(bytes_in_use_published, sb + mesh_stat_get(large_bytes_in_use) + mesh_stat_get(direct_bytes_in_use));
   mesh_stat_set(bytes_in_use_published_ns, now);
-  last = _mesh_os_now_ns();
-  uint64_t took = last - now;
-  wait = took * PUBLISH_SHARE > PUBLISH_NS ? took * PUBLISH_SHARE : PUBLISH_NS;
+  publish_last = _mesh_os_now_ns();
+  uint64_t took = publish_last - now;
+  publish_wait = took * PUBLISH_SHARE > PUBLISH_NS ? took * PUBLISH_SHARE : PUBLISH_NS;
 }
 
 void _mesh_stats_page_init(void) {

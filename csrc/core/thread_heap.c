@@ -232,6 +232,24 @@ void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]) {
     }
 }
 
+/* The same figure from what is kept per class: the detached spans' live
+ * objects (global_heap.c: FULL spans by count, the occupancy bins' bitmaps,
+ * never the empty spans) and the bitmaps of the attached spans, less the
+ * vectors. Its cost grows with the partial and attached spans, not with the
+ * heap: the stats page publishes it every half second. */
+void _mesh_heap_objects_in_use(uint64_t out[MESH_NUM_CLASSES]) {
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) out[c] = _mesh_global_live(c);
+  /* attachments change only under the lock: a running thread's are stable */
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next)
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
+      for (unsigned a = 0; a < h->sv[c].natt; a++) out[c] += _mesh_span_live(mesh_span(h->sv[c].att[a].span));
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next)
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
+      uint64_t k = mesh_load_relaxed(&h->sv[c].len);
+      out[c] -= k < out[c] ? k : out[c]; /* a racing vector */
+    }
+}
+
 static int heap_validate(thread_heap_t *h) {
   int bad = 0;
 #define BAD(fmt, ...) do { bad++; _mesh_dprintf(2, "meshalloc: check: heap %u: " fmt, h->id, ##__VA_ARGS__); } while (0)

@@ -5,7 +5,9 @@
  *   - inline: a free that makes a detached span partial or empty, and every
  *     refill of a thread heap, call _mesh_maybe_mesh with the lock held; it
  *     runs a pass when the wait since the last one (period_ms, lengthened by
- *     pacing) has elapsed, unless the mesher thread is running;
+ *     pacing) has elapsed, unless the mesher thread is running: then the
+ *     thread has every timed duty (passes, decay, publishing the bytes in
+ *     use) and a trigger only counts, without reading the clock;
  *   - the mesher thread, on demand: started when an inline pass ran out of
  *     time with work left, or when many spans became partial or empty since
  *     the last pass (a program that frees most of its heap and then idles
@@ -22,7 +24,8 @@
  *
  * Decay: free pages the program did not reuse during a whole dirty_decay_ms
  * epoch (the fewest dirty pages seen in it, arena.c) are returned at the
- * epoch's end, by whichever of the inline triggers or the thread gets there.
+ * epoch's end, by the thread while it runs (it wakes for it), else by the
+ * inline triggers.
  *
  * The thread is created (and an exited one joined) outside every lock of
  * ours, at the start of a malloc's slow path or at the end of a free
@@ -45,6 +48,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <time.h>
 
 /* ---- pacing ---------------------------------------------------------- */
@@ -201,6 +205,7 @@ static uint64_t trigger_events, frees_since_pass;
 /* (lock, thread only) The thread's view of its sweeps. */
 static struct {
   uint64_t events_seen;   /* trigger_events at program_busy's last reading */
+  uint64_t events_turn;   /* trigger_events at the thread's last turn */
   uint64_t sweep_freed;  /* pages freed since the current sweep of every class began */
   uint64_t streak_first; /* pages of the first sweep of the streak of back-to-back sweeps */
   unsigned idle_sweeps;  /* whole sweeps in a row that meshed nothing */
@@ -381,6 +386,14 @@ static bool thread_turn(uint64_t *wait_ns) {
     return false;
   }
   *wait_ns = next_turn_in(meshing, keep, wait, decay);
+  /* the inline triggers leave publishing to the thread while it runs: it
+   * wakes for it while the program makes allocator calls (an idle
+   * program's figure stays as old as its last activity, and its thread
+   * keeps the waits it would have) */
+  bool active = trigger_events != th.events_turn;
+  th.events_turn = trigger_events;
+  uint64_t publish = _mesh_stats_publish_wait_ns(_mesh_os_now_ns());
+  if (active && publish && publish < *wait_ns) *wait_ns = publish;
   /* Held by pacing while the program is busy: look again after QUIET_NS,
    * not a whole paced wait (up to 6.4 s) later, so that a program that has
    * just gone quiet is unpaced and compacted within half a second. (The
@@ -424,19 +437,40 @@ static void *thread_main(void *arg) {
   return NULL;
 }
 
+/* As the process exits (atexit, registered at the first start), the
+ * thread is stopped as fork stops it and joined, and none starts again: a
+ * thread whose timed wait ended during exit would otherwise leave its loop
+ * on its own, finished and never joined (a leak to ThreadSanitizer). The
+ * wait is at most the rest of one pass. */
+static bool thread_exiting; /* (thread_lock) */
+static void stop_at_exit(void) {
+  if (pthread_mutex_trylock(&thread_lock) != 0) return; /* a fork or a start is at it */
+  thread_exiting = true;
+  if (thread_alive) {
+    thread_stop = true;
+    pthread_cond_broadcast(&thread_cond);
+    while (thread_alive) pthread_cond_wait(&thread_cond, &thread_lock);
+  }
+  if (thread_joinable) pthread_join(thread_id, NULL);
+  thread_joinable = false;
+  pthread_mutex_unlock(&thread_lock);
+}
+
 void _mesh_mesher_poll_slow(void) {
   if (pthread_mutex_trylock(&thread_lock) != 0) return; /* someone is at it (or fork) */
   if (thread_not_before && _mesh_os_now_ns() < thread_not_before) { /* wanted stays set */
     pthread_mutex_unlock(&thread_lock);
     return;
   }
-  if (!mesh_exchange_acq_rel(&_mesh_mesher_wanted, false) || thread_alive || thread_failed ||
+  if (!mesh_exchange_acq_rel(&_mesh_mesher_wanted, false) || thread_alive || thread_failed || thread_exiting ||
       mesh_load_acquire(&_mesh_init_state) != 2) {
     pthread_mutex_unlock(&thread_lock);
     return;
   }
   if (thread_joinable) pthread_join(thread_id, NULL); /* it has left its loop: at once */
   thread_joinable = false;
+  static bool exit_registered; /* (thread_lock) */
+  if (!exit_registered) exit_registered = atexit(stop_at_exit) == 0;
   /* before pthread_create, which may call malloc: its triggers must see
    * the thread as running, not ask for another */
   mesh_store_relaxed(&thread_active, true);
@@ -519,10 +553,13 @@ void _mesh_mesher_after_fork(bool child) {
 void _mesh_maybe_mesh(bool span_freed) {
   trigger_events++;
   if (span_freed) frees_since_pass++;
+  /* the thread runs the passes, the decay and the publishing, waking for
+   * each: a busy program triggers tens of thousands of times a second, and
+   * a clock read and the checks cost more than the rest of this call */
+  if (mesh_load_relaxed(&thread_active)) return;
   uint64_t now = _mesh_os_now_ns();
   decay_tick(now);
   _mesh_stats_publish(now);
-  if (mesh_load_relaxed(&thread_active)) return; /* the thread runs the passes */
   if (decay_wait_ns(now) && span_freed) want_thread(); /* someone must decay them if the program stops */
   long period = mesh_opt(MESH_OPT_PERIOD_MS);
   if (period <= 0 || !_mesh_arena.meshable || !mesh_opt(MESH_OPT_MESH)) return;

@@ -74,8 +74,11 @@
 #define MESH_FACE_COUNTS 16 /* thread_heap_t.face_counts_0 and face_lines[], see mesh_face_count() */
 #define MESH_ATTACH_MAX_BYTES (128 * 1024)
 
-/* Occupancy bins for detached partial spans: reuse prefers fuller spans. */
+/* Occupancy bins for detached partial spans: reuse prefers fuller spans.
+ * A partial span with no live object is in its class's list of empty spans
+ * instead, bin field MESH_BIN_EMPTY (global_heap.c). */
 #define MESH_OCC_BINS 4
+#define MESH_BIN_EMPTY MESH_OCC_BINS
 /* Free page-run bins: exact for 1..32 pages, then one per power of two. */
 #define MESH_FREE_BINS 64
 

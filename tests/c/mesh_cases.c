@@ -37,6 +37,11 @@
  *   free-race SEED  a second thread frees every survivor while the main
  *                   thread compacts in a loop: no alias is left, the heap
  *                   and the mapping count are consistent
+ *   idle-sweep      two spans that overlap in one slot: a compaction meshes
+ *                   nothing, the next skips the class's sweep (nothing in it
+ *                   changed: mesh_sweeps_skipped); the overlapping object is
+ *                   freed (a free into a partial span, no lock taken) and
+ *                   the next compaction sweeps again and meshes the pair
  *   segv-after-mesh       a real NULL write in a process that has meshed
  *                         dies with SIGSEGV
  *   handler-after-mesh    a SIGSEGV handler installed after meshing started
@@ -268,6 +273,60 @@ static void set_opt(const char *name, long v) {
 }
 
 /* ---- pair / chain --------------------------------------------------------------- */
+/* ---- idle sweeps ------------------------------------------------------------ */
+static int case_idle_sweep(void) {
+  set_opt("period_ms", 0);
+  if (!mesh_meshing_available()) DIE("meshing not available (no memfd?)");
+  size_t size = 64;
+  void *probe = mesh_malloc(size);
+  size_t span = span_bytes(probe), per = span / size, n = per * 6;
+  mesh_free(probe);
+  obj_t *all = calloc(n, sizeof *all);
+  if (!all) DIE("calloc");
+  alloc_detached(all, n, &size, 1, 1, g_tag);
+  qsort(all, n, sizeof *all, cmp_obj);
+  uintptr_t pages[2];
+  int found = 0;
+  for (size_t i = 0; i < n && found < 2;) {
+    size_t j = i;
+    while (j < n && span_of(all[j].p) == span_of(all[i].p)) j++;
+    if (j - i == per) pages[found++] = span_of(all[i].p);
+    i = j;
+  }
+  if (found < 2) DIE("only %d full pages of class %zu", found, size);
+  /* page 0 keeps its even slots and slot 1, page 1 its odd slots: they
+   * overlap in slot 1 alone */
+  void *overlap = NULL;
+  for (size_t i = 0; i < n; i++) {
+    uintptr_t pg = span_of(all[i].p);
+    unsigned slot = slot_of(all[i].p, size);
+    if (pg == pages[0] && slot == 1) overlap = all[i].p;
+    else if (!((pg == pages[0] && slot % 2 == 0) || (pg == pages[1] && slot % 2 == 1))) mesh_free(all[i].p), all[i].p = NULL;
+  }
+  CHECK(mesh_check_heap() == 0, "heap inconsistent before meshing");
+  mesh_compact();
+  uint64_t skipped = stat_get("mesh_sweeps_skipped");
+  CHECK(stat_get("mesh_count") == 0, "spans that overlap meshed: mesh_count %llu",
+        (unsigned long long)stat_get("mesh_count"));
+  mesh_compact();
+  CHECK(stat_get("mesh_sweeps_skipped") == skipped + 1, "the unchanged class was swept again (skipped %llu -> %llu)",
+        (unsigned long long)skipped, (unsigned long long)stat_get("mesh_sweeps_skipped"));
+  mesh_free(overlap); /* the span stays partial in its bin: no lock, no bin change */
+  for (size_t i = 0; i < n; i++)
+    if (all[i].p == overlap) all[i].p = NULL;
+  size_t freed = mesh_compact();
+  print_stats("after the overlap was freed");
+  CHECK(stat_get("mesh_count") == 1 && freed == span / PAGE, "the pair did not mesh once it fitted: freed %zu",
+        freed);
+  CHECK(stat_get("mesh_sweeps_skipped") == skipped + 1, "a changed class was skipped");
+  CHECK(mesh_check_heap() == 0, "heap inconsistent after meshing");
+  for (size_t i = 0; i < n; i++) mesh_free(all[i].p);
+  free(all);
+  if (g_fail) return 1;
+  printf("idle-sweep ok skipped=%llu\n", (unsigned long long)(stat_get("mesh_sweeps_skipped") - skipped));
+  return 0;
+}
+
 static int case_chain(size_t size, int k) {
   set_opt("period_ms", 0);
   if (!mesh_meshing_available()) DIE("meshing not available (no memfd?)");
@@ -1129,6 +1188,7 @@ int main(int argc, char **argv) {
   if (!strcmp(c, "pair")) return case_chain(arg ? arg : 64, 2);
   if (!strcmp(c, "chain")) return case_chain(64, arg ? (int)arg : 3);
   if (!strcmp(c, "pss")) return case_pss(arg);
+  if (!strcmp(c, "idle-sweep")) return case_idle_sweep();
   if (!strcmp(c, "budget")) return case_budget(arg);
   if (!strcmp(c, "runs")) return case_runs(arg);
   if (!strcmp(c, "runs-random")) return case_runs_random(arg);
