@@ -16,6 +16,7 @@ BAD_CASES = [
     "double-free-remote-then-local",
     "double-free-large",
     "double-free-large-parked",
+    "double-free-in-kept-span",
     "interior-small",
     "interior-large",
     "never-allocated-slot",

@@ -342,7 +342,7 @@ void *mesh_pvalloc(size_t size) {
 size_t mesh_scavenge(void) {
   mesh_ensure_init();
   _mesh_lock();
-  _mesh_large_unpark(); /* the parked large block's pages too */
+  _mesh_heaps_release_spare(); /* what the heaps keep for reuse too */
   size_t n = _mesh_arena_scavenge();
   _mesh_unlock();
   return n;

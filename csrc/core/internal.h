@@ -172,6 +172,7 @@ MESH_INLINE long mesh_opt(enum mesh_option_id id) { return mesh_load_relaxed(&_m
   X(direct_bytes_in_use, "bytes in live direct blocks (page rounded)") \
   X(span_pages, "arena pages held by live spans (the parked large span included)") \
   X(dirty_pages, "free arena pages not yet returned to the OS") \
+  X(kept_pages, "pages of empty spans thread heaps keep for their next refill") \
   X(arena_top_pages, "arena pages ever used (high-water mark of the bump pointer)") \
   X(pages_punched, "free pages returned to the OS, summed") \
   X(pages_decayed, "free pages returned because they went unused for dirty_decay_ms (part of pages_punched)") \
@@ -398,7 +399,8 @@ void _mesh_unlock(void);
  * slots; returns false when the arena is exhausted. Takes the lock. */
 bool _mesh_global_refill(thread_heap_t *h, unsigned cls);
 /* Detach every span of h (thread exit, fork child orphans). Lock held. */
-void _mesh_global_detach_all(thread_heap_t *h);
+void _mesh_global_detach_all(thread_heap_t *h); /* and gives back its kept spans */
+void _mesh_global_release_kept(thread_heap_t *h); /* (lock) its kept spans to the arena */
 /* A non-local free saw a bitmap word go from full or to empty. */
 void _mesh_global_free_transition(span_t *s, uint32_t id);
 void *_mesh_large_alloc(size_t size, size_t align, bool zero);
@@ -468,7 +470,8 @@ void _mesh_face_count_shared(unsigned k);
 void _mesh_heaps_face_counts(uint64_t out[MESH_FACE_COUNTS]);
 void _mesh_heap_validate_all(int *problems);
 void _mesh_heaps_after_fork_child(void);
-/* Lock held: live small objects and their bytes (walks spans and vectors). */
+/* (lock) The parked large block and every heap's kept spans to the arena. */
+void _mesh_heaps_release_spare(void);
 /* (lock) Per-class spans and live objects (mesh_class_stats). */
 void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]);
 /* (lock) Per-class live objects alone, as _mesh_heap_class_stats counts

@@ -255,7 +255,7 @@ size_t mesh_compact(void) {
     _mesh_unlock();
   }
   _mesh_lock();
-  _mesh_large_unpark(); /* the dirty pages too, as mesh_scavenge() does */
+  _mesh_heaps_release_spare(); /* the dirty pages too, as mesh_scavenge() does */
   _mesh_arena_scavenge();
   _mesh_stats_publish(0);
   _mesh_unlock();

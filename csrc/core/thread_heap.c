@@ -287,10 +287,42 @@ static int heap_validate(thread_heap_t *h) {
   return bad;
 }
 
+/* h's kept spans: empty, detached, of their list's class, their pages
+ * counted (none in a heap no thread holds). Adds the pages to *pages. */
+static int kept_validate(thread_heap_t *h, uint64_t *pages) {
+  int bad = 0;
+  uint32_t n = 0;
+  for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
+    for (uint32_t id = h->kept[c], k = 0; id; id = mesh_span(id)->next) {
+      span_t *s = mesh_span(id);
+      if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->bin != MESH_BIN_KEPT || s->cls != c ||
+          mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || _mesh_span_live(s) != 0 || ++k > MESH_KEPT_PAGES) {
+        bad++;
+        _mesh_dprintf(2, "meshalloc: check: heap %u: kept span %u of class %u is inconsistent\n", h->id, id, c);
+        break;
+      }
+      n += s->npages;
+    }
+  if (n != h->kept_pages || (n && !h->live)) {
+    bad++;
+    _mesh_dprintf(2, "meshalloc: check: heap %u keeps %u pages, counts %u\n", h->id, n, h->kept_pages);
+  }
+  *pages += n;
+  return bad;
+}
+
 /* Lock held; other threads should be quiet (their vectors are read racily). */
 void _mesh_heap_validate_all(int *problems) {
-  for (thread_heap_t *h = all_heaps; h; h = h->all_next)
+  uint64_t kept = 0;
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next) {
     if (h->live || h == mesh_load_acquire(&orphan_heap)) *problems += heap_validate(h);
+    *problems += kept_validate(h, &kept);
+  }
+  if (kept != mesh_stat_get(kept_pages)) {
+    ++*problems;
+    _mesh_dprintf(2, "meshalloc: check: heaps keep %llu pages, kept_pages says %llu\n", (unsigned long long)kept,
+                  (unsigned long long)mesh_stat_get(kept_pages));
+  }
 }
 
 /* In a fork child only the forking thread survives: every other thread
@@ -306,6 +338,11 @@ void _mesh_heap_validate_all(int *problems) {
  * still free (its thread never handed it out) or left out: its bit stays
  * set, leaked in the child, never handed out twice. Duplicate entries
  * collapse in detach's bitmap. */
+void _mesh_heaps_release_spare(void) {
+  _mesh_large_unpark();
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next) _mesh_global_release_kept(h);
+}
+
 void _mesh_heaps_after_fork_child(void) {
   pthread_mutex_init(&_mesh_orphan_lock, NULL);
   thread_heap_t *mine = _mesh_tls.heap;

@@ -140,7 +140,7 @@ static void decay_tick(uint64_t now) {
   long ms = mesh_opt(MESH_OPT_DIRTY_DECAY_MS);
   if (ms <= 0 || now - decay_epoch_ns < (uint64_t)ms * 1000000u) return;
   decay_epoch_ns = now;
-  _mesh_large_unpark(); /* the parked large block decays like any freed one */
+  _mesh_heaps_release_spare(); /* what the heaps keep decays like any freed span */
   mesh_stat_add(pages_decayed, _mesh_arena_decay());
 }
 
@@ -148,7 +148,7 @@ static void decay_tick(uint64_t now) {
  * none do (or decay is off). */
 static uint64_t decay_wait_ns(uint64_t now) {
   long ms = mesh_opt(MESH_OPT_DIRTY_DECAY_MS);
-  if (ms <= 0 || mesh_stat_get(dirty_pages) == 0) return 0;
+  if (ms <= 0 || mesh_stat_get(dirty_pages) + mesh_stat_get(kept_pages) == 0) return 0;
   uint64_t end = decay_epoch_ns + (uint64_t)ms * 1000000u;
   return end > now ? end - now : 1;
 }

@@ -79,6 +79,12 @@
  * instead, bin field MESH_BIN_EMPTY (global_heap.c). */
 #define MESH_OCC_BINS 4
 #define MESH_BIN_EMPTY MESH_OCC_BINS
+/* An empty span kept by the thread heap whose thread's free emptied it,
+ * for that thread's next refill of the class (global_heap.c, "Kept
+ * spans"): bin field MESH_BIN_KEPT, in the heap's list. */
+#define MESH_BIN_KEPT (MESH_OCC_BINS + 1)
+/* Pages of kept spans a thread heap holds at most. */
+#define MESH_KEPT_PAGES 32
 /* Free page-run bins: exact for 1..32 pages, then one per power of two. */
 #define MESH_FREE_BINS 64
 
@@ -215,6 +221,9 @@ typedef struct thread_heap_s {
   /* lines 1..3: counts 4..15 */
   _Alignas(64) face_count_line_t face_lines[MESH_FACE_COUNTS / MESH_FACE_COUNTS_PER_LINE - 1];
   shuffle_vector_t sv[MESH_NUM_CLASSES];
+  /* (lock) the spans this heap keeps, per class, linked by next; their pages */
+  uint32_t kept[MESH_NUM_CLASSES];
+  uint32_t kept_pages;
 } thread_heap_t;
 
 /* Store and load zones.

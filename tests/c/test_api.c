@@ -22,6 +22,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -388,6 +389,55 @@ static bool check_large_block_parking(void) {
   mesh_scavenge();
   uint64_t after = stat_get("span_pages");
   if (after + 2 > before) { NOTE("scavenge kept the parked block (span pages %llu -> %llu)", (unsigned long long)before, (unsigned long long)after); ok = false; }
+  mesh_option_set("dirty_decay_ms", decay);
+  return ok && mesh_check_heap() == 0;
+}
+
+/* Allocates n blocks of 64 B and frees them all: most of their spans are
+ * detached when they fill, so their last frees empty them. */
+static bool churn_64(size_t n) {
+  void **v = malloc(n * sizeof *v); /* (glibc's: not a block of the heap under test) */
+  if (!v) return false;
+  for (size_t i = 0; i < n; i++) {
+    v[i] = mesh_malloc(64);
+    if (!v[i]) return false;
+    memset(v[i], (int)i, 64);
+  }
+  for (size_t i = 0; i < n; i++) mesh_free(v[i]);
+  free(v);
+  return true;
+}
+
+static void *churn_thread(void *arg) { return churn_64((size_t)(uintptr_t)arg) ? arg : NULL; }
+
+/* Spans a thread's frees empty are kept by its heap (up to 32 pages) and
+ * taken back by its next refill; scavenge and thread exit return them. */
+static bool check_kept_spans(void) {
+  bool ok = true;
+  long decay = mesh_option_get("dirty_decay_ms");
+  mesh_option_set("dirty_decay_ms", 0); /* no epoch ends during the check */
+  mesh_scavenge();
+  if (!churn_64(4000)) return false;
+  uint64_t kept = stat_get("kept_pages");
+  printf("info kept_pages %llu\n", (unsigned long long)kept);
+  if (kept == 0 || kept > 32) { NOTE("after 4000 blocks freed, %llu pages kept", (unsigned long long)kept); ok = false; }
+  if (mesh_check_heap() != 0) { NOTE("heap check fails with kept spans"); ok = false; }
+  /* once the vector (at most 256 slots) runs dry, the class's refill
+   * takes a kept span back */
+  static void *v[512];
+  int n = 0;
+  while (n < 512 && stat_get("kept_pages") >= kept) v[n++] = mesh_malloc(64);
+  if (n == 512) { NOTE("512 blocks of 64 B took no kept span"); ok = false; }
+  while (n > 0) mesh_free(v[--n]);
+  mesh_scavenge();
+  if (stat_get("kept_pages") != 0) { NOTE("scavenge left %llu pages kept", (unsigned long long)stat_get("kept_pages")); ok = false; }
+  pthread_t t;
+  void *r = NULL;
+  if (pthread_create(&t, NULL, churn_thread, (void *)(uintptr_t)4000) != 0 || pthread_join(t, &r) != 0 || !r) {
+    NOTE("churn thread failed");
+    ok = false;
+  }
+  if (stat_get("kept_pages") != 0) { NOTE("a thread's exit left %llu pages kept", (unsigned long long)stat_get("kept_pages")); ok = false; }
   mesh_option_set("dirty_decay_ms", decay);
   return ok && mesh_check_heap() == 0;
 }
@@ -876,6 +926,7 @@ int main(int argc, char **argv) {
   CHECK("realloc-keeps-min-bytes", check_realloc_keeps_data());
   CHECK("realloc-growth-past-a-page-takes-pages-in-place", check_realloc_growth_takes_pages());
   CHECK("freed-large-block-parked-reused-and-scavenged", check_large_block_parking());
+  CHECK("emptied-spans-kept-by-their-thread-reused-and-released", check_kept_spans());
   CHECK("realloc-failure-leaves-block", check_realloc_failure_intact());
   CHECK("realloc-null", check_realloc_null());
   CHECK("realloc-zero-sane", check_realloc_zero());

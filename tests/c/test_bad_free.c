@@ -9,6 +9,8 @@
  *   double-free-large              free(p); free(p) for a large (own-span) block
  *   double-free-large-parked       the same for a 2-page block, which its first
  *                                  free parks for reuse instead of freeing its span
+ *   double-free-in-kept-span       300 blocks of 64 B freed, then the first again:
+ *                                  its span was emptied and kept by the heap
  *   interior-small                 free(p + 16) for a live 64-byte block
  *   interior-large                 free(p + 4096) for a live 200 kB block
  *   never-allocated-slot           free of a slot start next to a live block
@@ -184,6 +186,14 @@ int main(int argc, char **argv) {
     bad = mesh_malloc(size);
     memset(bad, 1, size);
     mesh_free(bad);
+    announce(bad);
+    mesh_free(bad);
+  } else if (strcmp(c, "double-free-in-kept-span") == 0) {
+    static void *v[300];
+    size = 64;
+    for (int i = 0; i < 300; i++) v[i] = mesh_malloc(size), memset(v[i], 1, size);
+    for (int i = 0; i < 300; i++) mesh_free(v[i]);
+    bad = v[0];
     announce(bad);
     mesh_free(bad);
   } else if (strcmp(c, "interior-small") == 0) {
