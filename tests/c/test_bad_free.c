@@ -174,15 +174,8 @@ int main(int argc, char **argv) {
     free_in_thread(bad);
     announce(bad);
     mesh_free(bad);
-  } else if (strcmp(c, "double-free-large") == 0) {
-    size = 200000;
-    bad = mesh_malloc(size);
-    memset(bad, 1, size);
-    mesh_free(bad);
-    announce(bad);
-    mesh_free(bad);
-  } else if (strcmp(c, "double-free-large-parked") == 0) {
-    size = 8000;
+  } else if (strcmp(c, "double-free-large") == 0 || strcmp(c, "double-free-large-parked") == 0) {
+    size = strcmp(c, "double-free-large") == 0 ? 200000 : 8000; /* 2 pages: parked by the first free */
     bad = mesh_malloc(size);
     memset(bad, 1, size);
     mesh_free(bad);
