@@ -441,7 +441,8 @@ static void *thread_main(void *arg) {
  * thread is stopped as fork stops it and joined, and none starts again: a
  * thread whose timed wait ended during exit would otherwise leave its loop
  * on its own, finished and never joined (a leak to ThreadSanitizer). The
- * wait is at most the rest of one pass. */
+ * wait is the rest of one pass, at most a second: an exit() from a signal
+ * handler that interrupted us under the global lock must still exit. */
 static bool thread_exiting; /* (thread_lock) */
 static void stop_at_exit(void) {
   if (pthread_mutex_trylock(&thread_lock) != 0) return; /* a fork or a start is at it */
@@ -449,10 +450,15 @@ static void stop_at_exit(void) {
   if (thread_alive) {
     thread_stop = true;
     pthread_cond_broadcast(&thread_cond);
-    while (thread_alive) pthread_cond_wait(&thread_cond, &thread_lock);
+    uint64_t t = _mesh_os_now_ns() + 1000000000u; /* the condition's clock */
+    struct timespec ts = {(time_t)(t / 1000000000u), (long)(t % 1000000000u)};
+    while (thread_alive && pthread_cond_timedwait(&thread_cond, &thread_lock, &ts) != ETIMEDOUT) {
+    }
   }
-  if (thread_joinable) pthread_join(thread_id, NULL);
-  thread_joinable = false;
+  if (thread_joinable && !thread_alive) {
+    pthread_join(thread_id, NULL);
+    thread_joinable = false;
+  }
   pthread_mutex_unlock(&thread_lock);
 }
 
