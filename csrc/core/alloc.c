@@ -268,7 +268,7 @@ static MESH_NOINLINE void *realloc_slow(void *p, size_t size, size_t old) {
 void *mesh_realloc(void *p, size_t size) {
   if (mesh_likely(p != NULL && size != 0)) {
     size_t old = small_block_size(p);
-    if (old >= size && size + size / 4 >= old) return p;
+    if (old >= size && grow_target(size) >= old) return p;
     return realloc_slow(p, size, old);
   }
   if (!p) return mesh_malloc(size);

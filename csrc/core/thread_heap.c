@@ -325,6 +325,11 @@ void _mesh_heap_validate_all(int *problems) {
   }
 }
 
+void _mesh_heaps_release_spare(void) {
+  _mesh_large_unpark();
+  for (thread_heap_t *h = all_heaps; h; h = h->all_next) _mesh_global_release_kept(h);
+}
+
 /* In a fork child only the forking thread survives: every other thread
  * heap is orphaned. Their vectors may be mid-update (the threads were
  * running, without the global lock when they pushed, popped or
@@ -338,11 +343,6 @@ void _mesh_heap_validate_all(int *problems) {
  * still free (its thread never handed it out) or left out: its bit stays
  * set, leaked in the child, never handed out twice. Duplicate entries
  * collapse in detach's bitmap. */
-void _mesh_heaps_release_spare(void) {
-  _mesh_large_unpark();
-  for (thread_heap_t *h = all_heaps; h; h = h->all_next) _mesh_global_release_kept(h);
-}
-
 void _mesh_heaps_after_fork_child(void) {
   pthread_mutex_init(&_mesh_orphan_lock, NULL);
   thread_heap_t *mine = _mesh_tls.heap;
