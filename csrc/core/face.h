@@ -40,10 +40,24 @@ MESH_INLINE thread_heap_t *mesh_face_heap(void) { return _mesh_tls.heap; }
 /* ---- the face counters ------------------------------------------------- */
 
 /* Counter k of h, where h is the calling thread's heap and known to be a
- * real one (a fast path that just served from it or freed into it). */
+ * real one (a fast path that just served from it or freed into it). Only
+ * this thread writes it; readers load it relaxed. On x86-64 one add to
+ * memory: a single instruction is as atomic to a reader as the relaxed
+ * load and store, which GCC emits as three (a load, an add, a store: two
+ * instructions more on every malloc and free). ThreadSanitizer builds keep
+ * the C form, which it can see. */
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MESH_FACE_TSAN 1
+#endif
+#endif
 MESH_INLINE void mesh_face_count_add(thread_heap_t *h, unsigned k) {
   _Atomic uint64_t *v = mesh_face_count(h, k);
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__) && !defined(MESH_FACE_TSAN)
+  __asm__("addq $1, %0" : "+m"(*(uint64_t *)v));
+#else
   mesh_store_relaxed(v, mesh_load_relaxed(v) + 1);
+#endif
 }
 
 /* Counter k of the calling thread, whatever its state. */
