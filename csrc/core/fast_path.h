@@ -151,7 +151,7 @@ MESH_INLINE void mesh_free_push(thread_heap_t *h, void *p, uintptr_t off, uint64
   if (mesh_likely((mesh_load_relaxed(&s->bits[slot >> 6]) >> (slot & 63) & 1) && *kp != key)) {
     uint32_t len = mesh_load_relaxed(&sv->len);
     *kp = key;
-    sv->entries[len] = mesh_sv_entry(mesh_load_relaxed(&s->att), (uint32_t)voff);
+    sv->entries[len] = (uintptr_t)p;
     mesh_store_release(&sv->len, len + 1); /* after the key and the entry: shuffle_vector.h */
     return;
   }

@@ -150,10 +150,10 @@ static void vector_slots(shuffle_vector_t *sv, uint64_t in[MESH_MAX_ATTACHED][ME
   if (len > MESH_VECTOR_CAPACITY) len = MESH_VECTOR_CAPACITY;
   uint64_t key = _mesh_arena.free_key;
   for (uint32_t i = 0; i < len; i++) {
-    uint32_t e = sv->entries[i], off = mesh_sv_entry_off(e);
-    unsigned a = mesh_sv_entry_att(e), slot = mesh_sv_slot(sv, off);
-    if (a >= sv->natt || off != slot * sv->size || slot >= mesh_span(sv->att[a].span)->nobjects) continue;
-    uint64_t *kp = mesh_slot_key(sv->att[a].base + off);
+    unsigned slot;
+    int a = mesh_sv_locate(sv, sv->entries[i], &slot);
+    if (a < 0) continue;
+    uint64_t *kp = mesh_slot_key(sv->entries[i]);
     if (*kp != key) continue;
     *kp = 0;
     in[a][slot >> 6] |= 1ull << (slot & 63);

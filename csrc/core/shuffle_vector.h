@@ -2,8 +2,7 @@
  * thread heap (the paper's ShuffleVector).
  *
  * entries[0..len) holds the free slots of the class's attached spans, each
- * as its byte offset in the span | the attachment's index (offsets are
- * multiples of 16, indexes below 16): malloc pops the last entry, a local free
+ * as its primary address: malloc pops the last entry, a local free
  * pushes, and every refill (new span, or slots other threads freed) puts the
  * new entries in random order (mesh_sv_fill: by default each span from a
  * random slot). Random placement is what makes two spans' occupancy bitmaps
@@ -35,17 +34,27 @@
 
 #include "internal.h"
 
-/* Entries hold the byte offset rather than the slot number so that the
- * address a pop returns is one add away from the entry, and the entry a
- * free pushes needs no divide: the slot number (for the bitmaps) is worked
- * out beside, off the path the next malloc waits on. */
-_Static_assert(MESH_MAX_ATTACHED <= 16, "attachment indexes live in an entry's low 4 bits");
-MESH_INLINE uint32_t mesh_sv_entry(unsigned a, uint32_t off) { return off | a; }
-MESH_INLINE unsigned mesh_sv_entry_att(uint32_t e) { return e & 15u; }
-MESH_INLINE uint32_t mesh_sv_entry_off(uint32_t e) { return e & ~15u; }
-/* slot number of a byte offset that is a multiple of the size */
-MESH_INLINE unsigned mesh_sv_slot(const shuffle_vector_t *sv, uint32_t off) {
-  return (unsigned)(((uint64_t)off * sv->recip) >> 32);
+/* Entries hold the block's address itself, so a pop returns the entry (a
+ * 32-bit offset | attachment index, half the bytes, took six instructions
+ * more: the index split off, its attachment's base loaded and added), and
+ * a free pushes the pointer it was given; the slot number (for the
+ * bitmaps) is worked out beside, off the path the next malloc waits on.
+ * Which attachment an entry belongs to is only asked when a vector is
+ * emptied whole (detach) or checked: mesh_sv_locate. */
+
+/* The attachment whose span holds the slot that starts at e, with the
+ * slot's number in *slot; -1 if e starts no slot of an attached span (a
+ * fork child may find a half-written entry: thread_heap.c). */
+MESH_INLINE int mesh_sv_locate(const shuffle_vector_t *sv, uintptr_t e, unsigned *slot) {
+  for (unsigned a = 0; a < sv->natt; a++) {
+    uintptr_t off = e - sv->att[a].base;
+    if (off >= (uintptr_t)mesh_span(sv->att[a].span)->nobjects * sv->size) continue;
+    unsigned n = (unsigned)((off * sv->recip) >> 32);
+    if ((uintptr_t)n * sv->size != off) return -1;
+    *slot = n;
+    return (int)a;
+  }
+  return -1;
 }
 
 /* The second word of a slot: the free key's place (types.h). */
@@ -74,9 +83,8 @@ MESH_INLINE void *mesh_sv_try_pop(shuffle_vector_t *sv) {
   uint32_t len = mesh_load_relaxed(&sv->len);
   if (mesh_unlikely(len == 0)) return NULL;
   len--;
-  uint32_t e = sv->entries[len];
+  uintptr_t p = sv->entries[len];
   mesh_store_relaxed(&sv->len, len);
-  uintptr_t p = sv->att[mesh_sv_entry_att(e)].base + mesh_sv_entry_off(e);
   *mesh_slot_key(p) = 0; /* a block handed out never holds the key */
   if (p == 0) __builtin_unreachable(); /* spans are never at 0: callers' NULL tests fold away */
   return (void *)p;
@@ -100,14 +108,14 @@ typedef struct {
  * k+m-1. */
 MESH_INLINE void mesh_sv_write_run(shuffle_vector_t *sv, unsigned a, const uint64_t *bits, uint32_t k, uint32_t m,
                                    uint32_t first) {
-  uint32_t *e = sv->entries, p = first, size = sv->size;
-  uintptr_t base = sv->att[a].base;
+  uintptr_t *e = sv->entries, base = sv->att[a].base, size = sv->size;
+  uint32_t p = first;
   uint64_t key = _mesh_arena.free_key;
   for (unsigned w = 0; w < MESH_BITMAP_WORDS; w++) {
     for (uint64_t t = bits[w]; t; t &= t - 1) {
-      unsigned slot = w * 64 + (unsigned)__builtin_ctzll(t);
-      e[p] = mesh_sv_entry(a, slot * size);
-      *mesh_slot_key(base + (uintptr_t)slot * size) = key;
+      uintptr_t q = base + (w * 64 + (unsigned)__builtin_ctzll(t)) * size;
+      e[p] = q;
+      *mesh_slot_key(q) = key;
       p = p == k ? k + m - 1 : p - 1;
     }
   }
@@ -155,10 +163,10 @@ MESH_INLINE void mesh_sv_fill(thread_heap_t *h, shuffle_vector_t *sv, const sv_g
     k += m;
   }
   if (h->shuffle == MESH_ORDER_OBJECTS) {
-    uint32_t *e = sv->entries;
+    uintptr_t *e = sv->entries;
     for (uint32_t i = k; i > from + 1; i--) {
       uint32_t j = from + mesh_rand_below(&h->rng, i - from);
-      uint32_t t = e[i - 1];
+      uintptr_t t = e[i - 1];
       e[i - 1] = e[j];
       e[j] = t;
     }

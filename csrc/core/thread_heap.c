@@ -28,7 +28,7 @@ static pthread_key_t heap_key;
 static thread_heap_t *all_heaps;   /* (lock) */
 static thread_heap_t *heap_pool;   /* (lock) released heaps */
 /* Created on first use, under the orphan lock (most processes never need
- * it: a heap is 104 KiB of address space); read by the validators and fork under the global
+ * it: a heap is 208 KiB of address space); read by the validators and fork under the global
  * lock, hence atomic. */
 static thread_heap_t *_Atomic orphan_heap;
 static uint32_t next_heap_id = 1;  /* (lock) */
@@ -268,10 +268,10 @@ static int heap_validate(thread_heap_t *h) {
      * (bit set), keyed, and in the vector once */
     uint64_t seen[MESH_MAX_ATTACHED][MESH_BITMAP_WORDS] = {{0}};
     for (unsigned i = 0; i < len; i++) {
-      uint32_t e = sv->entries[i], off = mesh_sv_entry_off(e);
-      unsigned a = mesh_sv_entry_att(e), slot = mesh_sv_slot(sv, off);
-      if (a >= sv->natt || off != slot * sv->size || slot >= mesh_span(sv->att[a].span)->nobjects) {
-        BAD("class %u: entry %u (%u/%#x) is not a slot of an attached span\n", c, i, a, off);
+      unsigned slot;
+      int a = mesh_sv_locate(sv, sv->entries[i], &slot);
+      if (a < 0) {
+        BAD("class %u: entry %u (%p) is not a slot of an attached span\n", c, i, (void *)sv->entries[i]);
         break;
       }
       uint64_t bit = 1ull << (slot & 63);
@@ -279,7 +279,7 @@ static int heap_validate(thread_heap_t *h) {
       seen[a][slot >> 6] |= bit;
       if (!(mesh_load_relaxed(&sv->att[a].bits[slot >> 6]) & bit))
         BAD("class %u: vector slot %u/%u not marked in the span bitmap\n", c, a, slot);
-      if (*mesh_slot_key(sv->att[a].base + off) != _mesh_arena.free_key)
+      if (*mesh_slot_key(sv->entries[i]) != _mesh_arena.free_key)
         BAD("class %u: vector slot %u/%u does not hold the free key\n", c, a, slot);
     }
   }

@@ -180,15 +180,15 @@ typedef struct shuffle_vector_s {
   uint32_t size;                    /* object size of the class */
   uint32_t pad1;
   _Alignas(64) sv_attachment_t att[MESH_MAX_ATTACHED]; /* each on its own cache line */
-  uint32_t entries[MESH_VECTOR_CAPACITY]; /* slot's byte offset in its span | attachment (shuffle_vector.h) */
+  uintptr_t entries[MESH_VECTOR_CAPACITY]; /* the free slots' primary addresses (shuffle_vector.h) */
   /* Never touched: a power-of-two size makes a class's vector one shift
-   * away from the heap on both fast paths (1600 bytes took three
+   * away from the heap on both fast paths (a 1600-byte vector took three
    * instructions). Address space only: a heap is zeroed anonymous memory
    * whose untouched pages cost nothing. */
-  uint8_t pad_pow2[2048 - 64 - MESH_MAX_ATTACHED * 64 - MESH_VECTOR_CAPACITY * 4];
+  uint8_t pad_pow2[4096 - 64 - MESH_MAX_ATTACHED * 64 - MESH_VECTOR_CAPACITY * 8];
 } shuffle_vector_t;
 
-_Static_assert(offsetof(shuffle_vector_t, att) % 64 == 0 && sizeof(shuffle_vector_t) == 2048,
+_Static_assert(offsetof(shuffle_vector_t, att) % 64 == 0 && sizeof(shuffle_vector_t) == 4096,
                "attachment records must start on cache lines; a vector is a power of two");
 /* the part of a vector that is ever used (thread_heap_bytes counts it) */
 #define MESH_SV_USED_BYTES offsetof(shuffle_vector_t, pad_pow2)
