@@ -17,21 +17,35 @@
  * nothing to mesh) and of FULL spans (whose live objects are known without
  * reading their bitmaps) are kept as spans change lists.
  *
- * Kept spans: a span that a thread's free empties stays with that thread's
- * heap (up to MESH_KEPT_PAGES pages a heap), and the heap's next refill of
- * the class takes it before any other: a thread that frees what it
- * allocated gets its spans back with their pages still in its CPU's
- * cache and the arena untouched. Sent back to the arena instead, each
+ * Kept spans: a span that a thread's free empties, or a FULL span that the
+ * thread which filled it frees into, stays with that thread's heap (up to
+ * MESH_KEPT_PAGES pages a heap), and the heap's next refill of the class
+ * takes it before any other: a thread that frees what it allocated gets
+ * its spans back with their pages still in its CPU's cache and the arena
+ * untouched. Filed in the occupancy bins instead, a span another thread
+ * was in the middle of freeing was the fullest there, so the first that
+ * other refills took: with 16 threads on 2 CPUs, each preempted now and
+ * then in the middle of its batch, the batches came to share spans, each
+ * span left FULL again and again (1.24 M times against 0.20 M with 8
+ * threads, one lock each), and the batch ran at 0.39x glibc. Sent back to
+ * the arena instead of kept, each
  * emptied span was cut again for whichever thread refilled next, its
  * lines moved to the other CPU, and two threads each allocating 1000
  * blocks and freeing them ran 25-28 M operations a second in all against
  * 50-60 with one (perf/micro threads --test batch). A kept span is
- * PARTIAL, with no live object (a free into it is a double free) and bin
- * field MESH_BIN_KEPT, in no list but its heap's, so neither the refills
- * of other threads nor the mesher see it. Thread exit, mesh_scavenge,
- * mesh_compact and the end of each decay epoch give the kept spans back
- * to the arena (_mesh_heaps_release_spare), so an idle process holds
- * none for longer than an epoch or two.
+ * PARTIAL, not full, with bin field MESH_BIN_KEPT (kept empty) or
+ * MESH_BIN_KEPT_LIVE, in no list but its heap's, so neither the refills of
+ * other threads nor the mesher see it; frees into it only clear bits (a
+ * transition they call finds it kept and leaves it). Thread exit,
+ * mesh_scavenge, mesh_compact and the end of each decay epoch give the
+ * kept spans back, an empty one to the arena, the others to the bins
+ * (_mesh_heaps_release_spare). The empty ones (kept_pages; a free that
+ * empties a kept span makes it MESH_BIN_KEPT) hold the meshing thread
+ * until that epoch, so an idle process holds none for longer than an
+ * epoch or two; the others do not (a program with a little
+ * steady activity keeps one now and then, and would keep the thread), so
+ * an idle process may hold up to MESH_KEPT_PAGES pages of them a thread,
+ * unmeshed, until it allocates again.
  *
  * Transitions of a detached span happen under _mesh_global_lock; the free
  * that causes one is lock-free up to the point where it sees it (after its
@@ -168,7 +182,6 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, const uin
   span_t *s = mesh_span(id);
   mesh_assert(mesh_load_relaxed(&s->owner) == h->id);
   mesh_assert_expensive(_mesh_span_validate(id) == 0);
-  (void)h;
   mesh_store_relaxed(&s->owner, MESH_OWNER_NONE);
   for (unsigned w = 0; w < mesh_bitmap_words(s); w++) {
     if (!in[w]) continue;
@@ -181,6 +194,7 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, const uin
                             "double free (freed again by another thread)");
     }
   }
+  s->filler = h->id; /* (meaningful only if it is filed FULL) */
   _mesh_file_detached(id);
 }
 
@@ -198,22 +212,23 @@ static void detach_vector(thread_heap_t *h, shuffle_vector_t *sv) {
 
 /* ---- kept spans ------------------------------------------------------ */
 
-/* Keeps span id, empty, detached and in no list, in h (the heap of the
- * thread whose free emptied it); false, changing nothing, if h is a
- * sentinel, is full, or the span is more than plain memory (a meshing
- * destination, a span with aliases, a pinned one: the arena undoes those). */
-static bool keep_span(thread_heap_t *h, uint32_t id) {
+/* Keeps span id, detached, not full and in no list, in h (the heap of the
+ * thread whose free emptied it, or that filled it and now frees into it);
+ * false, changing nothing, if h is a sentinel, is full, or the span is more
+ * than plain memory (a meshing destination, a span with aliases, a pinned
+ * one: the arena undoes those when the span is empty). */
+static bool keep_span(thread_heap_t *h, uint32_t id, bool empty) {
   span_t *s = mesh_span(id);
   if (h->id == MESH_OWNER_SENTINEL || !h->live || s->flags || s->alias_next ||
       h->kept_pages + s->npages > MESH_KEPT_PAGES)
     return false;
   mesh_store_relaxed(&s->state, SPAN_PARTIAL);
-  s->bin = MESH_BIN_KEPT;
+  s->bin = empty ? MESH_BIN_KEPT : MESH_BIN_KEPT_LIVE;
   s->prev = MESH_NIL;
   s->next = h->kept[s->cls];
   h->kept[s->cls] = id;
   h->kept_pages += s->npages;
-  mesh_stat_add(kept_pages, s->npages);
+  if (empty) mesh_stat_add(kept_pages, s->npages);
   return true;
 }
 
@@ -225,13 +240,21 @@ static uint32_t take_kept(thread_heap_t *h, unsigned cls) {
   h->kept[cls] = s->next;
   s->next = MESH_NIL;
   h->kept_pages -= s->npages;
-  mesh_stat_sub(kept_pages, s->npages);
+  if (s->bin == MESH_BIN_KEPT) mesh_stat_sub(kept_pages, s->npages);
   return id;
 }
 
 void _mesh_global_release_kept(thread_heap_t *h) {
   for (unsigned c = 0; c < MESH_NUM_CLASSES && h->kept_pages; c++)
-    for (uint32_t id; (id = take_kept(h, c)) != MESH_NIL;) _mesh_arena_free_span(id);
+    for (uint32_t id; (id = take_kept(h, c)) != MESH_NIL;) {
+      /* a free racing this one finds the span PARTIAL in its bin (or on
+       * its way there under the lock we hold) and re-derives */
+      unsigned live = _mesh_span_live(mesh_span(id));
+      if (live)
+        partial_link(id, live);
+      else
+        _mesh_arena_free_span(id);
+    }
 }
 
 void _mesh_global_detach_all(thread_heap_t *h) {
@@ -304,7 +327,7 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
       break;
     uint32_t id = take_kept(h, cls);
     if (id) {
-      /* (kept: empty, in no list) */
+      /* (kept: in no list) */
     } else if ((id = best_partial(cls))) {
       _mesh_partial_unlink(id);
     } else {
@@ -338,17 +361,22 @@ bool _mesh_global_refill(thread_heap_t *h, unsigned cls) {
 void _mesh_global_free_transition(span_t *s, uint32_t id) {
   _mesh_lock();
   uint8_t st = mesh_load_relaxed(&s->state);
-  /* (a kept span is empty already: another last free of it got here first) */
-  if ((st == SPAN_FULL || (st == SPAN_PARTIAL && s->bin != MESH_BIN_KEPT)) &&
+  if (st == SPAN_PARTIAL && s->bin == MESH_BIN_KEPT_LIVE && _mesh_span_live(s) == 0) {
+    s->bin = MESH_BIN_KEPT; /* kept empty from now on: it holds the meshing thread */
+    mesh_stat_add(kept_pages, s->npages);
+  }
+  /* (a span kept empty: another last free of it got here first) */
+  if ((st == SPAN_FULL || (st == SPAN_PARTIAL && !mesh_bin_kept(s->bin))) &&
       mesh_load_relaxed(&s->owner) == MESH_OWNER_NONE) {
     mesh_assert_expensive(_mesh_span_validate(id) == 0);
     unsigned live = _mesh_span_live(s);
     if (st == SPAN_FULL && live < s->nobjects) full_count[s->cls]--;
     if (live == 0) {
       if (st == SPAN_PARTIAL) _mesh_partial_unlink(id);
-      if (!keep_span(_mesh_tls.heap, id)) _mesh_arena_free_span(id);
+      if (!keep_span(_mesh_tls.heap, id, true)) _mesh_arena_free_span(id);
     } else if (st == SPAN_FULL && live < s->nobjects) {
-      partial_link(id, live);
+      thread_heap_t *h = _mesh_tls.heap; /* it filled the span: it takes it back first */
+      if (s->filler != h->id || !keep_span(h, id, false)) partial_link(id, live);
     }
   }
   _mesh_maybe_mesh(true);

@@ -63,14 +63,14 @@ static bool disjoint(const span_t *a, const span_t *b) {
 }
 
 /* A span that may take part in a mesh of class cls: detached with free
- * slots (so linked in a partial bin), not empty (nothing to gain), not too
+ * slots, in a partial bin (not a heap's kept span), not empty, not too
  * full, chain not at its cap, neither pinned nor frozen (a fork froze its
  * pages: its aliases may no longer share them, memfd.c). Reads only the
  * span's record, which stays valid memory whatever became of the span. */
 static bool is_candidate(uint32_t id, unsigned cls, unsigned max_live, unsigned max_chain) {
   span_t *s = mesh_span(id);
-  if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->cls != cls || (s->flags & (SPAN_PINNED | SPAN_GEN_MASK)))
-    return false;
+  if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || mesh_bin_kept(s->bin) || s->cls != cls ||
+      (s->flags & (SPAN_PINNED | SPAN_GEN_MASK))) return false;
   unsigned live = _mesh_span_live(s);
   return live && live <= max_live && mesh_chain_len(s) < max_chain;
 }

@@ -234,15 +234,18 @@ void _mesh_heap_class_stats(mesh_class_stats_t out[MESH_NUM_CLASSES]) {
 
 /* The same figure from what is kept per class: the detached spans' live
  * objects (global_heap.c: FULL spans by count, the occupancy bins' bitmaps,
- * never the empty spans) and the bitmaps of the attached spans, less the
- * vectors. Its cost grows with the partial and attached spans, not with the
- * heap: the stats page publishes it every half second. */
+ * never the empty spans) and the bitmaps of the attached and the kept
+ * spans, less the vectors. Its cost grows with the partial, attached and
+ * kept spans, not with the heap: the stats page publishes it every half
+ * second. */
 void _mesh_heap_objects_in_use(uint64_t out[MESH_NUM_CLASSES]) {
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) out[c] = _mesh_global_live(c);
-  /* attachments change only under the lock: a running thread's are stable */
+  /* attachments and kept lists change only under the lock: stable here */
   for (thread_heap_t *h = all_heaps; h; h = h->all_next)
-    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
+    for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
       for (unsigned a = 0; a < h->sv[c].natt; a++) out[c] += _mesh_span_live(mesh_span(h->sv[c].att[a].span));
+      for (uint32_t id = h->kept[c]; id; id = mesh_span(id)->next) out[c] += _mesh_span_live(mesh_span(id));
+    }
   for (thread_heap_t *h = all_heaps; h; h = h->all_next)
     for (unsigned c = 0; c < MESH_NUM_CLASSES; c++) {
       uint64_t k = mesh_load_relaxed(&h->sv[c].len);
@@ -291,23 +294,26 @@ static int heap_validate(thread_heap_t *h) {
  * counted (none in a heap no thread holds). Adds the pages to *pages. */
 static int kept_validate(thread_heap_t *h, uint64_t *pages) {
   int bad = 0;
-  uint32_t n = 0;
+  uint32_t n = 0, empty = 0;
   for (unsigned c = 0; c < MESH_NUM_CLASSES; c++)
     for (uint32_t id = h->kept[c], k = 0; id; id = mesh_span(id)->next) {
       span_t *s = mesh_span(id);
-      if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || s->bin != MESH_BIN_KEPT || s->cls != c ||
-          mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || _mesh_span_live(s) != 0 || ++k > MESH_KEPT_PAGES) {
+      unsigned live = _mesh_span_live(s);
+      if (mesh_load_relaxed(&s->state) != SPAN_PARTIAL || !mesh_bin_kept(s->bin) || s->cls != c ||
+          mesh_load_relaxed(&s->owner) != MESH_OWNER_NONE || live >= s->nobjects ||
+          (s->bin == MESH_BIN_KEPT && live) || ++k > MESH_KEPT_PAGES) {
         bad++;
         _mesh_dprintf(2, "meshalloc: check: heap %u: kept span %u of class %u is inconsistent\n", h->id, id, c);
         break;
       }
       n += s->npages;
+      if (s->bin == MESH_BIN_KEPT) empty += s->npages;
     }
   if (n != h->kept_pages || (n && !h->live)) {
     bad++;
     _mesh_dprintf(2, "meshalloc: check: heap %u keeps %u pages, counts %u\n", h->id, n, h->kept_pages);
   }
-  *pages += n;
+  *pages += empty;
   return bad;
 }
 

@@ -79,10 +79,13 @@
  * instead, bin field MESH_BIN_EMPTY (global_heap.c). */
 #define MESH_OCC_BINS 4
 #define MESH_BIN_EMPTY MESH_OCC_BINS
-/* An empty span kept by the thread heap whose thread's free emptied it,
- * for that thread's next refill of the class (global_heap.c, "Kept
- * spans"): bin field MESH_BIN_KEPT, in the heap's list. */
+/* A span kept by a thread heap for its next refill of the class
+ * (global_heap.c, "Kept spans"), in the heap's list: bin field
+ * MESH_BIN_KEPT if it is empty (it stays so), MESH_BIN_KEPT_LIVE while it
+ * holds live objects (a FULL span the heap had filled). */
 #define MESH_BIN_KEPT (MESH_OCC_BINS + 1)
+#define MESH_BIN_KEPT_LIVE (MESH_OCC_BINS + 2)
+#define mesh_bin_kept(b) ((b) >= MESH_BIN_KEPT) /* (of a PARTIAL span) */
 /* Pages of kept spans a thread heap holds at most. */
 #define MESH_KEPT_PAGES 32
 /* Free page-run bins: exact for 1..32 pages, then one per power of two. */
@@ -130,6 +133,7 @@ typedef struct span_s {
   uint32_t next;        /* (lock) link in an occupancy bin or free-run bin */
   union {
     uint32_t prev;      /* (lock) back link in a bin */
+    uint32_t filler;    /* (lock) SPAN_FULL: id of the thread heap it was detached from */
     _Atomic uint32_t mesh_dst; /* SPAN_ALIAS: the span whose physical pages back this one */
   };
   _Atomic uint8_t att;  /* (lock) index of the attachment in the owner's vector; read racily by remote frees */
