@@ -143,6 +143,7 @@ void _mesh_file_detached(uint32_t id) {
     _mesh_arena_free_span(id);
   } else if (live == s->nobjects) {
     mesh_store_relaxed(&s->state, SPAN_FULL);
+    s->filler = MESH_OWNER_NONE; /* (detach names the heap) */
     full_count[s->cls]++;
   } else {
     partial_link(id, live);
@@ -194,8 +195,8 @@ static void detach(thread_heap_t *h, shuffle_vector_t *sv, unsigned a, const uin
                             "double free (freed again by another thread)");
     }
   }
-  s->filler = h->id; /* (meaningful only if it is filed FULL) */
   _mesh_file_detached(id);
+  if (mesh_load_relaxed(&s->state) == SPAN_FULL) s->filler = h->id;
 }
 
 /* Detaches every span of sv, emptying it. */
