@@ -442,6 +442,67 @@ static bool check_kept_spans(void) {
   return ok && mesh_check_heap() == 0;
 }
 
+/* A FULL span that the thread which filled it frees into stays with that
+ * thread: another thread's refills do not get its free slots (they did
+ * when it went to the fullest occupancy bin, where refills look first),
+ * the filling thread's next refill does. */
+enum { KEPT_LIVE_N = 2048, KEPT_LIVE_OTHER = 256 };
+
+static void *alloc_64_thread(void *arg) {
+  void **out = arg;
+  for (int i = 0; i < KEPT_LIVE_OTHER; i++)
+    if (!(out[i] = mesh_malloc(64))) return NULL;
+  return arg;
+}
+
+static bool in_pages(const void *p, const uintptr_t *pages, int n) {
+  for (int k = 0; k < n; k++)
+    if ((uintptr_t)p >> 12 == pages[k]) return true;
+  return false;
+}
+
+static bool check_kept_live_spans(void) {
+  bool ok = true;
+  long decay = mesh_option_get("dirty_decay_ms");
+  mesh_option_set("dirty_decay_ms", 0); /* no epoch ends during the check */
+  mesh_scavenge();
+  static void *v[KEPT_LIVE_N], *other[KEPT_LIVE_OTHER];
+  static uintptr_t pages[32];
+  int npages = 0;
+  for (int i = 0; i < KEPT_LIVE_N; i++)
+    if (!(v[i] = mesh_malloc(64))) return false;
+  /* one block freed in each of up to 16 one-page spans filled long ago
+   * (detached FULL: the vector holds at most 256 slots) */
+  for (int i = 0; i < KEPT_LIVE_N / 2 && npages < 16; i++)
+    if (v[i] && !in_pages(v[i], pages, npages)) {
+      pages[npages++] = (uintptr_t)v[i] >> 12;
+      mesh_free(v[i]);
+      v[i] = NULL;
+    }
+  if (mesh_check_heap() != 0) { NOTE("heap check fails with spans kept live"); ok = false; }
+  pthread_t t;
+  void *r = NULL;
+  if (pthread_create(&t, NULL, alloc_64_thread, other) != 0 || pthread_join(t, &r) != 0 || !r) {
+    NOTE("allocating thread failed");
+    return false;
+  }
+  int taken = 0;
+  for (int i = 0; i < KEPT_LIVE_OTHER; i++) taken += in_pages(other[i], pages, npages);
+  if (taken) { NOTE("another thread got %d blocks of the %d spans this one keeps", taken, npages); ok = false; }
+  /* this thread's refill takes them back: within its vector's slots and
+   * one refill's */
+  int n = 0, back = 0;
+  static void *w[512];
+  while (n < 512 && !back) back = in_pages(w[n++] = mesh_malloc(64), pages, npages);
+  if (!back) { NOTE("512 blocks of 64 B took no slot of the %d kept spans", npages); ok = false; }
+  printf("info kept_live spans %d, taken back after %d blocks\n", npages, n);
+  while (n > 0) mesh_free(w[--n]);
+  for (int i = 0; i < KEPT_LIVE_OTHER; i++) mesh_free(other[i]);
+  for (int i = 0; i < KEPT_LIVE_N; i++) mesh_free(v[i]);
+  mesh_option_set("dirty_decay_ms", decay);
+  return ok && mesh_check_heap() == 0;
+}
+
 static bool check_realloc_failure_intact(void) {
   bool ok = true;
   static const size_t sizes[] = {100, 3000, 50000, 2u << 20};
@@ -927,6 +988,7 @@ int main(int argc, char **argv) {
   CHECK("realloc-growth-past-a-page-takes-pages-in-place", check_realloc_growth_takes_pages());
   CHECK("freed-large-block-parked-reused-and-scavenged", check_large_block_parking());
   CHECK("emptied-spans-kept-by-their-thread-reused-and-released", check_kept_spans());
+  CHECK("full-spans-freed-into-by-their-filler-stay-with-it", check_kept_live_spans());
   CHECK("realloc-failure-leaves-block", check_realloc_failure_intact());
   CHECK("realloc-null", check_realloc_null());
   CHECK("realloc-zero-sane", check_realloc_zero());
