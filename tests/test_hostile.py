@@ -47,7 +47,10 @@ def case_env(helpers, libmesh, config, **extra):
 @pytest.mark.parametrize("case", ["closerange", "closerange-fork", "dup2-over"])
 def test_program_that_closes_or_reuses_the_memfd_number_keeps_its_files_and_heap(
         helpers, libmesh, hostile, tmp_path, config, case):
-    r = run_case(helpers, [str(hostile), case], case_env(helpers, libmesh, config), tmp_path)
+    # (without the meshing thread: a pass or a decay of that thread in flight
+    # while the program swaps the number is an open hazard, docs/design.md
+    # "Hostile environments"; this checks every call the program makes)
+    r = run_case(helpers, [str(hostile), case], case_env(helpers, libmesh, config, MESH_MESHER_THREAD="0"), tmp_path)
     assert r.returncode == 0 and f"{case}: ok" in r.stderr, r.describe()
     warnings = [line for line in r.stderr.splitlines() if "meshalloc: warning" in line]
     assert len(warnings) <= 1, f"one warning at most:\n{r.stderr}"
@@ -238,7 +241,8 @@ def test_python_closerange_keeps_files_and_objects(helpers, libmesh, tmp_path, c
 
 @pytest.mark.parametrize("config", ["release", "debug"])
 def test_orphaned_arena_keeps_objects_and_never_touches_the_programs_file(helpers, cbuild, tmp_path, config):
-    r = run_case(helpers, [str(cbuild("orphan", config))], helpers.env(), tmp_path, timeout=300)
+    # (without the meshing thread: see the test above)
+    r = run_case(helpers, [str(cbuild("orphan", config))], helpers.env(MESH_MESHER_THREAD="0"), tmp_path, timeout=300)
     helpers.assert_ok(r, "orphan")
     assert "orphan ok" in r.stdout
     assert r.stderr.count("meshalloc: warning") == 1 and "left alone" in r.stderr, r.stderr
