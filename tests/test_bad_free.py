@@ -17,6 +17,7 @@ BAD_CASES = [
     "double-free-large",
     "double-free-large-parked",
     "double-free-in-kept-span",
+    "double-free-in-kept-live-span",
     "interior-small",
     "interior-large",
     "never-allocated-slot",

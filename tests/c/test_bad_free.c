@@ -11,6 +11,9 @@
  *                                  free parks for reuse instead of freeing its span
  *   double-free-in-kept-span       300 blocks of 64 B freed, then the first again:
  *                                  its span was emptied and kept by the heap
+ *   double-free-in-kept-live-span  300 blocks of 64 B, the first freed twice: its
+ *                                  span, filled and detached FULL, is kept by the
+ *                                  heap with its other 63 blocks live
  *   interior-small                 free(p + 16) for a live 64-byte block
  *   interior-large                 free(p + 4096) for a live 200 kB block
  *   never-allocated-slot           free of a slot start next to a live block
@@ -181,11 +184,11 @@ int main(int argc, char **argv) {
     mesh_free(bad);
     announce(bad);
     mesh_free(bad);
-  } else if (strcmp(c, "double-free-in-kept-span") == 0) {
+  } else if (strcmp(c, "double-free-in-kept-span") == 0 || strcmp(c, "double-free-in-kept-live-span") == 0) {
     static void *v[300];
     size = 64;
     for (int i = 0; i < 300; i++) v[i] = mesh_malloc(size), memset(v[i], 1, size);
-    for (int i = 0; i < 300; i++) mesh_free(v[i]);
+    for (int i = 0; i < (strcmp(c, "double-free-in-kept-span") == 0 ? 300 : 1); i++) mesh_free(v[i]);
     bad = v[0];
     announce(bad);
     mesh_free(bad);
